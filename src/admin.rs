@@ -1,0 +1,157 @@
+//! The local admin socket: how `status` (and later `queue`) talk to a running agent, since sled
+//! lets only one process open the store.
+//!
+//! Protocol: JSON lines. One request object per line (`{"op":"status"}`), one reply per line
+//! with `"ok": true|false`. The socket is mode 0660 (owner and group), never world-writable.
+
+use crate::agent::{Agent, AgentError};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+
+/// Longest request line accepted; anything longer is a misbehaving client.
+const MAX_REQUEST: usize = 64 * 1024;
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+}
+
+pub struct Server {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl Server {
+    /// Binds the socket, replacing a stale one left by a crash but refusing to steal the
+    /// socket of an agent that still answers.
+    pub async fn bind(path: &Path) -> Result<Server, AgentError> {
+        let fail = |reason: String| AgentError::AdminSocket {
+            path: path.display().to_string(),
+            reason,
+        };
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| fail(format!("cannot create its directory: {e}")))?;
+        }
+        if path.exists() {
+            if UnixStream::connect(path).await.is_ok() {
+                return Err(fail("another agent is already answering on it".into()));
+            }
+            std::fs::remove_file(path).map_err(|e| fail(format!("cannot remove the stale socket: {e}")))?;
+        }
+        let listener = UnixListener::bind(path).map_err(|e| fail(e.to_string()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+            .map_err(|e| fail(format!("cannot set mode 0660: {e}")))?;
+        Ok(Server {
+            listener,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub async fn serve(self, agent: Arc<Agent>) {
+        loop {
+            match self.listener.accept().await {
+                Ok((stream, _)) => {
+                    tokio::spawn(handle(stream, Arc::clone(&agent)));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, socket = %self.path.display(), "admin socket accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+async fn handle(stream: UnixStream, agent: Arc<Agent>) {
+    use tokio::io::AsyncReadExt;
+    let (read, mut write) = stream.into_split();
+    let mut reader = tokio::io::BufReader::new(read);
+    loop {
+        let mut line = Vec::new();
+        match (&mut reader)
+            .take(MAX_REQUEST as u64)
+            .read_until(b'\n', &mut line)
+            .await
+        {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let too_long = !line.ends_with(b"\n") && line.len() >= MAX_REQUEST;
+        let reply = if too_long {
+            json!({"ok": false, "error": format!("request longer than {MAX_REQUEST} bytes")})
+        } else {
+            match serde_json::from_slice::<Request>(&line) {
+                Ok(Request::Status) => json!({"ok": true, "status": agent.status()}),
+                Err(error) => json!({"ok": false, "error": format!("bad request: {error}")}),
+            }
+        };
+        let mut text = reply.to_string();
+        text.push('\n');
+        if write.write_all(text.as_bytes()).await.is_err() || too_long {
+            break;
+        }
+    }
+}
+
+/// Why a client call did not get an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No agent listens: the caller may fall back to reading the store.
+    #[error("no agent is listening on {0}")]
+    NotRunning(PathBuf),
+    #[error("admin socket {path}: {reason}")]
+    Failed { path: PathBuf, reason: String },
+}
+
+/// Sends one request and returns the reply object (blocking; used by the CLI).
+pub fn call(path: &Path, request: &Request) -> Result<Value, ClientError> {
+    let failed = |reason: String| ClientError::Failed {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut stream = match std::os::unix::net::UnixStream::connect(path) {
+        Ok(stream) => stream,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Err(ClientError::NotRunning(path.to_path_buf()))
+        }
+        Err(e) => return Err(failed(e.to_string())),
+    };
+    let timeout = Some(Duration::from_secs(10));
+    stream
+        .set_read_timeout(timeout)
+        .map_err(|e| failed(e.to_string()))?;
+    stream
+        .set_write_timeout(timeout)
+        .map_err(|e| failed(e.to_string()))?;
+    let mut line = serde_json::to_string(request).map_err(|e| failed(e.to_string()))?;
+    line.push('\n');
+    stream
+        .write_all(line.as_bytes())
+        .map_err(|e| failed(e.to_string()))?;
+    let mut reply = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut reply)
+        .map_err(|e| failed(e.to_string()))?;
+    let value: Value = serde_json::from_str(&reply).map_err(|e| failed(format!("unreadable reply: {e}")))?;
+    if value.get("ok") != Some(&Value::Bool(true)) {
+        let message = value
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("request refused");
+        return Err(failed(message.to_string()));
+    }
+    Ok(value)
+}

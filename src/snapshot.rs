@@ -1,0 +1,644 @@
+//! The access snapshot: everything a swipe decision needs, held in memory and in the store.
+//!
+//! Only decision-relevant fields are kept (no names, e-mails or photos): it keeps the board's
+//! memory small with 100,000 credentials and keeps personal data off the door controller.
+//! Collections are sorted vectors searched by binary search, which costs no memory beyond the
+//! records themselves and answers in well under a microsecond.
+
+use crate::config::ShiftConfig;
+use jiff::civil::{DateTime, Weekday};
+use jiff::tz::TimeZone;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Person {
+    pub id: u64,
+    pub enabled: bool,
+    pub valid_from: Option<Timestamp>,
+    pub valid_to: Option<Timestamp>,
+    pub roles: Vec<u64>,
+    pub groups: Vec<u64>,
+}
+
+/// What a credential type is presented as at a reader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialKind {
+    Card,
+    Pin,
+    /// Mobile and other types that never arrive over Wiegand.
+    Other,
+}
+
+impl CredentialKind {
+    /// DoorFlow's credential types are account-defined; classify them by slug and label. A
+    /// type with "pin" in its slug is entered on a keypad, mobile wallets never reach a
+    /// Wiegand reader, and everything else is a card or fob.
+    pub fn classify(slug: &str, label: &str) -> CredentialKind {
+        let text = format!("{} {}", slug, label).to_ascii_lowercase();
+        let words: Vec<&str> = text
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .collect();
+        if words.contains(&"pin") {
+            CredentialKind::Pin
+        } else if ["mobile", "passflow", "wallet", "apple", "google", "hid_mobile"]
+            .iter()
+            .any(|w| words.contains(w))
+        {
+            CredentialKind::Other
+        } else {
+            CredentialKind::Card
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialType {
+    pub id: u64,
+    pub slug: String,
+    pub kind: CredentialKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credential {
+    pub id: String,
+    pub credential_type_id: u64,
+    pub person_id: u64,
+    pub value: String,
+    /// DoorFlow sets this only for mobile credentials; anything but `active` is refused.
+    pub status: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Role {
+    pub id: u64,
+    /// `None` means 24/7.
+    pub shift_id: Option<u64>,
+    /// Not in the public schema; used when the server sends them.
+    #[serde(default)]
+    pub channel_ids: Vec<u64>,
+    #[serde(default)]
+    pub group_ids: Vec<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Group {
+    pub id: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReservationState {
+    Pending,
+    Active,
+    Deactivated,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupReservation {
+    pub id: u64,
+    pub person_id: u64,
+    pub start: Timestamp,
+    pub end: Timestamp,
+    pub state: ReservationState,
+    pub group_ids: Vec<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reservation {
+    pub id: u64,
+    pub person_id: u64,
+    pub start: Timestamp,
+    pub end: Timestamp,
+    pub channel_ids: Vec<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum ChannelMode {
+    Normal,
+    /// Released for everyone until `relock_at` (forever when `None`).
+    Unlock {
+        relock_at: Option<Timestamp>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lockdown {
+    /// Cards and PINs are rejected.
+    pub cards: bool,
+    /// The request-to-exit button is ignored.
+    pub rex: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Channel {
+    pub id: u64,
+    pub mode: ChannelMode,
+    pub lockdown: Option<Lockdown>,
+    pub site_id: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Site {
+    pub id: u64,
+    pub time_zone: Option<String>,
+}
+
+/// A weekly schedule in local wall-clock time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shift {
+    pub id: u64,
+    pub windows: Vec<ShiftWindow>,
+}
+
+/// Opens on `day` at `start_s` seconds after local midnight and closes `end_s` after midnight
+/// of the same day, or of the next day when `end_s <= start_s`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShiftWindow {
+    pub day: u8,
+    pub start_s: u32,
+    pub end_s: u32,
+}
+
+const DAY_S: u32 = 86_400;
+
+impl Shift {
+    /// Builds a shift from config, or says which `times` entry and field is wrong.
+    pub fn from_config(config: &ShiftConfig) -> Result<Shift, (usize, &'static str, String)> {
+        let mut windows = Vec::new();
+        if config.times.is_empty() {
+            return Err((0, "days", "a shift needs at least one time window".into()));
+        }
+        for (index, time) in config.times.iter().enumerate() {
+            let start_s = parse_clock(&time.start).map_err(|m| (index, "start", m))?;
+            let end_s = parse_clock(&time.end).map_err(|m| (index, "end", m))?;
+            if start_s == DAY_S {
+                return Err((index, "start", "24:00 is only valid as an end".into()));
+            }
+            if start_s == end_s {
+                return Err((
+                    index,
+                    "end",
+                    format!("`{}` equals start; the window would be empty", time.end),
+                ));
+            }
+            if time.days.is_empty() {
+                return Err((index, "days", "must list at least one day (mon..sun)".into()));
+            }
+            for day in &time.days {
+                let day = parse_day(day).ok_or_else(|| {
+                    (
+                        index,
+                        "days",
+                        format!("`{day}` is not a day; use mon, tue, wed, thu, fri, sat or sun"),
+                    )
+                })?;
+                windows.push(ShiftWindow { day, start_s, end_s });
+            }
+        }
+        Ok(Shift {
+            id: config.id,
+            windows,
+        })
+    }
+
+    /// Whether local wall-clock time `local` falls inside the shift. Comparing wall-clock
+    /// times (not UTC offsets) is what keeps "09:00–17:00" right on both sides of a DST change.
+    pub fn contains(&self, local: DateTime) -> bool {
+        let today = weekday_index(local.weekday());
+        let yesterday = (today + 6) % 7;
+        let now_s = local.hour() as u32 * 3600 + local.minute() as u32 * 60 + local.second() as u32;
+        self.windows.iter().any(|w| {
+            if w.start_s < w.end_s {
+                w.day == today && (w.start_s..w.end_s).contains(&now_s)
+            } else {
+                // Runs past midnight: the evening part today, the morning part the day after.
+                (w.day == today && now_s >= w.start_s) || (w.day == yesterday && now_s < w.end_s)
+            }
+        })
+    }
+}
+
+fn parse_clock(text: &str) -> Result<u32, String> {
+    let bad = || format!("`{text}` is not a time of day as HH:MM (00:00 to 24:00)");
+    let (h, m) = text.split_once(':').ok_or_else(bad)?;
+    if h.len() != 2 || m.len() != 2 {
+        return Err(bad());
+    }
+    let h: u32 = h.parse().map_err(|_| bad())?;
+    let m: u32 = m.parse().map_err(|_| bad())?;
+    if m > 59 || h > 24 || (h == 24 && m != 0) {
+        return Err(bad());
+    }
+    Ok(h * 3600 + m * 60)
+}
+
+fn parse_day(text: &str) -> Option<u8> {
+    const DAYS: [&str; 7] = [
+        "monday",
+        "tuesday",
+        "wednesday",
+        "thursday",
+        "friday",
+        "saturday",
+        "sunday",
+    ];
+    let lower = text.to_ascii_lowercase();
+    DAYS.iter()
+        .position(|full| lower == *full || (lower.len() == 3 && full.starts_with(&lower)))
+        .map(|i| i as u8)
+}
+
+fn weekday_index(day: Weekday) -> u8 {
+    day.to_monday_zero_offset() as u8
+}
+
+/// The raw content of a snapshot, as synced and as stored.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotParts {
+    pub synced_at: Option<Timestamp>,
+    pub people: Vec<Person>,
+    pub credentials: Vec<Credential>,
+    pub credential_types: Vec<CredentialType>,
+    pub roles: Vec<Role>,
+    pub groups: Vec<Group>,
+    pub group_reservations: Vec<GroupReservation>,
+    pub reservations: Vec<Reservation>,
+    pub channels: Vec<Channel>,
+    pub sites: Vec<Site>,
+    pub shifts: Vec<Shift>,
+}
+
+/// Record counts, shown by `status` and checked when a snapshot is loaded.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotCounts {
+    pub people: u64,
+    pub credentials: u64,
+    pub credential_types: u64,
+    pub roles: u64,
+    pub groups: u64,
+    pub group_reservations: u64,
+    pub reservations: u64,
+    pub channels: u64,
+    pub sites: u64,
+    pub shifts: u64,
+}
+
+impl SnapshotParts {
+    pub fn counts(&self) -> SnapshotCounts {
+        SnapshotCounts {
+            people: self.people.len() as u64,
+            credentials: self.credentials.len() as u64,
+            credential_types: self.credential_types.len() as u64,
+            roles: self.roles.len() as u64,
+            groups: self.groups.len() as u64,
+            group_reservations: self.group_reservations.len() as u64,
+            reservations: self.reservations.len() as u64,
+            channels: self.channels.len() as u64,
+            sites: self.sites.len() as u64,
+            shifts: self.shifts.len() as u64,
+        }
+    }
+}
+
+/// An immutable, indexed snapshot. Built once per sync, then shared behind an `Arc`.
+#[derive(Debug)]
+pub struct Snapshot {
+    parts: SnapshotParts,
+    default_time_zone: Option<TimeZone>,
+    /// Resolved once per snapshot so a swipe never parses a zone name.
+    site_time_zones: HashMap<u64, Option<TimeZone>>,
+}
+
+impl Snapshot {
+    /// Sorts the collections for binary search and resolves time zones. `default_time_zone`
+    /// applies to doors whose channel has no site time zone.
+    pub fn new(mut parts: SnapshotParts, default_time_zone: &str) -> Snapshot {
+        parts.people.sort_by_key(|p| p.id);
+        parts
+            .credentials
+            .sort_by(|a, b| a.value.cmp(&b.value).then_with(|| a.id.cmp(&b.id)));
+        parts.credential_types.sort_by_key(|t| t.id);
+        parts.roles.sort_by_key(|r| r.id);
+        parts.groups.sort_by_key(|g| g.id);
+        parts.group_reservations.sort_by_key(|r| (r.person_id, r.id));
+        parts.reservations.sort_by_key(|r| (r.person_id, r.id));
+        parts.channels.sort_by_key(|c| c.id);
+        parts.sites.sort_by_key(|s| s.id);
+        parts.shifts.sort_by_key(|s| s.id);
+        let site_time_zones = parts
+            .sites
+            .iter()
+            .filter_map(|site| {
+                let name = site.time_zone.as_deref()?;
+                Some((site.id, TimeZone::get(name).ok()))
+            })
+            .collect();
+        Snapshot {
+            default_time_zone: TimeZone::get(default_time_zone).ok(),
+            site_time_zones,
+            parts,
+        }
+    }
+
+    pub fn empty() -> Snapshot {
+        Snapshot::new(SnapshotParts::default(), "UTC")
+    }
+
+    pub fn parts(&self) -> &SnapshotParts {
+        &self.parts
+    }
+
+    pub fn counts(&self) -> SnapshotCounts {
+        self.parts.counts()
+    }
+
+    pub fn synced_at(&self) -> Option<Timestamp> {
+        self.parts.synced_at
+    }
+
+    pub fn person(&self, id: u64) -> Option<&Person> {
+        find_by(&self.parts.people, id, |p| p.id)
+    }
+
+    /// Every credential whose value is exactly `value` (normally one).
+    pub fn credentials_with_value(&self, value: &str) -> &[Credential] {
+        let creds = &self.parts.credentials;
+        let start = creds.partition_point(|c| c.value.as_str() < value);
+        let end = start + creds[start..].partition_point(|c| c.value == value);
+        &creds[start..end]
+    }
+
+    pub fn credential_type(&self, id: u64) -> Option<&CredentialType> {
+        find_by(&self.parts.credential_types, id, |t| t.id)
+    }
+
+    pub fn role(&self, id: u64) -> Option<&Role> {
+        find_by(&self.parts.roles, id, |r| r.id)
+    }
+
+    pub fn channel(&self, id: u64) -> Option<&Channel> {
+        find_by(&self.parts.channels, id, |c| c.id)
+    }
+
+    pub fn shift(&self, id: u64) -> Option<&Shift> {
+        find_by(&self.parts.shifts, id, |s| s.id)
+    }
+
+    pub fn group_reservations_of(&self, person_id: u64) -> &[GroupReservation] {
+        range_by(&self.parts.group_reservations, person_id, |r| r.person_id)
+    }
+
+    pub fn reservations_of(&self, person_id: u64) -> &[Reservation] {
+        range_by(&self.parts.reservations, person_id, |r| r.person_id)
+    }
+
+    /// The time zone shifts are evaluated in at a door: its channel's site zone, else the
+    /// configured default. `None` when the zone name is unknown, which callers treat as doubt.
+    pub fn time_zone_for(&self, channel_id: Option<u64>) -> Option<&TimeZone> {
+        let site_id = channel_id.and_then(|id| self.channel(id)).and_then(|c| c.site_id);
+        match site_id.and_then(|id| self.site_time_zones.get(&id)) {
+            Some(site_zone) => site_zone.as_ref(),
+            None => self.default_time_zone.as_ref(),
+        }
+    }
+
+    /// Replaces the shifts (they come from config, since the v3 API does not publish them).
+    pub fn with_shifts(mut parts: SnapshotParts, shifts: Vec<Shift>, default_time_zone: &str) -> Snapshot {
+        parts.shifts = shifts;
+        Snapshot::new(parts, default_time_zone)
+    }
+
+    pub fn into_parts(self) -> SnapshotParts {
+        self.parts
+    }
+}
+
+fn find_by<T>(items: &[T], id: u64, key: impl Fn(&T) -> u64) -> Option<&T> {
+    items.binary_search_by_key(&id, key).ok().map(|i| &items[i])
+}
+
+fn range_by<T>(items: &[T], id: u64, key: impl Fn(&T) -> u64) -> &[T] {
+    let start = items.partition_point(|item| key(item) < id);
+    let end = start + items[start..].partition_point(|item| key(item) == id);
+    &items[start..end]
+}
+
+/// The snapshot the doors decide from. Readers take an `Arc` and keep a whole, consistent
+/// snapshot for as long as they hold it; a sync swaps in a new one in a single store.
+#[derive(Debug)]
+pub struct SharedSnapshot {
+    current: RwLock<Arc<Snapshot>>,
+}
+
+impl SharedSnapshot {
+    pub fn new(snapshot: Snapshot) -> SharedSnapshot {
+        SharedSnapshot {
+            current: RwLock::new(Arc::new(snapshot)),
+        }
+    }
+
+    pub fn current(&self) -> Arc<Snapshot> {
+        // A poisoned lock still guards a whole Arc; keep serving it rather than stop the doors.
+        match self.current.read() {
+            Ok(guard) => Arc::clone(&guard),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    pub fn replace(&self, snapshot: Arc<Snapshot>) {
+        match self.current.write() {
+            Ok(mut guard) => *guard = snapshot,
+            Err(poisoned) => *poisoned.into_inner() = snapshot,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ShiftTimeConfig;
+
+    fn shift(times: &[(&[&str], &str, &str)]) -> Result<Shift, (usize, &'static str, String)> {
+        Shift::from_config(&ShiftConfig {
+            id: 1,
+            name: String::new(),
+            times: times
+                .iter()
+                .map(|(days, start, end)| ShiftTimeConfig {
+                    days: days.iter().map(|d| d.to_string()).collect(),
+                    start: start.to_string(),
+                    end: end.to_string(),
+                })
+                .collect(),
+        })
+    }
+
+    fn at(text: &str) -> DateTime {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn day_window_is_half_open() {
+        let s = shift(&[(&["mon", "tue"], "09:00", "17:00")]).unwrap();
+        // 2026-11-23 is a Monday.
+        assert!(!s.contains(at("2026-11-23T08:59:59")));
+        assert!(s.contains(at("2026-11-23T09:00:00")));
+        assert!(s.contains(at("2026-11-24T16:59:59")));
+        assert!(!s.contains(at("2026-11-24T17:00:00")));
+        assert!(!s.contains(at("2026-11-25T12:00:00")));
+    }
+
+    #[test]
+    fn overnight_window_runs_into_the_next_day() {
+        let s = shift(&[(&["fri"], "22:00", "06:00")]).unwrap();
+        assert!(s.contains(at("2026-11-27T23:00:00")));
+        assert!(s.contains(at("2026-11-28T05:59:00")));
+        assert!(!s.contains(at("2026-11-28T06:00:00")));
+        assert!(!s.contains(at("2026-11-27T06:00:00")));
+        assert!(!s.contains(at("2026-11-26T23:00:00")));
+    }
+
+    #[test]
+    fn end_of_day_is_24_00() {
+        let s = shift(&[(&["sunday"], "00:00", "24:00")]).unwrap();
+        assert!(s.contains(at("2026-11-29T23:59:59")));
+        assert!(!s.contains(at("2026-11-30T00:00:00")));
+    }
+
+    #[test]
+    fn bad_shift_config_names_the_field() {
+        assert_eq!(shift(&[(&["mon"], "9:00", "17:00")]).unwrap_err().1, "start");
+        assert_eq!(shift(&[(&["mon"], "09:00", "24:01")]).unwrap_err().1, "end");
+        assert_eq!(shift(&[(&["mon"], "09:00", "09:00")]).unwrap_err().1, "end");
+        assert_eq!(shift(&[(&["funday"], "09:00", "10:00")]).unwrap_err().1, "days");
+        let err = shift(&[(&["mon"], "08:00", "09:00"), (&[], "09:00", "10:00")]).unwrap_err();
+        assert_eq!((err.0, err.1), (1, "days"));
+    }
+
+    #[test]
+    fn day_names_short_and_long() {
+        for (name, index) in [
+            ("mon", 0),
+            ("Monday", 0),
+            ("wednesday", 2),
+            ("SAT", 5),
+            ("sun", 6),
+        ] {
+            assert_eq!(parse_day(name), Some(index), "{name}");
+        }
+        for name in ["mo", "mond", "xyz", ""] {
+            assert_eq!(parse_day(name), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn credential_kind_from_slug_and_label() {
+        assert_eq!(CredentialKind::classify("pin", "PIN"), CredentialKind::Pin);
+        assert_eq!(
+            CredentialKind::classify("employee_pin", "Door PIN"),
+            CredentialKind::Pin
+        );
+        assert_eq!(
+            CredentialKind::classify("employee_card", "Employee Card"),
+            CredentialKind::Card
+        );
+        assert_eq!(
+            CredentialKind::classify("spinner_fob", "Spinner fob"),
+            CredentialKind::Card
+        );
+        assert_eq!(
+            CredentialKind::classify("hid_mobile", "HID Mobile Access"),
+            CredentialKind::Other
+        );
+    }
+
+    #[test]
+    fn lookups_after_sorting() {
+        let parts = SnapshotParts {
+            credentials: ["300", "100", "200", "100"]
+                .iter()
+                .enumerate()
+                .map(|(i, v)| Credential {
+                    id: format!("c{i}"),
+                    credential_type_id: 1,
+                    person_id: i as u64,
+                    value: v.to_string(),
+                    status: None,
+                })
+                .collect(),
+            people: (0..5)
+                .rev()
+                .map(|id| Person {
+                    id,
+                    enabled: true,
+                    valid_from: None,
+                    valid_to: None,
+                    roles: vec![],
+                    groups: vec![],
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let snapshot = Snapshot::new(parts, "UTC");
+        let ids: Vec<&str> = snapshot
+            .credentials_with_value("100")
+            .iter()
+            .map(|c| c.id.as_str())
+            .collect();
+        assert_eq!(ids, ["c1", "c3"]);
+        assert!(snapshot.credentials_with_value("150").is_empty());
+        assert_eq!(snapshot.person(3).map(|p| p.id), Some(3));
+        assert!(snapshot.person(9).is_none());
+    }
+
+    #[test]
+    fn unknown_site_zone_is_doubt_not_default() {
+        let parts = SnapshotParts {
+            channels: vec![
+                Channel {
+                    id: 1,
+                    mode: ChannelMode::Normal,
+                    lockdown: None,
+                    site_id: Some(7),
+                },
+                Channel {
+                    id: 2,
+                    mode: ChannelMode::Normal,
+                    lockdown: None,
+                    site_id: Some(8),
+                },
+            ],
+            sites: vec![
+                Site {
+                    id: 7,
+                    time_zone: Some("Mars/Olympus_Mons".into()),
+                },
+                Site {
+                    id: 8,
+                    time_zone: Some("Europe/London".into()),
+                },
+            ],
+            ..Default::default()
+        };
+        let snapshot = Snapshot::new(parts, "America/New_York");
+        assert!(snapshot.time_zone_for(Some(1)).is_none());
+        assert_eq!(
+            snapshot.time_zone_for(Some(2)).and_then(|z| z.iana_name()),
+            Some("Europe/London")
+        );
+        assert_eq!(
+            snapshot.time_zone_for(None).and_then(|z| z.iana_name()),
+            Some("America/New_York")
+        );
+        assert_eq!(
+            snapshot.time_zone_for(Some(99)).and_then(|z| z.iana_name()),
+            Some("America/New_York")
+        );
+    }
+}

@@ -1,0 +1,179 @@
+//! The `status` report: one JSON object (DESIGN.md's contract) built either from a running
+//! agent's memory (served over the admin socket) or, when the agent is stopped, from the store.
+
+use crate::config::Config;
+use crate::snapshot::{ChannelMode, Snapshot};
+use crate::store::{SnapshotHeader, Store, StoreError};
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub version: String,
+    /// Whether this report came from a running agent (through its admin socket).
+    pub agent_running: bool,
+    /// Whether the last call to DoorFlow succeeded.
+    pub online: bool,
+    pub snapshot: SnapshotStatus,
+    pub sync: SyncStatus,
+    pub queue: QueueStatus,
+    pub doors: Vec<DoorStatus>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotStatus {
+    pub generation: Option<u64>,
+    pub people: u64,
+    pub credentials: u64,
+    pub roles: u64,
+    pub groups: u64,
+    pub group_reservations: u64,
+    pub reservations: u64,
+    pub channels: u64,
+    /// RFC 3339, or null before the first successful sync.
+    pub synced_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SyncStatus {
+    pub last_success: Option<Timestamp>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct QueueStatus {
+    pub pending: u64,
+    pub dead: u64,
+    pub oldest_age_s: Option<u64>,
+    /// `online`, `paused` (rate limit), `backing_off`, `idle` or `stopped`.
+    pub uplink: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DoorStatus {
+    pub name: String,
+    pub channel_id: Option<u64>,
+    /// `locked`, `released` or `unknown` (agent stopped).
+    pub relay: String,
+    /// `closed`, `open`, `none` (no contact wired) or `unknown`.
+    pub contact: String,
+    /// `normal`, `unlock` or `lockdown`, from the channel in the snapshot.
+    pub mode: String,
+}
+
+impl SnapshotStatus {
+    pub fn from_header(header: Option<&SnapshotHeader>) -> SnapshotStatus {
+        let Some(header) = header else {
+            return SnapshotStatus::default();
+        };
+        let c = &header.counts;
+        SnapshotStatus {
+            generation: Some(header.generation),
+            people: c.people,
+            credentials: c.credentials,
+            roles: c.roles,
+            groups: c.groups,
+            group_reservations: c.group_reservations,
+            reservations: c.reservations,
+            channels: c.channels,
+            synced_at: header.synced_at,
+        }
+    }
+}
+
+/// The mode a door's channel is in, as `status` shows it.
+pub fn door_mode(snapshot: &Snapshot, channel_id: Option<u64>, now: Timestamp) -> &'static str {
+    let Some(channel) = channel_id.and_then(|id| snapshot.channel(id)) else {
+        return "normal";
+    };
+    if channel.lockdown.is_some_and(|l| l.cards) {
+        return "lockdown";
+    }
+    match channel.mode {
+        ChannelMode::Unlock { relock_at } if relock_at.is_none_or(|t| now < t) => "unlock",
+        _ => "normal",
+    }
+}
+
+/// The report for a stopped agent, read straight from the store.
+pub fn from_store(config: &Config, store: &Store) -> Result<StatusReport, StoreError> {
+    let header = store.snapshot_header()?;
+    let snapshot = match store.load_snapshot()? {
+        Some(parts) => Snapshot::new(parts, &config.sync.time_zone),
+        None => Snapshot::empty(),
+    };
+    let sync: SyncStatus = store.meta_get(SYNC_STATUS_KEY)?.unwrap_or_default();
+    let now = Timestamp::now();
+    Ok(StatusReport {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        agent_running: false,
+        online: false,
+        snapshot: SnapshotStatus::from_header(header.as_ref()),
+        sync,
+        queue: QueueStatus {
+            uplink: "stopped".into(),
+            ..QueueStatus::default()
+        },
+        doors: config
+            .doors
+            .iter()
+            .map(|door| DoorStatus {
+                name: door.name.clone(),
+                channel_id: door.channel_id,
+                relay: "unknown".into(),
+                contact: "unknown".into(),
+                mode: door_mode(&snapshot, door.channel_id, now).into(),
+            })
+            .collect(),
+    })
+}
+
+/// Meta key under which the last sync outcome is kept, so a stopped agent can report it.
+pub const SYNC_STATUS_KEY: &str = "sync.status";
+
+/// Human-readable rendering for `status` without `--json`.
+pub fn render(report: &StatusReport) -> String {
+    let mut out = String::new();
+    let running = if report.agent_running {
+        "running"
+    } else {
+        "stopped"
+    };
+    let online = if report.online { "online" } else { "offline" };
+    out.push_str(&format!(
+        "doorflow-agent {} — {running}, {online}\n",
+        report.version
+    ));
+    let s = &report.snapshot;
+    let synced = s
+        .synced_at
+        .map(|t| t.to_string())
+        .unwrap_or_else(|| "never".to_string());
+    out.push_str(&format!(
+        "snapshot: {} people, {} credentials, {} roles, {} groups, {} channels; synced {synced}\n",
+        s.people, s.credentials, s.roles, s.groups, s.channels
+    ));
+    if let Some(error) = &report.sync.last_error {
+        out.push_str(&format!("last sync error: {error}\n"));
+    }
+    let q = &report.queue;
+    let oldest = q
+        .oldest_age_s
+        .map(|a| format!(", oldest {a}s"))
+        .unwrap_or_default();
+    out.push_str(&format!(
+        "queue: {} pending, {} dead{oldest}; uplink {}\n",
+        q.pending, q.dead, q.uplink
+    ));
+    for door in &report.doors {
+        let channel = door
+            .channel_id
+            .map(|c| format!(" (channel {c})"))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "door {}{channel}: relay {}, contact {}, mode {}\n",
+            door.name, door.relay, door.contact, door.mode
+        ));
+    }
+    out
+}

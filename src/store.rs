@@ -1,0 +1,322 @@
+//! All persistent state goes through this module, so the engine underneath (sled) could change
+//! without touching the rest of the agent.
+//!
+//! Snapshot layout: each snapshot is written into its own tree `snapshot.<generation>` and only
+//! then made current by flipping `meta["snapshot.active"]`, flushed to disk. A crash before the
+//! flip leaves the old snapshot in force and an orphan tree that the next open removes; a reader
+//! in this process holds a shared lock for its whole read, so it sees one generation or the
+//! other, never a mix.
+
+use crate::snapshot::{SnapshotCounts, SnapshotParts};
+use jiff::Timestamp;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+
+const META_TREE: &str = "meta";
+const ACTIVE_KEY: &[u8] = b"snapshot.active";
+const SNAPSHOT_PREFIX: &str = "snapshot.";
+const HEADER_KEY: &[u8] = b"header";
+/// Records per sled batch when writing a snapshot: bounds memory while keeping writes fast.
+const BATCH: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {path} is in use by another process (is the agent running? use its admin socket)")]
+    Locked { path: PathBuf },
+    #[error("store {path}: {source}")]
+    Engine {
+        path: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("store {path}: snapshot generation {generation} is corrupt: {detail}")]
+    Corrupt {
+        path: PathBuf,
+        generation: u64,
+        detail: String,
+    },
+}
+
+/// What is known about the current snapshot without loading it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotHeader {
+    pub generation: u64,
+    pub synced_at: Option<Timestamp>,
+    pub written_at: Timestamp,
+    pub counts: SnapshotCounts,
+}
+
+pub struct Store {
+    path: PathBuf,
+    db: sled::Db,
+    meta: sled::Tree,
+    /// Shared by snapshot readers, exclusive for the flip that retires a generation.
+    swap: RwLock<()>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store with sled's page cache capped at `cache_capacity_bytes`,
+    /// and removes snapshot trees left behind by a crash mid-write.
+    pub fn open(path: &Path, cache_capacity_bytes: u64) -> Result<Store, StoreError> {
+        if let Some(parent) = path.parent() {
+            // sled creates the directory itself; make the parent private first.
+            let _ = std::fs::create_dir_all(parent);
+        }
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_capacity_bytes)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(|source| open_error(path, source))?;
+        let meta = db.open_tree(META_TREE).map_err(|source| StoreError::Engine {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let store = Store {
+            path: path.to_path_buf(),
+            db,
+            meta,
+            swap: RwLock::new(()),
+        };
+        store.remove_orphan_snapshots()?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn engine(&self, source: sled::Error) -> StoreError {
+        StoreError::Engine {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn active_generation(&self) -> Result<Option<u64>, StoreError> {
+        let value = self.meta.get(ACTIVE_KEY).map_err(|e| self.engine(e))?;
+        Ok(value
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map(u64::from_be_bytes))
+    }
+
+    fn remove_orphan_snapshots(&self) -> Result<(), StoreError> {
+        let active = self.active_generation()?.map(tree_name);
+        for name in self.db.tree_names() {
+            let name = String::from_utf8_lossy(&name).into_owned();
+            if name.starts_with(SNAPSHOT_PREFIX) && Some(&name) != active.as_ref() {
+                tracing::warn!(tree = %name, "removing a snapshot left incomplete by an earlier crash");
+                self.db.drop_tree(name.as_bytes()).map_err(|e| self.engine(e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The current snapshot's header, cheap enough for `status`.
+    pub fn snapshot_header(&self) -> Result<Option<SnapshotHeader>, StoreError> {
+        let _reading = self.swap.read().unwrap_or_else(|p| p.into_inner());
+        let Some(generation) = self.active_generation()? else {
+            return Ok(None);
+        };
+        let tree = self
+            .db
+            .open_tree(tree_name(generation))
+            .map_err(|e| self.engine(e))?;
+        let header = tree.get(HEADER_KEY).map_err(|e| self.engine(e))?;
+        let header = header.ok_or_else(|| self.corrupt(generation, "header missing"))?;
+        serde_json::from_slice(&header)
+            .map(Some)
+            .map_err(|e| self.corrupt(generation, &e.to_string()))
+    }
+
+    fn corrupt(&self, generation: u64, detail: &str) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.clone(),
+            generation,
+            detail: detail.to_string(),
+        }
+    }
+
+    /// Loads the current snapshot, checking every record count against the header.
+    pub fn load_snapshot(&self) -> Result<Option<SnapshotParts>, StoreError> {
+        let _reading = self.swap.read().unwrap_or_else(|p| p.into_inner());
+        let Some(generation) = self.active_generation()? else {
+            return Ok(None);
+        };
+        let tree = self
+            .db
+            .open_tree(tree_name(generation))
+            .map_err(|e| self.engine(e))?;
+        let header: SnapshotHeader = match tree.get(HEADER_KEY).map_err(|e| self.engine(e))? {
+            Some(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|e| self.corrupt(generation, &e.to_string()))?
+            }
+            None => return Err(self.corrupt(generation, "header missing")),
+        };
+        let parts = SnapshotParts {
+            synced_at: header.synced_at,
+            people: self.read_records(&tree, generation, "people")?,
+            credentials: self.read_records(&tree, generation, "credentials")?,
+            credential_types: self.read_records(&tree, generation, "credential_types")?,
+            roles: self.read_records(&tree, generation, "roles")?,
+            groups: self.read_records(&tree, generation, "groups")?,
+            group_reservations: self.read_records(&tree, generation, "group_reservations")?,
+            reservations: self.read_records(&tree, generation, "reservations")?,
+            channels: self.read_records(&tree, generation, "channels")?,
+            sites: self.read_records(&tree, generation, "sites")?,
+            shifts: self.read_records(&tree, generation, "shifts")?,
+        };
+        if parts.counts() != header.counts {
+            let detail = format!(
+                "record counts {:?} differ from header {:?}",
+                parts.counts(),
+                header.counts
+            );
+            return Err(self.corrupt(generation, &detail));
+        }
+        Ok(Some(parts))
+    }
+
+    fn read_records<T: DeserializeOwned>(
+        &self,
+        tree: &sled::Tree,
+        generation: u64,
+        kind: &str,
+    ) -> Result<Vec<T>, StoreError> {
+        let prefix = format!("{kind}/");
+        let mut records = Vec::new();
+        for entry in tree.scan_prefix(prefix.as_bytes()) {
+            let (key, value) = entry.map_err(|e| self.engine(e))?;
+            let record = serde_json::from_slice(&value)
+                .map_err(|e| self.corrupt(generation, &format!("{}: {e}", String::from_utf8_lossy(&key))))?;
+            records.push(record);
+        }
+        Ok(records)
+    }
+
+    /// Writes `parts` as the new current snapshot. Returns only once it is on disk and current;
+    /// on any error the previous snapshot stays current.
+    pub fn save_snapshot(&self, parts: &SnapshotParts) -> Result<SnapshotHeader, StoreError> {
+        let previous = self.active_generation()?;
+        let generation = self.next_generation()?;
+        let tree = self
+            .db
+            .open_tree(tree_name(generation))
+            .map_err(|e| self.engine(e))?;
+        let written = (|| -> Result<SnapshotHeader, StoreError> {
+            self.write_records(&tree, "people", &parts.people)?;
+            self.write_records(&tree, "credentials", &parts.credentials)?;
+            self.write_records(&tree, "credential_types", &parts.credential_types)?;
+            self.write_records(&tree, "roles", &parts.roles)?;
+            self.write_records(&tree, "groups", &parts.groups)?;
+            self.write_records(&tree, "group_reservations", &parts.group_reservations)?;
+            self.write_records(&tree, "reservations", &parts.reservations)?;
+            self.write_records(&tree, "channels", &parts.channels)?;
+            self.write_records(&tree, "sites", &parts.sites)?;
+            self.write_records(&tree, "shifts", &parts.shifts)?;
+            let header = SnapshotHeader {
+                generation,
+                synced_at: parts.synced_at,
+                written_at: Timestamp::now(),
+                counts: parts.counts(),
+            };
+            tree.insert(HEADER_KEY, to_json(&header))
+                .map_err(|e| self.engine(e))?;
+            // The new tree must be durable before it becomes current.
+            self.db.flush().map_err(|e| self.engine(e))?;
+            Ok(header)
+        })();
+        let header = match written {
+            Ok(header) => header,
+            Err(error) => {
+                let _ = self.db.drop_tree(tree_name(generation).as_bytes());
+                return Err(error);
+            }
+        };
+        {
+            let _flipping = self.swap.write().unwrap_or_else(|p| p.into_inner());
+            self.meta
+                .insert(ACTIVE_KEY, &generation.to_be_bytes())
+                .map_err(|e| self.engine(e))?;
+            self.db.flush().map_err(|e| self.engine(e))?;
+            if let Some(old) = previous {
+                self.db
+                    .drop_tree(tree_name(old).as_bytes())
+                    .map_err(|e| self.engine(e))?;
+            }
+        }
+        Ok(header)
+    }
+
+    fn next_generation(&self) -> Result<u64, StoreError> {
+        // sled's id generator is monotonic across restarts.
+        self.db.generate_id().map_err(|e| self.engine(e))
+    }
+
+    fn write_records<T: Serialize>(
+        &self,
+        tree: &sled::Tree,
+        kind: &str,
+        records: &[T],
+    ) -> Result<(), StoreError> {
+        for (chunk_index, chunk) in records.chunks(BATCH).enumerate() {
+            let mut batch = sled::Batch::default();
+            for (offset, record) in chunk.iter().enumerate() {
+                let index = chunk_index * BATCH + offset;
+                batch.insert(format!("{kind}/{index:010}").into_bytes(), to_json(record));
+            }
+            tree.apply_batch(batch).map_err(|e| self.engine(e))?;
+        }
+        Ok(())
+    }
+
+    /// A small value in the meta tree (sync cursors and similar), JSON-encoded.
+    pub fn meta_get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
+        let value = self.meta.get(key.as_bytes()).map_err(|e| self.engine(e))?;
+        Ok(value.and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+
+    /// Stores and flushes a meta value.
+    pub fn meta_put<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
+        self.meta
+            .insert(key.as_bytes(), to_json(value))
+            .map_err(|e| self.engine(e))?;
+        self.flush()
+    }
+
+    /// Flushes everything written so far to disk.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map(|_| ()).map_err(|e| self.engine(e))
+    }
+}
+
+fn tree_name(generation: u64) -> String {
+    format!("{SNAPSHOT_PREFIX}{generation:020}")
+}
+
+fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serialising our own plain structs cannot fail.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn open_error(path: &Path, source: sled::Error) -> StoreError {
+    if let sled::Error::Io(io) = &source {
+        if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") {
+            return StoreError::Locked {
+                path: path.to_path_buf(),
+            };
+        }
+    }
+    StoreError::Engine {
+        path: path.to_path_buf(),
+        source,
+    }
+}
