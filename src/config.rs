@@ -92,9 +92,11 @@ impl TryFrom<String> for SecretSource {
             return Ok(SecretSource::SystemdCredential(name.to_string()));
         }
         if !value.starts_with('/') {
-            return Err(format!(
-                "`{value}` is not an absolute file path or `systemd-credential:NAME` (secrets are never written inline)"
-            ));
+            // The value is not echoed: someone may have pasted the secret itself.
+            return Err(
+                "must be an absolute file path or `systemd-credential:NAME`; secrets are never written inline"
+                    .to_string(),
+            );
         }
         Ok(SecretSource::File(PathBuf::from(value)))
     }
@@ -435,9 +437,11 @@ pub enum ConfigError {
     /// missing key). `key` is the dotted path serde was at.
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
-    #[error("{path}: invalid value for `{key}`: {message}")]
+    #[error("{path}:{} invalid value for `{key}`: {message}", line.map(|l| format!(" line {l}:")).unwrap_or_default())]
     Invalid {
         path: String,
+        /// Line of the key in the file, when it appears there (defaults do not).
+        line: Option<usize>,
         key: String,
         message: String,
     },
@@ -459,6 +463,7 @@ impl Config {
         if let Some(problem) = config.validate().into_iter().next() {
             return Err(ConfigError::Invalid {
                 path: origin.to_string(),
+                line: line_of_key(text, &problem.key),
                 key: problem.key,
                 message: problem.message,
             });
@@ -791,6 +796,40 @@ fn parse_error(origin: &str, text: &str, error: &toml::de::Error, key: Option<St
         path: origin.to_string(),
         message: format!("{location}{key}{}", error.message().trim()),
     }
+}
+
+/// The line on which a dotted key such as `doors[1].reader.d1` is written, found through the
+/// TOML parser's spans; `None` when the key is not in the text (a default was used).
+pub fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    use toml::de::{DeTable, DeValue};
+    let root = DeTable::parse(text).ok()?;
+    let mut table = root.get_ref();
+    let mut span = None;
+    let mut segments = key.split('.').peekable();
+    while let Some(segment) = segments.next() {
+        let (name, index) = match segment.split_once('[') {
+            Some((name, rest)) => (name, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (segment, None),
+        };
+        let mut value = table
+            .iter()
+            .find(|(k, _)| k.get_ref().as_ref() == name)
+            .map(|(_, v)| v)?;
+        if let Some(index) = index {
+            match value.get_ref() {
+                DeValue::Array(items) => value = items.get(index)?,
+                _ => return None,
+            }
+        }
+        span = Some(value.span());
+        if segments.peek().is_some() {
+            match value.get_ref() {
+                DeValue::Table(inner) => table = inner,
+                _ => return None,
+            }
+        }
+    }
+    span.map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1)
 }
 
 fn check_range(report: &mut impl FnMut(String, String), key: &str, value: u64, min: u64, max: u64) {

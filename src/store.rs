@@ -320,3 +320,89 @@ fn open_error(path: &Path, source: sled::Error) -> StoreError {
         source,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::Person;
+
+    fn parts(people: u64) -> SnapshotParts {
+        SnapshotParts {
+            synced_at: Some(Timestamp::from_second(1_800_000_000).unwrap()),
+            people: (0..people)
+                .map(|id| Person {
+                    id,
+                    enabled: true,
+                    valid_from: None,
+                    valid_to: None,
+                    roles: vec![1],
+                    groups: vec![],
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_crash_mid_write_leaves_the_old_snapshot_and_the_orphan_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let store = Store::open(&path, 1 << 20).unwrap();
+            store.save_snapshot(&parts(3)).unwrap();
+            // What a crash between writing records and flipping the pointer leaves behind.
+            let orphan = store
+                .db
+                .open_tree(tree_name(store.next_generation().unwrap()))
+                .unwrap();
+            orphan.insert("people/0000000000", b"{}".as_slice()).unwrap();
+            store.flush().unwrap();
+        }
+        let store = Store::open(&path, 1 << 20).unwrap();
+        let snapshot_trees = store
+            .db
+            .tree_names()
+            .iter()
+            .filter(|n| n.starts_with(SNAPSHOT_PREFIX.as_bytes()))
+            .count();
+        assert_eq!(snapshot_trees, 1);
+        assert_eq!(store.load_snapshot().unwrap().unwrap().people.len(), 3);
+    }
+
+    #[test]
+    fn a_missing_record_is_reported_as_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), 1 << 20).unwrap();
+        let header = store.save_snapshot(&parts(5)).unwrap();
+        let tree = store.db.open_tree(tree_name(header.generation)).unwrap();
+        tree.remove("people/0000000002").unwrap();
+        let error = store.load_snapshot().unwrap_err();
+        assert!(matches!(error, StoreError::Corrupt { .. }), "{error}");
+        assert!(error.to_string().contains("record counts"), "{error}");
+    }
+
+    #[test]
+    fn an_unreadable_record_is_reported_as_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), 1 << 20).unwrap();
+        let header = store.save_snapshot(&parts(2)).unwrap();
+        let tree = store.db.open_tree(tree_name(header.generation)).unwrap();
+        tree.insert("people/0000000001", b"{not json".as_slice()).unwrap();
+        let error = store.load_snapshot().unwrap_err();
+        assert!(error.to_string().contains("people/0000000001"), "{error}");
+    }
+
+    #[test]
+    fn replacing_a_snapshot_drops_the_previous_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), 1 << 20).unwrap();
+        let first = store.save_snapshot(&parts(2)).unwrap();
+        let second = store.save_snapshot(&parts(4)).unwrap();
+        assert!(second.generation > first.generation);
+        let names = store.db.tree_names();
+        assert!(!names
+            .iter()
+            .any(|n| n.as_ref() == tree_name(first.generation).as_bytes()));
+        assert_eq!(store.snapshot_header().unwrap().unwrap().counts.people, 4);
+    }
+}

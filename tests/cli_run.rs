@@ -1,0 +1,192 @@
+//! The real binary: `run` loads the stored snapshot and answers `status` through the admin
+//! socket; SIGTERM stops it cleanly; `status` then reads the store directly.
+
+use doorflow_agent::snapshot::*;
+use doorflow_agent::store::Store;
+use serde_json::Value;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_doorflow-agent");
+
+/// The demo config with every path moved into `dir`.
+fn write_config(dir: &Path) -> PathBuf {
+    let text =
+        include_str!("../config/demo.toml").replace("/tmp/doorflow-agent-demo", &dir.display().to_string());
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn seed_store(dir: &Path, people: u64) {
+    let store = Store::open(&dir.join("db"), 1 << 20).unwrap();
+    let parts = SnapshotParts {
+        synced_at: Some("2026-11-22T10:00:00Z".parse().unwrap()),
+        people: (1..=people)
+            .map(|id| Person {
+                id,
+                enabled: true,
+                valid_from: None,
+                valid_to: None,
+                roles: vec![1],
+                groups: vec![],
+            })
+            .collect(),
+        credentials: (1..=people)
+            .map(|id| Credential {
+                id: format!("c{id}"),
+                credential_type_id: 1,
+                person_id: id,
+                value: id.to_string(),
+                status: None,
+            })
+            .collect(),
+        channels: vec![Channel {
+            id: 1341,
+            mode: ChannelMode::Unlock { relock_at: None },
+            lockdown: None,
+            site_id: None,
+        }],
+        ..Default::default()
+    };
+    store.save_snapshot(&parts).unwrap();
+}
+
+fn status_json(config: &Path) -> Value {
+    let out = Command::new(BIN)
+        .args(["status", "--json", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("status --json prints one JSON object")
+}
+
+fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+struct Agent(Child);
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn run_serves_status_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    seed_store(dir.path(), 25);
+
+    let mut agent = Agent(
+        Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("DOORFLOW_LOG_TARGET", "stderr")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let socket = dir.path().join("admin.sock");
+    wait_for("the admin socket", || socket.exists());
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660, "admin socket must not be world-accessible");
+
+    let live = status_json(&config);
+    assert_eq!(live["agent_running"], true);
+    assert_eq!(live["online"], false);
+    assert_eq!(live["snapshot"]["people"], 25);
+    assert_eq!(live["snapshot"]["credentials"], 25);
+    assert_eq!(live["snapshot"]["synced_at"], "2026-11-22T10:00:00Z");
+    assert_eq!(live["queue"]["pending"], 0);
+    assert_eq!(live["queue"]["dead"], 0);
+    assert_eq!(live["doors"][0]["name"], "front");
+    assert_eq!(live["doors"][0]["relay"], "locked");
+    assert_eq!(live["doors"][0]["contact"], "closed");
+    assert_eq!(live["doors"][1]["contact"], "none");
+    assert_eq!(live["doors"][1]["mode"], "unlock");
+
+    // A second agent on the same store and socket is refused with a clear message.
+    let second = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("DOORFLOW_LOG_TARGET", "stderr")
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("in use by another process"), "{stderr}");
+
+    let pid = agent.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exit = loop {
+        if let Some(status) = agent.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "agent did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(exit.code(), Some(0));
+    let mut log = String::new();
+    std::io::Read::read_to_string(agent.0.stderr.as_mut().unwrap(), &mut log).unwrap();
+    assert!(log.contains("ready"), "{log}");
+    assert!(log.contains("store flushed"), "{log}");
+    assert!(!socket.exists(), "admin socket left behind");
+
+    let stopped = status_json(&config);
+    assert_eq!(stopped["agent_running"], false);
+    assert_eq!(stopped["snapshot"]["people"], 25);
+    assert_eq!(stopped["doors"][0]["relay"], "unknown");
+    assert_eq!(stopped["doors"][1]["mode"], "unlock");
+}
+
+#[test]
+fn status_of_a_fresh_install_has_no_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let report = status_json(&config);
+    assert_eq!(report["snapshot"]["people"], 0);
+    assert_eq!(report["snapshot"]["synced_at"], Value::Null);
+    assert_eq!(report["online"], false);
+
+    let text = Command::new(BIN)
+        .args(["status", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("synced never"), "{text}");
+    assert!(text.contains("door front (channel 1340)"), "{text}");
+}
+
+#[test]
+fn run_with_an_invalid_config_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[api]\nbase_url = \"http://example.com\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("DOORFLOW_LOG_TARGET", "stderr")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing field `auth`"));
+}

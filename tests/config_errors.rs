@@ -1,0 +1,199 @@
+//! Every kind of config mistake produces a message that names the key (and line) at fault, and
+//! `check-config` exits 2 for it.
+
+use doorflow_agent::config::{Config, ConfigError};
+use std::process::Command;
+
+const DEMO: &str = include_str!("../config/demo.toml");
+const PRODUCTION: &str = include_str!("../config/doorflow-agent.toml");
+
+/// Applies one textual edit to the demo config and returns the error message.
+fn error_after(from: &str, to: &str) -> String {
+    assert!(DEMO.contains(from), "fixture text `{from}` not in demo.toml");
+    let text = DEMO.replacen(from, to, 1);
+    match Config::parse(&text, "demo.toml") {
+        Ok(_) => panic!("`{from}` → `{to}` was accepted"),
+        Err(error) => error.to_string(),
+    }
+}
+
+fn assert_mentions(message: &str, needles: &[&str]) {
+    for needle in needles {
+        assert!(message.contains(needle), "`{needle}` missing from: {message}");
+    }
+}
+
+#[test]
+fn shipped_configs_are_valid() {
+    let demo = Config::parse(DEMO, "demo.toml").unwrap();
+    assert_eq!(demo.doors.len(), 2);
+    let production = Config::parse(PRODUCTION, "doorflow-agent.toml").unwrap();
+    assert_eq!(production.doors[0].channel_id, Some(1340));
+}
+
+#[test]
+fn unknown_key() {
+    let message = error_after("interval_s = 10", "intervall_s = 10");
+    assert_mentions(&message, &["line 17", "intervall_s", "unknown field", "sync"]);
+}
+
+#[test]
+fn unknown_key_in_a_door() {
+    let message = error_after("unlock_s = 3", "unlock_secs = 3");
+    assert_mentions(&message, &["doors[0]", "unlock_secs", "unknown field"]);
+}
+
+#[test]
+fn wrong_type() {
+    let message = error_after("interval_s = 10", "interval_s = \"ten\"");
+    assert_mentions(
+        &message,
+        &["line 17", "sync.interval_s", "invalid type", "string"],
+    );
+}
+
+#[test]
+fn missing_required() {
+    let message = error_after("[doors.relay]\nline = 2\n", "[doors.relay]\n");
+    assert_mentions(&message, &["doors[0].relay", "missing field `line`"]);
+    let message = error_after("base_url = \"http://127.0.0.1:18080\"\n", "");
+    assert_mentions(&message, &["base_url"]);
+}
+
+#[test]
+fn missing_secret_for_the_auth_method() {
+    let message = error_after("api_key = \"/tmp/doorflow-agent-demo/api_key\"\n", "");
+    assert_mentions(
+        &message,
+        &["api.auth.api_key", "required when method = \"api_key\""],
+    );
+}
+
+#[test]
+fn inline_secret_is_refused() {
+    let message = error_after(
+        "api_key = \"/tmp/doorflow-agent-demo/api_key\"",
+        "api_key = \"dfk_live_123\"",
+    );
+    assert_mentions(&message, &["api_key", "never written inline"]);
+    assert!(
+        !message.contains("dfk_live_123"),
+        "a pasted secret is echoed: {message}"
+    );
+}
+
+#[test]
+fn out_of_range() {
+    let message = error_after("unlock_s = 2", "unlock_s = 900");
+    assert_mentions(&message, &["line 60", "doors[1].unlock_s", "900", "out of range"]);
+    let message = error_after("admit_ttl_s = 120", "admit_ttl_s = 0");
+    assert_mentions(&message, &["uplink.admit_ttl_s", "0 is out of range"]);
+}
+
+#[test]
+fn negative_number_is_a_type_error() {
+    let message = error_after("admit_ttl_s = 120", "admit_ttl_s = -5");
+    assert_mentions(&message, &["uplink.admit_ttl_s"]);
+}
+
+#[test]
+fn duplicate_gpio_line() {
+    let message = error_after("d1 = 11", "d1 = 10");
+    assert_mentions(
+        &message,
+        &[
+            "doors[1].reader.d1",
+            "line 10",
+            "already used by doors[1].reader.d0",
+        ],
+    );
+    // Across doors, and with an explicit /dev/ chip path that names the same chip.
+    let message = error_after(
+        "[doors.relay]\nline = 12",
+        "[doors.relay]\nchip = \"/dev/gpiochip0\"\nline = 2",
+    );
+    assert_mentions(
+        &message,
+        &["doors[1].relay.line", "already used by doors[0].relay.line"],
+    );
+}
+
+#[test]
+fn same_line_on_another_chip_is_fine() {
+    let text = DEMO.replacen(
+        "[doors.relay]\nline = 12",
+        "[doors.relay]\nchip = \"gpiochip1\"\nline = 2",
+        1,
+    );
+    Config::parse(&text, "demo.toml").unwrap();
+}
+
+#[test]
+fn plain_http_to_a_remote_host() {
+    let message = error_after(
+        "base_url = \"http://127.0.0.1:18080\"",
+        "base_url = \"http://api.doorflow.com\"",
+    );
+    assert_mentions(
+        &message,
+        &["line 5", "api.base_url", "plain http", "non-loopback"],
+    );
+    let message = error_after(
+        "events_url = \"http://127.0.0.1:18080/events\"",
+        "events_url = \"http://192.168.1.10/events\"",
+    );
+    assert_mentions(&message, &["uplink.events_url", "non-loopback"]);
+}
+
+#[test]
+fn bad_values_with_their_own_rules() {
+    let message = error_after("time_zone = \"Europe/London\"", "time_zone = \"Europe/Londn\"");
+    assert_mentions(&message, &["sync.time_zone", "Europe/Londn", "IANA"]);
+    let message = error_after("start = \"08:00\"", "start = \"8am\"");
+    assert_mentions(&message, &["shifts[0].times[0].start", "8am"]);
+    let message = error_after("card_value = \"number\"", "card_value = \"hex\"");
+    assert_mentions(&message, &["doors[0].card_value", "unknown variant `hex`"]);
+    let message = error_after("name = \"server-room\"", "name = \"front\"");
+    assert_mentions(&message, &["doors[1].name", "already used by doors[0]"]);
+    let message = error_after("channel_id = 1341", "channel_id = 1340");
+    assert_mentions(&message, &["doors[1].channel_id", "1340"]);
+}
+
+#[test]
+fn not_toml_at_all() {
+    let error = Config::parse("[api\nbase_url = 1", "broken.toml").unwrap_err();
+    assert!(matches!(error, ConfigError::Parse { .. }));
+    assert_mentions(&error.to_string(), &["broken.toml", "line 1"]);
+}
+
+#[test]
+fn missing_file() {
+    let error = Config::load(std::path::Path::new("/nonexistent/config.toml")).unwrap_err();
+    assert_mentions(&error.to_string(), &["/nonexistent/config.toml", "cannot read"]);
+}
+
+#[test]
+fn check_config_exit_codes() {
+    let bin = env!("CARGO_BIN_EXE_doorflow-agent");
+    let ok = Command::new(bin)
+        .args(["check-config", "--config", "config/demo.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(ok.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert_mentions(&stdout, &["ok", "2 door(s)", "front (channel 1340)"]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, DEMO.replacen("d1 = 11", "d1 = 10", 1)).unwrap();
+    let out = Command::new(bin)
+        .args(["check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_mentions(
+        &String::from_utf8_lossy(&out.stderr),
+        &["doors[1].reader.d1", "already used"],
+    );
+}
