@@ -5,6 +5,7 @@ pub mod admin;
 pub mod agent;
 pub mod config;
 pub mod credential;
+pub mod door;
 pub mod snapshot;
 pub mod status;
 pub mod store;
