@@ -18,10 +18,48 @@ use tokio::net::{UnixListener, UnixStream};
 /// Longest request line accepted; anything longer is a misbehaving client.
 const MAX_REQUEST: usize = 64 * 1024;
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     Status,
+    /// Queued calls, oldest first.
+    QueueList {
+        limit: usize,
+    },
+    /// Dead letters, oldest first.
+    QueueDead {
+        limit: usize,
+    },
+    /// Requeue one dead letter (by id or key) or, with `id: null`, all of them.
+    RetryDead {
+        id: Option<String>,
+    },
+    PurgeDead,
+}
+
+/// Answers a queue request from a store: the same code serves the admin socket (agent
+/// running) and the CLI's direct access (agent stopped).
+pub fn queue_reply(store: &crate::store::Store, request: &Request) -> Result<Value, String> {
+    let reply = match request {
+        Request::Status => return Err("not a queue request".into()),
+        Request::QueueList { limit } => {
+            let entries = store.outbox_list(*limit).map_err(|e| e.to_string())?;
+            json!({"ok": true, "queued": entries.into_iter().map(|e| json!({"key": e.key, "call": e.value})).collect::<Vec<_>>()})
+        }
+        Request::QueueDead { limit } => {
+            let entries = store.dead_list(*limit).map_err(|e| e.to_string())?;
+            json!({"ok": true, "dead": entries.into_iter().map(|e| json!({"key": e.key, "letter": e.value})).collect::<Vec<_>>()})
+        }
+        Request::RetryDead { id } => {
+            let requeued = store.dead_retry(id.as_deref()).map_err(|e| e.to_string())?;
+            json!({"ok": true, "requeued": requeued})
+        }
+        Request::PurgeDead => {
+            let purged = store.dead_purge().map_err(|e| e.to_string())?;
+            json!({"ok": true, "purged": purged})
+        }
+    };
+    Ok(reply)
 }
 
 pub struct Server {
@@ -90,6 +128,18 @@ async fn handle(stream: UnixStream, agent: Arc<Agent>) {
         } else {
             match serde_json::from_slice::<Request>(&line) {
                 Ok(Request::Status) => json!({"ok": true, "status": agent.status()}),
+                Ok(request) => {
+                    let store = Arc::clone(&agent.store);
+                    let answer = tokio::task::spawn_blocking(move || queue_reply(&store, &request)).await;
+                    match answer {
+                        Ok(Ok(reply)) => {
+                            agent.queue_changed.notify_one();
+                            reply
+                        }
+                        Ok(Err(error)) => json!({"ok": false, "error": error}),
+                        Err(error) => json!({"ok": false, "error": error.to_string()}),
+                    }
+                }
                 Err(error) => json!({"ok": false, "error": format!("bad request: {error}")}),
             }
         };

@@ -1,10 +1,15 @@
 //! Wiring of the running agent: store, in-memory snapshot, admin socket, shutdown.
 
 use crate::admin;
+use crate::audit::AuditEvent;
 use crate::config::Config;
+use crate::door_task::DoorTask;
+use crate::hw;
+use crate::outbox;
 use crate::snapshot::{SharedSnapshot, Shift, Snapshot};
 use crate::status::{self, DoorStatus, QueueStatus, SnapshotStatus, StatusReport, SyncStatus};
 use crate::store::{Store, StoreError};
+use crate::supervisor;
 use jiff::Timestamp;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,6 +23,8 @@ pub enum AgentError {
     AdminSocket { path: String, reason: String },
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Gpio(#[from] hw::GpioError),
 }
 
 /// Live state of one door, as `status` reports it.
@@ -33,10 +40,12 @@ pub struct DoorState {
 pub struct Agent {
     pub config: Config,
     pub store: Arc<Store>,
-    pub snapshot: SharedSnapshot,
-    pub doors: Vec<Mutex<DoorState>>,
+    pub snapshot: Arc<SharedSnapshot>,
+    pub doors: Vec<Arc<Mutex<DoorState>>>,
     pub online: AtomicBool,
     pub sync_status: Mutex<SyncStatus>,
+    /// Notified whenever calls are queued, so the uplink drains without polling.
+    pub queue_changed: Arc<tokio::sync::Notify>,
 }
 
 impl Agent {
@@ -59,18 +68,19 @@ impl Agent {
             .doors
             .iter()
             .map(|door| {
-                Mutex::new(DoorState {
+                Arc::new(Mutex::new(DoorState {
                     relay_released: false,
                     contact_open: door.contact.as_ref().map(|_| false),
-                })
+                }))
             })
             .collect();
         Ok(Arc::new(Agent {
             store: Arc::new(store),
-            snapshot: SharedSnapshot::new(snapshot),
+            snapshot: Arc::new(SharedSnapshot::new(snapshot)),
             doors,
             online: AtomicBool::new(false),
             sync_status: Mutex::new(sync_status),
+            queue_changed: Arc::new(tokio::sync::Notify::new()),
             config,
         }))
     }
@@ -97,17 +107,17 @@ impl Agent {
                 synced_at: snapshot.synced_at(),
             },
             sync: lock(&self.sync_status).clone(),
-            queue: QueueStatus {
-                uplink: "idle".into(),
+            queue: QueueStatus::from_store(&self.store, "idle").unwrap_or_else(|error| QueueStatus {
+                uplink: format!("unknown ({error})"),
                 ..QueueStatus::default()
-            },
+            }),
             doors: self
                 .config
                 .doors
                 .iter()
                 .zip(&self.doors)
                 .map(|(door, state)| {
-                    let state = lock(state).clone();
+                    let state = lock(state.as_ref()).clone();
                     DoorStatus {
                         name: door.name.clone(),
                         channel_id: door.channel_id,
@@ -146,11 +156,30 @@ pub fn config_shifts(config: &Config) -> Vec<Shift> {
         .collect()
 }
 
-/// Runs the agent until `shutdown` resolves, then flushes the store.
+/// Runs the agent until `shutdown` resolves: door tasks, audit writer, admin socket. On the way
+/// out every door is left in its fail state and the store is flushed.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
     let agent = Agent::start(config)?;
     let admin = admin::Server::bind(&agent.config.admin.socket).await?;
     let admin_task = tokio::spawn(admin.serve(Arc::clone(&agent)));
+
+    let (stop_doors, doors_stopping) = tokio::sync::watch::channel(false);
+    let (audit_tx, audit_rx) = tokio::sync::mpsc::unbounded_channel();
+    let loop_names: Vec<String> = agent
+        .config
+        .doors
+        .iter()
+        .map(|d| format!("door {}", d.name))
+        .collect();
+    let (liveness, heartbeats) = supervisor::Liveness::new(&loop_names);
+    let door_tasks = start_doors(&agent, audit_tx, doors_stopping, heartbeats)?;
+    let watchdog = tokio::spawn(supervisor::run_watchdog(liveness));
+    let audit_task = tokio::spawn(outbox::run_writer(
+        Arc::clone(&agent.store),
+        agent.config.uplink.clone(),
+        audit_rx,
+        Arc::clone(&agent.queue_changed),
+    ));
 
     let snapshot = agent.snapshot.current();
     let counts = snapshot.counts();
@@ -164,17 +193,63 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         doors = agent.config.doors.len(),
         "ready: snapshot loaded, swipes are decided locally"
     );
-    for door in &agent.config.doors {
-        tracing::info!(door = %door.name, channel_id = ?door.channel_id, card_value = ?door.card_value, "door configured");
-    }
+    supervisor::notify_ready(&format!(
+        "{} people, {} credentials",
+        counts.people, counts.credentials
+    ));
 
     shutdown.await;
     tracing::info!("shutting down");
+    supervisor::notify_stopping();
+    watchdog.abort();
+    let _ = stop_doors.send(true);
+    for task in door_tasks {
+        let _ = task.await;
+    }
+    // The door tasks held the only senders: the writer drains what is left and ends.
+    let _ = audit_task.await;
     admin_task.abort();
     let _ = std::fs::remove_file(&agent.config.admin.socket);
     agent.store.flush()?;
     tracing::info!("store flushed; stopped");
     Ok(())
+}
+
+/// Opens every door's GPIO lines (failing start-up with a clear message if a chip or line is
+/// unavailable) and spawns its task.
+fn start_doors(
+    agent: &Arc<Agent>,
+    audit: tokio::sync::mpsc::UnboundedSender<AuditEvent>,
+    stopping: tokio::sync::watch::Receiver<bool>,
+    heartbeats: Vec<supervisor::Heartbeat>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, AgentError> {
+    let config = &agent.config;
+    let backend = hw::Backend::open(config);
+    if let hw::Backend::Mock(mock) = &backend {
+        let listener = hw::mock::bind_control_socket(&config.gpio.mock_socket).map_err(|e| {
+            AgentError::Gpio(hw::GpioError::Chip {
+                chip: config.gpio.mock_socket.display().to_string(),
+                reason: format!("mock control socket: {e}"),
+            })
+        })?;
+        tokio::spawn(Arc::clone(mock).serve(listener));
+        tracing::info!(socket = %config.gpio.mock_socket.display(), "mock GPIO backend; control socket ready");
+    }
+    let mut tasks = Vec::new();
+    for ((index, door), heartbeat) in config.doors.iter().enumerate().zip(heartbeats) {
+        let hardware = backend.open_door(config, index)?;
+        let task = DoorTask::new(
+            door,
+            hardware,
+            Arc::clone(&agent.snapshot),
+            Arc::clone(&agent.doors[index]),
+            audit.clone(),
+        )
+        .with_heartbeat(heartbeat);
+        tracing::info!(door = %door.name, channel_id = ?door.channel_id, card_value = ?door.card_value, "door ready");
+        tasks.push(tokio::spawn(task.run(stopping.clone())));
+    }
+    Ok(tasks)
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -17,7 +17,9 @@ pub enum DoorMode {
     /// Held released for everyone.
     Unlock,
     /// Held locked; REX only works when allowed.
-    Lockdown { rex_allowed: bool },
+    Lockdown {
+        rex_allowed: bool,
+    },
 }
 
 /// Door events with DoorFlow codes.
@@ -270,7 +272,10 @@ impl DoorMachine {
         }
         if let Some(opened) = self.opened_at {
             // Held-open does not apply while the channel holds the door released.
-            if !self.held_reported && self.mode != DoorMode::Unlock && now >= opened + self.timing.held_open_ns {
+            if !self.held_reported
+                && self.mode != DoorMode::Unlock
+                && now >= opened + self.timing.held_open_ns
+            {
                 self.held_reported = true;
                 self.in_alarm = true;
                 events.push(DoorEvent::HeldOpen);
@@ -342,7 +347,11 @@ mod tests {
         let mut door = machine();
         assert_eq!(door.set_mode(DoorMode::Unlock, S).relay, Some(true));
         assert!(run_until(&mut door, 100 * S).iter().all(|e| e.relay.is_none()));
-        assert_eq!(door.set_mode(DoorMode::Lockdown { rex_allowed: false }, 101 * S).relay, Some(false));
+        assert_eq!(
+            door.set_mode(DoorMode::Lockdown { rex_allowed: false }, 101 * S)
+                .relay,
+            Some(false)
+        );
         door.grant(102 * S); // decide() denies in lockdown; even so nothing may stay open
         door.set_mode(DoorMode::Lockdown { rex_allowed: false }, 102 * S);
         assert!(!door.relay_released());
@@ -362,7 +371,10 @@ mod tests {
         assert_eq!(door.rex_level(true, S), Effects::default());
         let effects = run_until(&mut door, S + 20 * MS);
         assert_eq!(effects[0].relay, Some(true));
-        assert_eq!(events(&effects), [DoorEvent::RexPressed, DoorEvent::AdmittedByRex]);
+        assert_eq!(
+            events(&effects),
+            [DoorEvent::RexPressed, DoorEvent::AdmittedByRex]
+        );
         assert_eq!(door.next_deadline(), Some(S + 20 * MS + 5 * S));
     }
 
@@ -388,7 +400,10 @@ mod tests {
         door.set_mode(DoorMode::Lockdown { rex_allowed: true }, 0);
         door.rex_level(true, S);
         let effects = run_until(&mut door, 2 * S);
-        assert_eq!(events(&effects), [DoorEvent::RexPressed, DoorEvent::AdmittedByRex]);
+        assert_eq!(
+            events(&effects),
+            [DoorEvent::RexPressed, DoorEvent::AdmittedByRex]
+        );
         assert!(door.relay_released());
     }
 
@@ -413,7 +428,10 @@ mod tests {
         assert!(events(&effects).is_empty(), "{effects:?}");
         let effects = run_until(&mut door, 32 * S + 20 * MS);
         assert_eq!(events(&effects), [DoorEvent::HeldOpen]);
-        assert!(run_until(&mut door, 100 * S).is_empty(), "held-open is reported once");
+        assert!(
+            run_until(&mut door, 100 * S).is_empty(),
+            "held-open is reported once"
+        );
         door.contact_level(false, 101 * S);
         assert_eq!(events(&run_until(&mut door, 102 * S)), [DoorEvent::DoorNormal]);
     }

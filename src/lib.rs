@@ -3,10 +3,16 @@
 pub mod access;
 pub mod admin;
 pub mod agent;
+pub mod audit;
 pub mod config;
 pub mod credential;
 pub mod door;
+pub mod door_task;
+pub mod hw;
+pub mod outbox;
+pub mod secrets;
 pub mod snapshot;
 pub mod status;
 pub mod store;
+pub mod supervisor;
 pub mod telemetry;

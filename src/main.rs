@@ -39,6 +39,35 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Inspect and manage the outbox of queued admit and event calls.
+    Queue {
+        #[command(subcommand)]
+        action: QueueAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueAction {
+    /// List queued calls, oldest first (JSON lines).
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// List dead letters: calls DoorFlow refused or that expired (JSON lines).
+    Dead {
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Put dead letters back on the queue: one by id (or key), or all with --all.
+    RetryDead {
+        /// The call id (as in `queue dead`) or its key.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Delete every dead letter.
+    PurgeDead,
 }
 
 fn main() -> ExitCode {
@@ -91,6 +120,10 @@ fn main() -> ExitCode {
                 Err(message) => failure(&message),
             }
         }
+        Command::Queue { action } => match Config::load(&cli.config) {
+            Ok(config) => queue_command(&config, action),
+            Err(error) => config_failure(&error),
+        },
     }
 }
 
@@ -100,12 +133,50 @@ fn gather_status(config: &Config) -> Result<status::StatusReport, String> {
         Ok(reply) => serde_json::from_value(reply["status"].clone())
             .map_err(|e| format!("unreadable status reply: {e}")),
         Err(admin::ClientError::NotRunning(_)) => {
-            let store = store::Store::open(&config.store.path, config.store.cache_capacity_mb * 1024 * 1024)
-                .map_err(|e| e.to_string())?;
-            status::from_store(config, &store).map_err(|e| e.to_string())
+            status::from_store(config, &open_store(config)?).map_err(|e| e.to_string())
         }
         Err(error) => Err(error.to_string()),
     }
+}
+
+/// Runs a queue action through the running agent, or on the store when it is stopped.
+fn queue_command(config: &Config, action: QueueAction) -> ExitCode {
+    let request = match action {
+        QueueAction::List { limit } => admin::Request::QueueList { limit },
+        QueueAction::Dead { limit } => admin::Request::QueueDead { limit },
+        QueueAction::RetryDead { id, .. } => admin::Request::RetryDead { id },
+        QueueAction::PurgeDead => admin::Request::PurgeDead,
+    };
+    let reply = match admin::call(&config.admin.socket, &request) {
+        Ok(reply) => Ok(reply),
+        Err(admin::ClientError::NotRunning(_)) => {
+            open_store(config).and_then(|store| admin::queue_reply(&store, &request))
+        }
+        Err(error) => Err(error.to_string()),
+    };
+    let reply = match reply {
+        Ok(reply) => reply,
+        Err(message) => return failure(&message),
+    };
+    for list in ["queued", "dead"] {
+        if let Some(items) = reply[list].as_array() {
+            for item in items {
+                println!("{item}");
+            }
+            eprintln!("{} {list}", items.len());
+        }
+    }
+    for count in ["requeued", "purged"] {
+        if let Some(n) = reply[count].as_u64() {
+            println!("{n} {count}");
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn open_store(config: &Config) -> Result<store::Store, String> {
+    store::Store::open(&config.store.path, config.store.cache_capacity_mb * 1024 * 1024)
+        .map_err(|e| e.to_string())
 }
 
 fn config_failure(error: &ConfigError) -> ExitCode {

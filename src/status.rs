@@ -61,6 +61,25 @@ pub struct DoorStatus {
     pub mode: String,
 }
 
+impl QueueStatus {
+    /// Queue depth from the store, with the uplink state supplied by the caller.
+    pub fn from_store(store: &Store, uplink: &str) -> Result<QueueStatus, StoreError> {
+        let stats = store.outbox_stats()?;
+        let oldest_age_s = store.outbox_head()?.map(|head| {
+            Timestamp::now()
+                .duration_since(head.value.created_at)
+                .as_secs()
+                .max(0) as u64
+        });
+        Ok(QueueStatus {
+            pending: stats.pending,
+            dead: stats.dead,
+            oldest_age_s,
+            uplink: uplink.to_string(),
+        })
+    }
+}
+
 impl SnapshotStatus {
     pub fn from_header(header: Option<&SnapshotHeader>) -> SnapshotStatus {
         let Some(header) = header else {
@@ -110,10 +129,7 @@ pub fn from_store(config: &Config, store: &Store) -> Result<StatusReport, StoreE
         online: false,
         snapshot: SnapshotStatus::from_header(header.as_ref()),
         sync,
-        queue: QueueStatus {
-            uplink: "stopped".into(),
-            ..QueueStatus::default()
-        },
+        queue: QueueStatus::from_store(store, "stopped")?,
         doors: config
             .doors
             .iter()

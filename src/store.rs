@@ -7,6 +7,10 @@
 //! in this process holds a shared lock for its whole read, so it sees one generation or the
 //! other, never a mix.
 
+mod outbox;
+
+pub use outbox::{Call, Capacity, DeadLetter, Entry, OutboxStats, QueuedCall};
+
 use crate::snapshot::{SnapshotCounts, SnapshotParts};
 use jiff::Timestamp;
 use serde::de::DeserializeOwned;
@@ -50,6 +54,8 @@ pub struct SnapshotHeader {
 
 pub struct Store {
     path: PathBuf,
+    /// Bytes in the outbox, `u64::MAX` until first counted (see `outbox`).
+    outbox_bytes: std::sync::atomic::AtomicU64,
     db: sled::Db,
     meta: sled::Tree,
     /// Shared by snapshot readers, exclusive for the flip that retires a generation.
@@ -82,6 +88,7 @@ impl Store {
         })?;
         let store = Store {
             path: path.to_path_buf(),
+            outbox_bytes: std::sync::atomic::AtomicU64::new(u64::MAX),
             db,
             meta,
             swap: RwLock::new(()),

@@ -1,0 +1,338 @@
+//! The mock GPIO backend: in-memory lines for x86, tests and the demo, driven through a control
+//! socket that speaks JSON lines (DESIGN.md's contract). Every reply is one line with `"ok"`.
+//!
+//! ```text
+//! {"op":"card","door":"front","format":"h10301","facility":1,"number":17}
+//! {"op":"wiegand","door":0,"bits":"0101…"}
+//! {"op":"pin","door":0,"digits":"500010"}
+//! {"op":"input","door":0,"line":"contact"|"rex","value":true}
+//! {"op":"state","door":0}
+//! {"op":"watch"}                       → a stream of output changes with timestamps
+//! ```
+//!
+//! Card and Wiegand requests become real edge sequences with standard timing (50 µs pulses,
+//! 2 ms apart), stamped on the monotonic clock, so the same decoder path runs as on hardware.
+
+use super::wiegand::{self, Bits, EdgeKind, PulseTiming, WiegandLine};
+use super::{monotonic_ns, DoorHardware, DoorInput, GpioError, InputEvent, RelayOutput, EVENT_BUFFER};
+use crate::agent::lock;
+use crate::config::Config;
+use crate::credential::CardFormat;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{broadcast, mpsc};
+
+/// Gap between keypad bursts: longer than any frame gap, so each key is its own frame.
+const KEY_GAP_NS: u64 = 100_000_000;
+const MAX_REQUEST: usize = 16 * 1024;
+
+/// One relay change, as `watch` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputChange {
+    pub door: String,
+    pub line: String,
+    /// Logical state: the strike is released.
+    pub released: bool,
+    /// Physical level on the pin after polarity.
+    pub level: bool,
+    pub timestamp_ns: u64,
+}
+
+#[derive(Debug, Default, Clone)]
+struct DoorLines {
+    relay_released: bool,
+    contact: Option<bool>,
+    rex: Option<bool>,
+}
+
+struct MockDoor {
+    name: String,
+    relay_active_low: bool,
+    lines: Arc<Mutex<DoorLines>>,
+    sender: Mutex<Option<mpsc::Sender<InputEvent>>>,
+}
+
+/// The simulated lines of every configured door.
+pub struct MockGpio {
+    doors: Vec<MockDoor>,
+    changes: broadcast::Sender<OutputChange>,
+}
+
+impl MockGpio {
+    pub fn new(config: &Config) -> Arc<MockGpio> {
+        let (changes, _) = broadcast::channel(1024);
+        let doors = config
+            .doors
+            .iter()
+            .map(|door| MockDoor {
+                name: door.name.clone(),
+                relay_active_low: door.relay.active_low,
+                lines: Arc::new(Mutex::new(DoorLines {
+                    relay_released: false,
+                    contact: door.contact.as_ref().map(|_| false),
+                    rex: door.rex.as_ref().map(|_| false),
+                })),
+                sender: Mutex::new(None),
+            })
+            .collect();
+        Arc::new(MockGpio { doors, changes })
+    }
+
+    pub fn open_door(self: &Arc<Self>, index: usize) -> DoorHardware {
+        let door = &self.doors[index];
+        let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+        *lock(&door.sender) = Some(tx);
+        let lines = lock(&door.lines).clone();
+        DoorHardware {
+            events: rx,
+            relay: Box::new(MockRelay {
+                gpio: Arc::clone(self),
+                index,
+            }),
+            contact_open: lines.contact,
+            rex_pressed: lines.rex,
+        }
+    }
+
+    /// Subscribes to relay changes (what `watch` streams).
+    pub fn watch(&self) -> broadcast::Receiver<OutputChange> {
+        self.changes.subscribe()
+    }
+
+    fn find(&self, selector: &Value) -> Result<usize, String> {
+        match selector {
+            Value::Number(n) => n
+                .as_u64()
+                .map(|i| i as usize)
+                .filter(|i| *i < self.doors.len())
+                .ok_or_else(|| format!("no door with index {n} ({} configured)", self.doors.len())),
+            Value::String(name) => self
+                .doors
+                .iter()
+                .position(|d| &d.name == name)
+                .ok_or_else(|| format!("no door named `{name}`")),
+            Value::Null => Err("missing `door` (an index or a name)".into()),
+            other => Err(format!("`door` must be an index or a name, not {other}")),
+        }
+    }
+
+    fn send(&self, index: usize, events: Vec<InputEvent>) -> Result<(), String> {
+        let sender = lock(&self.doors[index].sender).clone();
+        let sender = sender.ok_or("the door is not running yet")?;
+        for event in events {
+            sender
+                .try_send(event)
+                .map_err(|e| format!("the door's input buffer refused the event: {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn send_bits(&self, index: usize, bits: &Bits, start_ns: u64) -> Result<u64, String> {
+        let edges = wiegand::edges_for(bits, start_ns, &PulseTiming::default());
+        let end = edges.last().map_or(start_ns, |e| e.timestamp_ns);
+        let events = edges
+            .into_iter()
+            .map(|edge| InputEvent {
+                input: match edge.line {
+                    WiegandLine::D0 => DoorInput::D0,
+                    WiegandLine::D1 => DoorInput::D1,
+                },
+                active: edge.kind == EdgeKind::Falling,
+                timestamp_ns: edge.timestamp_ns,
+            })
+            .collect();
+        self.send(index, events)?;
+        Ok(end)
+    }
+
+    /// Handles one control request and returns its reply.
+    pub fn handle(&self, request: &Value) -> Value {
+        match self.try_handle(request) {
+            Ok(reply) => reply,
+            Err(error) => json!({"ok": false, "error": error}),
+        }
+    }
+
+    fn try_handle(&self, request: &Value) -> Result<Value, String> {
+        let op = request["op"].as_str().ok_or("missing `op`")?;
+        match op {
+            "card" => {
+                let index = self.find(&request["door"])?;
+                let format: CardFormat = serde_json::from_value(request["format"].clone())
+                    .map_err(|_| "`format` must be h10301, h10306 or h10304")?;
+                let facility = request["facility"].as_u64().unwrap_or(0);
+                let number = request["number"].as_u64().ok_or("missing `number`")?;
+                let facility = u32::try_from(facility).map_err(|_| "`facility` is too large")?;
+                let bits = wiegand::encode_card(format, facility, number).map_err(|e| e.to_string())?;
+                self.send_bits(index, &bits, monotonic_ns())?;
+                Ok(json!({"ok": true, "bits": bits.to_string()}))
+            }
+            "wiegand" => {
+                let index = self.find(&request["door"])?;
+                let text = request["bits"].as_str().ok_or("missing `bits`")?;
+                let bits = Bits::from_str(text).ok_or("`bits` must be 1 to 128 characters of 0 and 1")?;
+                self.send_bits(index, &bits, monotonic_ns())?;
+                Ok(json!({"ok": true, "bits": bits.len()}))
+            }
+            "pin" => {
+                let index = self.find(&request["door"])?;
+                let digits = request["digits"].as_str().ok_or("missing `digits`")?;
+                let eight_bit = request["eight_bit"].as_bool().unwrap_or(false);
+                let mut at = monotonic_ns();
+                for key in digits.chars().chain(std::iter::once('#')) {
+                    let key = wiegand::Key::from_char(key).ok_or(format!("`{key}` is not a keypad key"))?;
+                    at = self.send_bits(index, &wiegand::encode_key(key, eight_bit), at)? + KEY_GAP_NS;
+                }
+                Ok(json!({"ok": true}))
+            }
+            "input" => {
+                let index = self.find(&request["door"])?;
+                let value = request["value"]
+                    .as_bool()
+                    .ok_or("`value` must be true or false")?;
+                let input = match request["line"].as_str() {
+                    Some("contact") => DoorInput::Contact,
+                    Some("rex") => DoorInput::Rex,
+                    _ => return Err("`line` must be \"contact\" or \"rex\"".into()),
+                };
+                {
+                    let mut lines = lock(&self.doors[index].lines);
+                    let slot = match input {
+                        DoorInput::Contact => &mut lines.contact,
+                        _ => &mut lines.rex,
+                    };
+                    match slot {
+                        Some(level) => *level = value,
+                        None => {
+                            return Err(format!(
+                                "door `{}` has no {:?} input wired",
+                                self.doors[index].name, input
+                            ))
+                        }
+                    }
+                }
+                self.send(
+                    index,
+                    vec![InputEvent {
+                        input,
+                        active: value,
+                        timestamp_ns: monotonic_ns(),
+                    }],
+                )?;
+                Ok(json!({"ok": true}))
+            }
+            "state" => {
+                let index = self.find(&request["door"])?;
+                let door = &self.doors[index];
+                let lines = lock(&door.lines).clone();
+                Ok(json!({
+                    "ok": true,
+                    "door": door.name,
+                    "relay": {"released": lines.relay_released, "level": lines.relay_released != door.relay_active_low},
+                    "contact": lines.contact,
+                    "rex": lines.rex,
+                }))
+            }
+            other => Err(format!(
+                "unknown op `{other}` (card, wiegand, pin, input, state, watch)"
+            )),
+        }
+    }
+
+    /// Serves the control socket until the listener fails.
+    pub async fn serve(self: Arc<Self>, listener: UnixListener) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    tokio::spawn(Arc::clone(&self).client(stream));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "mock GPIO control socket accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    async fn client(self: Arc<Self>, stream: UnixStream) {
+        let (read, mut write) = stream.into_split();
+        let mut lines = BufReader::new(read).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let reply = if line.len() > MAX_REQUEST {
+                json!({"ok": false, "error": "request too long"})
+            } else {
+                match serde_json::from_str::<Value>(&line) {
+                    Ok(request) if request["op"] == "watch" => {
+                        self.stream_changes(&mut write).await;
+                        return;
+                    }
+                    Ok(request) => self.handle(&request),
+                    Err(error) => json!({"ok": false, "error": format!("not JSON: {error}")}),
+                }
+            };
+            if write.write_all(format!("{reply}\n").as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn stream_changes(&self, write: &mut tokio::net::unix::OwnedWriteHalf) {
+        let mut changes = self.watch();
+        if write
+            .write_all(b"{\"ok\":true,\"watching\":true}\n")
+            .await
+            .is_err()
+        {
+            return;
+        }
+        loop {
+            let line = match changes.recv().await {
+                Ok(change) => json!({"ok": true, "change": change}),
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    json!({"ok": false, "error": format!("watcher too slow: {missed} changes missed")})
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            if write.write_all(format!("{line}\n").as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Binds the control socket (mode 0660), replacing a stale file.
+pub fn bind_control_socket(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    Ok(listener)
+}
+
+struct MockRelay {
+    gpio: Arc<MockGpio>,
+    index: usize,
+}
+
+impl RelayOutput for MockRelay {
+    fn set_released(&mut self, released: bool) -> Result<(), GpioError> {
+        let door = &self.gpio.doors[self.index];
+        lock(&door.lines).relay_released = released;
+        // Nobody watching is fine: a send error only means no subscribers.
+        let _ = self.gpio.changes.send(OutputChange {
+            door: door.name.clone(),
+            line: "relay".into(),
+            released,
+            level: released != door.relay_active_low,
+            timestamp_ns: monotonic_ns(),
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,170 @@
+//! The audit writer: takes audit events from the door tasks, journals them, and makes them
+//! durable — as queued calls in the outbox (events to the sink, admits to DoorFlow) or, with no
+//! event sink configured, in the bounded local event log.
+//!
+//! It commits in groups: whatever has arrived while the previous flush ran is written with one
+//! flush, so a burst of swipes costs one fsync, and the door tasks never wait for the disk.
+
+use crate::audit::AuditEvent;
+use crate::config::UplinkConfig;
+use crate::store::{Call, Capacity, QueuedCall, Store, StoreError};
+use jiff::Timestamp;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, Notify};
+
+/// Most records written per flush; bounds the latency of one group.
+const MAX_GROUP: usize = 512;
+
+/// A fresh random id in UUID v4 text form, sent as `Idempotency-Key`.
+pub fn new_call_id() -> String {
+    let bits = fastrand::u128(..);
+    // Version 4, variant 10xx.
+    let bits = (bits & !(0xF << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
+    let hex = format!("{bits:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
+/// The outbox records one audit event becomes.
+pub fn calls_for(event: &AuditEvent, uplink: &UplinkConfig, now: Timestamp) -> Vec<QueuedCall> {
+    let queued = |call: Call| QueuedCall {
+        id: new_call_id(),
+        call,
+        created_at: now,
+        attempts: 0,
+        next_attempt_at: None,
+        last_error: None,
+    };
+    let mut calls = Vec::new();
+    if let (true, Some(channel_id), Some(person_id)) = (event.admit, event.channel_id, event.person_id) {
+        calls.push(queued(Call::Admit {
+            channel_id,
+            person_id,
+        }));
+    }
+    if uplink.events_url.is_some() {
+        calls.push(queued(Call::Event { event: event.clone() }));
+    }
+    calls
+}
+
+/// Runs until every sender is gone, then returns after writing what is left. `queued` is
+/// notified after each group so the uplink can start sending at once.
+pub async fn run_writer(
+    store: Arc<Store>,
+    uplink: UplinkConfig,
+    mut events: mpsc::UnboundedReceiver<AuditEvent>,
+    queued: Arc<Notify>,
+) {
+    let capacity = Capacity {
+        max_records: uplink.queue_max_records,
+        max_bytes: uplink.queue_max_bytes,
+    };
+    let mut group = Vec::new();
+    while events.recv_many(&mut group, MAX_GROUP).await > 0 {
+        for event in &group {
+            event.log();
+        }
+        let store = Arc::clone(&store);
+        let uplink = uplink.clone();
+        let batch = std::mem::take(&mut group);
+        // sled's flush blocks; keep it off the async workers the doors run on.
+        let written =
+            tokio::task::spawn_blocking(move || write_group(&store, &uplink, capacity, &batch)).await;
+        match written {
+            Ok(Ok(())) => queued.notify_one(),
+            Ok(Err(error)) => {
+                tracing::error!(%error, "could not make audit events durable; they are in the journal only");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(error) => tracing::error!(%error, "audit writer task failed"),
+        }
+    }
+}
+
+/// Writes one group: queued calls to the outbox and, without a sink, events to the local log.
+pub fn write_group(
+    store: &Store,
+    uplink: &UplinkConfig,
+    capacity: Capacity,
+    events: &[AuditEvent],
+) -> Result<(), StoreError> {
+    let now = Timestamp::now();
+    let calls: Vec<QueuedCall> = events.iter().flat_map(|e| calls_for(e, uplink, now)).collect();
+    if !calls.is_empty() {
+        store.enqueue(&calls, capacity)?;
+    }
+    if uplink.events_url.is_none() {
+        store.event_log_append(events, uplink.local_event_log_max)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(admit: bool) -> AuditEvent {
+        AuditEvent {
+            event_code: 10,
+            reason: "authorised".into(),
+            door: "front".into(),
+            channel_id: Some(1340),
+            person_id: Some(17),
+            credential: Some("****17".into()),
+            created_at: Timestamp::now(),
+            admit,
+        }
+    }
+
+    #[test]
+    fn ids_are_uuid_v4_and_distinct() {
+        let a = new_call_id();
+        let b = new_call_id();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 36);
+        assert_eq!(&a[14..15], "4");
+        assert!(matches!(&a[19..20], "8" | "9" | "a" | "b"), "{a}");
+    }
+
+    #[test]
+    fn a_granted_admit_becomes_an_admit_and_an_event() {
+        let uplink = UplinkConfig {
+            events_url: Some("https://sink.example".into()),
+            ..Default::default()
+        };
+        let calls = calls_for(&event(true), &uplink, Timestamp::now());
+        assert!(matches!(
+            calls[0].call,
+            Call::Admit {
+                channel_id: 1340,
+                person_id: 17
+            }
+        ));
+        assert!(matches!(calls[1].call, Call::Event { .. }));
+        assert_ne!(calls[0].id, calls[1].id);
+        assert_eq!(calls_for(&event(false), &uplink, Timestamp::now()).len(), 1);
+    }
+
+    #[test]
+    fn without_a_sink_events_go_to_the_local_log_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), 1 << 20).unwrap();
+        let uplink = UplinkConfig::default();
+        let capacity = Capacity {
+            max_records: 100,
+            max_bytes: 1 << 20,
+        };
+        write_group(&store, &uplink, capacity, &[event(false), event(true)]).unwrap();
+        let stats = store.outbox_stats().unwrap();
+        assert_eq!(stats.pending, 1, "only the admit is queued");
+        assert_eq!(store.event_log(10).unwrap().len(), 2);
+    }
+}
