@@ -1,0 +1,303 @@
+//! Whole-door scenarios on the mock GPIO backend: card edges in through the control interface,
+//! the real decoder, decision, door machine and relay, audit events out.
+
+use doorflow_agent::agent::DoorState;
+use doorflow_agent::audit::AuditEvent;
+use doorflow_agent::config::Config;
+use doorflow_agent::door_task::DoorTask;
+use doorflow_agent::hw::mock::{MockGpio, OutputChange};
+use doorflow_agent::snapshot::*;
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc, watch};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn config() -> Config {
+    let text = include_str!("../config/demo.toml")
+        .replace("unlock_s = 3", "unlock_s = 0.3")
+        .replace("held_open_s = 10", "held_open_s = 1");
+    Config::parse(&text, "demo.toml").unwrap()
+}
+
+fn person(id: u64, enabled: bool, valid_to: Option<&str>) -> Person {
+    Person {
+        id,
+        enabled,
+        valid_from: None,
+        valid_to: valid_to.map(|t| t.parse().unwrap()),
+        roles: vec![1],
+        groups: vec![],
+    }
+}
+
+fn snapshot(front_mode: ChannelMode, lockdown: Option<Lockdown>) -> Snapshot {
+    let parts = SnapshotParts {
+        people: vec![
+            person(17, true, None),
+            person(18, false, None),
+            person(19, true, Some("2020-01-01T00:00:00Z")),
+        ],
+        credentials: [17, 18, 19]
+            .iter()
+            .map(|&id| Credential {
+                id: format!("c{id}"),
+                credential_type_id: 1,
+                person_id: id,
+                value: id.to_string(),
+                status: None,
+            })
+            .chain(std::iter::once(Credential {
+                id: "pin17".into(),
+                credential_type_id: 2,
+                person_id: 17,
+                value: "500017".into(),
+                status: None,
+            }))
+            .collect(),
+        credential_types: vec![
+            CredentialType {
+                id: 1,
+                slug: "employee_card".into(),
+                kind: CredentialKind::Card,
+            },
+            CredentialType {
+                id: 2,
+                slug: "pin".into(),
+                kind: CredentialKind::Pin,
+            },
+        ],
+        roles: vec![Role {
+            id: 1,
+            shift_id: None,
+            channel_ids: vec![],
+            group_ids: vec![],
+        }],
+        channels: vec![Channel {
+            id: 1340,
+            mode: front_mode,
+            lockdown,
+            site_id: None,
+        }],
+        ..Default::default()
+    };
+    Snapshot::new(parts, "UTC")
+}
+
+struct Door {
+    mock: Arc<MockGpio>,
+    snapshot: Arc<SharedSnapshot>,
+    audit: mpsc::UnboundedReceiver<AuditEvent>,
+    changes: broadcast::Receiver<OutputChange>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Door {
+    fn start(snapshot: Snapshot) -> Door {
+        let config = config();
+        let mock = MockGpio::new(&config);
+        let changes = mock.watch();
+        let hardware = mock.open_door(0);
+        let shared = Arc::new(SharedSnapshot::new(snapshot));
+        let state = Arc::new(Mutex::new(DoorState {
+            relay_released: false,
+            contact_open: Some(false),
+        }));
+        let (audit_tx, audit) = mpsc::unbounded_channel();
+        let (stop, stopping) = watch::channel(false);
+        let task = DoorTask::new(&config.doors[0], hardware, Arc::clone(&shared), state, audit_tx);
+        let task = tokio::spawn(task.run(stopping));
+        Door {
+            mock,
+            snapshot: shared,
+            audit,
+            changes,
+            stop,
+            task,
+        }
+    }
+
+    fn send(&self, request: Value) {
+        let reply = self.mock.handle(&request);
+        assert_eq!(reply["ok"], true, "{request} → {reply}");
+    }
+
+    fn swipe(&self, number: u64) {
+        self.send(
+            json!({"op": "card", "door": "front", "format": "h10301", "facility": 1, "number": number}),
+        );
+    }
+
+    async fn event(&mut self) -> AuditEvent {
+        tokio::time::timeout(WAIT, self.audit.recv())
+            .await
+            .expect("no audit event")
+            .unwrap()
+    }
+
+    async fn relay_change(&mut self) -> OutputChange {
+        tokio::time::timeout(WAIT, self.changes.recv())
+            .await
+            .expect("no relay change")
+            .unwrap()
+    }
+
+    fn relay_released(&self) -> bool {
+        self.mock.handle(&json!({"op": "state", "door": 0}))["relay"]["released"] == true
+    }
+
+    async fn no_event_for(&mut self, wait: Duration) {
+        if let Ok(Some(event)) = tokio::time::timeout(wait, self.audit.recv()).await {
+            panic!("unexpected event {event:?}");
+        }
+    }
+
+    async fn stop(self) -> bool {
+        self.stop.send(true).unwrap();
+        self.task.await.unwrap();
+        self.mock.handle(&json!({"op": "state", "door": 0}))["relay"]["released"] == true
+    }
+}
+
+#[tokio::test]
+async fn valid_card_opens_then_relocks() {
+    let mut door = Door::start(snapshot(ChannelMode::Normal, None));
+    door.swipe(17);
+    let change = door.relay_change().await;
+    assert!(change.released);
+    let event = door.event().await;
+    assert_eq!((event.event_code, event.person_id), (10, Some(17)));
+    assert_eq!(
+        event.credential.as_deref(),
+        Some("****"),
+        "2-digit value fully masked"
+    );
+    assert!(event.admit, "front has admit_via_api");
+    let relock = door.relay_change().await;
+    assert!(!relock.released);
+    let held_ms = (relock.timestamp_ns - change.timestamp_ns) / 1_000_000;
+    assert!((300..5000).contains(&held_ms), "released for {held_ms} ms");
+    assert!(!door.stop().await, "fail-secure: locked after stop");
+}
+
+#[tokio::test]
+async fn unknown_disabled_and_expired_are_denied_without_touching_the_relay() {
+    let mut door = Door::start(snapshot(ChannelMode::Normal, None));
+    for (number, reason) in [
+        (4242, "unknown_credential"),
+        (18, "person_disabled"),
+        (19, "person_expired"),
+    ] {
+        door.swipe(number);
+        let event = door.event().await;
+        assert_eq!((event.event_code, event.reason.as_str()), (20, reason));
+        assert!(!event.admit);
+    }
+    assert!(!door.relay_released());
+    assert!(door.changes.try_recv().is_err(), "relay must not have moved");
+}
+
+#[tokio::test]
+async fn pin_on_the_keypad_opens() {
+    let mut door = Door::start(snapshot(ChannelMode::Normal, None));
+    door.send(json!({"op": "pin", "door": "front", "digits": "500017"}));
+    let event = door.event().await;
+    assert_eq!((event.event_code, event.person_id), (11, Some(17)));
+    assert!(door.relay_change().await.released);
+}
+
+#[tokio::test]
+async fn bad_parity_and_noise_never_grant() {
+    let mut door = Door::start(snapshot(ChannelMode::Normal, None));
+    // Facility 1 card 17 in H10301 with its trailing odd-parity bit flipped.
+    let good =
+        doorflow_agent::hw::wiegand::encode_card(doorflow_agent::credential::CardFormat::H10301, 1, 17)
+            .unwrap();
+    let mut bad = good.to_string();
+    let last = bad.pop().unwrap();
+    bad.push(if last == '1' { '0' } else { '1' });
+    door.send(json!({"op": "wiegand", "door": "front", "bits": bad}));
+    door.send(json!({"op": "wiegand", "door": "front", "bits": "101"}));
+    door.no_event_for(Duration::from_millis(400)).await;
+    assert!(!door.relay_released());
+}
+
+#[tokio::test]
+async fn unlock_mode_holds_and_lockdown_locks() {
+    let mut door = Door::start(snapshot(ChannelMode::Unlock { relock_at: None }, None));
+    assert!(
+        door.relay_change().await.released,
+        "unlock mode releases without a swipe"
+    );
+    door.swipe(4242);
+    assert_eq!(door.event().await.event_code, 16);
+
+    door.snapshot.replace(Arc::new(snapshot(
+        ChannelMode::Unlock { relock_at: None },
+        Some(Lockdown {
+            cards: true,
+            rex: true,
+        }),
+    )));
+    assert!(
+        !door.relay_change().await.released,
+        "lockdown locks within the mode check"
+    );
+    door.swipe(17);
+    assert_eq!(door.event().await.event_code, 22);
+    door.send(json!({"op": "input", "door": "front", "line": "rex", "value": true}));
+    let event = door.event().await;
+    assert_eq!(event.event_code, 30, "REX is reported but ignored in lockdown");
+    door.no_event_for(Duration::from_millis(300)).await;
+    assert!(!door.relay_released());
+}
+
+#[tokio::test]
+async fn rex_releases_and_opening_is_not_forced() {
+    let mut door = Door::start(snapshot(ChannelMode::Normal, None));
+    door.send(json!({"op": "input", "door": "front", "line": "rex", "value": true}));
+    assert_eq!(door.event().await.event_code, 30);
+    assert_eq!(door.event().await.event_code, 13);
+    assert!(door.relay_change().await.released);
+    door.send(json!({"op": "input", "door": "front", "line": "contact", "value": true}));
+    door.send(json!({"op": "input", "door": "front", "line": "contact", "value": false}));
+    door.no_event_for(Duration::from_millis(500)).await;
+}
+
+#[tokio::test]
+async fn forced_open_then_held_open_then_normal() {
+    let mut door = Door::start(snapshot(ChannelMode::Normal, None));
+    door.send(json!({"op": "input", "door": "front", "line": "contact", "value": true}));
+    assert_eq!(door.event().await.event_code, 32);
+    let held = door.event().await; // after held_open_s = 1
+    assert_eq!((held.event_code, held.reason.as_str()), (33, "held_open"));
+    door.send(json!({"op": "input", "door": "front", "line": "contact", "value": false}));
+    assert_eq!(door.event().await.event_code, 31);
+}
+
+#[tokio::test]
+async fn control_requests_are_validated() {
+    let door = Door::start(snapshot(ChannelMode::Normal, None));
+    for (request, needle) in [
+        (
+            json!({"op": "card", "door": "back", "format": "h10301", "number": 1}),
+            "no door named",
+        ),
+        (
+            json!({"op": "card", "door": 0, "format": "h10301", "facility": 300, "number": 1}),
+            "facility",
+        ),
+        (json!({"op": "wiegand", "door": 0, "bits": "01x"}), "bits"),
+        (
+            json!({"op": "input", "door": 1, "line": "contact", "value": true}),
+            "no Contact input",
+        ),
+        (json!({"op": "dance"}), "unknown op"),
+    ] {
+        let reply = door.mock.handle(&request);
+        assert_eq!(reply["ok"], false, "{request}");
+        assert!(reply["error"].as_str().unwrap().contains(needle), "{reply}");
+    }
+}
