@@ -46,6 +46,8 @@ pub struct Agent {
     pub sync_status: Mutex<SyncStatus>,
     /// Notified whenever calls are queued, so the uplink drains without polling.
     pub queue_changed: Arc<tokio::sync::Notify>,
+    /// Every audit event once it is durable (for the demo and live views).
+    pub audit_feed: tokio::sync::broadcast::Sender<AuditEvent>,
 }
 
 impl Agent {
@@ -81,6 +83,7 @@ impl Agent {
             online: AtomicBool::new(false),
             sync_status: Mutex::new(sync_status),
             queue_changed: Arc::new(tokio::sync::Notify::new()),
+            audit_feed: tokio::sync::broadcast::channel(256).0,
             config,
         }))
     }
@@ -159,7 +162,11 @@ pub fn config_shifts(config: &Config) -> Vec<Shift> {
 /// Runs the agent until `shutdown` resolves: door tasks, audit writer, admin socket. On the way
 /// out every door is left in its fail state and the store is flushed.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
-    let agent = Agent::start(config)?;
+    serve(Agent::start(config)?, shutdown).await
+}
+
+/// Runs an already started agent (the demo keeps a handle to watch it).
+pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
     let admin = admin::Server::bind(&agent.config.admin.socket).await?;
     let admin_task = tokio::spawn(admin.serve(Arc::clone(&agent)));
 
@@ -179,6 +186,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         agent.config.uplink.clone(),
         audit_rx,
         Arc::clone(&agent.queue_changed),
+        agent.audit_feed.clone(),
     ));
 
     let snapshot = agent.snapshot.current();

@@ -10,7 +10,7 @@ use crate::credential::{mask, CardFormat, Presented};
 use crate::door::{DoorEvent, DoorMachine, DoorMode, DoorTiming, Effects};
 use crate::hw::wiegand::{self, Edge, EdgeKind, FrameOutcome, PinEntry, WiegandDecoder, WiegandLine};
 use crate::hw::{monotonic_ns, DoorHardware, DoorInput, InputEvent};
-use crate::snapshot::{ChannelMode, SharedSnapshot, Snapshot};
+use crate::snapshot::{ChannelMode, CredentialKind, SharedSnapshot, Snapshot};
 use crate::supervisor::Heartbeat;
 use jiff::Timestamp;
 use std::sync::{Arc, Mutex};
@@ -244,7 +244,11 @@ impl DoorTask {
             door: self.name.clone(),
             channel_id: self.policy.channel_id,
             person_id: decision.person_id,
-            credential: Some(mask(&decision.value)),
+            // PINs are hidden entirely; cards keep two digits to tell swipes apart.
+            credential: Some(match decision.kind {
+                CredentialKind::Pin => mask(""),
+                _ => mask(&decision.value),
+            }),
             created_at: Timestamp::now(),
             admit: decision.granted && self.admit_via_api && decision.person_id.is_some(),
         };

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod audit;
 pub mod config;
 pub mod credential;
+pub mod demo;
 pub mod door;
 pub mod door_task;
 pub mod hw;

@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use doorflow_agent::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
-use doorflow_agent::{admin, agent, status, store, telemetry};
+use doorflow_agent::{admin, agent, demo, status, store, telemetry};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -39,6 +39,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Play the built-in demonstration: the agent with mock GPIO doors, a scripted scenario and
+    /// a readable timeline. No network, hardware or account needed.
+    Demo,
     /// Inspect and manage the outbox of queued admit and event calls.
     Queue {
         #[command(subcommand)]
@@ -117,6 +120,13 @@ fn main() -> ExitCode {
                     }
                     ExitCode::SUCCESS
                 }
+                Err(message) => failure(&message),
+            }
+        }
+        Command::Demo => {
+            telemetry::init_with_default("error");
+            match demo::run() {
+                Ok(()) => ExitCode::SUCCESS,
                 Err(message) => failure(&message),
             }
         }

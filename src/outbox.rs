@@ -11,7 +11,7 @@ use crate::store::{Call, Capacity, QueuedCall, Store, StoreError};
 use jiff::Timestamp;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{broadcast, mpsc, Notify};
 
 /// Most records written per flush; bounds the latency of one group.
 const MAX_GROUP: usize = 512;
@@ -62,6 +62,7 @@ pub async fn run_writer(
     uplink: UplinkConfig,
     mut events: mpsc::UnboundedReceiver<AuditEvent>,
     queued: Arc<Notify>,
+    feed: broadcast::Sender<AuditEvent>,
 ) {
     let capacity = Capacity {
         max_records: uplink.queue_max_records,
@@ -76,10 +77,18 @@ pub async fn run_writer(
         let uplink = uplink.clone();
         let batch = std::mem::take(&mut group);
         // sled's flush blocks; keep it off the async workers the doors run on.
-        let written =
-            tokio::task::spawn_blocking(move || write_group(&store, &uplink, capacity, &batch)).await;
+        let written = tokio::task::spawn_blocking(move || {
+            write_group(&store, &uplink, capacity, &batch).map(|()| batch)
+        })
+        .await;
         match written {
-            Ok(Ok(())) => queued.notify_one(),
+            Ok(Ok(batch)) => {
+                queued.notify_one();
+                for event in batch {
+                    // Nobody listening is fine.
+                    let _ = feed.send(event);
+                }
+            }
             Ok(Err(error)) => {
                 tracing::error!(%error, "could not make audit events durable; they are in the journal only");
                 tokio::time::sleep(Duration::from_millis(200)).await;

@@ -22,7 +22,13 @@ pub enum Sink {
 /// Installs the global subscriber. Returns where logs go. Safe to call more than once (later
 /// calls keep the first subscriber).
 pub fn init() -> Sink {
-    let filter = || EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new("info"));
+    init_with_default("info")
+}
+
+/// As `init`, with another filter when `DOORFLOW_LOG` is unset (the demo keeps its timeline
+/// readable with `warn`).
+pub fn init_with_default(default_filter: &str) -> Sink {
+    let filter = || EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new(default_filter));
     if wants_journald() {
         if let Ok(journald) = tracing_journald::layer() {
             let journald = journald.with_syslog_identifier("doorflow-agent".to_string());

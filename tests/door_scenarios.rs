@@ -301,3 +301,36 @@ async fn control_requests_are_validated() {
         assert!(reply["error"].as_str().unwrap().contains(needle), "{reply}");
     }
 }
+
+#[test]
+fn the_demo_runs_its_scenario() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_doorflow-agent"))
+        .arg("demo")
+        .env("DOORFLOW_LOG_TARGET", "stderr")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "GRANTED 10 (authorised) person 17",
+        "DENIED 20 (unknown_credential)",
+        "DENIED 20 (person_disabled) person 50",
+        "DENIED 20 (person_expired) person 97",
+        "GRANTED 11 (authorised) person 5 credential ****\n",
+        "GRANTED 13 (request_to_exit)",
+        "event 32 (forced_open)",
+        "event 31 (door_normal)",
+        "DENIED 22 (lockdown) person 17",
+        "relay RELEASED",
+        "doors left locked",
+    ] {
+        assert!(
+            stdout.contains(needle),
+            "`{needle}` missing from the demo output:\n{stdout}"
+        );
+    }
+}

@@ -1,0 +1,381 @@
+//! `doorflow-agent demo`: the agent with mock GPIO in one process, playing a scripted scenario
+//! with a readable timeline. Needs no network, no hardware and no account.
+
+use crate::agent::{self, Agent};
+use crate::audit::AuditEvent;
+use crate::config::Config;
+use crate::hw::mock::OutputChange;
+use crate::snapshot::*;
+use crate::status;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
+const DEMO_DIR: &str = "/tmp/doorflow-agent-demo";
+
+/// A timeline printer: seconds since the start, a subject column, a message.
+#[derive(Clone)]
+pub struct Timeline {
+    start: Instant,
+}
+
+impl Timeline {
+    pub fn new() -> Timeline {
+        Timeline {
+            start: Instant::now(),
+        }
+    }
+
+    pub fn say(&self, subject: &str, message: impl AsRef<str>) {
+        let elapsed = self.start.elapsed().as_secs_f64();
+        println!("{elapsed:7.2}s  {subject:<12} {}", message.as_ref());
+        let _ = std::io::stdout().flush();
+    }
+}
+
+impl Default for Timeline {
+    fn default() -> Self {
+        Timeline::new()
+    }
+}
+
+/// The demo config with its state under `dir`.
+pub fn demo_config(dir: &Path) -> Config {
+    let text = DEMO_CONFIG.replace(DEMO_DIR, &dir.display().to_string());
+    // The embedded file is validated by the test suite; a failure here is a build defect.
+    Config::parse(&text, "config/demo.toml (embedded)").expect("embedded demo config is valid")
+}
+
+/// A small site: 200 people with cards (value = person id), a PIN for every fifth, two roles,
+/// a few disabled and expired people, and the demo's two channels in London.
+pub fn demo_dataset(now: jiff::Timestamp) -> SnapshotParts {
+    let people: Vec<Person> = (1..=200)
+        .map(|id| Person {
+            id,
+            enabled: id % 50 != 0,
+            valid_from: None,
+            valid_to: (id % 97 == 0).then(|| now - jiff::SignedDuration::from_hours(24)),
+            roles: vec![if id % 10 == 3 { 2 } else { 1 }],
+            groups: vec![],
+        })
+        .collect();
+    let mut credentials: Vec<Credential> = people
+        .iter()
+        .map(|p| Credential {
+            id: format!("cr{}", p.id),
+            credential_type_id: 1,
+            person_id: p.id,
+            value: p.id.to_string(),
+            status: None,
+        })
+        .collect();
+    credentials.extend(people.iter().filter(|p| p.id % 5 == 0).map(|p| Credential {
+        id: format!("pin{}", p.id),
+        credential_type_id: 2,
+        person_id: p.id,
+        value: (500_000 + p.id).to_string(),
+        status: None,
+    }));
+    // Person 3 is also enrolled the way the server room reads cards: facility 1 + number.
+    credentials.push(Credential {
+        id: "cr3-facility".into(),
+        credential_type_id: 1,
+        person_id: 3,
+        value: "100003".into(),
+        status: None,
+    });
+    SnapshotParts {
+        synced_at: Some(now),
+        people,
+        credentials,
+        credential_types: vec![
+            CredentialType {
+                id: 1,
+                slug: "employee_card".into(),
+                kind: CredentialKind::Card,
+            },
+            CredentialType {
+                id: 2,
+                slug: "pin".into(),
+                kind: CredentialKind::Pin,
+            },
+        ],
+        roles: vec![
+            Role {
+                id: 1,
+                shift_id: None,
+                channel_ids: vec![],
+                group_ids: vec![],
+            },
+            Role {
+                id: 2,
+                shift_id: Some(7),
+                channel_ids: vec![],
+                group_ids: vec![],
+            },
+        ],
+        groups: vec![Group { id: 100 }],
+        channels: [1340, 1341]
+            .iter()
+            .map(|&id| Channel {
+                id,
+                mode: ChannelMode::Normal,
+                lockdown: None,
+                site_id: Some(1),
+            })
+            .collect(),
+        sites: vec![Site {
+            id: 1,
+            time_zone: Some("Europe/London".into()),
+        }],
+        ..Default::default()
+    }
+}
+
+/// A line-oriented client for the mock GPIO control socket.
+struct Control {
+    path: PathBuf,
+}
+
+impl Control {
+    fn send(&self, request: Value) -> Result<Value, String> {
+        let mut stream = UnixStream::connect(&self.path).map_err(|e| format!("mock GPIO socket: {e}"))?;
+        writeln!(stream, "{request}").map_err(|e| e.to_string())?;
+        let mut line = String::new();
+        BufReader::new(&stream)
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        let reply: Value = serde_json::from_str(&line).map_err(|e| e.to_string())?;
+        if reply["ok"] != true {
+            return Err(format!("{request} refused: {}", reply["error"]));
+        }
+        Ok(reply)
+    }
+}
+
+fn describe(event: &AuditEvent) -> String {
+    let who = event
+        .person_id
+        .map(|p| format!(" person {p}"))
+        .unwrap_or_default();
+    let credential = event
+        .credential
+        .as_deref()
+        .map(|c| format!(" credential {c}"))
+        .unwrap_or_default();
+    let verdict = match event.event_code {
+        10..=18 => "GRANTED",
+        20..=29 => "DENIED",
+        _ => "event",
+    };
+    format!(
+        "{verdict} {} ({}){who}{credential}",
+        event.event_code, event.reason
+    )
+}
+
+/// Runs the demo; returns a process exit code.
+pub fn run() -> Result<(), String> {
+    let dir = std::env::temp_dir().join(format!("doorflow-agent-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let result = run_in(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn run_in(dir: &Path) -> Result<(), String> {
+    let timeline = Timeline::new();
+    let config = demo_config(dir);
+    timeline.say(
+        "demo",
+        "doorflow-agent demo: mock GPIO, built-in dataset, no network, no hardware",
+    );
+    timeline.say("demo", format!("state in {}", dir.display()));
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(scenario(config, timeline))
+}
+
+async fn scenario(config: Config, timeline: Timeline) -> Result<(), String> {
+    // Seed the store as a sync would, then start the agent from it.
+    {
+        let store = crate::store::Store::open(&config.store.path, 1 << 20).map_err(|e| e.to_string())?;
+        let header = store
+            .save_snapshot(&demo_dataset(jiff::Timestamp::now()))
+            .map_err(|e| e.to_string())?;
+        timeline.say(
+            "store",
+            format!(
+                "snapshot generation {} saved: {} people, {} credentials",
+                header.generation, header.counts.people, header.counts.credentials
+            ),
+        );
+    }
+    let agent = Agent::start(config.clone()).map_err(|e| e.to_string())?;
+    let mut feed = agent.audit_feed.subscribe();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(agent::serve(Arc::clone(&agent), async {
+        let _ = stopped.await;
+    }));
+    let control = Control {
+        path: config.gpio.mock_socket.clone(),
+    };
+    wait_for_socket(&control.path).await?;
+    timeline.say(
+        "agent",
+        format!("ready: {} doors on the mock GPIO backend", config.doors.len()),
+    );
+
+    // Print relay changes and audit events as they happen.
+    let relay_timeline = timeline.clone();
+    let mut changes = watch_relays(&control.path).await?;
+    let relay_printer = tokio::spawn(async move {
+        while let Some(change) = changes.recv().await {
+            let state = if change.released { "RELEASED" } else { "locked" };
+            relay_timeline.say(&change.door, format!("relay {state}"));
+        }
+    });
+    let event_timeline = timeline.clone();
+    let event_printer = tokio::spawn(async move {
+        while let Ok(event) = feed.recv().await {
+            event_timeline.say(&event.door, describe(&event));
+        }
+    });
+
+    let pause = |ms| tokio::time::sleep(Duration::from_millis(ms));
+    let card = |door: &str, number: u64| json!({"op": "card", "door": door, "format": "h10301", "facility": 1, "number": number});
+
+    timeline.say("front", "card 17 presented (staff, 24/7 role)");
+    control.send(card("front", 17))?;
+    pause(3600).await;
+    timeline.say("front", "card 4242 presented (not enrolled)");
+    control.send(card("front", 4242))?;
+    pause(600).await;
+    timeline.say("front", "card 50 presented (person disabled)");
+    control.send(card("front", 50))?;
+    pause(600).await;
+    timeline.say("front", "card 97 presented (valid_to has passed)");
+    control.send(card("front", 97))?;
+    pause(600).await;
+    timeline.say("front", "PIN 500005 typed on the keypad, then #");
+    control.send(json!({"op": "pin", "door": "front", "digits": "500005"}))?;
+    pause(3600).await;
+    timeline.say(
+        "server-room",
+        "card 1/3 presented (office-hours role, weekdays 08:00-18:00 London)",
+    );
+    control.send(card("server-room", 3))?;
+    pause(2600).await;
+    timeline.say("front", "exit button pressed");
+    control.send(json!({"op": "input", "door": "front", "line": "rex", "value": true}))?;
+    pause(100).await;
+    control.send(json!({"op": "input", "door": "front", "line": "rex", "value": false}))?;
+    pause(3600).await;
+    timeline.say("front", "door pushed open without a grant");
+    control.send(json!({"op": "input", "door": "front", "line": "contact", "value": true}))?;
+    pause(1000).await;
+    timeline.say("front", "door closed again");
+    control.send(json!({"op": "input", "door": "front", "line": "contact", "value": false}))?;
+    pause(600).await;
+
+    timeline.say(
+        "doorflow",
+        "front door channel put into lockdown (as a sync would bring it)",
+    );
+    let mut parts = agent.snapshot.current().parts().clone();
+    if let Some(channel) = parts.channels.iter_mut().find(|c| c.id == 1340) {
+        channel.lockdown = Some(Lockdown {
+            cards: true,
+            rex: true,
+        });
+    }
+    agent.snapshot.replace(Arc::new(Snapshot::with_shifts(
+        parts,
+        crate::agent::config_shifts(&config),
+        &config.sync.time_zone,
+    )));
+    pause(800).await;
+    timeline.say("front", "card 17 presented during the lockdown");
+    control.send(card("front", 17))?;
+    pause(800).await;
+
+    let report = agent.status();
+    timeline.say(
+        "summary",
+        status::render(&report)
+            .trim_end()
+            .replace('\n', "\n                      "),
+    );
+    let stats = agent.store.outbox_stats().map_err(|e| e.to_string())?;
+    let logged = agent
+        .store
+        .event_log(usize::MAX)
+        .map_err(|e| e.to_string())?
+        .len();
+    timeline.say(
+        "summary",
+        format!(
+            "{} calls queued for DoorFlow, {} events in the local log, {} dead",
+            stats.pending, logged, stats.dead
+        ),
+    );
+    let _ = stop.send(());
+    serving
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    relay_printer.abort();
+    event_printer.abort();
+    timeline.say(
+        "demo",
+        "agent stopped: doors left locked (fail-secure), store flushed",
+    );
+    Ok(())
+}
+
+async fn wait_for_socket(path: &Path) -> Result<(), String> {
+    for _ in 0..200 {
+        if UnixStream::connect(path).is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    Err(format!("the agent did not open {}", path.display()))
+}
+
+/// Subscribes to the mock backend's relay changes through its control socket.
+async fn watch_relays(path: &Path) -> Result<tokio::sync::mpsc::UnboundedReceiver<OutputChange>, String> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::UnixStream::connect(path)
+        .await
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(b"{\"op\":\"watch\"}\n")
+        .await
+        .map_err(|e| e.to_string())?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut lines = tokio::io::BufReader::new(stream).lines();
+    // The first line confirms the subscription: changes from here on are not missed.
+    lines.next_line().await.map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let Ok(value) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if let Ok(change) = serde_json::from_value::<OutputChange>(value["change"].clone()) {
+                if tx.send(change).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    Ok(rx)
+}
