@@ -179,7 +179,14 @@ pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Res
         .map(|d| format!("door {}", d.name))
         .collect();
     let (liveness, heartbeats) = supervisor::Liveness::new(&loop_names);
-    let door_tasks = start_doors(&agent, audit_tx, doors_stopping, heartbeats)?;
+    let door_tasks = match start_doors(&agent, audit_tx, doors_stopping, heartbeats) {
+        Ok(tasks) => tasks,
+        Err(error) => {
+            admin_task.abort();
+            let _ = std::fs::remove_file(&agent.config.admin.socket);
+            return Err(error);
+        }
+    };
     let watchdog = tokio::spawn(supervisor::run_watchdog(liveness));
     let audit_task = tokio::spawn(outbox::run_writer(
         Arc::clone(&agent.store),

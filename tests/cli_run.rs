@@ -190,3 +190,30 @@ fn run_with_an_invalid_config_exits_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing field `auth`"));
 }
+
+#[test]
+fn a_missing_gpio_chip_fails_start_up_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("backend = \"mock\"", "backend = \"gpiod\"\nchip = \"gpiochip99\"");
+    std::fs::write(&config, text).unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("DOORFLOW_LOG_TARGET", "stderr")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("GPIO chip /dev/gpiochip99"), "{stderr}");
+    assert!(
+        stderr.contains("no such GPIO chip") || stderr.contains("not"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("admin.sock").exists(),
+        "admin socket left behind after a failed start"
+    );
+}
