@@ -27,6 +27,8 @@ const MODE_CHECK: Duration = Duration::from_millis(500);
 pub struct SwipeTiming {
     pub last_edge_ns: u64,
     pub frame_end_ns: u64,
+    /// When the completed frame reached the decision (after timer wake-up).
+    pub frame_seen_ns: u64,
     pub decided_ns: u64,
     pub relay_ns: Option<u64>,
     pub granted: bool,
@@ -219,6 +221,7 @@ impl DoorTask {
     }
 
     fn on_presented(&mut self, presented: Presented, last_edge_ns: u64) {
+        let frame_seen_ns = monotonic_ns();
         let snapshot = self.snapshot.current();
         let decision = decide(&snapshot, &self.policy, &presented, Timestamp::now());
         let decided_ns = monotonic_ns();
@@ -233,6 +236,7 @@ impl DoorTask {
             let _ = timings.send(SwipeTiming {
                 last_edge_ns,
                 frame_end_ns: last_edge_ns + self.frame_gap_ns,
+                frame_seen_ns,
                 decided_ns,
                 relay_ns,
                 granted: decision.granted,

@@ -1,0 +1,171 @@
+//! Swipe latency on the mock backend with 100,000 cached credentials: from the frame's end
+//! (last edge + frame gap) and from the frame reaching the decision, to the relay write.
+//! Run: `cargo bench --bench swipe_latency`. Prints p50/p99/max; asserts nothing.
+
+use doorflow_agent::agent::DoorState;
+use doorflow_agent::config::Config;
+use doorflow_agent::door_task::{DoorTask, SwipeTiming};
+use doorflow_agent::hw::mock::MockGpio;
+use doorflow_agent::snapshot::*;
+use serde_json::json;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const CREDENTIALS: u64 = 100_000;
+const SWIPES: usize = 2_000;
+
+fn snapshot() -> Snapshot {
+    let people = (1..=CREDENTIALS)
+        .map(|id| Person {
+            id,
+            enabled: true,
+            valid_from: None,
+            valid_to: None,
+            roles: vec![1],
+            groups: vec![100],
+        })
+        .collect();
+    let credentials = (1..=CREDENTIALS)
+        .map(|id| Credential {
+            id: format!("cr{id}"),
+            credential_type_id: 1,
+            person_id: id,
+            value: id.to_string(),
+            status: None,
+        })
+        .collect();
+    Snapshot::new(
+        SnapshotParts {
+            people,
+            credentials,
+            credential_types: vec![CredentialType {
+                id: 1,
+                slug: "card".into(),
+                kind: CredentialKind::Card,
+            }],
+            roles: vec![Role {
+                id: 1,
+                shift_id: None,
+                channel_ids: vec![],
+                group_ids: vec![],
+            }],
+            ..Default::default()
+        },
+        "UTC",
+    )
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index] as f64 / 1000.0
+}
+
+fn report(name: &str, mut values: Vec<u64>) {
+    values.sort_unstable();
+    println!(
+        "{name:<42} p50 {:8.1} µs  p99 {:8.1} µs  max {:8.1} µs  (n={})",
+        percentile(&values, 0.5),
+        percentile(&values, 0.99),
+        *values.last().unwrap() as f64 / 1000.0,
+        values.len()
+    );
+}
+
+/// The decision alone, without the runtime: what the budget is really about.
+fn decide_only() {
+    use doorflow_agent::access::{decide, DoorPolicy};
+    use doorflow_agent::credential::{CardFormat, CardRead, CardValueMapping, Presented};
+    let snapshot = snapshot();
+    let policy = DoorPolicy {
+        channel_id: Some(1340),
+        allowed_roles: vec![1],
+        allowed_groups: vec![],
+        card_value: CardValueMapping::Number,
+    };
+    let now = jiff::Timestamp::now();
+    let mut samples = Vec::new();
+    for i in 0..200_000u64 {
+        let card = Presented::Card(CardRead {
+            format: CardFormat::H10301,
+            facility: Some(1),
+            number: 1 + (i * 7919) % CREDENTIALS,
+            bit_count: 26,
+            raw: 0,
+        });
+        let start = std::time::Instant::now();
+        let decision = decide(&snapshot, &policy, &card, now);
+        samples.push(start.elapsed().as_nanos() as u64);
+        assert!(decision.granted);
+    }
+    report("access::decide alone", samples);
+}
+
+fn main() {
+    decide_only();
+    let text = include_str!("../config/demo.toml").replace("unlock_s = 3", "unlock_s = 0.1");
+    let config = Config::parse(&text, "demo.toml").unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mock = MockGpio::new(&config);
+        let hardware = mock.open_door(0);
+        let shared = Arc::new(SharedSnapshot::new(snapshot()));
+        let state = Arc::new(Mutex::new(DoorState {
+            relay_released: false,
+            contact_open: Some(false),
+        }));
+        let (audit_tx, mut audit_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (timing_tx, mut timing_rx) = tokio::sync::mpsc::unbounded_channel::<SwipeTiming>();
+        let (_stop, stopping) = tokio::sync::watch::channel(false);
+        let task = DoorTask::new(&config.doors[0], hardware, shared, state, audit_tx).with_timings(timing_tx);
+        tokio::spawn(task.run(stopping));
+        tokio::spawn(async move { while audit_rx.recv().await.is_some() {} });
+
+        let mut timings = Vec::new();
+        for i in 0..SWIPES {
+            let number = 1 + (i as u64 * 7919) % 65_000;
+            let reply = mock.handle(
+                &json!({"op": "card", "door": 0, "format": "h10301", "facility": 1, "number": number}),
+            );
+            assert_eq!(reply["ok"], true);
+            let timing = tokio::time::timeout(Duration::from_secs(5), timing_rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(timing.granted);
+            timings.push(timing);
+            // Let the relay relock so every swipe is a real relay write.
+            tokio::time::sleep(Duration::from_millis(120)).await;
+        }
+        let granted: Vec<&SwipeTiming> = timings.iter().filter(|t| t.relay_ns.is_some()).collect();
+        println!("swipe latency, {CREDENTIALS} cached credentials, {SWIPES} swipes, mock GPIO");
+        report(
+            "decision + relay write",
+            granted
+                .iter()
+                .map(|t| t.relay_ns.unwrap() - t.frame_seen_ns)
+                .collect(),
+        );
+        report(
+            "frame end (last edge + gap) → relay write",
+            granted
+                .iter()
+                .map(|t| t.relay_ns.unwrap().saturating_sub(t.frame_end_ns))
+                .collect(),
+        );
+        report(
+            "timer wake-up after frame end",
+            granted
+                .iter()
+                .map(|t| t.frame_seen_ns.saturating_sub(t.frame_end_ns))
+                .collect(),
+        );
+        println!(
+            "frame-end silence (configured frame gap): {} ms",
+            config.doors[0].reader.frame_gap_ms
+        );
+    });
+}
