@@ -9,6 +9,7 @@ pub mod credential;
 pub mod demo;
 pub mod door;
 pub mod door_task;
+pub mod doorflow;
 pub mod hw;
 pub mod outbox;
 pub mod secrets;

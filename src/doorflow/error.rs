@@ -1,0 +1,323 @@
+//! One error type for every DoorFlow call, and its classification per DESIGN.md's retry table.
+//! Bodies come in several styles; all parse, and nothing unknown crashes anything.
+
+use jiff::Timestamp;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// What the agent was doing, so a 403 can name the scope it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    ListPeople,
+    ListCredentials,
+    ListCredentialTypes,
+    ListGroups,
+    ListRoles,
+    ListGroupReservations,
+    ListReservations,
+    ListChannels,
+    ListSites,
+    AdmitPerson,
+    RefreshToken,
+    PostEvent,
+}
+
+impl Operation {
+    pub fn required_scope(self) -> Option<&'static str> {
+        Some(match self {
+            Operation::ListPeople => "account.person.readonly",
+            Operation::ListCredentials | Operation::ListCredentialTypes => "account.credential_type.readonly",
+            Operation::ListGroups => "account.group.readonly",
+            Operation::ListRoles => "account.role.readonly",
+            Operation::ListGroupReservations | Operation::ListReservations => {
+                "account.group_reservation.readonly"
+            }
+            Operation::ListChannels | Operation::ListSites => "account.channel.readonly",
+            Operation::AdmitPerson => "account.channel.admit.person",
+            Operation::RefreshToken | Operation::PostEvent => return None,
+        })
+    }
+}
+
+/// A parsed error body, whichever of DoorFlow's styles it used.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ErrorBody {
+    /// `error` (current style) or `type` (older style).
+    pub code: Option<String>,
+    /// `error_description`, `message`, `description` or `reason`.
+    pub message: Option<String>,
+    /// `errors: {field: [..]}` (values may also be a plain string), or the older `param`.
+    pub fields: BTreeMap<String, Vec<String>>,
+    /// Body `retry_in` seconds (429 from sync endpoints).
+    pub retry_in: Option<u64>,
+    /// A short excerpt when the body was not JSON.
+    pub excerpt: Option<String>,
+}
+
+impl ErrorBody {
+    pub fn parse(body: &[u8]) -> ErrorBody {
+        let Ok(value) = serde_json::from_slice::<Value>(body) else {
+            let text = String::from_utf8_lossy(body);
+            let text = text.trim();
+            return ErrorBody {
+                excerpt: (!text.is_empty()).then(|| text.chars().take(120).collect()),
+                ..Default::default()
+            };
+        };
+        let text = |key: &str| value.get(key).and_then(Value::as_str).map(str::to_string);
+        let mut fields = BTreeMap::new();
+        if let Some(errors) = value.get("errors").and_then(Value::as_object) {
+            for (field, messages) in errors {
+                let messages = match messages {
+                    Value::Array(items) => items
+                        .iter()
+                        .map(|m| m.as_str().map_or_else(|| m.to_string(), str::to_string))
+                        .collect(),
+                    Value::String(s) => vec![s.clone()],
+                    other => vec![other.to_string()],
+                };
+                fields.insert(field.clone(), messages);
+            }
+        }
+        if let Some(param) = text("param") {
+            fields
+                .entry(param)
+                .or_insert_with(|| text("message").into_iter().collect());
+        }
+        ErrorBody {
+            code: text("error").or_else(|| text("type")),
+            message: text("error_description")
+                .or_else(|| text("message"))
+                .or_else(|| text("description"))
+                .or_else(|| text("reason")),
+            fields,
+            retry_in: value.get("retry_in").and_then(Value::as_u64),
+            excerpt: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportKind {
+    Timeout,
+    Connect,
+    Tls,
+    Other,
+}
+
+/// Why a call did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiError {
+    Status {
+        operation: Operation,
+        status: u16,
+        body: ErrorBody,
+        /// When the server said to come back (429/408).
+        retry_at: Option<Timestamp>,
+    },
+    Transport {
+        operation: Operation,
+        kind: TransportKind,
+        detail: String,
+    },
+    /// A 2xx whose body did not match the expected shape (truncated, malformed).
+    Decode { operation: Operation, detail: String },
+}
+
+/// What the caller does next (DESIGN.md's retry table, in one place).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RetryClass {
+    Done,
+    RefreshAuth,
+    DeadLetter { reason: &'static str },
+    RateLimited { retry_at: Option<Timestamp> },
+    Backoff,
+}
+
+/// Classifies an HTTP status.
+pub fn classify_status(status: u16, retry_at: Option<Timestamp>) -> RetryClass {
+    match status {
+        200..=299 => RetryClass::Done,
+        401 => RetryClass::RefreshAuth,
+        403 => RetryClass::DeadLetter { reason: "forbidden" },
+        404 | 410 => RetryClass::DeadLetter { reason: "gone" },
+        408 | 429 => RetryClass::RateLimited { retry_at },
+        500..=599 => RetryClass::Backoff,
+        // 400, 402, 405, 406, 418, 422 and any other client error: not retryable unchanged.
+        _ => RetryClass::DeadLetter { reason: "rejected" },
+    }
+}
+
+impl ApiError {
+    pub fn class(&self) -> RetryClass {
+        match self {
+            ApiError::Status { status, retry_at, .. } => classify_status(*status, *retry_at),
+            // A garbled 2xx is treated like a server fault: retry later, keep what we have.
+            ApiError::Transport { .. } | ApiError::Decode { .. } => RetryClass::Backoff,
+        }
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ApiError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ApiError::Status {
+                operation,
+                status,
+                body,
+                retry_at,
+            } => {
+                write!(f, "{operation:?}: HTTP {status}")?;
+                if let Some(code) = &body.code {
+                    write!(f, " {code}")?;
+                }
+                if let Some(message) = &body.message {
+                    write!(f, ": {message}")?;
+                }
+                match status {
+                    401 => write!(f, " (the access token or API key was refused)")?,
+                    403 => match operation.required_scope() {
+                        Some(scope) => write!(
+                            f,
+                            " (this needs the `{scope}` scope; grant it to the OAuth app or key)"
+                        )?,
+                        None => write!(f, " (forbidden)")?,
+                    },
+                    408 | 429 => match retry_at {
+                        Some(at) => write!(f, " (rate limited until {at})")?,
+                        None => write!(f, " (rate limited)")?,
+                    },
+                    _ => {}
+                }
+                if !body.fields.is_empty() {
+                    let fields: Vec<String> = body
+                        .fields
+                        .iter()
+                        .map(|(field, messages)| format!("{field}: {}", messages.join(", ")))
+                        .collect();
+                    write!(f, "; {}", fields.join("; "))?;
+                }
+                if let Some(excerpt) = &body.excerpt {
+                    write!(f, " (body: {excerpt})")?;
+                }
+                Ok(())
+            }
+            ApiError::Transport {
+                operation,
+                kind,
+                detail,
+            } => write!(f, "{operation:?}: {kind:?} error: {detail}"),
+            ApiError::Decode { operation, detail } => {
+                write!(f, "{operation:?}: unreadable response: {detail}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_documented_status_is_classified() {
+        for status in [200, 201, 202, 204] {
+            assert_eq!(classify_status(status, None), RetryClass::Done);
+        }
+        assert_eq!(classify_status(401, None), RetryClass::RefreshAuth);
+        assert_eq!(
+            classify_status(403, None),
+            RetryClass::DeadLetter { reason: "forbidden" }
+        );
+        for status in [404, 410] {
+            assert_eq!(
+                classify_status(status, None),
+                RetryClass::DeadLetter { reason: "gone" }
+            );
+        }
+        for status in [400, 402, 405, 406, 418, 422, 409] {
+            assert_eq!(
+                classify_status(status, None),
+                RetryClass::DeadLetter { reason: "rejected" },
+                "{status}"
+            );
+        }
+        for status in [408, 429] {
+            assert!(matches!(
+                classify_status(status, None),
+                RetryClass::RateLimited { .. }
+            ));
+        }
+        for status in [500, 502, 503, 504, 599] {
+            assert_eq!(classify_status(status, None), RetryClass::Backoff);
+        }
+    }
+
+    #[test]
+    fn both_body_styles_and_endpoint_specific_ones_parse() {
+        let current = ErrorBody::parse(
+            br#"{"error":"validation_failed","error_description":"Invalid","errors":{"value":["is already in use","must be between 4 and 7 digits"],"limit_reached":"HID limit"}}"#,
+        );
+        assert_eq!(current.code.as_deref(), Some("validation_failed"));
+        assert_eq!(current.fields["value"].len(), 2);
+        assert_eq!(current.fields["limit_reached"], ["HID limit"]);
+
+        let older = ErrorBody::parse(
+            br#"{"type":"invalid_request_error","message":"No such person","param":"person_id"}"#,
+        );
+        assert_eq!(older.code.as_deref(), Some("invalid_request_error"));
+        assert_eq!(older.fields["person_id"], ["No such person"]);
+
+        let admit = ErrorBody::parse(br#"{"error":"forbidden","reason":"Person has no access"}"#);
+        assert_eq!(admit.message.as_deref(), Some("Person has no access"));
+
+        let limited =
+            ErrorBody::parse(br#"{"error":"rate_limited","description":"slow down","retry_in":60}"#);
+        assert_eq!(limited.retry_in, Some(60));
+
+        assert_eq!(ErrorBody::parse(b""), ErrorBody::default());
+        let html = ErrorBody::parse(b"<html><body>502 Bad Gateway</body></html>");
+        assert!(html.excerpt.unwrap().contains("502"));
+        assert_eq!(ErrorBody::parse(br#"[1,2,3]"#), ErrorBody::default());
+        assert_eq!(ErrorBody::parse(br#"{"error":42,"errors":[1]}"#).code, None);
+    }
+
+    #[test]
+    fn messages_are_actionable() {
+        let forbidden = ApiError::Status {
+            operation: Operation::AdmitPerson,
+            status: 403,
+            body: ErrorBody::parse(br#"{"error":"insufficient_scope","error_description":"Missing scope"}"#),
+            retry_at: None,
+        };
+        assert!(
+            forbidden.to_string().contains("account.channel.admit.person"),
+            "{forbidden}"
+        );
+        let invalid = ApiError::Status {
+            operation: Operation::PostEvent,
+            status: 422,
+            body: ErrorBody::parse(
+                br#"{"error":"validation_failed","errors":{"value":["must be between 4 and 7 digits"]}}"#,
+            ),
+            retry_at: None,
+        };
+        assert!(
+            invalid
+                .to_string()
+                .contains("value: must be between 4 and 7 digits"),
+            "{invalid}"
+        );
+        let long = ErrorBody::parse("x".repeat(10_000).as_bytes());
+        assert_eq!(long.excerpt.unwrap().len(), 120);
+    }
+}
