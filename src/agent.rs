@@ -4,12 +4,15 @@ use crate::admin;
 use crate::audit::AuditEvent;
 use crate::config::Config;
 use crate::door_task::DoorTask;
+use crate::doorflow::client::Client;
+use crate::doorflow::ratelimit::RateBudget;
 use crate::hw;
 use crate::outbox;
 use crate::snapshot::{SharedSnapshot, Shift, Snapshot};
 use crate::status::{self, DoorStatus, QueueStatus, SnapshotStatus, StatusReport, SyncStatus};
 use crate::store::{Store, StoreError};
 use crate::supervisor;
+use crate::sync;
 use jiff::Timestamp;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -188,6 +191,7 @@ pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Res
         }
     };
     let watchdog = tokio::spawn(supervisor::run_watchdog(liveness));
+    let sync_task = start_sync(&agent);
     let audit_task = tokio::spawn(outbox::run_writer(
         Arc::clone(&agent.store),
         agent.config.uplink.clone(),
@@ -217,6 +221,9 @@ pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Res
     tracing::info!("shutting down");
     supervisor::notify_stopping();
     watchdog.abort();
+    if let Some(task) = sync_task {
+        task.abort();
+    }
     let _ = stop_doors.send(true);
     for task in door_tasks {
         let _ = task.await;
@@ -228,6 +235,19 @@ pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Res
     agent.store.flush()?;
     tracing::info!("store flushed; stopped");
     Ok(())
+}
+
+/// Starts the periodic sync, unless the API client cannot be set up (a missing secret file):
+/// then the agent runs offline on its stored snapshot and says why.
+fn start_sync(agent: &Arc<Agent>) -> Option<tokio::task::JoinHandle<()>> {
+    let budget = Arc::new(Mutex::new(RateBudget::new(agent.config.api.requests_per_minute)));
+    match Client::new(&agent.config.api, budget) {
+        Ok(client) => Some(tokio::spawn(sync::run_loop(Arc::clone(agent), client))),
+        Err(error) => {
+            tracing::error!(%error, "DoorFlow client not available; running offline on the stored snapshot");
+            None
+        }
+    }
 }
 
 /// Opens every door's GPIO lines (failing start-up with a clear message if a chip or line is

@@ -1,0 +1,304 @@
+//! The HTTP client: one pooled reqwest client on rustls (ring provider), explicit timeouts,
+//! `User-Agent: doorflow-agent/<version>`, authentication (personal API key or OAuth refresh
+//! token with atomic rotation), the shared rate budget, and paginated lists.
+
+use super::error::{ApiError, ErrorBody, Operation, TransportKind};
+use super::models::TokenResponse;
+use super::ratelimit::{RateBudget, RateInfo};
+use crate::agent::lock;
+use crate::config::{ApiConfig, AuthMethod};
+use crate::secrets::{self, Secret};
+use jiff::{SignedDuration, Timestamp};
+use reqwest::{Method, RequestBuilder, Response};
+use serde::de::DeserializeOwned;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Refresh this long before the access token expires.
+const REFRESH_AHEAD: SignedDuration = SignedDuration::from_secs(300);
+
+enum Auth {
+    ApiKey(Secret),
+    OAuth {
+        client_id: String,
+        client_secret: Secret,
+        refresh_token_file: PathBuf,
+    },
+}
+
+struct AccessToken {
+    token: Secret,
+    expires_at: Timestamp,
+}
+
+pub struct Client {
+    http: reqwest::Client,
+    base_url: String,
+    auth: Auth,
+    token: tokio::sync::Mutex<Option<AccessToken>>,
+    budget: Arc<Mutex<RateBudget>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientSetupError {
+    #[error(transparent)]
+    Secret(#[from] secrets::SecretError),
+    #[error("HTTP client: {0}")]
+    Http(String),
+}
+
+/// Installs ring as rustls's process-wide provider (idempotent).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+impl Client {
+    pub fn new(config: &ApiConfig, budget: Arc<Mutex<RateBudget>>) -> Result<Client, ClientSetupError> {
+        install_crypto_provider();
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("doorflow-agent/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(config.connect_timeout_s))
+            .timeout(Duration::from_secs(config.request_timeout_s))
+            .https_only(!is_loopback_http(&config.base_url))
+            .build()
+            .map_err(|e| ClientSetupError::Http(e.to_string()))?;
+        let auth = match config.auth.method {
+            AuthMethod::ApiKey => {
+                let source = config
+                    .auth
+                    .api_key
+                    .as_ref()
+                    .ok_or_else(|| ClientSetupError::Http("api_key missing".into()))?;
+                Auth::ApiKey(secrets::read(source)?)
+            }
+            AuthMethod::Oauth => Auth::OAuth {
+                client_id: config.auth.client_id.clone().unwrap_or_default(),
+                client_secret: secrets::read(
+                    config
+                        .auth
+                        .client_secret
+                        .as_ref()
+                        .ok_or_else(|| ClientSetupError::Http("client_secret missing".into()))?,
+                )?,
+                refresh_token_file: config.auth.refresh_token_file.clone().unwrap_or_default(),
+            },
+        };
+        Ok(Client {
+            http,
+            base_url: config.base_url.trim_end_matches('/').to_string(),
+            auth,
+            token: tokio::sync::Mutex::new(None),
+            budget,
+        })
+    }
+
+    /// Waits for a slot in the shared budget.
+    async fn pace(&self) {
+        let slot = lock(&self.budget).reserve(Timestamp::now());
+        let wait = slot.duration_since(Timestamp::now());
+        if wait.is_positive() {
+            tokio::time::sleep(wait.unsigned_abs()).await;
+        }
+    }
+
+    async fn authorise(
+        &self,
+        request: RequestBuilder,
+        operation: Operation,
+    ) -> Result<RequestBuilder, ApiError> {
+        match &self.auth {
+            Auth::ApiKey(key) => Ok(request.basic_auth(key.expose(), Some("X"))),
+            Auth::OAuth { .. } => {
+                let mut token = self.token.lock().await;
+                let fresh = token
+                    .as_ref()
+                    .is_some_and(|t| Timestamp::now() + REFRESH_AHEAD < t.expires_at);
+                if !fresh {
+                    *token = Some(self.refresh(operation).await?);
+                }
+                let token = token
+                    .as_ref()
+                    .map(|t| t.token.expose().to_string())
+                    .unwrap_or_default();
+                Ok(request.bearer_auth(token))
+            }
+        }
+    }
+
+    /// `POST /oauth/token` with the refresh token; a rotated refresh token is written (0600,
+    /// atomically) before the new access token is used. On failure the old tokens stay.
+    async fn refresh(&self, operation: Operation) -> Result<AccessToken, ApiError> {
+        let Auth::OAuth {
+            client_id,
+            client_secret,
+            refresh_token_file,
+        } = &self.auth
+        else {
+            unreachable!("refresh is only called for OAuth")
+        };
+        let refresh_token = secrets::read_file(refresh_token_file).map_err(|e| ApiError::Transport {
+            operation,
+            kind: TransportKind::Other,
+            detail: e.to_string(),
+        })?;
+        self.pace().await;
+        let form = [
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token.expose()),
+            ("client_id", client_id.as_str()),
+            ("client_secret", client_secret.expose()),
+        ];
+        let request = self
+            .http
+            .post(format!("{}/oauth/token", self.base_url))
+            .form(&form);
+        let response = self.execute(request, Operation::RefreshToken).await?;
+        let token: TokenResponse = decode(response, Operation::RefreshToken).await?;
+        if let Some(rotated) = token
+            .refresh_token
+            .as_deref()
+            .filter(|r| *r != refresh_token.expose())
+        {
+            secrets::write_atomic(refresh_token_file, &Secret::new(rotated)).map_err(|e| {
+                ApiError::Transport {
+                    operation: Operation::RefreshToken,
+                    kind: TransportKind::Other,
+                    detail: format!("rotated refresh token could not be saved, keeping the old one: {e}"),
+                }
+            })?;
+            tracing::info!("DoorFlow rotated the refresh token; saved");
+        }
+        let lifetime = SignedDuration::from_secs(token.expires_in.unwrap_or(3600) as i64);
+        Ok(AccessToken {
+            token: Secret::new(token.access_token),
+            expires_at: Timestamp::now() + lifetime,
+        })
+    }
+
+    /// Sends with the budget, parses rate headers, and turns non-2xx into `ApiError`.
+    async fn execute(&self, request: RequestBuilder, operation: Operation) -> Result<Response, ApiError> {
+        let response = request.send().await.map_err(|e| transport(operation, &e))?;
+        let now = Timestamp::now();
+        let info = RateInfo::from_headers(response.headers(), now);
+        lock(&self.budget).observe(&info);
+        let status = response.status().as_u16();
+        if (200..300).contains(&status) {
+            return Ok(response);
+        }
+        let body = ErrorBody::parse(&response.bytes().await.unwrap_or_default());
+        let retry_at = matches!(status, 408 | 429)
+            .then(|| info.retry_at(body.retry_in, now))
+            .flatten();
+        if status == 429 {
+            let until = retry_at.unwrap_or(now + SignedDuration::from_secs(60));
+            lock(&self.budget).pause_until(until);
+        }
+        Err(ApiError::Status {
+            operation,
+            status,
+            body,
+            retry_at,
+        })
+    }
+
+    /// One authorised request; a first 401 refreshes the token and retries once.
+    pub async fn request(
+        &self,
+        operation: Operation,
+        method: Method,
+        url: &str,
+        build: impl Fn(RequestBuilder) -> RequestBuilder,
+    ) -> Result<Response, ApiError> {
+        for attempt in 0..2 {
+            self.pace().await;
+            let request = self
+                .authorise(build(self.http.request(method.clone(), url)), operation)
+                .await?;
+            match self.execute(request, operation).await {
+                Err(ApiError::Status { status: 401, .. })
+                    if attempt == 0 && matches!(self.auth, Auth::OAuth { .. }) =>
+                {
+                    tracing::info!(?operation, "access token refused; refreshing once");
+                    *self.token.lock().await = None;
+                }
+                other => return other,
+            }
+        }
+        unreachable!("the loop returns on its second pass")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base_url, path)
+    }
+
+    /// A whole paginated list: `page` from 1, `per_page`, until a short page.
+    pub async fn list<T: DeserializeOwned>(
+        &self,
+        operation: Operation,
+        path: &str,
+        per_page: u32,
+        query: &[(&str, String)],
+    ) -> Result<Vec<T>, ApiError> {
+        let mut all = Vec::new();
+        for page in 1u32.. {
+            let url = self.url(path);
+            let response = self
+                .request(operation, Method::GET, &url, |r| {
+                    r.query(query)
+                        .query(&[("page", page.to_string()), ("per_page", per_page.to_string())])
+                })
+                .await?;
+            let items: Vec<T> = decode(response, operation).await?;
+            let short = items.len() < per_page as usize;
+            all.extend(items);
+            if short {
+                break;
+            }
+            tracing::debug!(?operation, page, fetched = all.len(), "page fetched");
+        }
+        Ok(all)
+    }
+
+    /// A list that is not paginated (groups, roles).
+    pub async fn get_all<T: DeserializeOwned>(
+        &self,
+        operation: Operation,
+        path: &str,
+    ) -> Result<Vec<T>, ApiError> {
+        let response = self
+            .request(operation, Method::GET, &self.url(path), |r| r)
+            .await?;
+        decode(response, operation).await
+    }
+}
+
+async fn decode<T: DeserializeOwned>(response: Response, operation: Operation) -> Result<T, ApiError> {
+    let bytes = response.bytes().await.map_err(|e| transport(operation, &e))?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::Decode {
+        operation,
+        detail: e.to_string(),
+    })
+}
+
+fn transport(operation: Operation, error: &reqwest::Error) -> ApiError {
+    let text = format!("{error:?}");
+    let kind = if error.is_timeout() {
+        TransportKind::Timeout
+    } else if text.contains("certificate") || text.contains("Tls") || text.contains("tls") {
+        TransportKind::Tls
+    } else if error.is_connect() {
+        TransportKind::Connect
+    } else {
+        TransportKind::Other
+    };
+    ApiError::Transport {
+        operation,
+        kind,
+        detail: error.to_string(),
+    }
+}
+
+fn is_loopback_http(url: &str) -> bool {
+    url.starts_with("http://") && crate::config::check_url(url).is_ok()
+}

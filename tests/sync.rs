@@ -1,0 +1,210 @@
+//! Sync through the DoorFlow simulator: pagination at scale, auth, faults that must leave the
+//! last good snapshot in force, and the rate budget.
+
+use doorflow_agent::access::{decide, DoorPolicy};
+use doorflow_agent::agent::Agent;
+use doorflow_agent::config::Config;
+use doorflow_agent::credential::{CardFormat, CardRead, Presented};
+use doorflow_agent::doorflow::client::Client;
+use doorflow_agent::doorflow::ratelimit::RateBudget;
+use doorflow_agent::sim::{Fault, SimConfig, Simulator};
+use doorflow_agent::sync::{sync_once, SyncError};
+use std::os::unix::fs::PermissionsExt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+struct Setup {
+    sim: Simulator,
+    agent: Arc<Agent>,
+    client: Client,
+    dir: tempfile::TempDir,
+}
+
+async fn setup(people: u64, oauth: bool, per_minute: u32) -> Setup {
+    let sim = Simulator::start(SimConfig {
+        people,
+        requests_per_window: per_minute,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().display().to_string();
+    std::fs::write(dir.path().join("api_key"), "sim-api-key\n").unwrap();
+    std::fs::write(dir.path().join("client_secret"), "shh\n").unwrap();
+    std::fs::write(dir.path().join("refresh_token"), sim.refresh_token()).unwrap();
+    let auth = if oauth {
+        format!(
+            "method = \"oauth\"\nclient_id = \"agent\"\nclient_secret = \"{path}/client_secret\"\nrefresh_token_file = \"{path}/refresh_token\""
+        )
+    } else {
+        format!("method = \"api_key\"\napi_key = \"{path}/api_key\"")
+    };
+    let text = include_str!("../config/demo.toml")
+        .replace("/tmp/doorflow-agent-demo", &path)
+        .replace("http://127.0.0.1:18080", sim.base_url())
+        .replace(
+            "requests_per_minute = 120",
+            &format!("requests_per_minute = {per_minute}\nrequest_timeout_s = 2"),
+        )
+        .replace("method = \"api_key\"\napi_key = \"", "#")
+        .replace(&format!("#{path}/api_key\""), &auth);
+    let config = Config::parse(&text, "test.toml").unwrap();
+    let budget = Arc::new(Mutex::new(RateBudget::new(config.api.requests_per_minute)));
+    let client = Client::new(&config.api, budget).unwrap();
+    let agent = Agent::start(config).unwrap();
+    Setup {
+        sim,
+        agent,
+        client,
+        dir,
+    }
+}
+
+fn card(number: u64) -> Presented {
+    Presented::Card(CardRead {
+        format: CardFormat::H10301,
+        facility: Some(1),
+        number,
+        bit_count: 26,
+        raw: 0,
+    })
+}
+
+fn front_grants(agent: &Agent, number: u64) -> bool {
+    let policy = DoorPolicy::from(&agent.config.doors[0]);
+    decide(
+        &agent.snapshot.current(),
+        &policy,
+        &card(number),
+        jiff::Timestamp::now(),
+    )
+    .granted
+}
+
+#[tokio::test]
+async fn ten_thousand_people_sync_through_pagination() {
+    let s = setup(10_000, false, 10_000).await;
+    sync_once(&s.agent, &s.client).await.unwrap();
+    let counts = s.agent.snapshot.current().counts();
+    assert_eq!(
+        (counts.people, counts.credentials, counts.channels),
+        (10_000, 10_000, 2)
+    );
+    // 100 pages of people (and one empty page after the last full one), 20 of credentials.
+    assert_eq!(s.sim.requests_to("/api/3/people"), 101);
+    assert_eq!(s.sim.requests_to("/api/3/credentials"), 21);
+    assert!(front_grants(&s.agent, 17));
+    assert!(
+        !front_grants(&s.agent, 50),
+        "person 50 is disabled in the dataset"
+    );
+    assert!(!front_grants(&s.agent, 10_001));
+    // Stored too: survives a restart.
+    assert_eq!(
+        s.agent.store.snapshot_header().unwrap().unwrap().counts.people,
+        10_000
+    );
+    assert!(s.agent.status().online);
+}
+
+#[tokio::test]
+async fn oauth_refreshes_once_on_expiry_and_persists_the_rotated_token() {
+    let s = setup(50, true, 10_000).await;
+    sync_once(&s.agent, &s.client).await.unwrap();
+    let token_file = s.dir.path().join("refresh_token");
+    let saved = std::fs::read_to_string(&token_file).unwrap();
+    assert_eq!(saved.trim(), s.sim.refresh_token(), "rotated token written back");
+    assert_eq!(
+        std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let before = s.sim.requests_to("/oauth/token");
+    assert_eq!(before, 1);
+
+    s.sim.expire_tokens();
+    sync_once(&s.agent, &s.client).await.unwrap();
+    assert_eq!(
+        s.sim.requests_to("/oauth/token"),
+        2,
+        "exactly one refresh after the 401"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&token_file).unwrap().trim(),
+        s.sim.refresh_token()
+    );
+}
+
+#[tokio::test]
+async fn a_revoked_refresh_token_fails_clearly_and_keeps_the_snapshot() {
+    let s = setup(20, true, 10_000).await;
+    sync_once(&s.agent, &s.client).await.unwrap();
+    std::fs::write(s.dir.path().join("refresh_token"), "revoked").unwrap();
+    s.sim.expire_tokens();
+    let error = sync_once(&s.agent, &s.client).await.unwrap_err();
+    assert!(error.to_string().contains("invalid_grant"), "{error}");
+    assert_eq!(s.agent.snapshot.current().counts().people, 20);
+    assert_eq!(
+        std::fs::read_to_string(s.dir.path().join("refresh_token")).unwrap(),
+        "revoked",
+        "old token kept"
+    );
+}
+
+#[tokio::test]
+async fn every_fault_mid_sync_keeps_the_previous_snapshot() {
+    let s = setup(300, false, 10_000).await;
+    sync_once(&s.agent, &s.client).await.unwrap();
+    let generation = s.agent.store.snapshot_header().unwrap().unwrap().generation;
+    s.sim.disable_person(17);
+    let faults = [
+        ("/api/3/people", Fault::Status(500)),
+        ("/api/3/credentials", Fault::Status(502)),
+        ("/api/3/people", Fault::Status(503)),
+        ("/api/3/channels", Fault::Status(504)),
+        ("/api/3/people", Fault::OldStyleStatus(400)),
+        ("/api/3/credentials", Fault::Truncated),
+        ("/api/3/sites", Fault::Malformed),
+        ("/api/3/roles", Fault::NonJson),
+        ("/api/3/people", Fault::Delay(Duration::from_secs(4))),
+    ];
+    for (path, fault) in faults {
+        s.sim.inject(path, fault.clone());
+        let error = sync_once(&s.agent, &s.client).await.unwrap_err();
+        assert!(matches!(error, SyncError::Api(_)), "{fault:?}: {error}");
+        assert!(front_grants(&s.agent, 17), "{fault:?} replaced the snapshot");
+        let status = s.agent.status();
+        assert!(status.sync.last_error.is_some());
+        assert_eq!(
+            s.agent.store.snapshot_header().unwrap().unwrap().generation,
+            generation
+        );
+    }
+    sync_once(&s.agent, &s.client).await.unwrap();
+    assert!(!front_grants(&s.agent, 17), "the later sync brought the change");
+    assert!(s.agent.status().sync.last_error.is_none());
+}
+
+#[tokio::test]
+async fn forbidden_names_the_scope() {
+    let s = setup(10, false, 10_000).await;
+    s.sim.inject("/api/3/people", Fault::Status(403));
+    let error = sync_once(&s.agent, &s.client).await.unwrap_err().to_string();
+    assert!(error.contains("account.person.readonly"), "{error}");
+}
+
+#[tokio::test]
+async fn nothing_is_sent_before_a_429_reset() {
+    let s = setup(10, false, 10_000).await;
+    s.sim
+        .inject("/api/3/people", Fault::RateLimited { retry_after_s: 2 });
+    let started = Instant::now();
+    assert!(sync_once(&s.agent, &s.client).await.is_err());
+    let requests = s.sim.requests();
+    sync_once(&s.agent, &s.client).await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(1900),
+        "sent before Retry-After"
+    );
+    assert!(s.sim.requests() > requests);
+}
