@@ -68,6 +68,7 @@ impl Agent {
             Err(error) => return Err(error.into()),
         };
         let snapshot = Snapshot::with_shifts(parts, config_shifts(&config), &config.sync.time_zone);
+        release_freed_memory();
         let sync_status = store.meta_get(status::SYNC_STATUS_KEY)?.unwrap_or_default();
         let doors = config
             .doors
@@ -144,6 +145,16 @@ impl Agent {
                 })
                 .collect(),
         }
+    }
+}
+
+/// Returns memory freed after a large load (JSON temporaries) to the OS, so the resident size
+/// reflects what the agent keeps rather than the peak of loading.
+pub fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free heap pages; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -287,19 +298,24 @@ fn start_doors(
     Ok(tasks)
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
+/// Installs the SIGTERM/SIGINT handlers now (so a signal during start-up is not fatal) and
+/// returns a future that resolves on either. Call inside the runtime, before starting.
+pub fn shutdown_signal() -> impl Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(error) => {
-            tracing::error!(%error, "cannot listen for SIGTERM; stopping on Ctrl-C only");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                    _ = int.recv() => tracing::info!("SIGINT received"),
+                }
+            }
+            (Err(error), _) | (_, Err(error)) => {
+                tracing::error!(%error, "cannot listen for signals; stopping on Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
     }
 }

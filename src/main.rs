@@ -98,7 +98,11 @@ fn main() -> ExitCode {
                 Ok(runtime) => runtime,
                 Err(error) => return failure(&format!("cannot start the runtime: {error}")),
             };
-            match runtime.block_on(agent::run(config, agent::shutdown_signal())) {
+            match runtime.block_on(async {
+                // Handlers first: a SIGTERM during start-up must still stop cleanly.
+                let shutdown = agent::shutdown_signal();
+                agent::run(config, shutdown).await
+            }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     tracing::error!(%error, "agent stopped with an error");
