@@ -14,26 +14,7 @@ fn main() {
     let path = dir.path().display().to_string();
     let parts = SnapshotParts {
         synced_at: Some(jiff::Timestamp::now()),
-        people: (1..=COUNT)
-            .map(|id| Person {
-                id,
-                enabled: true,
-                valid_from: None,
-                valid_to: None,
-                roles: vec![1],
-                groups: vec![100],
-            })
-            .collect(),
-        credentials: (1..=COUNT)
-            .map(|id| Credential {
-                id: format!("cr{id:x}"),
-                credential_type_id: 1,
-                person_id: id,
-                value: id.to_string(),
-                status: None,
-            })
-            .collect(),
-        ..Default::default()
+        ..SnapshotParts::synthetic(COUNT)
     };
     Store::open(&dir.path().join("db"), 8 << 20)
         .unwrap()

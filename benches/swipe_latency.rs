@@ -15,44 +15,7 @@ const CREDENTIALS: u64 = 100_000;
 const SWIPES: usize = 2_000;
 
 fn snapshot() -> Snapshot {
-    let people = (1..=CREDENTIALS)
-        .map(|id| Person {
-            id,
-            enabled: true,
-            valid_from: None,
-            valid_to: None,
-            roles: vec![1],
-            groups: vec![100],
-        })
-        .collect();
-    let credentials = (1..=CREDENTIALS)
-        .map(|id| Credential {
-            id: format!("cr{id}"),
-            credential_type_id: 1,
-            person_id: id,
-            value: id.to_string(),
-            status: None,
-        })
-        .collect();
-    Snapshot::new(
-        SnapshotParts {
-            people,
-            credentials,
-            credential_types: vec![CredentialType {
-                id: 1,
-                slug: "card".into(),
-                kind: CredentialKind::Card,
-            }],
-            roles: vec![Role {
-                id: 1,
-                shift_id: None,
-                channel_ids: vec![],
-                group_ids: vec![],
-            }],
-            ..Default::default()
-        },
-        "UTC",
-    )
+    Snapshot::new(SnapshotParts::synthetic(CREDENTIALS), "UTC")
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {

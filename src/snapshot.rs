@@ -274,6 +274,47 @@ pub struct SnapshotParts {
     pub shifts: Vec<Shift>,
 }
 
+impl SnapshotParts {
+    /// A synthetic site of `count` people for tests and benchmarks: person *n* is enabled, has
+    /// role 1 (24/7) and group 100, and a card credential whose value is *n*.
+    pub fn synthetic(count: u64) -> SnapshotParts {
+        SnapshotParts {
+            people: (1..=count)
+                .map(|id| Person {
+                    id,
+                    enabled: true,
+                    valid_from: None,
+                    valid_to: None,
+                    roles: vec![1],
+                    groups: vec![100],
+                })
+                .collect(),
+            credentials: (1..=count)
+                .map(|id| Credential {
+                    id: format!("cr{id:x}"),
+                    credential_type_id: 1,
+                    person_id: id,
+                    value: id.to_string(),
+                    status: None,
+                })
+                .collect(),
+            credential_types: vec![CredentialType {
+                id: 1,
+                slug: "card".into(),
+                kind: CredentialKind::Card,
+            }],
+            roles: vec![Role {
+                id: 1,
+                shift_id: None,
+                channel_ids: vec![],
+                group_ids: vec![],
+            }],
+            groups: vec![Group { id: 100 }],
+            ..Default::default()
+        }
+    }
+}
+
 /// Record counts, shown by `status` and checked when a snapshot is loaded.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotCounts {

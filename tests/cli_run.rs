@@ -24,32 +24,13 @@ fn seed_store(dir: &Path, people: u64) {
     let store = Store::open(&dir.join("db"), 1 << 20).unwrap();
     let parts = SnapshotParts {
         synced_at: Some("2026-11-22T10:00:00Z".parse().unwrap()),
-        people: (1..=people)
-            .map(|id| Person {
-                id,
-                enabled: true,
-                valid_from: None,
-                valid_to: None,
-                roles: vec![1],
-                groups: vec![],
-            })
-            .collect(),
-        credentials: (1..=people)
-            .map(|id| Credential {
-                id: format!("c{id}"),
-                credential_type_id: 1,
-                person_id: id,
-                value: id.to_string(),
-                status: None,
-            })
-            .collect(),
         channels: vec![Channel {
             id: 1341,
             mode: ChannelMode::Unlock { relock_at: None },
             lockdown: None,
             site_id: None,
         }],
-        ..Default::default()
+        ..SnapshotParts::synthetic(people)
     };
     store.save_snapshot(&parts).unwrap();
 }
