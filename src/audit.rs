@@ -22,29 +22,31 @@ pub struct AuditEvent {
 
 impl AuditEvent {
     /// Writes the event to the log with structured fields (journald keeps them as DOOR,
-    /// EVENT_CODE, REASON, …).
+    /// EVENT_CODE, REASON, …). Denials and door alarms are warnings; the rest is info.
     pub fn log(&self) {
         let credential = self.credential.as_deref().unwrap_or("-");
-        if matches!(self.event_code, 10..=18) {
-            tracing::info!(
-                door = %self.door,
-                event_code = self.event_code,
-                reason = %self.reason,
-                person_id = ?self.person_id,
-                credential,
-                "access granted"
-            );
-        } else if matches!(self.event_code, 20..=29) {
-            tracing::warn!(
-                door = %self.door,
-                event_code = self.event_code,
-                reason = %self.reason,
-                person_id = ?self.person_id,
-                credential,
-                "access denied"
-            );
+        let summary = match self.event_code {
+            10..=18 => "access granted",
+            20..=29 => "access denied",
+            _ => "door event",
+        };
+        let warning = matches!(self.event_code, 20..=29 | 32 | 33 | 90 | 91);
+        macro_rules! emit {
+            ($level:ident) => {
+                tracing::$level!(
+                    door = %self.door,
+                    event_code = self.event_code,
+                    reason = %self.reason,
+                    person_id = ?self.person_id,
+                    credential,
+                    "{summary}"
+                )
+            };
+        }
+        if warning {
+            emit!(warn);
         } else {
-            tracing::warn!(door = %self.door, event_code = self.event_code, reason = %self.reason, "door event");
+            emit!(info);
         }
     }
 }

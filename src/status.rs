@@ -2,7 +2,8 @@
 //! agent's memory (served over the admin socket) or, when the agent is stopped, from the store.
 
 use crate::config::Config;
-use crate::snapshot::{ChannelMode, Snapshot};
+use crate::door::DoorMode;
+use crate::snapshot::Snapshot;
 use crate::store::{SnapshotHeader, Store, StoreError};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -100,17 +101,13 @@ impl SnapshotStatus {
     }
 }
 
-/// The mode a door's channel is in, as `status` shows it.
+/// The mode a door's channel is in, as `status` shows it (the same rule the door task drives
+/// the relay by).
 pub fn door_mode(snapshot: &Snapshot, channel_id: Option<u64>, now: Timestamp) -> &'static str {
-    let Some(channel) = channel_id.and_then(|id| snapshot.channel(id)) else {
-        return "normal";
-    };
-    if channel.lockdown.is_some_and(|l| l.cards) {
-        return "lockdown";
-    }
-    match channel.mode {
-        ChannelMode::Unlock { relock_at } if relock_at.is_none_or(|t| now < t) => "unlock",
-        _ => "normal",
+    match crate::door_task::door_mode(snapshot, channel_id, now) {
+        DoorMode::Normal => "normal",
+        DoorMode::Unlock => "unlock",
+        DoorMode::Lockdown { .. } => "lockdown",
     }
 }
 
