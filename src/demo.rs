@@ -50,92 +50,6 @@ pub fn demo_config(dir: &Path) -> Config {
     Config::parse(&text, "config/demo.toml (embedded)").expect("embedded demo config is valid")
 }
 
-/// A small site: 200 people with cards (value = person id), a PIN for every fifth, two roles,
-/// a few disabled and expired people, and the demo's two channels in London.
-pub fn demo_dataset(now: jiff::Timestamp) -> SnapshotParts {
-    let people: Vec<Person> = (1..=200)
-        .map(|id| Person {
-            id,
-            enabled: id % 50 != 0,
-            valid_from: None,
-            valid_to: (id % 97 == 0).then(|| now - jiff::SignedDuration::from_hours(24)),
-            roles: vec![if id % 10 == 3 { 2 } else { 1 }],
-            groups: vec![],
-        })
-        .collect();
-    let mut credentials: Vec<Credential> = people
-        .iter()
-        .map(|p| Credential {
-            id: format!("cr{}", p.id),
-            credential_type_id: 1,
-            person_id: p.id,
-            value: p.id.to_string(),
-            status: None,
-        })
-        .collect();
-    credentials.extend(people.iter().filter(|p| p.id % 5 == 0).map(|p| Credential {
-        id: format!("pin{}", p.id),
-        credential_type_id: 2,
-        person_id: p.id,
-        value: (500_000 + p.id).to_string(),
-        status: None,
-    }));
-    // Person 3 is also enrolled the way the server room reads cards: facility 1 + number.
-    credentials.push(Credential {
-        id: "cr3-facility".into(),
-        credential_type_id: 1,
-        person_id: 3,
-        value: "100003".into(),
-        status: None,
-    });
-    SnapshotParts {
-        synced_at: Some(now),
-        people,
-        credentials,
-        credential_types: vec![
-            CredentialType {
-                id: 1,
-                slug: "employee_card".into(),
-                kind: CredentialKind::Card,
-            },
-            CredentialType {
-                id: 2,
-                slug: "pin".into(),
-                kind: CredentialKind::Pin,
-            },
-        ],
-        roles: vec![
-            Role {
-                id: 1,
-                shift_id: None,
-                channel_ids: vec![],
-                group_ids: vec![],
-            },
-            Role {
-                id: 2,
-                shift_id: Some(7),
-                channel_ids: vec![],
-                group_ids: vec![],
-            },
-        ],
-        groups: vec![Group { id: 100 }],
-        channels: [1340, 1341]
-            .iter()
-            .map(|&id| Channel {
-                id,
-                mode: ChannelMode::Normal,
-                lockdown: None,
-                site_id: Some(1),
-            })
-            .collect(),
-        sites: vec![Site {
-            id: 1,
-            time_zone: Some("Europe/London".into()),
-        }],
-        ..Default::default()
-    }
-}
-
 /// A line-oriented client for the mock GPIO control socket.
 struct Control {
     path: PathBuf,
@@ -192,7 +106,7 @@ fn run_in(dir: &Path) -> Result<(), String> {
     let config = demo_config(dir);
     timeline.say(
         "demo",
-        "doorflow-agent demo: mock GPIO, built-in dataset, no network, no hardware",
+        "doorflow-agent demo: mock GPIO doors, DoorFlow simulator on loopback, no hardware, no account",
     );
     timeline.say("demo", format!("state in {}", dir.display()));
 
@@ -205,19 +119,19 @@ fn run_in(dir: &Path) -> Result<(), String> {
 }
 
 async fn scenario(config: Config, timeline: Timeline) -> Result<(), String> {
-    // Seed the store as a sync would, then start the agent from it.
-    {
-        let store = crate::store::Store::open(&config.store.path, 1 << 20).map_err(|e| e.to_string())?;
-        let header = store
-            .save_snapshot(&demo_dataset(jiff::Timestamp::now()))
+    // A DoorFlow simulator on loopback stands in for the cloud; the agent syncs from it.
+    let sim = crate::sim::Simulator::start(crate::sim::SimConfig::default())
+        .await
+        .map_err(|e| format!("simulator: {e}"))?;
+    timeline.say(
+        "doorflow",
+        format!("simulator listening on {} (200 people)", sim.base_url()),
+    );
+    let mut config = config;
+    config.api.base_url = sim.base_url().to_string();
+    if let Some(crate::config::SecretSource::File(path)) = &config.api.auth.api_key {
+        crate::secrets::write_atomic(path, &crate::secrets::Secret::new("sim-api-key"))
             .map_err(|e| e.to_string())?;
-        timeline.say(
-            "store",
-            format!(
-                "snapshot generation {} saved: {} people, {} credentials",
-                header.generation, header.counts.people, header.counts.credentials
-            ),
-        );
     }
     let agent = Agent::start(config.clone()).map_err(|e| e.to_string())?;
     let mut feed = agent.audit_feed.subscribe();
@@ -231,7 +145,26 @@ async fn scenario(config: Config, timeline: Timeline) -> Result<(), String> {
     wait_for_socket(&control.path).await?;
     timeline.say(
         "agent",
-        format!("ready: {} doors on the mock GPIO backend", config.doors.len()),
+        format!(
+            "ready: {} doors on the mock GPIO backend; first sync running",
+            config.doors.len()
+        ),
+    );
+    for _ in 0..200 {
+        if agent.snapshot.current().synced_at().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let counts = agent.snapshot.current().counts();
+    timeline.say(
+        "sync",
+        format!(
+            "snapshot in force: {} people, {} credentials ({} API requests)",
+            counts.people,
+            counts.credentials,
+            sim.requests()
+        ),
     );
 
     // Print relay changes and audit events as they happen.

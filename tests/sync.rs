@@ -89,11 +89,14 @@ async fn ten_thousand_people_sync_through_pagination() {
     let counts = s.agent.snapshot.current().counts();
     assert_eq!(
         (counts.people, counts.credentials, counts.channels),
-        (10_000, 10_000, 2)
+        (10_000, 13_000, 2)
     );
-    // 100 pages of people (and one empty page after the last full one), 20 of credentials.
+    // 100 pages of people and 26 of credentials, each followed by one empty page.
     assert_eq!(s.sim.requests_to("/api/3/people"), 101);
-    assert_eq!(s.sim.requests_to("/api/3/credentials"), 21);
+    assert_eq!(s.sim.requests_to("/api/3/credentials"), 27);
+    let pin = Presented::Pin("500010".into());
+    let policy = DoorPolicy::from(&s.agent.config.doors[0]);
+    assert!(decide(&s.agent.snapshot.current(), &policy, &pin, jiff::Timestamp::now()).granted);
     assert!(front_grants(&s.agent, 17));
     assert!(
         !front_grants(&s.agent, 50),

@@ -2,6 +2,10 @@
 //! generated dataset, pagination, API-key and OAuth auth with expiring access tokens and rotated
 //! refresh tokens, a fixed-window rate limit with X-RateLimit headers, and injected faults.
 //!
+//! Dataset: person *n* has card value *n*; every fifth person also a PIN 500000+*n*; people with
+//! *n* % 10 == 3 have the office-hours role and a second card enrolled as facility 1 + number;
+//! every 50th person is disabled, every 97th expired.
+//!
 //! First cut: serves the sync endpoints. Admit/event recording, dropped connections and the
 //! chaos mode come with the uplink work.
 
@@ -344,15 +348,33 @@ async fn people(
     .await
 }
 
+/// Credential *i* of the dataset: cards first (value = person id), then a PIN for every fifth
+/// person (500000 + id), then a facility-1 card ("1" + 5-digit id) for the office-hours staff.
+fn credential(people: u64, i: u64) -> Value {
+    let pins = people / 5;
+    if i <= people {
+        json!({"id": format!("cr{i:x}"), "credential_type_id": 1, "label": "Employee Card", "person_id": i, "value": i.to_string()})
+    } else if i <= people + pins {
+        let id = (i - people) * 5;
+        json!({"id": format!("pn{id:x}"), "credential_type_id": 2, "label": "PIN", "person_id": id, "value": (500_000 + id).to_string()})
+    } else {
+        let id = (i - people - pins - 1) * 10 + 3;
+        json!({"id": format!("fc{id:x}"), "credential_type_id": 1, "label": "Employee Card", "person_id": id, "value": format!("1{id:05}")})
+    }
+}
+
+fn credential_count(people: u64) -> u64 {
+    people + people / 5 + (people + 7) / 10
+}
+
 async fn credentials(
     State(state): Shared,
     headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
     respond(&state, "/api/3/credentials", &headers, |inner| {
-        page(&params, inner.config.people, 500, |id| {
-            json!({"id": format!("cr{id:x}"), "credential_type_id": 1, "label": "Employee Card", "person_id": id, "value": id.to_string()})
-        })
+        let people = inner.config.people;
+        page(&params, credential_count(people), 500, |i| credential(people, i))
     })
     .await
 }
