@@ -42,6 +42,17 @@ enum Command {
     /// Play the built-in demonstration: the agent with mock GPIO doors, a scripted scenario and
     /// a readable timeline. No network, hardware or account needed.
     Demo,
+    /// Run the built-in DoorFlow API simulator on a loopback port for manual testing.
+    Simulate {
+        #[arg(long, default_value_t = 18080)]
+        port: u16,
+        /// Size of the generated dataset.
+        #[arg(long, default_value_t = 200)]
+        people: u64,
+        /// Requests allowed per minute before 429.
+        #[arg(long, default_value_t = 120)]
+        limit: u32,
+    },
     /// Inspect and manage the outbox of queued admit and event calls.
     Queue {
         #[command(subcommand)]
@@ -132,6 +143,22 @@ fn main() -> ExitCode {
             match demo::run() {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(message) => failure(&message),
+            }
+        }
+        Command::Simulate { port, people, limit } => {
+            let config = doorflow_agent::sim::SimConfig {
+                port,
+                people,
+                requests_per_window: limit,
+                ..Default::default()
+            };
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime,
+                Err(error) => return failure(&error.to_string()),
+            };
+            match runtime.block_on(doorflow_agent::sim::Simulator::run_standalone(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => failure(&format!("simulator on port {port}: {error}")),
             }
         }
         Command::Queue { action } => match Config::load(&cli.config) {

@@ -198,3 +198,36 @@ fn a_missing_gpio_chip_fails_start_up_with_a_clear_message() {
         "admin socket left behind after a failed start"
     );
 }
+
+#[test]
+fn the_standalone_simulator_serves_and_requires_auth() {
+    use std::io::{BufRead, Read, Write};
+    let mut sim = Agent(
+        Command::new(BIN)
+            .args(["simulate", "--port", "0", "--people", "3"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut first = String::new();
+    std::io::BufReader::new(sim.0.stdout.as_mut().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let address = first.trim().rsplit("http://").next().unwrap().to_string();
+    let get = |auth: &str| {
+        let mut stream = std::net::TcpStream::connect(&address).unwrap();
+        write!(
+            stream,
+            "GET /api/3/people HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).unwrap();
+        reply
+    };
+    assert!(get("").starts_with("HTTP/1.1 401"));
+    // "sim-api-key:X" in base64.
+    let reply = get("Authorization: Basic c2ltLWFwaS1rZXk6WA==\r\n");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains("\"id\":3") && reply.to_ascii_lowercase().contains("x-ratelimit-remaining"));
+}

@@ -45,6 +45,8 @@ pub struct SimConfig {
     pub window: Duration,
     pub api_key: String,
     pub token_lifetime_s: u64,
+    /// Loopback port; 0 picks a free one.
+    pub port: u16,
 }
 
 impl Default for SimConfig {
@@ -55,6 +57,7 @@ impl Default for SimConfig {
             window: Duration::from_secs(60),
             api_key: "sim-api-key".into(),
             token_lifetime_s: 3600,
+            port: 0,
         }
     }
 }
@@ -87,7 +90,7 @@ pub struct Simulator {
 
 impl Simulator {
     pub async fn start(config: SimConfig) -> std::io::Result<Simulator> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", config.port)).await?;
         let base_url = format!("http://{}", listener.local_addr()?);
         let inner = Arc::new(Mutex::new(Inner {
             config,
@@ -116,6 +119,21 @@ impl Simulator {
             let _ = axum::serve(listener, app).await;
         });
         Ok(Simulator { inner, base_url })
+    }
+
+    /// Runs until Ctrl-C/SIGTERM for manual testing (`doorflow-agent simulate`).
+    pub async fn run_standalone(config: SimConfig) -> std::io::Result<()> {
+        let api_key = config.api_key.clone();
+        let sim = Simulator::start(config).await?;
+        println!("DoorFlow simulator on {}", sim.base_url());
+        println!("  API key (HTTP Basic user, password X): {api_key}");
+        println!("  OAuth refresh token: {}", sim.refresh_token());
+        println!(
+            "  try: curl -u {api_key}:X '{}/api/3/people?per_page=2'",
+            sim.base_url()
+        );
+        crate::agent::shutdown_signal().await;
+        Ok(())
     }
 
     pub fn base_url(&self) -> &str {
