@@ -102,17 +102,7 @@ impl Agent {
             version: env!("CARGO_PKG_VERSION").to_string(),
             agent_running: true,
             online: self.online.load(Ordering::Relaxed),
-            snapshot: SnapshotStatus {
-                generation,
-                people: counts.people,
-                credentials: counts.credentials,
-                roles: counts.roles,
-                groups: counts.groups,
-                group_reservations: counts.group_reservations,
-                reservations: counts.reservations,
-                channels: counts.channels,
-                synced_at: snapshot.synced_at(),
-            },
+            snapshot: SnapshotStatus::new(generation, &counts, snapshot.synced_at()),
             sync: lock(&self.sync_status).clone(),
             queue: QueueStatus::from_store(&self.store, "idle").unwrap_or_else(|error| QueueStatus {
                 uplink: format!("unknown ({error})"),

@@ -47,6 +47,17 @@ impl DoorEvent {
             DoorEvent::HeldOpen => 33,
         }
     }
+
+    /// The reason word logged and sent with the event.
+    pub fn reason(self) -> &'static str {
+        match self {
+            DoorEvent::AdmittedByRex => "request_to_exit",
+            DoorEvent::RexPressed => "rex_pressed",
+            DoorEvent::DoorNormal => "door_normal",
+            DoorEvent::ForcedOpen => "forced_open",
+            DoorEvent::HeldOpen => "held_open",
+        }
+    }
 }
 
 /// What the caller must do after a step.
@@ -172,7 +183,7 @@ impl DoorMachine {
     /// A granted swipe: release for the unlock time, extending a release already running.
     pub fn grant(&mut self, now: u64) -> Effects {
         self.release_for_unlock_time(now);
-        self.step(now, Vec::new())
+        self.step(now)
     }
 
     fn release_for_unlock_time(&mut self, now: u64) {
@@ -185,7 +196,7 @@ impl DoorMachine {
         if matches!(mode, DoorMode::Lockdown { .. }) {
             self.released_until = None; // a lockdown ends any running release at once
         }
-        self.step(now, Vec::new())
+        self.step(now)
     }
 
     /// A raw level change on the contact (`true` = open) or REX (`true` = pressed) input.
@@ -193,18 +204,18 @@ impl DoorMachine {
         if let Some(contact) = &mut self.contact {
             contact.raw(open, now);
         }
-        self.step(now, Vec::new())
+        self.step(now)
     }
 
     pub fn rex_level(&mut self, pressed: bool, now: u64) -> Effects {
         if let Some(rex) = &mut self.rex {
             rex.raw(pressed, now);
         }
-        self.step(now, Vec::new())
+        self.step(now)
     }
 
     pub fn tick(&mut self, now: u64) -> Effects {
-        self.step(now, Vec::new())
+        self.step(now)
     }
 
     /// When `tick` must be called next, if anything is pending.
@@ -229,7 +240,8 @@ impl DoorMachine {
         self.timing.fail_released
     }
 
-    fn step(&mut self, now: u64, mut events: Vec<DoorEvent>) -> Effects {
+    fn step(&mut self, now: u64) -> Effects {
+        let mut events = Vec::new();
         if let Some(true) = self.rex.as_mut().and_then(|r| r.settle(now)) {
             let rex_allowed = match self.mode {
                 DoorMode::Lockdown { rex_allowed } => rex_allowed || self.timing.rex_in_lockdown,

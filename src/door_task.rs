@@ -285,16 +285,9 @@ impl DoorTask {
 
     fn emit_door_events(&self, events: &[DoorEvent]) {
         for event in events {
-            let reason = match event {
-                DoorEvent::AdmittedByRex => "request_to_exit",
-                DoorEvent::RexPressed => "rex_pressed",
-                DoorEvent::DoorNormal => "door_normal",
-                DoorEvent::ForcedOpen => "forced_open",
-                DoorEvent::HeldOpen => "held_open",
-            };
             self.send_audit(AuditEvent {
                 event_code: event.code(),
-                reason: reason.into(),
+                reason: event.reason().into(),
                 door: self.name.clone(),
                 channel_id: self.policy.channel_id,
                 person_id: None,

@@ -3,7 +3,7 @@
 
 use crate::config::Config;
 use crate::door::DoorMode;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Snapshot, SnapshotCounts, SnapshotParts};
 use crate::store::{SnapshotHeader, Store, StoreError};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -82,13 +82,9 @@ impl QueueStatus {
 }
 
 impl SnapshotStatus {
-    pub fn from_header(header: Option<&SnapshotHeader>) -> SnapshotStatus {
-        let Some(header) = header else {
-            return SnapshotStatus::default();
-        };
-        let c = &header.counts;
+    pub fn new(generation: Option<u64>, c: &SnapshotCounts, synced_at: Option<Timestamp>) -> SnapshotStatus {
         SnapshotStatus {
-            generation: Some(header.generation),
+            generation,
             people: c.people,
             credentials: c.credentials,
             roles: c.roles,
@@ -96,8 +92,14 @@ impl SnapshotStatus {
             group_reservations: c.group_reservations,
             reservations: c.reservations,
             channels: c.channels,
-            synced_at: header.synced_at,
+            synced_at,
         }
+    }
+
+    pub fn from_header(header: Option<&SnapshotHeader>) -> SnapshotStatus {
+        header.map_or_else(SnapshotStatus::default, |h| {
+            SnapshotStatus::new(Some(h.generation), &h.counts, h.synced_at)
+        })
     }
 }
 
@@ -114,10 +116,11 @@ pub fn door_mode(snapshot: &Snapshot, channel_id: Option<u64>, now: Timestamp) -
 /// The report for a stopped agent, read straight from the store.
 pub fn from_store(config: &Config, store: &Store) -> Result<StatusReport, StoreError> {
     let header = store.snapshot_header()?;
-    let snapshot = match store.load_snapshot()? {
-        Some(parts) => Snapshot::new(parts, &config.sync.time_zone),
-        None => Snapshot::empty(),
+    let channels = SnapshotParts {
+        channels: store.load_channels()?,
+        ..SnapshotParts::default()
     };
+    let snapshot = Snapshot::new(channels, &config.sync.time_zone);
     let sync: SyncStatus = store.meta_get(SYNC_STATUS_KEY)?.unwrap_or_default();
     let now = Timestamp::now();
     Ok(StatusReport {

@@ -130,6 +130,11 @@ impl Store {
     /// The current snapshot's header, cheap enough for `status`.
     pub fn snapshot_header(&self) -> Result<Option<SnapshotHeader>, StoreError> {
         let _reading = self.swap.read().unwrap_or_else(|p| p.into_inner());
+        Ok(self.current_tree()?.map(|(_, header)| header))
+    }
+
+    /// The current generation's tree and header. Callers hold the `swap` read lock.
+    fn current_tree(&self) -> Result<Option<(sled::Tree, SnapshotHeader)>, StoreError> {
         let Some(generation) = self.active_generation()? else {
             return Ok(None);
         };
@@ -139,9 +144,18 @@ impl Store {
             .map_err(|e| self.engine(e))?;
         let header = tree.get(HEADER_KEY).map_err(|e| self.engine(e))?;
         let header = header.ok_or_else(|| self.corrupt(generation, "header missing"))?;
-        serde_json::from_slice(&header)
-            .map(Some)
-            .map_err(|e| self.corrupt(generation, &e.to_string()))
+        let header = serde_json::from_slice(&header).map_err(|e| self.corrupt(generation, &e.to_string()))?;
+        Ok(Some((tree, header)))
+    }
+
+    /// Only the channels of the current snapshot: enough for `status` to show door modes
+    /// without loading 100,000 credentials.
+    pub fn load_channels(&self) -> Result<Vec<crate::snapshot::Channel>, StoreError> {
+        let _reading = self.swap.read().unwrap_or_else(|p| p.into_inner());
+        match self.current_tree()? {
+            Some((tree, header)) => self.read_records(&tree, header.generation, "channels"),
+            None => Ok(Vec::new()),
+        }
     }
 
     fn corrupt(&self, generation: u64, detail: &str) -> StoreError {
@@ -155,19 +169,10 @@ impl Store {
     /// Loads the current snapshot, checking every record count against the header.
     pub fn load_snapshot(&self) -> Result<Option<SnapshotParts>, StoreError> {
         let _reading = self.swap.read().unwrap_or_else(|p| p.into_inner());
-        let Some(generation) = self.active_generation()? else {
+        let Some((tree, header)) = self.current_tree()? else {
             return Ok(None);
         };
-        let tree = self
-            .db
-            .open_tree(tree_name(generation))
-            .map_err(|e| self.engine(e))?;
-        let header: SnapshotHeader = match tree.get(HEADER_KEY).map_err(|e| self.engine(e))? {
-            Some(bytes) => {
-                serde_json::from_slice(&bytes).map_err(|e| self.corrupt(generation, &e.to_string()))?
-            }
-            None => return Err(self.corrupt(generation, "header missing")),
-        };
+        let generation = header.generation;
         let parts = SnapshotParts {
             synced_at: header.synced_at,
             people: self.read_records(&tree, generation, "people")?,
@@ -331,22 +336,11 @@ fn open_error(path: &Path, source: sled::Error) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::Person;
 
     fn parts(people: u64) -> SnapshotParts {
         SnapshotParts {
             synced_at: Some(Timestamp::from_second(1_800_000_000).unwrap()),
-            people: (0..people)
-                .map(|id| Person {
-                    id,
-                    enabled: true,
-                    valid_from: None,
-                    valid_to: None,
-                    roles: vec![1],
-                    groups: vec![],
-                })
-                .collect(),
-            ..Default::default()
+            ..SnapshotParts::synthetic(people)
         }
     }
 

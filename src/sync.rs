@@ -195,6 +195,8 @@ pub enum SyncError {
     Api(#[from] ApiError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error("storing the snapshot did not finish: {0}")]
+    Task(String),
 }
 
 /// One full sync: pull, store, swap. Records the outcome for `status`.
@@ -206,10 +208,7 @@ pub async fn sync_once(agent: &Arc<Agent>, client: &Client) -> Result<(), SyncEr
         let to_store = parts.clone();
         let header = tokio::task::spawn_blocking(move || store.save_snapshot(&to_store))
             .await
-            .map_err(|e| crate::store::StoreError::Engine {
-                path: agent.store.path().to_path_buf(),
-                source: sled::Error::ReportableBug(e.to_string()),
-            })??;
+            .map_err(|e| SyncError::Task(e.to_string()))??;
         agent
             .snapshot
             .replace(Arc::new(Snapshot::new(parts, &agent.config.sync.time_zone)));

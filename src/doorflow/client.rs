@@ -20,11 +20,13 @@ const REFRESH_AHEAD: SignedDuration = SignedDuration::from_secs(300);
 
 enum Auth {
     ApiKey(Secret),
-    OAuth {
-        client_id: String,
-        client_secret: Secret,
-        refresh_token_file: PathBuf,
-    },
+    OAuth(OAuth),
+}
+
+struct OAuth {
+    client_id: String,
+    client_secret: Secret,
+    refresh_token_file: PathBuf,
 }
 
 struct AccessToken {
@@ -72,7 +74,7 @@ impl Client {
                     .ok_or_else(|| ClientSetupError::Http("api_key missing".into()))?;
                 Auth::ApiKey(secrets::read(source)?)
             }
-            AuthMethod::Oauth => Auth::OAuth {
+            AuthMethod::Oauth => Auth::OAuth(OAuth {
                 client_id: config.auth.client_id.clone().unwrap_or_default(),
                 client_secret: secrets::read(
                     config
@@ -82,7 +84,7 @@ impl Client {
                         .ok_or_else(|| ClientSetupError::Http("client_secret missing".into()))?,
                 )?,
                 refresh_token_file: config.auth.refresh_token_file.clone().unwrap_or_default(),
-            },
+            }),
         };
         Ok(Client {
             http,
@@ -109,13 +111,13 @@ impl Client {
     ) -> Result<RequestBuilder, ApiError> {
         match &self.auth {
             Auth::ApiKey(key) => Ok(request.basic_auth(key.expose(), Some("X"))),
-            Auth::OAuth { .. } => {
+            Auth::OAuth(oauth) => {
                 let mut token = self.token.lock().await;
                 let fresh = token
                     .as_ref()
                     .is_some_and(|t| Timestamp::now() + REFRESH_AHEAD < t.expires_at);
                 if !fresh {
-                    *token = Some(self.refresh(operation).await?);
+                    *token = Some(self.refresh(oauth, operation).await?);
                 }
                 let token = token
                     .as_ref()
@@ -128,15 +130,12 @@ impl Client {
 
     /// `POST /oauth/token` with the refresh token; a rotated refresh token is written (0600,
     /// atomically) before the new access token is used. On failure the old tokens stay.
-    async fn refresh(&self, operation: Operation) -> Result<AccessToken, ApiError> {
-        let Auth::OAuth {
+    async fn refresh(&self, oauth: &OAuth, operation: Operation) -> Result<AccessToken, ApiError> {
+        let OAuth {
             client_id,
             client_secret,
             refresh_token_file,
-        } = &self.auth
-        else {
-            unreachable!("refresh is only called for OAuth")
-        };
+        } = oauth;
         let refresh_token = secrets::read_file(refresh_token_file).map_err(|e| ApiError::Transport {
             operation,
             kind: TransportKind::Other,
@@ -210,22 +209,21 @@ impl Client {
         url: &str,
         build: impl Fn(RequestBuilder) -> RequestBuilder,
     ) -> Result<Response, ApiError> {
-        for attempt in 0..2 {
+        let send = || async {
             self.pace().await;
             let request = self
                 .authorise(build(self.http.request(method.clone(), url)), operation)
                 .await?;
-            match self.execute(request, operation).await {
-                Err(ApiError::Status { status: 401, .. })
-                    if attempt == 0 && matches!(self.auth, Auth::OAuth { .. }) =>
-                {
-                    tracing::info!(?operation, "access token refused; refreshing once");
-                    *self.token.lock().await = None;
-                }
-                other => return other,
+            self.execute(request, operation).await
+        };
+        match send().await {
+            Err(ApiError::Status { status: 401, .. }) if matches!(self.auth, Auth::OAuth(_)) => {
+                tracing::info!(?operation, "access token refused; refreshing once");
+                *self.token.lock().await = None;
+                send().await
             }
+            other => other,
         }
-        unreachable!("the loop returns on its second pass")
     }
 
     pub fn url(&self, path: &str) -> String {

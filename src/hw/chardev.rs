@@ -132,12 +132,11 @@ fn request_inputs(
         Bias::Disabled => options.bias(gpiod::Bias::Disable),
     };
     chip.request_lines(options).map_err(|e| {
-        let (line, key) = &lines[0];
         // Name the line that is actually busy when several were requested together.
-        let busy = lines
+        let (line, key) = lines
             .iter()
-            .find(|(line, _)| chip.line_info(*line).map(|i| i.used).unwrap_or(false));
-        let (line, key) = busy.map(|(l, k)| (l, k)).unwrap_or((line, key));
+            .find(|(line, _)| chip.line_info(*line).is_ok_and(|i| i.used))
+            .unwrap_or(&lines[0]);
         request_error(&chip, chip_name, *line, key, e)
     })
 }

@@ -9,6 +9,7 @@
 //! First cut: serves the sync endpoints. Admit/event recording, dropped connections and the
 //! chaos mode come with the uplink work.
 
+use crate::agent::lock;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -172,10 +173,6 @@ impl Simulator {
     pub fn disable_person(&self, id: u64) {
         lock(&self.inner).disabled.push(id);
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 type Shared = State<Arc<Mutex<Inner>>>;
@@ -433,8 +430,9 @@ async fn roles(State(state): Shared, headers: HeaderMap) -> Response {
     .await
 }
 
-async fn empty_list(State(state): Shared, headers: HeaderMap) -> Response {
-    respond(&state, "/api/3/reservations", &headers, |_| json!([])).await
+/// Reservations and group reservations: the dataset has none.
+async fn empty_list(State(state): Shared, uri: axum::http::Uri, headers: HeaderMap) -> Response {
+    respond(&state, uri.path(), &headers, |_| json!([])).await
 }
 
 async fn channels(State(state): Shared, headers: HeaderMap) -> Response {
