@@ -133,7 +133,7 @@ async fn handle(stream: UnixStream, agent: Arc<Agent>) {
                     let answer = tokio::task::spawn_blocking(move || queue_reply(&store, &request)).await;
                     match answer {
                         Ok(Ok(reply)) => {
-                            agent.queue_changed.notify_one();
+                            agent.kick_queue();
                             reply
                         }
                         Ok(Err(error)) => json!({"ok": false, "error": error}),

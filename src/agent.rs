@@ -4,19 +4,22 @@ use crate::admin;
 use crate::audit::AuditEvent;
 use crate::config::Config;
 use crate::door_task::DoorTask;
-use crate::doorflow::client::Client;
+use crate::doorflow::client::{self, Client};
 use crate::doorflow::ratelimit::RateBudget;
 use crate::hw;
 use crate::outbox;
 use crate::snapshot::{SharedSnapshot, Shift, Snapshot};
 use crate::status::{self, DoorStatus, QueueStatus, SnapshotStatus, StatusReport, SyncStatus};
-use crate::store::{Store, StoreError};
+use crate::store::{Lane, Store, StoreError};
 use crate::supervisor;
 use crate::sync;
+use crate::uplink::policy::RetryPolicy;
+use crate::uplink::{LaneDrain, UplinkStatus, Wakeups};
 use jiff::Timestamp;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -45,10 +48,16 @@ pub struct Agent {
     pub store: Arc<Store>,
     pub snapshot: Arc<SharedSnapshot>,
     pub doors: Vec<Arc<Mutex<DoorState>>>,
-    pub online: AtomicBool,
+    /// Whether DoorFlow answered the last call (sync or uplink).
+    pub online: Arc<AtomicBool>,
     pub sync_status: Mutex<SyncStatus>,
-    /// Notified whenever calls are queued, so the uplink drains without polling.
-    pub queue_changed: Arc<tokio::sync::Notify>,
+    /// Bumped whenever calls are queued, so the uplink drains without polling.
+    pub queue_changed: Arc<watch::Sender<u64>>,
+    /// Bumped when a sync succeeds: DoorFlow answers, so a backing-off uplink retries now.
+    pub reachable: Arc<watch::Sender<u64>>,
+    /// The one request budget for DoorFlow, shared by sync and uplink.
+    pub budget: Arc<Mutex<RateBudget>>,
+    pub uplink: Arc<UplinkStatus>,
     /// Every audit event once it is durable (for the demo and live views).
     pub audit_feed: tokio::sync::broadcast::Sender<AuditEvent>,
 }
@@ -84,9 +93,12 @@ impl Agent {
             store: Arc::new(store),
             snapshot: Arc::new(SharedSnapshot::new(snapshot)),
             doors,
-            online: AtomicBool::new(false),
+            online: Arc::new(AtomicBool::new(false)),
             sync_status: Mutex::new(sync_status),
-            queue_changed: Arc::new(tokio::sync::Notify::new()),
+            queue_changed: Arc::new(watch::channel(0).0),
+            reachable: Arc::new(watch::channel(0).0),
+            budget: Arc::new(Mutex::new(RateBudget::new(config.api.requests_per_minute))),
+            uplink: Arc::new(UplinkStatus::default()),
             audit_feed: tokio::sync::broadcast::channel(256).0,
             config,
         }))
@@ -104,10 +116,7 @@ impl Agent {
             online: self.online.load(Ordering::Relaxed),
             snapshot: SnapshotStatus::new(generation, &counts, snapshot.synced_at()),
             sync: lock(&self.sync_status).clone(),
-            queue: QueueStatus::from_store(&self.store, "idle").unwrap_or_else(|error| QueueStatus {
-                uplink: format!("unknown ({error})"),
-                ..QueueStatus::default()
-            }),
+            queue: self.queue_status(),
             doors: self
                 .config
                 .doors
@@ -135,6 +144,32 @@ impl Agent {
                 })
                 .collect(),
         }
+    }
+}
+
+impl Agent {
+    /// Queue depth from the store, uplink state from the running lanes.
+    pub fn queue_status(&self) -> QueueStatus {
+        let (state, until) = self.uplink.summary();
+        match QueueStatus::from_store(&self.store, state.as_str()) {
+            Ok(mut queue) => {
+                queue.uplink_until = until;
+                let lanes = Lane::ALL.map(|lane| self.uplink.lane(lane));
+                if let Some(error) = lanes.iter().find_map(|l| l.last_error.clone()) {
+                    queue.last_error = Some(error);
+                }
+                queue
+            }
+            Err(error) => QueueStatus {
+                uplink: format!("unknown ({error})"),
+                ..QueueStatus::default()
+            },
+        }
+    }
+
+    /// Wakes the uplink lanes after calls were queued or requeued.
+    pub fn kick_queue(&self) {
+        self.queue_changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 
@@ -176,13 +211,15 @@ pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Res
 
     let (stop_doors, doors_stopping) = tokio::sync::watch::channel(false);
     let (audit_tx, audit_rx) = tokio::sync::mpsc::unbounded_channel();
-    let loop_names: Vec<String> = agent
+    let mut loop_names: Vec<String> = agent
         .config
         .doors
         .iter()
         .map(|d| format!("door {}", d.name))
         .collect();
-    let (liveness, heartbeats) = supervisor::Liveness::new(&loop_names);
+    loop_names.extend(Lane::ALL.map(|lane| format!("uplink {}", lane.as_str())));
+    let (liveness, mut heartbeats) = supervisor::Liveness::new(&loop_names);
+    let uplink_beats = heartbeats.split_off(agent.config.doors.len());
     let door_tasks = match start_doors(&agent, audit_tx, doors_stopping, heartbeats) {
         Ok(tasks) => tasks,
         Err(error) => {
@@ -192,7 +229,11 @@ pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Res
         }
     };
     let watchdog = tokio::spawn(supervisor::run_watchdog(liveness));
-    let sync_task = start_sync(&agent);
+    let doorflow = doorflow_client(&agent);
+    let sync_task = doorflow
+        .clone()
+        .map(|client| tokio::spawn(sync::run_loop(Arc::clone(&agent), client)));
+    let uplink_tasks = start_uplink(&agent, doorflow, uplink_beats);
     let audit_task = tokio::spawn(outbox::run_writer(
         Arc::clone(&agent.store),
         agent.config.uplink.clone(),
@@ -225,6 +266,10 @@ pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Res
     if let Some(task) = sync_task {
         task.abort();
     }
+    // An uplink request cut off here is sent again after the restart (at-least-once).
+    for task in uplink_tasks {
+        task.abort();
+    }
     let _ = stop_doors.send(true);
     for task in door_tasks {
         let _ = task.await;
@@ -238,17 +283,68 @@ pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Res
     Ok(())
 }
 
-/// Starts the periodic sync, unless the API client cannot be set up (a missing secret file):
-/// then the agent runs offline on its stored snapshot and says why.
-fn start_sync(agent: &Arc<Agent>) -> Option<tokio::task::JoinHandle<()>> {
-    let budget = Arc::new(Mutex::new(RateBudget::new(agent.config.api.requests_per_minute)));
-    match Client::new(&agent.config.api, budget) {
-        Ok(client) => Some(tokio::spawn(sync::run_loop(Arc::clone(agent), client))),
+/// The one DoorFlow client (shared by sync and the admit lane, so a rotated refresh token is
+/// used by both), unless it cannot be set up (a missing secret file): then the agent runs
+/// offline on its stored snapshot and says why.
+fn doorflow_client(agent: &Arc<Agent>) -> Option<Arc<Client>> {
+    match Client::new(&agent.config.api, Arc::clone(&agent.budget)) {
+        Ok(client) => Some(Arc::new(client)),
         Err(error) => {
             tracing::error!(%error, "DoorFlow client not available; running offline on the stored snapshot");
             None
         }
     }
+}
+
+/// The event sink client: the DoorFlow budget when the sink is on DoorFlow's server (one
+/// limit), its own budget otherwise.
+fn sink_client(agent: &Arc<Agent>) -> Option<Arc<Client>> {
+    let uplink = &agent.config.uplink;
+    let url = uplink.events_url.as_deref()?;
+    let api = &agent.config.api;
+    let same_server = client::origin(url) == client::origin(&api.base_url);
+    let budget = if same_server {
+        Arc::clone(&agent.budget)
+    } else {
+        Arc::new(Mutex::new(RateBudget::new(api.requests_per_minute)))
+    };
+    match Client::event_sink(api, url, uplink.events_token.as_ref(), budget) {
+        Ok(client) => Some(Arc::new(client)),
+        Err(error) => {
+            tracing::error!(%error, "event sink client not available; events stay queued");
+            None
+        }
+    }
+}
+
+/// Starts one drain task per outbox lane.
+fn start_uplink(
+    agent: &Arc<Agent>,
+    doorflow: Option<Arc<Client>>,
+    heartbeats: Vec<supervisor::Heartbeat>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let clients = [doorflow, sink_client(agent)];
+    Lane::ALL
+        .into_iter()
+        .zip(clients)
+        .zip(heartbeats)
+        .map(|((lane, client), heartbeat)| {
+            let drain = LaneDrain {
+                lane,
+                store: Arc::clone(&agent.store),
+                client,
+                policy: RetryPolicy::new(agent.config.uplink.admit_ttl_s),
+                status: Arc::clone(&agent.uplink),
+                wakeups: Wakeups {
+                    queued: agent.queue_changed.subscribe(),
+                    reachable: agent.reachable.subscribe(),
+                },
+                heartbeat: Some(heartbeat),
+                online: Some(Arc::clone(&agent.online)),
+            };
+            tokio::spawn(drain.run())
+        })
+        .collect()
 }
 
 /// Opens every door's GPIO lines (failing start-up with a clear message if a chip or line is

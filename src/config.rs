@@ -174,6 +174,9 @@ pub struct UplinkConfig {
     /// HTTPS sink for events. DoorFlow's public API has no event ingestion endpoint; without a
     /// sink, events are journaled and kept in a bounded local log.
     pub events_url: Option<String>,
+    /// Bearer token for the event sink (a file path or `systemd-credential:NAME`). DoorFlow's
+    /// own credentials are never sent to the sink.
+    pub events_token: Option<SecretSource>,
     /// Queued admits older than this are not sent (a late admit could open a door long after
     /// the swipe) and go to the dead letters as `expired`.
     #[serde(default = "defaults::admit_ttl_s")]
@@ -191,6 +194,7 @@ impl Default for UplinkConfig {
     fn default() -> Self {
         UplinkConfig {
             events_url: None,
+            events_token: None,
             admit_ttl_s: defaults::admit_ttl_s(),
             queue_max_records: defaults::queue_max_records(),
             queue_max_bytes: defaults::queue_max_bytes(),

@@ -4,7 +4,7 @@
 
 use crate::access::{decide, DoorPolicy};
 use crate::agent::{lock, DoorState};
-use crate::audit::AuditEvent;
+use crate::audit::{new_event_id, AuditEvent};
 use crate::config::DoorConfig;
 use crate::credential::{mask, CardFormat, Presented};
 use crate::door::{DoorEvent, DoorMachine, DoorMode, DoorTiming, Effects};
@@ -243,6 +243,7 @@ impl DoorTask {
             });
         }
         let event = AuditEvent {
+            id: new_event_id(),
             event_code: decision.event_code(),
             reason: decision.reason.as_str().to_string(),
             door: self.name.clone(),
@@ -286,6 +287,7 @@ impl DoorTask {
     fn emit_door_events(&self, events: &[DoorEvent]) {
         for event in events {
             self.send_audit(AuditEvent {
+                id: new_event_id(),
                 event_code: event.code(),
                 reason: event.reason().into(),
                 door: self.name.clone(),

@@ -20,3 +20,4 @@ pub mod store;
 pub mod supervisor;
 pub mod sync;
 pub mod telemetry;
+pub mod uplink;

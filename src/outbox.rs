@@ -11,7 +11,7 @@ use crate::store::{Call, Capacity, QueuedCall, Store, StoreError};
 use jiff::Timestamp;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{broadcast, mpsc, Notify};
+use tokio::sync::{broadcast, mpsc, watch};
 
 /// Most records written per flush; bounds the latency of one group.
 const MAX_GROUP: usize = 512;
@@ -56,12 +56,12 @@ pub fn calls_for(event: &AuditEvent, uplink: &UplinkConfig, now: Timestamp) -> V
 }
 
 /// Runs until every sender is gone, then returns after writing what is left. `queued` is
-/// notified after each group so the uplink can start sending at once.
+/// bumped after each group so the uplink can start sending at once.
 pub async fn run_writer(
     store: Arc<Store>,
     uplink: UplinkConfig,
     mut events: mpsc::UnboundedReceiver<AuditEvent>,
-    queued: Arc<Notify>,
+    queued: Arc<watch::Sender<u64>>,
     feed: broadcast::Sender<AuditEvent>,
 ) {
     let capacity = Capacity {
@@ -83,7 +83,7 @@ pub async fn run_writer(
         .await;
         match written {
             Ok(Ok(batch)) => {
-                queued.notify_one();
+                queued.send_modify(|n| *n = n.wrapping_add(1));
                 for event in batch {
                     // Nobody listening is fine.
                     let _ = feed.send(event);
@@ -122,6 +122,7 @@ mod tests {
 
     fn event(admit: bool) -> AuditEvent {
         AuditEvent {
+            id: 7,
             event_code: 10,
             reason: "authorised".into(),
             door: "front".into(),

@@ -4,7 +4,7 @@
 use crate::config::Config;
 use crate::door::DoorMode;
 use crate::snapshot::{Snapshot, SnapshotCounts, SnapshotParts};
-use crate::store::{SnapshotHeader, Store, StoreError};
+use crate::store::{Lane, SnapshotHeader, Store, StoreError};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
@@ -44,10 +44,18 @@ pub struct SyncStatus {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct QueueStatus {
     pub pending: u64,
+    pub pending_admits: u64,
+    pub pending_events: u64,
     pub dead: u64,
+    /// Events dropped because the queue was full (since the store was created).
+    pub dropped_events: u64,
     pub oldest_age_s: Option<u64>,
-    /// `online`, `paused` (rate limit), `backing_off`, `idle` or `stopped`.
+    /// `online`, `paused` (rate limit), `backing_off`, `auth_refused`, `idle`, `disabled`,
+    /// `store_error`, or `stopped` (agent not running): the lane most in need of attention.
     pub uplink: String,
+    /// When that lane tries again (paused or backing off).
+    pub uplink_until: Option<Timestamp>,
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -66,17 +74,25 @@ impl QueueStatus {
     /// Queue depth from the store, with the uplink state supplied by the caller.
     pub fn from_store(store: &Store, uplink: &str) -> Result<QueueStatus, StoreError> {
         let stats = store.outbox_stats()?;
-        let oldest_age_s = store.outbox_head()?.map(|head| {
-            Timestamp::now()
-                .duration_since(head.value.created_at)
-                .as_secs()
-                .max(0) as u64
-        });
+        let mut oldest = None;
+        let mut last_error = None;
+        for lane in Lane::ALL {
+            if let Some(head) = store.outbox_head(lane)? {
+                oldest =
+                    Some(oldest.map_or(head.value.created_at, |o: Timestamp| o.min(head.value.created_at)));
+                last_error = last_error.or(head.value.last_error);
+            }
+        }
         Ok(QueueStatus {
             pending: stats.pending,
+            pending_admits: stats.pending_admits,
+            pending_events: stats.pending_events,
             dead: stats.dead,
-            oldest_age_s,
+            dropped_events: stats.dropped_events,
+            oldest_age_s: oldest.map(|o| Timestamp::now().duration_since(o).as_secs().max(0) as u64),
             uplink: uplink.to_string(),
+            uplink_until: None,
+            last_error,
         })
     }
 }
@@ -177,10 +193,14 @@ pub fn render(report: &StatusReport) -> String {
         .oldest_age_s
         .map(|a| format!(", oldest {a}s"))
         .unwrap_or_default();
+    let until = q.uplink_until.map(|t| format!(" until {t}")).unwrap_or_default();
     out.push_str(&format!(
-        "queue: {} pending, {} dead{oldest}; uplink {}\n",
-        q.pending, q.dead, q.uplink
+        "queue: {} pending ({} admits, {} events), {} dead, {} dropped{oldest}; uplink {}{until}\n",
+        q.pending, q.pending_admits, q.pending_events, q.dead, q.dropped_events, q.uplink
     ));
+    if let Some(error) = &q.last_error {
+        out.push_str(&format!("last uplink error: {error}\n"));
+    }
     for door in &report.doors {
         let channel = door
             .channel_id

@@ -9,7 +9,7 @@
 
 mod outbox;
 
-pub use outbox::{Call, Capacity, DeadLetter, Entry, OutboxStats, QueuedCall};
+pub use outbox::{Call, Capacity, DeadLetter, Entry, Lane, OutboxStats, QueuedCall};
 
 use crate::snapshot::{SnapshotCounts, SnapshotParts};
 use jiff::Timestamp;
@@ -35,6 +35,8 @@ pub enum StoreError {
         #[source]
         source: sled::Error,
     },
+    #[error("store task did not finish: {0}")]
+    Task(String),
     #[error("store {path}: snapshot generation {generation} is corrupt: {detail}")]
     Corrupt {
         path: PathBuf,

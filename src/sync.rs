@@ -225,6 +225,7 @@ pub async fn sync_once(agent: &Arc<Agent>, client: &Client) -> Result<(), SyncEr
     match &result {
         Ok(()) => {
             agent.online.store(true, Ordering::Relaxed);
+            agent.reachable.send_modify(|n| *n = n.wrapping_add(1));
             status.last_success = Some(Timestamp::now());
             status.last_error = None;
         }
@@ -243,7 +244,7 @@ pub async fn sync_once(agent: &Arc<Agent>, client: &Client) -> Result<(), SyncEr
 
 /// Syncs at start and then every `sync.interval_s` until the task is dropped. A failed sync is
 /// retried at the next interval; the doors keep deciding from the snapshot they have.
-pub async fn run_loop(agent: Arc<Agent>, client: Client) {
+pub async fn run_loop(agent: Arc<Agent>, client: Arc<Client>) {
     let period = std::time::Duration::from_secs(agent.config.sync.interval_s);
     loop {
         let _ = sync_once(&agent, &client).await;

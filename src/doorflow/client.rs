@@ -6,7 +6,7 @@ use super::error::{ApiError, ErrorBody, Operation, TransportKind};
 use super::models::TokenResponse;
 use super::ratelimit::{RateBudget, RateInfo};
 use crate::agent::lock;
-use crate::config::{ApiConfig, AuthMethod};
+use crate::config::{ApiConfig, AuthMethod, SecretSource};
 use crate::secrets::{self, Secret};
 use jiff::{SignedDuration, Timestamp};
 use reqwest::{Method, RequestBuilder, Response};
@@ -21,6 +21,8 @@ const REFRESH_AHEAD: SignedDuration = SignedDuration::from_secs(300);
 enum Auth {
     ApiKey(Secret),
     OAuth(OAuth),
+    /// The event sink: its own bearer token, or none. Never DoorFlow's credentials.
+    Sink(Option<Secret>),
 }
 
 struct OAuth {
@@ -56,15 +58,8 @@ pub fn install_crypto_provider() {
 }
 
 impl Client {
+    /// The DoorFlow API client.
     pub fn new(config: &ApiConfig, budget: Arc<Mutex<RateBudget>>) -> Result<Client, ClientSetupError> {
-        install_crypto_provider();
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("doorflow-agent/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(config.connect_timeout_s))
-            .timeout(Duration::from_secs(config.request_timeout_s))
-            .https_only(!is_loopback_http(&config.base_url))
-            .build()
-            .map_err(|e| ClientSetupError::Http(e.to_string()))?;
         let auth = match config.auth.method {
             AuthMethod::ApiKey => {
                 let source = config
@@ -86,13 +81,56 @@ impl Client {
                 refresh_token_file: config.auth.refresh_token_file.clone().unwrap_or_default(),
             }),
         };
+        Client::build(config, &config.base_url, auth, budget)
+    }
+
+    /// A client for the event sink at `events_url`, with the API's timeouts. `budget` is the
+    /// DoorFlow budget when the sink is on the same server, its own otherwise.
+    pub fn event_sink(
+        config: &ApiConfig,
+        events_url: &str,
+        token: Option<&SecretSource>,
+        budget: Arc<Mutex<RateBudget>>,
+    ) -> Result<Client, ClientSetupError> {
+        let token = token.map(secrets::read).transpose()?;
+        Client::build(config, events_url, Auth::Sink(token), budget)
+    }
+
+    fn build(
+        config: &ApiConfig,
+        base_url: &str,
+        auth: Auth,
+        budget: Arc<Mutex<RateBudget>>,
+    ) -> Result<Client, ClientSetupError> {
+        install_crypto_provider();
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("doorflow-agent/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(config.connect_timeout_s))
+            .timeout(Duration::from_secs(config.request_timeout_s))
+            .https_only(!is_loopback_http(base_url))
+            .build()
+            .map_err(|e| ClientSetupError::Http(e.to_string()))?;
         Ok(Client {
             http,
-            base_url: config.base_url.trim_end_matches('/').to_string(),
+            base_url: base_url.trim_end_matches('/').to_string(),
             auth,
             token: tokio::sync::Mutex::new(None),
             budget,
         })
+    }
+
+    /// The origin (`scheme://host:port`) requests go to, for sharing budgets per server.
+    pub fn origin(&self) -> Option<String> {
+        origin(&self.base_url)
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// The shared budget this client paces by.
+    pub fn budget(&self) -> &Arc<Mutex<RateBudget>> {
+        &self.budget
     }
 
     /// Waits for a slot in the shared budget.
@@ -111,6 +149,8 @@ impl Client {
     ) -> Result<RequestBuilder, ApiError> {
         match &self.auth {
             Auth::ApiKey(key) => Ok(request.basic_auth(key.expose(), Some("X"))),
+            Auth::Sink(None) => Ok(request),
+            Auth::Sink(Some(token)) => Ok(request.bearer_auth(token.expose())),
             Auth::OAuth(oauth) => {
                 let mut token = self.token.lock().await;
                 let fresh = token
@@ -295,6 +335,17 @@ fn transport(operation: Operation, error: &reqwest::Error) -> ApiError {
         kind,
         detail: error.to_string(),
     }
+}
+
+/// `scheme://host:port` of a URL, with the scheme's default port filled in.
+pub fn origin(url: &str) -> Option<String> {
+    let parsed = reqwest::Url::parse(url).ok()?;
+    Some(format!(
+        "{}://{}:{}",
+        parsed.scheme(),
+        parsed.host_str()?,
+        parsed.port_or_known_default()?
+    ))
 }
 
 fn is_loopback_http(url: &str) -> bool {

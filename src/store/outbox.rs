@@ -1,16 +1,18 @@
 //! The durable outbox: queued admit and event calls, their dead letters, and the bounded local
 //! event log used when no event sink is configured.
 //!
-//! Keys are sled ids (monotonic across restarts) as big-endian bytes, so iteration order is
-//! arrival order. Every mutation is flushed before it returns: a record the caller was told is
-//! queued survives a power cut.
+//! Calls wait in two lanes, one tree each: admits (to DoorFlow) and events (to the event sink).
+//! Each lane is strictly first-in first-out, and the lanes are independent, so a sink that is
+//! down does not hold back admits until they expire. Keys are sled ids (monotonic across
+//! restarts, shared by both lanes) as big-endian bytes, so iteration order is arrival order.
+//! Every mutation is flushed before it returns: a record the caller was told is queued survives
+//! a power cut.
 
 use super::{to_json, Store, StoreError};
 use crate::audit::AuditEvent;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-pub(super) const OUTBOX_TREE: &str = "outbox";
 pub(super) const DEAD_TREE: &str = "dead";
 pub(super) const EVENT_LOG_TREE: &str = "event_log";
 const DROPPED_KEY: &str = "outbox.dropped_events";
@@ -28,6 +30,41 @@ pub enum Call {
 impl Call {
     pub fn is_admit(&self) -> bool {
         matches!(self, Call::Admit { .. })
+    }
+
+    pub fn lane(&self) -> Lane {
+        match self {
+            Call::Admit { .. } => Lane::Admit,
+            Call::Event { .. } => Lane::Event,
+        }
+    }
+}
+
+/// The two independent queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lane {
+    /// `admit_person` calls to DoorFlow.
+    Admit,
+    /// Door events to `uplink.events_url`.
+    Event,
+}
+
+impl Lane {
+    pub const ALL: [Lane; 2] = [Lane::Admit, Lane::Event];
+
+    fn tree_name(self) -> &'static str {
+        match self {
+            Lane::Admit => "outbox.admit",
+            Lane::Event => "outbox.event",
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lane::Admit => "admit",
+            Lane::Event => "event",
+        }
     }
 }
 
@@ -64,6 +101,8 @@ pub struct Entry<T> {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutboxStats {
     pub pending: u64,
+    pub pending_admits: u64,
+    pub pending_events: u64,
     pub pending_bytes: u64,
     pub dead: u64,
     pub dropped_events: u64,
@@ -85,44 +124,50 @@ impl Store {
     /// queue is over capacity the oldest *events* are dropped first, counted and logged; admits
     /// are never dropped for room. Returns the keys assigned.
     pub fn enqueue(&self, calls: &[QueuedCall], capacity: Capacity) -> Result<Vec<u64>, StoreError> {
-        let outbox = self.tree(OUTBOX_TREE)?;
-        let mut batch = sled::Batch::default();
+        let before = self.outbox_bytes()?;
         let mut keys = Vec::with_capacity(calls.len());
+        let mut batches = [sled::Batch::default(), sled::Batch::default()];
+        let mut used = [false, false];
         let mut added = 0;
+        // Keys in call order, so arrival order holds across lanes too.
         for call in calls {
             let key = self.db.generate_id().map_err(|e| self.engine(e))?;
             let value = to_json(call);
             added += entry_bytes(&key.to_be_bytes(), &value);
-            batch.insert(&key.to_be_bytes(), value);
+            let lane = call.call.lane() as usize;
+            batches[lane].insert(&key.to_be_bytes(), value);
+            used[lane] = true;
             keys.push(key);
         }
-        let before = self.outbox_bytes(&outbox);
-        outbox.apply_batch(batch).map_err(|e| self.engine(e))?;
+        for (lane, batch) in Lane::ALL.into_iter().zip(batches) {
+            if used[lane as usize] {
+                self.lane(lane)?.apply_batch(batch).map_err(|e| self.engine(e))?;
+            }
+        }
         self.set_outbox_bytes(before + added);
-        self.make_room(&outbox, capacity)?;
+        self.make_room(capacity)?;
         self.flush()?;
         Ok(keys)
     }
 
-    fn make_room(&self, outbox: &sled::Tree, capacity: Capacity) -> Result<(), StoreError> {
-        let mut records = outbox.len() as u64;
-        let mut bytes = self.outbox_bytes(outbox);
-        if records <= capacity.max_records && bytes <= capacity.max_bytes {
+    /// Drops the oldest events until the queue fits. Admits are never dropped: they expire on
+    /// their own within `uplink.admit_ttl_s`.
+    fn make_room(&self, capacity: Capacity) -> Result<(), StoreError> {
+        let mut records = self.pending_records()?;
+        let mut bytes = self.outbox_bytes()?;
+        let fits = |records: u64, bytes: u64| records <= capacity.max_records && bytes <= capacity.max_bytes;
+        if fits(records, bytes) {
             return Ok(());
         }
+        let events = self.lane(Lane::Event)?;
         let mut dropped = 0u64;
-        for entry in outbox.iter() {
-            if records <= capacity.max_records && bytes <= capacity.max_bytes {
+        while !fits(records, bytes) {
+            let Some((key, value)) = events.pop_min().map_err(|e| self.engine(e))? else {
                 break;
-            }
-            let (key, value) = entry.map_err(|e| self.engine(e))?;
-            let is_event = serde_json::from_slice::<QueuedCall>(&value).map_or(true, |q| !q.call.is_admit());
-            if is_event {
-                outbox.remove(&key).map_err(|e| self.engine(e))?;
-                records -= 1;
-                bytes = bytes.saturating_sub(entry_bytes(&key, &value));
-                dropped += 1;
-            }
+            };
+            records -= 1;
+            bytes = bytes.saturating_sub(entry_bytes(&key, &value));
+            dropped += 1;
         }
         self.set_outbox_bytes(bytes);
         if dropped > 0 {
@@ -133,27 +178,44 @@ impl Store {
             tracing::error!(
                 dropped,
                 total_dropped = total,
+                queue_pending = records,
                 "OUTBOX FULL: oldest queued events dropped to make room"
             );
         }
         Ok(())
     }
 
+    fn lane(&self, lane: Lane) -> Result<sled::Tree, StoreError> {
+        self.tree(lane.tree_name())
+    }
+
+    fn pending_records(&self) -> Result<u64, StoreError> {
+        let mut records = 0;
+        for lane in Lane::ALL {
+            records += self.lane(lane)?.len() as u64;
+        }
+        Ok(records)
+    }
+
     /// Bytes held by the outbox, counted once per process and then kept up to date, so capacity
     /// checks do not scan the queue on every enqueue.
-    fn outbox_bytes(&self, outbox: &sled::Tree) -> u64 {
+    fn outbox_bytes(&self) -> Result<u64, StoreError> {
         use std::sync::atomic::Ordering;
         let known = self.outbox_bytes.load(Ordering::Acquire);
         if known != u64::MAX {
-            return known;
+            return Ok(known);
         }
-        let counted = outbox
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(k, v)| entry_bytes(&k, &v))
-            .sum();
+        let mut counted = 0;
+        for lane in Lane::ALL {
+            counted += self
+                .lane(lane)?
+                .iter()
+                .filter_map(Result::ok)
+                .map(|(k, v)| entry_bytes(&k, &v))
+                .sum::<u64>();
+        }
         self.outbox_bytes.store(counted, Ordering::Release);
-        counted
+        Ok(counted)
     }
 
     fn set_outbox_bytes(&self, bytes: u64) {
@@ -171,14 +233,18 @@ impl Store {
             });
     }
 
-    /// The oldest queued call.
-    pub fn outbox_head(&self) -> Result<Option<Entry<QueuedCall>>, StoreError> {
-        Ok(self.outbox_list(1)?.into_iter().next())
+    /// The oldest queued call of a lane.
+    pub fn outbox_head(&self, lane: Lane) -> Result<Option<Entry<QueuedCall>>, StoreError> {
+        Ok(self.list(lane.tree_name(), 1)?.into_iter().next())
     }
 
-    /// Up to `limit` queued calls, oldest first.
+    /// Up to `limit` queued calls of both lanes, oldest first.
     pub fn outbox_list(&self, limit: usize) -> Result<Vec<Entry<QueuedCall>>, StoreError> {
-        self.list(OUTBOX_TREE, limit)
+        let mut all = self.list(Lane::Admit.tree_name(), limit)?;
+        all.extend(self.list(Lane::Event.tree_name(), limit)?);
+        all.sort_unstable_by_key(|e| e.key);
+        all.truncate(limit);
+        Ok(all)
     }
 
     pub fn dead_list(&self, limit: usize) -> Result<Vec<Entry<DeadLetter>>, StoreError> {
@@ -207,19 +273,21 @@ impl Store {
 
     /// Records a failed attempt (attempt count, next attempt time, error) durably.
     pub fn outbox_update(&self, key: u64, call: &QueuedCall) -> Result<(), StoreError> {
-        let outbox = self.tree(OUTBOX_TREE)?;
         let key = key.to_be_bytes();
         let value = to_json(call);
         let added = entry_bytes(&key, &value);
-        let old = outbox.insert(key, value).map_err(|e| self.engine(e))?;
+        let old = self
+            .lane(call.call.lane())?
+            .insert(key, value)
+            .map_err(|e| self.engine(e))?;
         self.adjust_outbox_bytes(added, old.map_or(0, |old| entry_bytes(&key, &old)));
         self.flush()
     }
 
     /// Removes a delivered call.
-    pub fn outbox_remove(&self, key: u64) -> Result<(), StoreError> {
+    pub fn outbox_remove(&self, lane: Lane, key: u64) -> Result<(), StoreError> {
         let key = key.to_be_bytes();
-        let old = self.tree(OUTBOX_TREE)?.remove(key).map_err(|e| self.engine(e))?;
+        let old = self.lane(lane)?.remove(key).map_err(|e| self.engine(e))?;
         self.adjust_outbox_bytes(0, old.map_or(0, |old| entry_bytes(&key, &old)));
         self.flush()
     }
@@ -227,7 +295,7 @@ impl Store {
     /// Moves a call to the dead letters in one transaction.
     pub fn outbox_kill(&self, key: u64, dead: &DeadLetter) -> Result<(), StoreError> {
         use sled::Transactional;
-        let outbox = self.tree(OUTBOX_TREE)?;
+        let outbox = self.lane(dead.queued.call.lane())?;
         let dead_tree = self.tree(DEAD_TREE)?;
         let dead_key = self.db.generate_id().map_err(|e| self.engine(e))?;
         let value = to_json(dead);
@@ -253,7 +321,6 @@ impl Store {
     /// retries all of them. Returns how many were requeued.
     pub fn dead_retry(&self, id: Option<&str>) -> Result<usize, StoreError> {
         let dead_tree = self.tree(DEAD_TREE)?;
-        let outbox = self.tree(OUTBOX_TREE)?;
         let mut count = 0;
         for entry in self.dead_list(usize::MAX)? {
             if id.is_some_and(|id| id != entry.value.queued.id && id != entry.key.to_string()) {
@@ -266,7 +333,9 @@ impl Store {
             let key = self.db.generate_id().map_err(|e| self.engine(e))?.to_be_bytes();
             let value = to_json(&queued);
             self.adjust_outbox_bytes(entry_bytes(&key, &value), 0);
-            outbox.insert(key, value).map_err(|e| self.engine(e))?;
+            self.lane(queued.call.lane())?
+                .insert(key, value)
+                .map_err(|e| self.engine(e))?;
             dead_tree
                 .remove(entry.key.to_be_bytes())
                 .map_err(|e| self.engine(e))?;
@@ -286,10 +355,13 @@ impl Store {
     }
 
     pub fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
-        let outbox = self.tree(OUTBOX_TREE)?;
+        let pending_admits = self.lane(Lane::Admit)?.len() as u64;
+        let pending_events = self.lane(Lane::Event)?.len() as u64;
         Ok(OutboxStats {
-            pending: outbox.len() as u64,
-            pending_bytes: self.outbox_bytes(&outbox),
+            pending: pending_admits + pending_events,
+            pending_admits,
+            pending_events,
+            pending_bytes: self.outbox_bytes()?,
             dead: self.tree(DEAD_TREE)?.len() as u64,
             dropped_events: self.meta_get(DROPPED_KEY)?.unwrap_or(0),
         })
@@ -339,6 +411,7 @@ mod tests {
             id: format!("ev-{n}"),
             call: Call::Event {
                 event: AuditEvent {
+                    id: n + 1,
                     event_code: 10,
                     reason: "authorised".into(),
                     door: "front".into(),
@@ -394,7 +467,7 @@ mod tests {
             "keys must stay monotonic after a restart"
         );
         assert_eq!(ids(&store), ["ev-1", "ev-2", "ev-3"]);
-        assert_eq!(store.outbox_head().unwrap().unwrap().value.id, "ev-1");
+        assert_eq!(store.outbox_head(Lane::Event).unwrap().unwrap().value.id, "ev-1");
     }
 
     #[test]
@@ -409,7 +482,7 @@ mod tests {
             call.last_error = Some("503 Service Unavailable".into());
             store.outbox_update(key, &call).unwrap();
         }
-        let head = open(&dir).outbox_head().unwrap().unwrap().value;
+        let head = open(&dir).outbox_head(Lane::Event).unwrap().unwrap().value;
         assert_eq!(head.attempts, 3);
         assert_eq!(head.next_attempt_at.unwrap().as_second(), 1_900_000_000);
     }
@@ -443,8 +516,8 @@ mod tests {
         let stats = store.outbox_stats().unwrap();
         assert!(stats.pending <= 5 && stats.pending >= 4, "{stats:?}");
         assert!(stats.pending_bytes <= cap.max_bytes);
-        let head = store.outbox_head().unwrap().unwrap();
-        store.outbox_remove(head.key).unwrap();
+        let head = store.outbox_head(Lane::Event).unwrap().unwrap();
+        store.outbox_remove(Lane::Event, head.key).unwrap();
         let after = store.outbox_stats().unwrap();
         assert_eq!(after.pending, stats.pending - 1);
         assert!(after.pending_bytes < stats.pending_bytes);

@@ -1,0 +1,494 @@
+//! The uplink: drains the outbox to DoorFlow (admits) and to the event sink (events), one task
+//! per lane, oldest record first, applying the retry policy (`policy`).
+//!
+//! - Only the head of a lane is ever in flight, so order is kept and a crash can duplicate at
+//!   most that one record (delivery is at-least-once; every call carries `Idempotency-Key`).
+//! - A failed attempt's count, next time and error are written before the lane waits, so a
+//!   backoff or a rate-limit hold survives a restart.
+//! - Requests go through the client's shared rate budget, so sync and uplink together stay
+//!   under the server's limit.
+//! - While the server is unreachable the lane probes it with a plain TCP connect every couple
+//!   of seconds (no request, no budget) and resumes as soon as it answers, instead of sleeping
+//!   out a long backoff. A successful sync wakes it too.
+
+pub mod policy;
+
+use crate::agent::lock;
+use crate::doorflow::client::Client;
+use crate::doorflow::error::{ApiError, Operation};
+use crate::store::{Call, DeadLetter, Entry, Lane, QueuedCall, Store, StoreError};
+use crate::supervisor::Heartbeat;
+use jiff::Timestamp;
+use policy::{Action, Hold, RetryPolicy};
+use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How often a waiting lane shows it is alive (the watchdog allows half its interval).
+const HEARTBEAT: Duration = Duration::from_secs(2);
+/// How often an unreachable server is probed.
+const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause after a store error before trying again.
+const STORE_RETRY: Duration = Duration::from_secs(1);
+
+/// What a lane is doing, for `status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LaneState {
+    /// Nothing queued.
+    #[default]
+    Idle,
+    /// Sending; the last attempt succeeded.
+    Online,
+    /// Held by the server's rate limit until `until`.
+    Paused,
+    /// Backing off after server errors or an unreachable server.
+    BackingOff,
+    /// Credentials refused; queue kept.
+    AuthRefused,
+    /// No client for this lane (no event sink configured, or DoorFlow credentials missing).
+    Disabled,
+    /// The store could not be read or written.
+    StoreError,
+}
+
+impl LaneState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LaneState::Idle => "idle",
+            LaneState::Online => "online",
+            LaneState::Paused => "paused",
+            LaneState::BackingOff => "backing_off",
+            LaneState::AuthRefused => "auth_refused",
+            LaneState::Disabled => "disabled",
+            LaneState::StoreError => "store_error",
+        }
+    }
+
+    /// Which state `status` shows when lanes differ: the one an operator must look at.
+    fn severity(self) -> u8 {
+        match self {
+            LaneState::Disabled => 0,
+            LaneState::Idle => 1,
+            LaneState::Online => 2,
+            LaneState::BackingOff => 3,
+            LaneState::Paused => 4,
+            LaneState::AuthRefused => 5,
+            LaneState::StoreError => 6,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaneStatus {
+    pub state: LaneState,
+    /// When the lane tries again (paused or backing off).
+    pub until: Option<Timestamp>,
+    pub last_error: Option<String>,
+    /// Calls delivered since the agent started.
+    pub delivered: u64,
+    /// Calls moved to the dead letters since the agent started.
+    pub dead_lettered: u64,
+}
+
+/// Both lanes' status, shared with `status`.
+#[derive(Debug, Default)]
+pub struct UplinkStatus {
+    lanes: Mutex<[LaneStatus; 2]>,
+}
+
+impl UplinkStatus {
+    pub fn lane(&self, lane: Lane) -> LaneStatus {
+        lock(&self.lanes)[lane as usize].clone()
+    }
+
+    fn update(&self, lane: Lane, change: impl FnOnce(&mut LaneStatus)) {
+        change(&mut lock(&self.lanes)[lane as usize]);
+    }
+
+    /// The lane state that matters most, with its time.
+    pub fn summary(&self) -> (LaneState, Option<Timestamp>) {
+        let lanes = lock(&self.lanes);
+        let worst = lanes
+            .iter()
+            .max_by_key(|l| l.state.severity())
+            .cloned()
+            .unwrap_or_default();
+        (worst.state, worst.until)
+    }
+}
+
+/// Signals a lane waits on besides its own timers.
+#[derive(Clone)]
+pub struct Wakeups {
+    /// Bumped when calls are queued or dead letters are requeued.
+    pub queued: watch::Receiver<u64>,
+    /// Bumped when DoorFlow answered (a sync succeeded): retry a backing-off head now.
+    pub reachable: watch::Receiver<u64>,
+}
+
+/// One lane's drain task.
+pub struct LaneDrain {
+    pub lane: Lane,
+    pub store: Arc<Store>,
+    /// `None`: nothing can be sent on this lane; admits still expire on time.
+    pub client: Option<Arc<Client>>,
+    pub policy: RetryPolicy,
+    pub status: Arc<UplinkStatus>,
+    pub wakeups: Wakeups,
+    pub heartbeat: Option<Heartbeat>,
+    /// Set to true when DoorFlow answers or stops answering (for `status.online`).
+    pub online: Option<Arc<std::sync::atomic::AtomicBool>>,
+}
+
+impl LaneDrain {
+    /// Runs until the task is dropped.
+    pub async fn run(mut self) {
+        let mut hold: Option<Hold> = None;
+        if self.client.is_none() {
+            self.set_state(LaneState::Disabled, None, None);
+        }
+        loop {
+            self.beat();
+            let head = match self.blocking(move |store, lane| store.outbox_head(lane)).await {
+                Ok(head) => head,
+                Err(error) => {
+                    self.store_failed(&error).await;
+                    continue;
+                }
+            };
+            let Some(entry) = head else {
+                hold = None;
+                if self.client.is_some() {
+                    self.set_state(LaneState::Idle, None, None);
+                }
+                self.wait_for_work().await;
+                continue;
+            };
+            let now = Timestamp::now();
+            if policy::is_expired(&entry.value, now, &self.policy) {
+                self.expire(entry).await;
+                continue;
+            }
+            let not_before = entry.value.next_attempt_at.filter(|at| *at > now);
+            if let Some(at) = not_before {
+                self.wait_until(at, &entry.value, hold).await;
+                // Whatever woke the lane, the next attempt is due now (a probe or a sync said
+                // the server is back, or the time came).
+                hold = None;
+                if Timestamp::now() < at {
+                    self.clear_wait(&entry).await;
+                }
+                continue;
+            }
+            let Some(client) = self.client.clone() else {
+                // Nothing to send with: wait for the admit to expire (or new work).
+                self.wait_until(expiry_or_later(&entry.value, &self.policy), &entry.value, None)
+                    .await;
+                continue;
+            };
+            let result = self.send(&client, &entry.value).await;
+            hold = self.settle(entry, result).await;
+        }
+    }
+
+    fn beat(&self) {
+        if let Some(heartbeat) = &self.heartbeat {
+            heartbeat.beat();
+        }
+    }
+
+    fn set_state(&self, state: LaneState, until: Option<Timestamp>, error: Option<String>) {
+        self.status.update(self.lane, |s| {
+            s.state = state;
+            s.until = until;
+            if error.is_some() || state == LaneState::Online || state == LaneState::Idle {
+                s.last_error = error;
+            }
+        });
+    }
+
+    /// Runs a store operation off the async workers (sled flushes block).
+    async fn blocking<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&Store, Lane) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = Arc::clone(&self.store);
+        let lane = self.lane;
+        match tokio::task::spawn_blocking(move || op(&store, lane)).await {
+            Ok(result) => result,
+            Err(error) => Err(StoreError::Task(error.to_string())),
+        }
+    }
+
+    async fn store_failed(&self, error: &StoreError) {
+        tracing::error!(lane = self.lane.as_str(), %error, "outbox unreadable or unwritable; retrying");
+        self.set_state(LaneState::StoreError, None, Some(error.to_string()));
+        self.sleep_beating(STORE_RETRY).await;
+    }
+
+    /// Sends one call. The request future keeps the heartbeat going: the budget may hold it
+    /// for a minute after a 429, which is waiting, not being stuck.
+    async fn send(&self, client: &Client, call: &QueuedCall) -> Result<(), ApiError> {
+        let request = async {
+            match &call.call {
+                Call::Admit {
+                    channel_id,
+                    person_id,
+                } => {
+                    let url = client.url(&format!("/api/3/channels/{channel_id}/admit_person"));
+                    let body = serde_json::json!({ "person_id": person_id });
+                    client
+                        .request(Operation::AdmitPerson, reqwest::Method::POST, &url, |r| {
+                            r.header("Idempotency-Key", &call.id).json(&body)
+                        })
+                        .await
+                }
+                Call::Event { event } => {
+                    let body = event.to_doorflow();
+                    client
+                        .request(
+                            Operation::PostEvent,
+                            reqwest::Method::POST,
+                            client.base_url(),
+                            |r| r.header("Idempotency-Key", &call.id).json(&body),
+                        )
+                        .await
+                }
+            }
+        };
+        tokio::pin!(request);
+        let mut ticks = tokio::time::interval(HEARTBEAT);
+        loop {
+            tokio::select! {
+                result = &mut request => return result.map(|_| ()),
+                _ = ticks.tick() => self.beat(),
+            }
+        }
+    }
+
+    /// Applies the policy's verdict durably; returns the hold the lane is now in.
+    async fn settle(&self, entry: Entry<QueuedCall>, result: Result<(), ApiError>) -> Option<Hold> {
+        let now = Timestamp::now();
+        let action = policy::after_attempt(
+            &entry.value,
+            result.as_ref().map(|_| ()),
+            now,
+            fastrand::f64(),
+            &self.policy,
+        );
+        let key = entry.key;
+        let lane = self.lane;
+        let outcome = match action.clone() {
+            Action::Remove => {
+                self.mark_online(true);
+                self.blocking(move |store, lane| store.outbox_remove(lane, key))
+                    .await
+            }
+            Action::DeadLetter {
+                status,
+                reason,
+                detail,
+            } => {
+                self.mark_online(true);
+                tracing::error!(
+                    lane = lane.as_str(),
+                    call_id = %entry.value.id,
+                    status = ?status,
+                    reason = %reason,
+                    "DoorFlow refused a queued call; moved to the dead letters: {detail}"
+                );
+                let dead = DeadLetter {
+                    queued: entry.value,
+                    status,
+                    reason,
+                    detail,
+                    dead_at: now,
+                };
+                self.blocking(move |store, _| store.outbox_kill(key, &dead)).await
+            }
+            Action::Retry {
+                hold,
+                attempts,
+                at,
+                ref error,
+            } => {
+                if hold == Hold::Unreachable {
+                    self.mark_online(false);
+                }
+                let mut updated = entry.value;
+                updated.attempts = attempts;
+                updated.next_attempt_at = Some(at);
+                updated.last_error = Some(error.clone());
+                self.blocking(move |store, _| store.outbox_update(key, &updated))
+                    .await
+            }
+        };
+        if let Err(error) = outcome {
+            self.store_failed(&error).await;
+            return None;
+        }
+        match action {
+            Action::Remove => {
+                self.set_state(LaneState::Online, None, None);
+                self.status.update(lane, |s| s.delivered += 1);
+                None
+            }
+            Action::DeadLetter { .. } => {
+                self.status.update(lane, |s| s.dead_lettered += 1);
+                None
+            }
+            Action::Retry {
+                hold,
+                attempts,
+                at,
+                error,
+            } => {
+                let state = match hold {
+                    Hold::RateLimited => LaneState::Paused,
+                    Hold::AuthRefused => LaneState::AuthRefused,
+                    Hold::ServerError | Hold::Unreachable => LaneState::BackingOff,
+                };
+                let wait_s = at.duration_since(now).as_secs_f64();
+                if hold == Hold::AuthRefused {
+                    tracing::error!(lane = lane.as_str(), %error, "credentials refused; uplink held, queue kept. Check the API key or refresh token");
+                } else {
+                    tracing::warn!(lane = lane.as_str(), attempts, wait_s, state = state.as_str(), %error, "queued call not delivered; will retry");
+                }
+                self.set_state(state, Some(at), Some(error));
+                Some(hold)
+            }
+        }
+    }
+
+    fn mark_online(&self, online: bool) {
+        if let Some(flag) = &self.online {
+            flag.store(online, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    async fn expire(&mut self, entry: Entry<QueuedCall>) {
+        let key = entry.key;
+        let age_s = Timestamp::now().duration_since(entry.value.created_at).as_secs();
+        tracing::warn!(lane = self.lane.as_str(), call_id = %entry.value.id, age_s, "queued admit expired; not sent (a late admit could open a door for nobody)");
+        let dead = DeadLetter {
+            status: None,
+            reason: "expired".into(),
+            detail: format!(
+                "not delivered within uplink.admit_ttl_s ({} s); last error: {}",
+                self.policy.admit_ttl.as_secs(),
+                entry.value.last_error.as_deref().unwrap_or("none")
+            ),
+            dead_at: Timestamp::now(),
+            queued: entry.value,
+        };
+        match self.blocking(move |store, _| store.outbox_kill(key, &dead)).await {
+            Ok(()) => self.status.update(self.lane, |s| s.dead_lettered += 1),
+            Err(error) => self.store_failed(&error).await,
+        }
+    }
+
+    /// The head's wait ended early: make it due now, durably, so the decision does not depend
+    /// on this process remembering it.
+    async fn clear_wait(&self, entry: &Entry<QueuedCall>) {
+        let key = entry.key;
+        let mut due = entry.value.clone();
+        due.next_attempt_at = None;
+        if let Err(error) = self
+            .blocking(move |store, _| store.outbox_update(key, &due))
+            .await
+        {
+            self.store_failed(&error).await;
+        }
+    }
+
+    /// Waits until new work is queued, beating the heartbeat.
+    async fn wait_for_work(&mut self) {
+        let mut ticks = tokio::time::interval(HEARTBEAT);
+        ticks.tick().await;
+        loop {
+            tokio::select! {
+                changed = self.wakeups.queued.changed() => {
+                    if changed.is_err() {
+                        // The agent is stopping; keep beating until the task is dropped.
+                        std::future::pending::<()>().await;
+                    }
+                    return;
+                }
+                _ = ticks.tick() => self.beat(),
+            }
+        }
+    }
+
+    /// Waits until `at` (or an admit's expiry, whichever is first). Ends early when the
+    /// server is seen again after it was unreachable or erroring: a successful probe or sync.
+    /// A rate-limit hold is never cut short.
+    async fn wait_until(&mut self, at: Timestamp, head: &QueuedCall, hold: Option<Hold>) {
+        let deadline = at.min(expiry_or_later(head, &self.policy));
+        let early_wake = !matches!(hold, Some(Hold::RateLimited) | Some(Hold::AuthRefused));
+        let probe_target = match (hold, &self.client) {
+            (Some(Hold::Unreachable), Some(client)) => client.origin().and_then(|o| host_port(&o)),
+            _ => None,
+        };
+        self.wakeups.reachable.mark_unchanged();
+        let mut ticks = tokio::time::interval(HEARTBEAT);
+        let mut probes = tokio::time::interval(PROBE_INTERVAL);
+        probes.tick().await;
+        loop {
+            let left = deadline.duration_since(Timestamp::now());
+            if !left.is_positive() {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(left.unsigned_abs()) => return,
+                _ = ticks.tick() => self.beat(),
+                changed = self.wakeups.reachable.changed(), if early_wake => {
+                    if changed.is_ok() {
+                        tracing::info!(lane = self.lane.as_str(), "DoorFlow answered again; retrying now");
+                        return;
+                    }
+                }
+                _ = probes.tick(), if probe_target.is_some() => {
+                    if let Some(target) = &probe_target {
+                        if reachable(target).await {
+                            tracing::info!(lane = self.lane.as_str(), server = %target, "server reachable again; retrying now");
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn sleep_beating(&self, duration: Duration) {
+        let end = tokio::time::Instant::now() + duration;
+        while tokio::time::Instant::now() < end {
+            self.beat();
+            tokio::time::sleep_until(end.min(tokio::time::Instant::now() + HEARTBEAT)).await;
+        }
+    }
+}
+
+/// When an admit expires; far in the future for events.
+fn expiry_or_later(call: &QueuedCall, policy: &RetryPolicy) -> Timestamp {
+    if call.call.is_admit() {
+        call.created_at + policy.admit_ttl + jiff::SignedDuration::from_millis(1)
+    } else {
+        Timestamp::MAX
+    }
+}
+
+/// `host:port` from an origin `scheme://host:port`.
+fn host_port(origin: &str) -> Option<String> {
+    origin.split_once("://").map(|(_, rest)| rest.to_string())
+}
+
+/// Whether a TCP connection to `host:port` opens (the cheapest sign the server is back).
+async fn reachable(target: &str) -> bool {
+    matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(target)).await,
+        Ok(Ok(_))
+    )
+}
