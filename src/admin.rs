@@ -35,13 +35,16 @@ pub enum Request {
         id: Option<String>,
     },
     PurgeDead,
+    /// Streams every audit event once it is durable (`{"event": {...}}` per line) until the
+    /// client hangs up: a live audit tail, and the acknowledgement the crash tests rely on.
+    WatchEvents,
 }
 
 /// Answers a queue request from a store: the same code serves the admin socket (agent
 /// running) and the CLI's direct access (agent stopped).
 pub fn queue_reply(store: &crate::store::Store, request: &Request) -> Result<Value, String> {
     let reply = match request {
-        Request::Status => return Err("not a queue request".into()),
+        Request::Status | Request::WatchEvents => return Err("not a queue request".into()),
         Request::QueueList { limit } => {
             let entries = store.outbox_list(*limit).map_err(|e| e.to_string())?;
             json!({"ok": true, "queued": entries.into_iter().map(|e| json!({"key": e.key, "call": e.value})).collect::<Vec<_>>()})
@@ -128,6 +131,10 @@ async fn handle(stream: UnixStream, agent: Arc<Agent>) {
         } else {
             match serde_json::from_slice::<Request>(&line) {
                 Ok(Request::Status) => json!({"ok": true, "status": agent.status()}),
+                Ok(Request::WatchEvents) => {
+                    watch_events(&agent, &mut write).await;
+                    break;
+                }
                 Ok(request) => {
                     let store = Arc::clone(&agent.store);
                     let answer = tokio::task::spawn_blocking(move || queue_reply(&store, &request)).await;
@@ -147,6 +154,35 @@ async fn handle(stream: UnixStream, agent: Arc<Agent>) {
         text.push('\n');
         if write.write_all(text.as_bytes()).await.is_err() || too_long {
             break;
+        }
+    }
+}
+
+/// Streams durable audit events to one client until it hangs up or the agent stops. A client
+/// too slow to keep up is told how many events it missed (`{"lagged": n}`), never blocked on.
+async fn watch_events(agent: &Agent, write: &mut tokio::net::unix::OwnedWriteHalf) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut feed = agent.audit_feed.subscribe();
+    let send = |value: Value| {
+        let mut text = value.to_string();
+        text.push('\n');
+        text
+    };
+    if write
+        .write_all(send(json!({"ok": true, "watching": "events"})).as_bytes())
+        .await
+        .is_err()
+    {
+        return;
+    }
+    loop {
+        let line = match feed.recv().await {
+            Ok(event) => send(json!({"event": event})),
+            Err(RecvError::Lagged(missed)) => send(json!({"lagged": missed})),
+            Err(RecvError::Closed) => return,
+        };
+        if write.write_all(line.as_bytes()).await.is_err() {
+            return;
         }
     }
 }

@@ -99,7 +99,7 @@ impl Agent {
             reachable: Arc::new(watch::channel(0).0),
             budget: Arc::new(Mutex::new(RateBudget::new(config.api.requests_per_minute))),
             uplink: Arc::new(UplinkStatus::default()),
-            audit_feed: tokio::sync::broadcast::channel(256).0,
+            audit_feed: tokio::sync::broadcast::channel(4096).0,
             config,
         }))
     }
@@ -333,7 +333,7 @@ fn start_uplink(
                 lane,
                 store: Arc::clone(&agent.store),
                 client,
-                policy: RetryPolicy::new(agent.config.uplink.admit_ttl_s),
+                policy: RetryPolicy::from_config(&agent.config.uplink),
                 status: Arc::clone(&agent.uplink),
                 wakeups: Wakeups {
                     queued: agent.queue_changed.subscribe(),

@@ -181,6 +181,12 @@ pub struct UplinkConfig {
     /// the swipe) and go to the dead letters as `expired`.
     #[serde(default = "defaults::admit_ttl_s")]
     pub admit_ttl_s: u64,
+    /// First backoff ceiling after a 5xx or network error; doubles per attempt (full jitter).
+    #[serde(default = "defaults::retry_base_ms")]
+    pub retry_base_ms: u64,
+    /// Highest backoff ceiling.
+    #[serde(default = "defaults::retry_cap_s")]
+    pub retry_cap_s: u64,
     #[serde(default = "defaults::queue_max_records")]
     pub queue_max_records: u64,
     #[serde(default = "defaults::queue_max_bytes")]
@@ -196,6 +202,8 @@ impl Default for UplinkConfig {
             events_url: None,
             events_token: None,
             admit_ttl_s: defaults::admit_ttl_s(),
+            retry_base_ms: defaults::retry_base_ms(),
+            retry_cap_s: defaults::retry_cap_s(),
             queue_max_records: defaults::queue_max_records(),
             queue_max_bytes: defaults::queue_max_bytes(),
             local_event_log_max: defaults::local_event_log_max(),
@@ -394,6 +402,12 @@ mod defaults {
     pub fn admit_ttl_s() -> u64 {
         120
     }
+    pub fn retry_base_ms() -> u64 {
+        1000
+    }
+    pub fn retry_cap_s() -> u64 {
+        120
+    }
     pub fn queue_max_records() -> u64 {
         100_000
     }
@@ -588,6 +602,20 @@ impl Config {
             &mut report,
             "uplink.admit_ttl_s",
             self.uplink.admit_ttl_s,
+            1,
+            3600,
+        );
+        check_range(
+            &mut report,
+            "uplink.retry_base_ms",
+            self.uplink.retry_base_ms,
+            10,
+            60_000,
+        );
+        check_range(
+            &mut report,
+            "uplink.retry_cap_s",
+            self.uplink.retry_cap_s,
             1,
             3600,
         );

@@ -39,6 +39,12 @@ pub struct SnapshotStatus {
 pub struct SyncStatus {
     pub last_success: Option<Timestamp>,
     pub last_error: Option<String>,
+    /// `full` or `incremental`: what the last successful sync was.
+    #[serde(default)]
+    pub last_kind: Option<String>,
+    /// When the last full reconcile succeeded.
+    #[serde(default)]
+    pub last_full: Option<Timestamp>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -1,6 +1,19 @@
 //! Sync: pull people, credentials, types, groups, roles, reservations, channels and sites from
 //! DoorFlow, build a new snapshot off to the side, store it, then swap it in. Any failure part
 //! way (network, status, garbage, rate limit) leaves the last good snapshot in force.
+//!
+//! Two kinds of sync:
+//! - *incremental* (every `sync.interval_s`): people and group reservations changed since the
+//!   cursor (`since_utc`), laid over the current snapshot by id; credentials (the API has no
+//!   `since` for them) and the small lists in full. A deleted person's credentials disappear
+//!   from the full credential list, so they are denied at once.
+//! - *full* (the first time, once `sync.full_interval_s` has passed since the last one, or
+//!   whenever the doors hold no snapshot): everything,
+//!   replacing the snapshot, which also drops people DoorFlow deleted (it keeps no tombstones).
+//!
+//! The cursor is the start of the last successful pull minus `CURSOR_OVERLAP`, so a record
+//! updated while a pull ran, or stamped by a server clock a little behind ours, is fetched
+//! again rather than missed.
 
 use crate::agent::{config_shifts, lock, Agent};
 use crate::doorflow::client::Client;
@@ -8,20 +21,71 @@ use crate::doorflow::error::{ApiError, Operation};
 use crate::doorflow::models as api;
 use crate::snapshot::{self, CredentialKind, ReservationState, Snapshot, SnapshotParts};
 use crate::status::SYNC_STATUS_KEY;
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
+use serde::{Deserialize, Serialize};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// Per-endpoint page sizes: the API's maximums.
 const PEOPLE_PER_PAGE: u32 = 100;
 const LIST_PER_PAGE: u32 = 500;
+/// Re-fetch window behind the cursor (clock skew between agent and server, in-flight edits).
+const CURSOR_OVERLAP: SignedDuration = SignedDuration::from_secs(300);
+/// Meta key of the sync cursor.
+pub const CURSOR_KEY: &str = "sync.cursor";
 
-/// Pulls everything and returns the new snapshot content.
-pub async fn pull(client: &Client) -> Result<SnapshotParts, ApiError> {
+/// Where incremental syncs start from, kept in the store so a restart does not force a full
+/// pull of every person before the next reconcile is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    /// People and group reservations changed since this instant are pulled.
+    pub since: Timestamp,
+    /// When the last full sync started.
+    pub last_full: Timestamp,
+}
+
+/// How much a sync pulls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncKind {
+    Full,
+    Incremental { since: Timestamp },
+}
+
+impl SyncKind {
+    /// Full when there is no cursor, the reconcile is due, or the doors hold no snapshot.
+    pub fn choose(
+        cursor: Option<Cursor>,
+        have_snapshot: bool,
+        full_interval: SignedDuration,
+        now: Timestamp,
+    ) -> SyncKind {
+        match cursor {
+            Some(cursor) if have_snapshot && now.duration_since(cursor.last_full) < full_interval => {
+                SyncKind::Incremental { since: cursor.since }
+            }
+            _ => SyncKind::Full,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncKind::Full => "full",
+            SyncKind::Incremental { .. } => "incremental",
+        }
+    }
+}
+
+/// Pulls what `kind` asks for. For an incremental pull, `people` and `group_reservations` hold
+/// only the changed records (see `merge`).
+pub async fn pull(client: &Client, kind: SyncKind) -> Result<SnapshotParts, ApiError> {
+    let since: Vec<(&str, String)> = match kind {
+        SyncKind::Full => Vec::new(),
+        SyncKind::Incremental { since } => vec![("since_utc", since.to_string())],
+    };
     let people: Vec<api::Person> = client
-        .list(Operation::ListPeople, "/api/3/people", PEOPLE_PER_PAGE, &[])
+        .list(Operation::ListPeople, "/api/3/people", PEOPLE_PER_PAGE, &since)
         .await?;
-    tracing::info!(people = people.len(), "sync: people pulled");
+    tracing::info!(people = people.len(), kind = kind.as_str(), "sync: people pulled");
     let credentials: Vec<api::Credential> = client
         .list(
             Operation::ListCredentials,
@@ -46,7 +110,7 @@ pub async fn pull(client: &Client) -> Result<SnapshotParts, ApiError> {
             Operation::ListGroupReservations,
             "/api/3/group_reservations",
             LIST_PER_PAGE,
-            &[],
+            &since,
         )
         .await?;
     let reservations: Vec<api::Reservation> = client
@@ -199,10 +263,38 @@ pub enum SyncError {
     Task(String),
 }
 
-/// One full sync: pull, store, swap. Records the outcome for `status`.
+/// Lays changed people and group reservations over the previous snapshot's (by id); every
+/// other list in `delta` is a full pull and replaces the previous one.
+pub fn merge(previous: &SnapshotParts, mut delta: SnapshotParts) -> SnapshotParts {
+    fn overlay<T: Clone>(old: &[T], new: Vec<T>, id: impl Fn(&T) -> u64) -> Vec<T> {
+        let changed: std::collections::HashSet<u64> = new.iter().map(&id).collect();
+        let mut merged: Vec<T> = old
+            .iter()
+            .filter(|r| !changed.contains(&id(r)))
+            .cloned()
+            .collect();
+        merged.extend(new);
+        merged
+    }
+    delta.people = overlay(&previous.people, delta.people, |p| p.id);
+    delta.group_reservations = overlay(&previous.group_reservations, delta.group_reservations, |r| r.id);
+    delta
+}
+
+/// One sync (full or incremental, see `SyncKind::choose`): pull, store, swap. Records the
+/// outcome for `status`.
 pub async fn sync_once(agent: &Arc<Agent>, client: &Client) -> Result<(), SyncError> {
+    let started = Timestamp::now();
+    let cursor: Option<Cursor> = agent.store.meta_get(CURSOR_KEY).ok().flatten();
+    let current = agent.snapshot.current();
+    let full_interval = SignedDuration::from_secs(agent.config.sync.full_interval_s as i64);
+    let kind = SyncKind::choose(cursor, current.synced_at().is_some(), full_interval, started);
     let result = async {
-        let mut parts = pull(client).await?;
+        let pulled = pull(client, kind).await?;
+        let mut parts = match kind {
+            SyncKind::Full => pulled,
+            SyncKind::Incremental { .. } => merge(current.parts(), pulled),
+        };
         parts.shifts = config_shifts(&agent.config);
         let store = Arc::clone(&agent.store);
         let to_store = parts.clone();
@@ -212,7 +304,16 @@ pub async fn sync_once(agent: &Arc<Agent>, client: &Client) -> Result<(), SyncEr
         agent
             .snapshot
             .replace(Arc::new(Snapshot::new(parts, &agent.config.sync.time_zone)));
+        let next = Cursor {
+            since: started - CURSOR_OVERLAP,
+            last_full: match (kind, cursor) {
+                (SyncKind::Incremental { .. }, Some(cursor)) => cursor.last_full,
+                _ => started,
+            },
+        };
+        agent.store.meta_put(CURSOR_KEY, &next)?;
         tracing::info!(
+            kind = kind.as_str(),
             generation = header.generation,
             people = header.counts.people,
             credentials = header.counts.credentials,
@@ -228,6 +329,10 @@ pub async fn sync_once(agent: &Arc<Agent>, client: &Client) -> Result<(), SyncEr
             agent.reachable.send_modify(|n| *n = n.wrapping_add(1));
             status.last_success = Some(Timestamp::now());
             status.last_error = None;
+            status.last_kind = Some(kind.as_str().to_string());
+            if kind == SyncKind::Full {
+                status.last_full = status.last_success;
+            }
         }
         Err(error) => {
             if matches!(error, SyncError::Api(ApiError::Transport { .. })) {
@@ -249,5 +354,55 @@ pub async fn run_loop(agent: Arc<Agent>, client: Arc<Client>) {
     loop {
         let _ = sync_once(&agent, &client).await;
         tokio::time::sleep(period).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: i64) -> Timestamp {
+        Timestamp::from_second(s).unwrap()
+    }
+
+    #[test]
+    fn full_sync_when_there_is_no_cursor_no_snapshot_or_the_reconcile_is_due() {
+        let hour = SignedDuration::from_secs(3600);
+        let cursor = Cursor {
+            since: t(9_000),
+            last_full: t(8_000),
+        };
+        assert_eq!(SyncKind::choose(None, true, hour, t(10_000)), SyncKind::Full);
+        assert_eq!(SyncKind::choose(Some(cursor), false, hour, t(10_000)), SyncKind::Full);
+        assert_eq!(
+            SyncKind::choose(Some(cursor), true, hour, t(10_000)),
+            SyncKind::Incremental { since: t(9_000) }
+        );
+        assert_eq!(SyncKind::choose(Some(cursor), true, hour, t(8_000 + 3600)), SyncKind::Full);
+    }
+
+    #[test]
+    fn an_incremental_pull_overlays_changed_people_and_replaces_the_full_lists() {
+        let previous = SnapshotParts::synthetic(5);
+        let mut delta = SnapshotParts::synthetic(0);
+        let mut changed = previous.people[1].clone();
+        changed.enabled = false;
+        let mut added = previous.people[0].clone();
+        added.id = 99;
+        delta.people = vec![changed, added];
+        // Credentials are a full pull: person 3's card is gone (deleted person or revoked).
+        delta.credentials = previous
+            .credentials
+            .iter()
+            .filter(|c| c.person_id != 3)
+            .cloned()
+            .collect();
+        let merged = merge(&previous, delta);
+        let mut ids: Vec<u64> = merged.people.iter().map(|p| p.id).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, [1, 2, 3, 4, 5, 99], "untouched people stay, new ones join");
+        assert!(!merged.people.iter().find(|p| p.id == 2).unwrap().enabled);
+        assert_eq!(merged.credentials.len(), 4);
+        assert!(merged.credentials.iter().all(|c| c.person_id != 3));
     }
 }

@@ -29,6 +29,7 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// The defaults: 1 s first ceiling, 120 s cap.
     pub fn new(admit_ttl_s: u64) -> RetryPolicy {
         RetryPolicy {
             base: SignedDuration::from_secs(1),
@@ -36,6 +37,14 @@ impl RetryPolicy {
             auth_hold: SignedDuration::from_secs(300),
             rate_limit_hold: SignedDuration::from_secs(60),
             admit_ttl: SignedDuration::from_secs(admit_ttl_s as i64),
+        }
+    }
+
+    pub fn from_config(uplink: &crate::config::UplinkConfig) -> RetryPolicy {
+        RetryPolicy {
+            base: SignedDuration::from_millis(uplink.retry_base_ms as i64),
+            cap: SignedDuration::from_secs(uplink.retry_cap_s as i64),
+            ..RetryPolicy::new(uplink.admit_ttl_s)
         }
     }
 }
