@@ -156,7 +156,7 @@ fn main() -> ExitCode {
                 Ok(runtime) => runtime,
                 Err(error) => return failure(&error.to_string()),
             };
-            match runtime.block_on(doorflow_agent::sim::Simulator::run_standalone(config)) {
+            match runtime.block_on(doorflow_agent::sim::Simulator::run_standalone(config, None)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => failure(&format!("simulator on port {port}: {error}")),
             }
