@@ -148,15 +148,12 @@ fn authorise(inner: &Inner, path: &str, headers: &HeaderMap) -> Result<(), Box<R
         },
         _ => value.is_some_and(|v| doorflow_credentials_valid(inner, v)),
     };
-    if allowed {
-        Ok(())
-    } else {
-        Err(Box::new(error(
-            401,
-            "invalid_token",
-            "The access token is invalid or expired",
-        )))
-    }
+    let description = match path {
+        _ if allowed => return Ok(()),
+        "/events" => "The event sink token is missing or wrong",
+        _ => "The access token is invalid or expired",
+    };
+    Err(Box::new(error(401, "invalid_token", description)))
 }
 
 fn doorflow_credentials_valid(inner: &Inner, value: &str) -> bool {
