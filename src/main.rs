@@ -52,6 +52,19 @@ enum Command {
         /// Requests allowed per minute before 429.
         #[arg(long, default_value_t = 120)]
         limit: u32,
+        /// Fail this fraction of all requests at random (0.0 to 1.0): 5xx, HTML 502, old-style
+        /// 500, 429, dropped connections and 30 s answers. Seeded, so runs repeat.
+        #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+        chaos: Option<f64>,
+        /// Seed for --chaos.
+        #[arg(long, default_value_t = 1, requires = "chaos")]
+        chaos_seed: u64,
+        /// Lifetime of issued OAuth access tokens.
+        #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
+        token_lifetime: u64,
+        /// File holding a bearer token the event sink (`POST /events`) then requires.
+        #[arg(long, value_name = "FILE")]
+        sink_token: Option<PathBuf>,
     },
     /// Inspect and manage the outbox of queued admit and event calls.
     Queue {
@@ -145,18 +158,43 @@ fn main() -> ExitCode {
                 Err(message) => failure(&message),
             }
         }
-        Command::Simulate { port, people, limit } => {
+        Command::Simulate {
+            port,
+            people,
+            limit,
+            chaos,
+            chaos_seed,
+            token_lifetime,
+            sink_token,
+        } => {
+            let sink_token =
+                match sink_token.map(|path| std::fs::read_to_string(&path).map_err(|e| (path, e))) {
+                    None => None,
+                    Some(Ok(token)) if !token.trim().is_empty() => Some(token.trim().to_string()),
+                    Some(Ok(_)) => return failure("--sink-token: the file is empty"),
+                    Some(Err((path, error))) => {
+                        return failure(&format!("--sink-token {}: {error}", path.display()))
+                    }
+                };
             let config = doorflow_agent::sim::SimConfig {
                 port,
                 people,
                 requests_per_window: limit,
+                token_lifetime_s: token_lifetime,
+                sink_token,
                 ..Default::default()
             };
+            let chaos = chaos.map(|failure_rate| doorflow_agent::sim::Chaos {
+                failure_rate,
+                seed: chaos_seed,
+                path_prefix: "/".into(),
+                slow: std::time::Duration::from_secs(30),
+            });
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(runtime) => runtime,
                 Err(error) => return failure(&error.to_string()),
             };
-            match runtime.block_on(doorflow_agent::sim::Simulator::run_standalone(config)) {
+            match runtime.block_on(doorflow_agent::sim::Simulator::run_standalone(config, chaos)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => failure(&format!("simulator on port {port}: {error}")),
             }
@@ -223,6 +261,14 @@ fn open_store(config: &Config) -> Result<store::Store, String> {
 fn config_failure(error: &ConfigError) -> ExitCode {
     eprintln!("error: {error}");
     ExitCode::from(EXIT_CONFIG)
+}
+
+/// `--chaos`: a probability.
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if (0.0..=1.0).contains(&rate) => Ok(rate),
+        _ => Err(format!("`{text}` is not a rate between 0.0 and 1.0")),
+    }
 }
 
 fn failure(message: &str) -> ExitCode {
