@@ -1,13 +1,22 @@
 //! Swipe latency on the mock backend with 100,000 cached credentials: from the frame's end
 //! (last edge + frame gap) and from the frame reaching the decision, to the relay write.
+//! Measured twice: on an idle agent, and while a full sync of 10,000 people runs in a loop and
+//! the uplink drains 10,000 queued events to the simulator, all on the same two runtime workers.
 //! Run: `cargo bench --bench swipe_latency`. Prints p50/p99/max; asserts nothing.
 
-use doorflow_agent::agent::DoorState;
+use doorflow_agent::agent::{self, Agent, DoorState};
+use doorflow_agent::audit::{new_event_id, AuditEvent};
 use doorflow_agent::config::Config;
 use doorflow_agent::door_task::{DoorTask, SwipeTiming};
+use doorflow_agent::doorflow::client::Client;
 use doorflow_agent::hw::mock::MockGpio;
+use doorflow_agent::outbox;
+use doorflow_agent::sim::{SimConfig, Simulator};
 use doorflow_agent::snapshot::*;
+use doorflow_agent::store::Capacity;
+use doorflow_agent::sync;
 use serde_json::json;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -73,62 +82,147 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let mock = MockGpio::new(&config);
-        let hardware = mock.open_door(0);
-        let shared = Arc::new(SharedSnapshot::new(snapshot()));
-        let state = Arc::new(Mutex::new(DoorState {
-            relay_released: false,
-            contact_open: Some(false),
-        }));
-        let (audit_tx, mut audit_rx) = tokio::sync::mpsc::unbounded_channel();
-        let (timing_tx, mut timing_rx) = tokio::sync::mpsc::unbounded_channel::<SwipeTiming>();
-        let (_stop, stopping) = tokio::sync::watch::channel(false);
-        let task = DoorTask::new(&config.doors[0], hardware, shared, state, audit_tx).with_timings(timing_tx);
-        tokio::spawn(task.run(stopping));
-        tokio::spawn(async move { while audit_rx.recv().await.is_some() {} });
-
-        let mut timings = Vec::new();
-        for i in 0..SWIPES {
-            let number = 1 + (i as u64 * 7919) % 65_000;
-            let reply = mock.handle(
-                &json!({"op": "card", "door": 0, "format": "h10301", "facility": 1, "number": number}),
-            );
-            assert_eq!(reply["ok"], true);
-            let timing = tokio::time::timeout(Duration::from_secs(5), timing_rx.recv())
-                .await
-                .unwrap()
-                .unwrap();
-            assert!(timing.granted);
-            timings.push(timing);
-            // Let the relay relock so every swipe is a real relay write.
-            tokio::time::sleep(Duration::from_millis(120)).await;
-        }
-        let granted: Vec<&SwipeTiming> = timings.iter().filter(|t| t.relay_ns.is_some()).collect();
-        println!("swipe latency, {CREDENTIALS} cached credentials, {SWIPES} swipes, mock GPIO");
-        report(
-            "decision + relay write",
-            granted
-                .iter()
-                .map(|t| t.relay_ns.unwrap() - t.frame_seen_ns)
-                .collect(),
-        );
-        report(
-            "frame end (last edge + gap) → relay write",
-            granted
-                .iter()
-                .map(|t| t.relay_ns.unwrap().saturating_sub(t.frame_end_ns))
-                .collect(),
-        );
-        report(
-            "timer wake-up after frame end",
-            granted
-                .iter()
-                .map(|t| t.frame_seen_ns.saturating_sub(t.frame_end_ns))
-                .collect(),
-        );
-        println!(
-            "frame-end silence (configured frame gap): {} ms",
-            config.doors[0].reader.frame_gap_ms
-        );
+        measure_swipes(&config, "idle").await;
+        let load = Background::start().await;
+        measure_swipes(&config, "under load").await;
+        load.report();
     });
+}
+
+/// A second agent that keeps syncing 10,000 people and draining 10,000 queued events to a
+/// simulator without a rate limit: the heaviest sync and uplink work the runtime can see.
+struct Background {
+    sim: Simulator,
+    agent: Arc<Agent>,
+    syncs: Arc<AtomicU64>,
+    _dir: tempfile::TempDir,
+}
+
+impl Background {
+    async fn start() -> Background {
+        let sim = Simulator::start(SimConfig {
+            people: 10_000,
+            requests_per_window: u32::MAX,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("api_key"), "sim-api-key").unwrap();
+        let text = include_str!("../config/demo.toml")
+            .replace("/tmp/doorflow-agent-demo", &dir.path().display().to_string())
+            .replace("http://127.0.0.1:18080", sim.base_url())
+            .replace("requests_per_minute = 120", "requests_per_minute = 10000");
+        let config = Config::parse(&text, "load.toml").unwrap();
+        let agent = Agent::start(config.clone()).unwrap();
+        let events: Vec<AuditEvent> = (0..10_000)
+            .map(|i| AuditEvent {
+                id: new_event_id(),
+                event_code: 20,
+                reason: "unknown_credential".into(),
+                door: "front".into(),
+                channel_id: Some(1340),
+                person_id: None,
+                credential: Some(format!("****{:02}", i % 100)),
+                created_at: jiff::Timestamp::now(),
+                admit: false,
+            })
+            .collect();
+        let capacity = Capacity {
+            max_records: config.uplink.queue_max_records,
+            max_bytes: config.uplink.queue_max_bytes,
+        };
+        outbox::write_group(&agent.store, &config.uplink, capacity, &events).unwrap();
+        // The agent's own loops: doors (mock), uplink lanes draining the queue, periodic sync.
+        tokio::spawn(agent::serve(Arc::clone(&agent), std::future::pending()));
+        // And a sync running back to back on top.
+        let syncs = Arc::new(AtomicU64::new(0));
+        let client = Client::new(&config.api, Arc::clone(&agent.budget)).unwrap();
+        tokio::spawn({
+            let (agent, syncs) = (Arc::clone(&agent), Arc::clone(&syncs));
+            async move {
+                loop {
+                    if sync::sync_once(&agent, &client).await.is_ok() {
+                        syncs.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+        Background {
+            sim,
+            agent,
+            syncs,
+            _dir: dir,
+        }
+    }
+
+    fn report(&self) {
+        println!(
+            "background during the loaded run: {} full syncs of 10,000 people, {} events delivered, {} still queued",
+            self.syncs.load(Ordering::Relaxed),
+            self.sim.received_events().len(),
+            self.agent.store.outbox_stats().unwrap().pending
+        );
+    }
+}
+
+async fn measure_swipes(config: &Config, label: &str) {
+    let mock = MockGpio::new(config);
+    let hardware = mock.open_door(0);
+    let shared = Arc::new(SharedSnapshot::new(snapshot()));
+    let state = Arc::new(Mutex::new(DoorState {
+        relay_released: false,
+        contact_open: Some(false),
+    }));
+    let (audit_tx, mut audit_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (timing_tx, mut timing_rx) = tokio::sync::mpsc::unbounded_channel::<SwipeTiming>();
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let task = DoorTask::new(&config.doors[0], hardware, shared, state, audit_tx).with_timings(timing_tx);
+    let door = tokio::spawn(task.run(stopping));
+    tokio::spawn(async move { while audit_rx.recv().await.is_some() {} });
+
+    let mut timings = Vec::new();
+    for i in 0..SWIPES {
+        let number = 1 + (i as u64 * 7919) % 65_000;
+        let reply = mock
+            .handle(&json!({"op": "card", "door": 0, "format": "h10301", "facility": 1, "number": number}));
+        assert_eq!(reply["ok"], true);
+        let timing = tokio::time::timeout(Duration::from_secs(5), timing_rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(timing.granted);
+        timings.push(timing);
+        // Let the relay relock so every swipe is a real relay write.
+        tokio::time::sleep(Duration::from_millis(120)).await;
+    }
+    let _ = stop.send(true);
+    let _ = door.await;
+    let granted: Vec<&SwipeTiming> = timings.iter().filter(|t| t.relay_ns.is_some()).collect();
+    println!("swipe latency ({label}), {CREDENTIALS} cached credentials, {SWIPES} swipes, mock GPIO");
+    report(
+        "decision + relay write",
+        granted
+            .iter()
+            .map(|t| t.relay_ns.unwrap() - t.frame_seen_ns)
+            .collect(),
+    );
+    report(
+        "frame end (last edge + gap) → relay write",
+        granted
+            .iter()
+            .map(|t| t.relay_ns.unwrap().saturating_sub(t.frame_end_ns))
+            .collect(),
+    );
+    report(
+        "timer wake-up after frame end",
+        granted
+            .iter()
+            .map(|t| t.frame_seen_ns.saturating_sub(t.frame_end_ns))
+            .collect(),
+    );
+    println!(
+        "frame-end silence (configured frame gap): {} ms",
+        config.doors[0].reader.frame_gap_ms
+    );
 }

@@ -262,13 +262,12 @@ pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Res
     shutdown.await;
     tracing::info!("shutting down");
     supervisor::notify_stopping();
-    watchdog.abort();
-    if let Some(task) = sync_task {
+    // An uplink request cut off here is sent again after the restart (at-least-once). Each
+    // task is awaited after its abort, so none holds the store when this returns.
+    let background = [watchdog].into_iter().chain(sync_task).chain(uplink_tasks);
+    for task in background {
         task.abort();
-    }
-    // An uplink request cut off here is sent again after the restart (at-least-once).
-    for task in uplink_tasks {
-        task.abort();
+        let _ = task.await;
     }
     let _ = stop_doors.send(true);
     for task in door_tasks {
@@ -277,6 +276,7 @@ pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Res
     // The door tasks held the only senders: the writer drains what is left and ends.
     let _ = audit_task.await;
     admin_task.abort();
+    let _ = admin_task.await;
     let _ = std::fs::remove_file(&agent.config.admin.socket);
     agent.store.flush()?;
     tracing::info!("store flushed; stopped");

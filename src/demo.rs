@@ -129,6 +129,7 @@ async fn scenario(config: Config, timeline: Timeline) -> Result<(), String> {
     );
     let mut config = config;
     config.api.base_url = sim.base_url().to_string();
+    config.uplink.events_url = Some(format!("{}/events", sim.base_url()));
     if let Some(crate::config::SecretSource::File(path)) = &config.api.auth.api_key {
         crate::secrets::write_atomic(path, &crate::secrets::Secret::new("sim-api-key"))
             .map_err(|e| e.to_string())?;
@@ -219,6 +220,8 @@ async fn scenario(config: Config, timeline: Timeline) -> Result<(), String> {
     control.send(json!({"op": "input", "door": "front", "line": "contact", "value": false}))?;
     pause(600).await;
 
+    network_drop_and_recovery(&agent, &sim, &control, &timeline).await?;
+
     timeline.say(
         "doorflow",
         "front door channel put into lockdown (as a sync would bring it)",
@@ -239,6 +242,7 @@ async fn scenario(config: Config, timeline: Timeline) -> Result<(), String> {
     timeline.say("front", "card 17 presented during the lockdown");
     control.send(card("front", 17))?;
     pause(800).await;
+    wait_for_drain(&agent, Duration::from_secs(30)).await;
 
     let report = agent.status();
     timeline.say(
@@ -247,19 +251,7 @@ async fn scenario(config: Config, timeline: Timeline) -> Result<(), String> {
             .trim_end()
             .replace('\n', "\n                      "),
     );
-    let stats = agent.store.outbox_stats().map_err(|e| e.to_string())?;
-    let logged = agent
-        .store
-        .event_log(usize::MAX)
-        .map_err(|e| e.to_string())?
-        .len();
-    timeline.say(
-        "summary",
-        format!(
-            "{} calls queued for DoorFlow, {} events in the local log, {} dead",
-            stats.pending, logged, stats.dead
-        ),
-    );
+    summarise(&agent, &sim, &timeline)?;
     let _ = stop.send(());
     serving
         .await
@@ -270,6 +262,109 @@ async fn scenario(config: Config, timeline: Timeline) -> Result<(), String> {
     timeline.say(
         "demo",
         "agent stopped: doors left locked (fail-secure), store flushed",
+    );
+    Ok(())
+}
+
+/// The network drops; swipes are still decided locally and their calls queue on disk. It comes
+/// back into a burst of 429s and server errors, and the queue drains in order.
+async fn network_drop_and_recovery(
+    agent: &Arc<Agent>,
+    sim: &crate::sim::Simulator,
+    control: &Control,
+    timeline: &Timeline,
+) -> Result<(), String> {
+    let pause = |ms| tokio::time::sleep(Duration::from_millis(ms));
+    let card = |number: u64| json!({"op": "card", "door": "front", "format": "h10301", "facility": 1, "number": number});
+    wait_for_drain(agent, Duration::from_secs(20)).await;
+    timeline.say(
+        "network",
+        "DoorFlow unreachable: the uplink can no longer connect",
+    );
+    sim.set_offline(true);
+    let uplink_printer = tokio::spawn(print_uplink_changes(Arc::clone(agent), timeline.clone()));
+    for number in [21, 4242, 33, 44] {
+        timeline.say("front", format!("card {number} presented while offline"));
+        control.send(card(number))?;
+        pause(900).await;
+    }
+    let queue = agent.queue_status();
+    timeline.say(
+        "queue",
+        format!(
+            "{} calls waiting on disk ({} admits, {} events); swipes were decided locally",
+            queue.pending, queue.pending_admits, queue.pending_events
+        ),
+    );
+    timeline.say(
+        "network",
+        "DoorFlow reachable again, but answering with a 429 burst, then 503 and 502",
+    );
+    sim.inject("/events", crate::sim::Fault::RateLimited { retry_after_s: 3 });
+    sim.inject("/events", crate::sim::Fault::Status(503));
+    sim.inject("/events", crate::sim::Fault::NonJson);
+    sim.set_offline(false);
+    wait_for_drain(agent, Duration::from_secs(40)).await;
+    let queue = agent.queue_status();
+    timeline.say(
+        "queue",
+        format!("drained: {} pending, {} dead", queue.pending, queue.dead),
+    );
+    uplink_printer.abort();
+    Ok(())
+}
+
+/// Prints the uplink's state whenever it changes (online, paused until…, backing off…).
+async fn print_uplink_changes(agent: Arc<Agent>, timeline: Timeline) {
+    let mut last = String::new();
+    loop {
+        let queue = agent.queue_status();
+        let until = queue
+            .uplink_until
+            .map(|t| {
+                let wait = t.duration_since(jiff::Timestamp::now()).as_secs_f64().max(0.0);
+                format!(" for {wait:.1}s")
+            })
+            .unwrap_or_default();
+        let line = format!("uplink {}{until}", queue.uplink);
+        let state_changed = last.split(" for ").next() != line.split(" for ").next();
+        if state_changed {
+            let error = queue
+                .last_error
+                .filter(|_| queue.uplink != "online" && queue.uplink != "idle")
+                .map(|e| format!(" ({})", e.chars().take(70).collect::<String>()))
+                .unwrap_or_default();
+            timeline.say("uplink", format!("{line}{error}; {} pending", queue.pending));
+            last = line;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn wait_for_drain(agent: &Agent, limit: Duration) {
+    let end = Instant::now() + limit;
+    while Instant::now() < end && agent.queue_status().pending > 0 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What the audit trail looks like at the end: everything the doors produced reached DoorFlow.
+fn summarise(agent: &Agent, sim: &crate::sim::Simulator, timeline: &Timeline) -> Result<(), String> {
+    let stats = agent.store.outbox_stats().map_err(|e| e.to_string())?;
+    let received = sim.received_events();
+    let unique: std::collections::HashSet<u64> =
+        received.iter().filter_map(|r| r.body["id"].as_u64()).collect();
+    timeline.say(
+        "summary",
+        format!(
+            "{} door events delivered to the event sink ({} duplicate deliveries), {} admits accepted by DoorFlow, {} pending, {} dead, {} dropped",
+            unique.len(),
+            received.len() - unique.len(),
+            sim.received_admits().len(),
+            stats.pending,
+            stats.dead,
+            stats.dropped_events
+        ),
     );
     Ok(())
 }

@@ -373,12 +373,18 @@ mod tests {
             last_full: t(8_000),
         };
         assert_eq!(SyncKind::choose(None, true, hour, t(10_000)), SyncKind::Full);
-        assert_eq!(SyncKind::choose(Some(cursor), false, hour, t(10_000)), SyncKind::Full);
+        assert_eq!(
+            SyncKind::choose(Some(cursor), false, hour, t(10_000)),
+            SyncKind::Full
+        );
         assert_eq!(
             SyncKind::choose(Some(cursor), true, hour, t(10_000)),
             SyncKind::Incremental { since: t(9_000) }
         );
-        assert_eq!(SyncKind::choose(Some(cursor), true, hour, t(8_000 + 3600)), SyncKind::Full);
+        assert_eq!(
+            SyncKind::choose(Some(cursor), true, hour, t(8_000 + 3600)),
+            SyncKind::Full
+        );
     }
 
     #[test]

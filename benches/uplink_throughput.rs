@@ -1,0 +1,155 @@
+//! Outbox and uplink throughput. Run: `cargo bench --bench uplink_throughput`.
+//! Prints; asserts nothing.
+//!
+//! 1. Durable enqueue: one event per call, each flushed before it returns; and groups of 32 as
+//!    the audit writer commits them under a burst.
+//! 2. Drain against a simulator enforcing 120 requests/minute: requests sent, 429s received,
+//!    share of the allowed rate used (`UPLINK_BENCH_SECONDS`, default 150).
+//! 3. Time to drain 10,000 queued events against a server without a rate limit.
+
+use doorflow_agent::agent::{self, Agent};
+use doorflow_agent::audit::{new_event_id, AuditEvent};
+use doorflow_agent::config::Config;
+use doorflow_agent::outbox;
+use doorflow_agent::sim::{SimConfig, Simulator};
+use doorflow_agent::store::{Capacity, Store};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn event(i: u64) -> AuditEvent {
+    AuditEvent {
+        id: new_event_id(),
+        event_code: 20,
+        reason: "unknown_credential".into(),
+        door: "front".into(),
+        channel_id: Some(1340),
+        person_id: None,
+        credential: Some(format!("****{:02}", i % 100)),
+        created_at: jiff::Timestamp::now(),
+        admit: false,
+    }
+}
+
+fn config(dir: &std::path::Path, base_url: &str, per_minute: u32) -> Config {
+    std::fs::write(dir.join("api_key"), "sim-api-key").unwrap();
+    let text = include_str!("../config/demo.toml")
+        .replace("/tmp/doorflow-agent-demo", &dir.display().to_string())
+        .replace("http://127.0.0.1:18080", base_url)
+        .replace(
+            "requests_per_minute = 120",
+            &format!("requests_per_minute = {per_minute}"),
+        )
+        // No periodic sync traffic during the drain measurements beyond the first sync.
+        .replace(
+            "interval_s = 10\nfull_interval_s = 60",
+            "interval_s = 86400\nfull_interval_s = 86400",
+        );
+    Config::parse(&text, "bench.toml").unwrap()
+}
+
+fn enqueue_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("db"), 8 << 20).unwrap();
+    let uplink = doorflow_agent::config::UplinkConfig {
+        events_url: Some("https://sink.example/events".into()),
+        ..Default::default()
+    };
+    let capacity = Capacity {
+        max_records: uplink.queue_max_records,
+        max_bytes: uplink.queue_max_bytes,
+    };
+    let n = 2_000;
+    let start = Instant::now();
+    for i in 0..n {
+        outbox::write_group(&store, &uplink, capacity, &[event(i)]).unwrap();
+    }
+    let single = n as f64 / start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let groups = 200;
+    for g in 0..groups {
+        let batch: Vec<AuditEvent> = (0..32).map(|i| event(g * 32 + i)).collect();
+        outbox::write_group(&store, &uplink, capacity, &batch).unwrap();
+    }
+    let grouped = (groups * 32) as f64 / start.elapsed().as_secs_f64();
+    println!("durable enqueue, one flush per event:        {single:8.0} events/s ({n} events)");
+    println!("durable enqueue, groups of 32 (one flush):   {grouped:8.0} events/s");
+}
+
+async fn drain_at_limit(seconds: u64) {
+    let sim = Simulator::start(SimConfig {
+        people: 50,
+        requests_per_window: 120,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), sim.base_url(), 120);
+    let agent = Agent::start(config.clone()).unwrap();
+    let capacity = Capacity {
+        max_records: config.uplink.queue_max_records,
+        max_bytes: config.uplink.queue_max_bytes,
+    };
+    let events: Vec<AuditEvent> = (0..2_000).map(event).collect();
+    outbox::write_group(&agent.store, &config.uplink, capacity, &events).unwrap();
+    let start = Instant::now();
+    tokio::spawn(agent::serve(Arc::clone(&agent), std::future::pending()));
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let elapsed = start.elapsed().as_secs_f64();
+    let requests = sim.requests();
+    let allowed = 120.0 * elapsed / 60.0;
+    println!(
+        "drain against 120/min for {elapsed:.0} s: {requests} requests (first sync included), {} events delivered, {} × 429, {:.0} % of the allowed rate used",
+        sim.received_events().len(),
+        sim.rate_limited(),
+        100.0 * requests as f64 / allowed
+    );
+}
+
+async fn drain_ten_thousand() {
+    let sim = Simulator::start(SimConfig {
+        people: 50,
+        requests_per_window: u32::MAX,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), sim.base_url(), 10_000);
+    let agent = Agent::start(config.clone()).unwrap();
+    let capacity = Capacity {
+        max_records: config.uplink.queue_max_records,
+        max_bytes: config.uplink.queue_max_bytes,
+    };
+    let events: Vec<AuditEvent> = (0..10_000).map(event).collect();
+    outbox::write_group(&agent.store, &config.uplink, capacity, &events).unwrap();
+    let start = Instant::now();
+    tokio::spawn(agent::serve(Arc::clone(&agent), std::future::pending()));
+    while agent.store.outbox_stats().unwrap().pending > 0 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    println!(
+        "drain of 10,000 queued events, no server limit: {elapsed:.1} s ({:.0} events/s, {} received); at 120/min the same queue takes {:.0} min",
+        10_000.0 / elapsed,
+        sim.received_events().len(),
+        10_000.0 / 120.0
+    );
+}
+
+fn main() {
+    let seconds: u64 = std::env::var("UPLINK_BENCH_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(150);
+    enqueue_rate();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        drain_ten_thousand().await;
+        drain_at_limit(seconds).await;
+    });
+}
