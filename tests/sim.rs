@@ -442,7 +442,8 @@ async fn since_utc_returns_only_what_changed() {
     }
     assert_eq!(everyone.len(), 499);
     assert!(!everyone.contains(&5) && !everyone.contains(&40) && everyone.contains(&501));
-    // A cursor inside the dataset's history selects part of it.
+    // A cursor inside the dataset's history selects part of it, however the offset is written
+    // (an unencoded `+` arrives as a space).
     let older = get_list(
         &http,
         &sim,
@@ -450,6 +451,8 @@ async fn since_utc_returns_only_what_changed() {
     )
     .await;
     assert!(older.len() > 100 && older.len() < 400, "{}", older.len());
+    let plus = "/api/3/people?since_utc=2025-07-01T02:00:00+02:00&skip_pagination=true";
+    assert_eq!(get_list(&http, &sim, plus).await, older);
 
     // Credentials: deleted people's and revoked ones are gone; the added card is there.
     let credentials = get_list(&http, &sim, "/api/3/credentials?per_page=500&page=1").await;

@@ -299,9 +299,17 @@ fn second(epoch: i64) -> Timestamp {
     Timestamp::UNIX_EPOCH + SignedDuration::from_secs(epoch)
 }
 
-/// Now, to the millisecond (DoorFlow's precision).
+/// Now, to the millisecond (DoorFlow's precision), rounded up: a change is never stamped
+/// before a cursor taken before it (at worst it shows up in one more incremental pull).
 fn now() -> Timestamp {
-    Timestamp::from_millisecond(Timestamp::now().as_millisecond()).unwrap_or(Timestamp::UNIX_EPOCH)
+    let exact = Timestamp::now();
+    let millis = exact.as_millisecond();
+    let floor = Timestamp::from_millisecond(millis).unwrap_or(exact);
+    if floor < exact {
+        Timestamp::from_millisecond(millis + 1).unwrap_or(exact)
+    } else {
+        floor
+    }
 }
 
 #[cfg(test)]
@@ -339,7 +347,7 @@ mod tests {
     #[test]
     fn since_selects_changed_people_only() {
         let mut data = Dataset::new(1_000);
-        let cursor = now();
+        let cursor = Timestamp::now();
         data.touch_person(7, Some(false));
         data.touch_person(2_000, Some(false)); // absent: ignored
         let added = data.add_person();

@@ -96,11 +96,16 @@ fn validation_failed(description: &str, errors: Map<String, Value>) -> Response 
 fn since_utc(params: &HashMap<String, String>) -> Result<Option<Timestamp>, Box<Response>> {
     match params.get("since_utc") {
         None => Ok(None),
-        Some(text) => text.parse::<Timestamp>().map(Some).map_err(|_| {
-            let mut errors = Map::new();
-            errors.insert("since_utc".into(), json!(["is not a valid date-time"]));
-            Box::new(validation_failed("since_utc is not a valid date-time", errors))
-        }),
+        // An unencoded `+00:00` offset arrives as a space.
+        Some(text) => text
+            .replace(' ', "+")
+            .parse::<Timestamp>()
+            .map(Some)
+            .map_err(|_| {
+                let mut errors = Map::new();
+                errors.insert("since_utc".into(), json!(["is not a valid date-time"]));
+                Box::new(validation_failed("since_utc is not a valid date-time", errors))
+            }),
     }
 }
 
