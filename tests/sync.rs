@@ -211,3 +211,53 @@ async fn nothing_is_sent_before_a_429_reset() {
     );
     assert!(s.sim.requests() > requests);
 }
+
+#[tokio::test]
+async fn incremental_syncs_pull_only_changes_and_a_full_reconcile_drops_deleted_people() {
+    use doorflow_agent::sync::{Cursor, CURSOR_KEY};
+    let s = setup(1_000, false, 10_000).await;
+    sync_once(&s.agent, &s.client).await.unwrap();
+    assert_eq!(s.agent.status().sync.last_kind.as_deref(), Some("full"));
+    let full_people_requests = s.sim.requests_to("/api/3/people");
+    assert_eq!(full_people_requests, 11, "10 pages of 100 and an empty one");
+
+    s.sim.update_person(17, false);
+    s.sim.delete_person(18);
+    s.sim.revoke_credential("19");
+    let added = s.sim.add_person();
+    sync_once(&s.agent, &s.client).await.unwrap();
+    assert_eq!(s.agent.status().sync.last_kind.as_deref(), Some("incremental"));
+    assert_eq!(
+        s.sim.requests_to("/api/3/people") - full_people_requests,
+        1,
+        "only the changed people, on one page"
+    );
+    assert!(!front_grants(&s.agent, 17), "disabled since the last sync");
+    assert!(
+        !front_grants(&s.agent, 18),
+        "deleted: the full credential list no longer has the card"
+    );
+    assert!(!front_grants(&s.agent, 19), "revoked card");
+    assert!(front_grants(&s.agent, added), "new person");
+    assert!(front_grants(&s.agent, 20), "untouched people keep their access");
+    // Without tombstones the deleted person stays until the reconcile.
+    assert_eq!(s.agent.snapshot.current().counts().people, 1_001);
+
+    // The reconcile is due: a full pull drops the deleted person.
+    let cursor: Cursor = s.agent.store.meta_get(CURSOR_KEY).unwrap().unwrap();
+    let long_ago = cursor.last_full - jiff::SignedDuration::from_hours(2);
+    s.agent
+        .store
+        .meta_put(
+            CURSOR_KEY,
+            &Cursor {
+                last_full: long_ago,
+                ..cursor
+            },
+        )
+        .unwrap();
+    sync_once(&s.agent, &s.client).await.unwrap();
+    assert_eq!(s.agent.status().sync.last_kind.as_deref(), Some("full"));
+    assert_eq!(s.agent.snapshot.current().counts().people, 1_000);
+    assert!(!front_grants(&s.agent, 17) && front_grants(&s.agent, added));
+}

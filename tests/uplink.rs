@@ -1,6 +1,7 @@
 //! The uplink against the DoorFlow simulator: delivery, DESIGN.md's retry table row by row,
 //! the admit TTL, resuming when the server comes back, and a 30 % chaos run.
 
+mod common;
 mod support;
 
 use doorflow_agent::sim::{Chaos, Fault};
@@ -42,6 +43,10 @@ async fn a_swipe_reaches_doorflow_as_an_admit_and_an_event_with_idempotency_keys
         "card numbers leave masked: {credential}"
     );
     assert!(event.body["id"].as_u64().is_some());
+    let spec = common::openapi::load_spec();
+    if let Err(errors) = common::openapi::check_against_schema(&spec, "Event", &event.body) {
+        panic!("the posted event does not match DoorFlow's Event schema: {errors:?}");
+    }
     let admit = &h.sim.received_admits()[0];
     assert_eq!(admit.body["person_id"], 17);
     let (event_key, admit_key) = (
