@@ -332,7 +332,7 @@ async fn print_uplink_changes(agent: Arc<Agent>, timeline: Timeline) {
             let error = queue
                 .last_error
                 .filter(|_| queue.uplink != "online" && queue.uplink != "idle")
-                .map(|e| format!(" ({})", e.chars().take(70).collect::<String>()))
+                .map(|e| format!(" ({})", e.chars().take(90).collect::<String>()))
                 .unwrap_or_default();
             timeline.say("uplink", format!("{line}{error}; {} pending", queue.pending));
             last = line;

@@ -330,10 +330,31 @@ fn transport(operation: Operation, error: &reqwest::Error) -> ApiError {
     } else {
         TransportKind::Other
     };
+    // reqwest's own message only says a request failed; the root cause says why.
+    let mut cause: &dyn std::error::Error = error;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    let url = error
+        .url()
+        .map(|u| {
+            format!(
+                "{}://{}{}",
+                u.scheme(),
+                u.host_str().unwrap_or(""),
+                u.port().map(|p| format!(":{p}")).unwrap_or_default()
+            )
+        })
+        .unwrap_or_default();
+    let detail = if std::error::Error::source(error).is_none() {
+        error.to_string()
+    } else {
+        format!("{cause} ({url})")
+    };
     ApiError::Transport {
         operation,
         kind,
-        detail: error.to_string(),
+        detail,
     }
 }
 

@@ -390,12 +390,14 @@ impl LaneDrain {
         }
     }
 
-    /// The head's wait ended early: make it due now, durably, so the decision does not depend
-    /// on this process remembering it.
+    /// The head's wait ended early because the server answers again: make it due now and
+    /// restart its backoff (failures while the server was away say nothing about the next
+    /// ones), durably, so the decision does not depend on this process remembering it.
     async fn clear_wait(&self, entry: &Entry<QueuedCall>) {
         let key = entry.key;
         let mut due = entry.value.clone();
         due.next_attempt_at = None;
+        due.attempts = 0;
         if let Err(error) = self
             .blocking(move |store, _| store.outbox_update(key, &due))
             .await
