@@ -6,7 +6,7 @@ use doorflow_agent::agent::{self, Agent, AgentError};
 use doorflow_agent::audit::{new_event_id, AuditEvent};
 use doorflow_agent::config::Config;
 use doorflow_agent::sim::{SimConfig, Simulator};
-use doorflow_agent::store::Capacity;
+use doorflow_agent::store::{Capacity, StoreError};
 use jiff::Timestamp;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
@@ -92,9 +92,22 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("api_key"), format!("{}\n", options.api_key)).unwrap();
         let config = Config::parse(&config_text(dir.path(), sim.base_url(), &options), "test.toml").unwrap();
+        // A store write the stopped uplink started on the blocking pool may still hold the
+        // store for a moment (a real restart is a new process and never sees this).
+        let mut tries = 0;
+        let agent = loop {
+            match Agent::start(config.clone()) {
+                Ok(agent) => break agent,
+                Err(AgentError::Store(StoreError::Locked { .. })) if tries < 100 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(error) => panic!("restart: {error}"),
+            }
+        };
         let mut harness = Harness {
             sim,
-            agent: Agent::start(config.clone()).unwrap(),
+            agent,
             dir,
             config,
             stop: None,
@@ -129,9 +142,22 @@ impl Harness {
             weak.upgrade().is_none(),
             "something still holds the stopped agent"
         );
+        // A store write the stopped uplink started on the blocking pool may still hold the
+        // store for a moment (a real restart is a new process and never sees this).
+        let mut tries = 0;
+        let agent = loop {
+            match Agent::start(config.clone()) {
+                Ok(agent) => break agent,
+                Err(AgentError::Store(StoreError::Locked { .. })) if tries < 100 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(error) => panic!("restart: {error}"),
+            }
+        };
         let mut harness = Harness {
             sim,
-            agent: Agent::start(config.clone()).unwrap(),
+            agent,
             dir,
             config,
             stop: None,
