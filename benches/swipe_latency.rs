@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const CREDENTIALS: u64 = 100_000;
-const SWIPES: usize = 2_000;
+const SWIPES: usize = 1_000;
 
 fn snapshot() -> Snapshot {
     Snapshot::new(SnapshotParts::synthetic(CREDENTIALS), "UTC")

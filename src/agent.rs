@@ -240,6 +240,7 @@ pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Res
         audit_rx,
         Arc::clone(&agent.queue_changed),
         agent.audit_feed.clone(),
+        stop_doors.subscribe(),
     ));
 
     let snapshot = agent.snapshot.current();

@@ -55,14 +55,23 @@ pub fn calls_for(event: &AuditEvent, uplink: &UplinkConfig, now: Timestamp) -> V
     calls
 }
 
+/// How long to wait between attempts when the store refuses writes (disk full, I/O error).
+const RETRY_FIRST: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
 /// Runs until every sender is gone, then returns after writing what is left. `queued` is
 /// bumped after each group so the uplink can start sending at once.
+///
+/// A group the store refuses is kept and written again until it succeeds: the events are not
+/// recorded until then, so they must not be dropped. Once `stopping` turns true, a group that
+/// still cannot be written is given up (it is in the journal) so the agent can stop.
 pub async fn run_writer(
     store: Arc<Store>,
     uplink: UplinkConfig,
     mut events: mpsc::UnboundedReceiver<AuditEvent>,
     queued: Arc<watch::Sender<u64>>,
     feed: broadcast::Sender<AuditEvent>,
+    stopping: watch::Receiver<bool>,
 ) {
     let capacity = Capacity {
         max_records: uplink.queue_max_records,
@@ -73,47 +82,122 @@ pub async fn run_writer(
         for event in &group {
             event.log();
         }
-        let store = Arc::clone(&store);
-        let uplink = uplink.clone();
-        let batch = std::mem::take(&mut group);
-        // sled's flush blocks; keep it off the async workers the doors run on.
-        let written = tokio::task::spawn_blocking(move || {
-            write_group(&store, &uplink, capacity, &batch).map(|()| batch)
-        })
-        .await;
-        match written {
-            Ok(Ok(batch)) => {
-                queued.send_modify(|n| *n = n.wrapping_add(1));
-                for event in batch {
-                    // Nobody listening is fine.
-                    let _ = feed.send(event);
-                }
-            }
-            Ok(Err(error)) => {
-                tracing::error!(%error, "could not make audit events durable; they are in the journal only");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(error) => tracing::error!(%error, "audit writer task failed"),
+        let pending = PendingGroup::new(std::mem::take(&mut group), &uplink, Timestamp::now());
+        let Some(written) = write_until_durable(&store, &uplink, capacity, pending, &stopping).await else {
+            continue;
+        };
+        queued.send_modify(|n| *n = n.wrapping_add(1));
+        for event in written.events {
+            // Nobody listening is fine.
+            let _ = feed.send(event);
         }
     }
 }
 
-/// Writes one group: queued calls to the outbox and, without a sink, events to the local log.
+/// Writes `pending`, retrying with backoff while the store refuses. `None` when it was given
+/// up at shutdown.
+async fn write_until_durable(
+    store: &Arc<Store>,
+    uplink: &UplinkConfig,
+    capacity: Capacity,
+    mut pending: PendingGroup,
+    stopping: &watch::Receiver<bool>,
+) -> Option<PendingGroup> {
+    let mut delay = RETRY_FIRST;
+    let mut failures = 0u32;
+    loop {
+        let (store, uplink) = (Arc::clone(store), uplink.clone());
+        // sled's flush blocks; keep it off the async workers the doors run on.
+        let attempt = tokio::task::spawn_blocking(move || {
+            let result = pending.write(&store, &uplink, capacity);
+            (pending, result)
+        })
+        .await;
+        let error = match attempt {
+            Ok((written, Ok(()))) => {
+                if failures > 0 {
+                    tracing::warn!(
+                        events = written.events.len(),
+                        failures,
+                        "audit events are durable again"
+                    );
+                }
+                return Some(written);
+            }
+            Ok((unwritten, Err(error))) => {
+                pending = unwritten;
+                error.to_string()
+            }
+            Err(join) => {
+                tracing::error!(error = %join, "audit writer task failed; these events are in the journal only");
+                return None;
+            }
+        };
+        failures += 1;
+        if *stopping.borrow() {
+            tracing::error!(events = pending.events.len(), %error, "stopping with audit events the store refused; they are in the journal only");
+            return None;
+        }
+        if failures == 1 || failures % 20 == 0 {
+            tracing::error!(events = pending.events.len(), failures, %error, "could not make audit events durable; keeping them in memory and retrying");
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(RETRY_MAX);
+    }
+}
+
+/// One group of audit events on its way to disk, with the queued calls they become (built
+/// once, so a retry queues the same calls with the same ids) and which writes are done (so a
+/// retry never queues a call twice).
+#[derive(Debug)]
+pub struct PendingGroup {
+    pub events: Vec<AuditEvent>,
+    calls: Vec<QueuedCall>,
+    queued: bool,
+    logged: bool,
+}
+
+impl PendingGroup {
+    pub fn new(events: Vec<AuditEvent>, uplink: &UplinkConfig, now: Timestamp) -> PendingGroup {
+        let calls = events.iter().flat_map(|e| calls_for(e, uplink, now)).collect();
+        PendingGroup {
+            events,
+            calls,
+            queued: false,
+            logged: uplink.events_url.is_some(),
+        }
+    }
+
+    /// Queued calls to the outbox and, without a sink, events to the local log; each step at
+    /// most once.
+    pub fn write(
+        &mut self,
+        store: &Store,
+        uplink: &UplinkConfig,
+        capacity: Capacity,
+    ) -> Result<(), StoreError> {
+        if !self.queued {
+            if !self.calls.is_empty() {
+                store.enqueue(&self.calls, capacity)?;
+            }
+            self.queued = true;
+        }
+        if !self.logged {
+            store.event_log_append(&self.events, uplink.local_event_log_max)?;
+            self.logged = true;
+        }
+        Ok(())
+    }
+}
+
+/// Writes one group at once (tests, benchmarks and tools that queue events directly).
 pub fn write_group(
     store: &Store,
     uplink: &UplinkConfig,
     capacity: Capacity,
     events: &[AuditEvent],
 ) -> Result<(), StoreError> {
-    let now = Timestamp::now();
-    let calls: Vec<QueuedCall> = events.iter().flat_map(|e| calls_for(e, uplink, now)).collect();
-    if !calls.is_empty() {
-        store.enqueue(&calls, capacity)?;
-    }
-    if uplink.events_url.is_none() {
-        store.event_log_append(events, uplink.local_event_log_max)?;
-    }
-    Ok(())
+    PendingGroup::new(events.to_vec(), uplink, Timestamp::now()).write(store, uplink, capacity)
 }
 
 #[cfg(test)]

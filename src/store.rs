@@ -62,6 +62,8 @@ pub struct Store {
     meta: sled::Tree,
     /// Shared by snapshot readers, exclusive for the flip that retires a generation.
     swap: RwLock<()>,
+    /// Test seam: every write fails as on a full disk (see `simulate_disk_full`).
+    disk_full: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Store {
@@ -94,6 +96,7 @@ impl Store {
             db,
             meta,
             swap: RwLock::new(()),
+            disk_full: std::sync::atomic::AtomicBool::new(false),
         };
         store.remove_orphan_snapshots()?;
         Ok(store)
@@ -101,6 +104,22 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Makes every write fail with ENOSPC until turned off, so the failure paths of everything
+    /// that writes (audit writer, uplink, sync) can be tested without filling a disk.
+    #[doc(hidden)]
+    pub fn simulate_disk_full(&self, full: bool) {
+        self.disk_full.store(full, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Called first by every write, before anything changes.
+    fn writable(&self) -> Result<(), StoreError> {
+        if self.disk_full.load(std::sync::atomic::Ordering::SeqCst) {
+            let full = std::io::Error::from_raw_os_error(libc::ENOSPC);
+            return Err(self.engine(sled::Error::Io(full)));
+        }
+        Ok(())
     }
 
     fn engine(&self, source: sled::Error) -> StoreError {
@@ -219,6 +238,7 @@ impl Store {
     /// Writes `parts` as the new current snapshot. Returns only once it is on disk and current;
     /// on any error the previous snapshot stays current.
     pub fn save_snapshot(&self, parts: &SnapshotParts) -> Result<SnapshotHeader, StoreError> {
+        self.writable()?;
         let previous = self.active_generation()?;
         let generation = self.next_generation()?;
         let tree = self
@@ -300,6 +320,7 @@ impl Store {
 
     /// Stores and flushes a meta value.
     pub fn meta_put<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
+        self.writable()?;
         self.meta
             .insert(key.as_bytes(), to_json(value))
             .map_err(|e| self.engine(e))?;

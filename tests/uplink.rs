@@ -318,3 +318,65 @@ async fn under_30_percent_chaos_every_event_arrives_in_order_and_nothing_retryab
         "{duplicates} duplicates, faults {faults:?}"
     );
 }
+
+/// A full disk: the door still opens at once, the audit trail waits in memory (nothing is lost
+/// or half-written), a sync cannot store its snapshot and keeps the old one, and everything is
+/// written and delivered once the disk has room again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_delays_the_audit_trail_but_loses_nothing_and_never_holds_the_door() {
+    use doorflow_agent::doorflow::client::Client;
+    use doorflow_agent::sync::{sync_once, SyncError};
+    let h = Harness::start(Options::default()).await;
+    assert!(eventually(LIMIT, || h.agent.snapshot.current().synced_at().is_some()).await);
+    let synced_at = h.agent.snapshot.current().synced_at();
+
+    h.agent.store.simulate_disk_full(true);
+    let socket = h.config.gpio.mock_socket.clone();
+    let relay_released_after_grant = tokio::task::spawn_blocking(move || {
+        let card =
+            |n: u64| json!({"op": "card", "door": "front", "format": "h10301", "facility": 1, "number": n});
+        support::control(&socket, card(17));
+        std::thread::sleep(Duration::from_millis(200));
+        let state = support::control(&socket, json!({"op": "state", "door": "front"}));
+        for n in [4242, 21] {
+            std::thread::sleep(Duration::from_millis(200));
+            support::control(&socket, card(n));
+        }
+        state["relay"]["released"] == true
+    })
+    .await
+    .unwrap();
+    assert!(
+        relay_released_after_grant,
+        "the door opened without waiting for the disk"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        h.sim.received_events().is_empty(),
+        "nothing is sent before it is on disk"
+    );
+
+    let client = Client::new(&h.config.api, std::sync::Arc::clone(&h.agent.budget)).unwrap();
+    let result = sync_once(&h.agent, &client).await;
+    assert!(matches!(result, Err(SyncError::Store(_))), "{result:?}");
+    assert_eq!(
+        h.agent.snapshot.current().synced_at(),
+        synced_at,
+        "the previous snapshot stays"
+    );
+
+    h.agent.store.simulate_disk_full(false);
+    assert!(eventually(LIMIT, || h.sim.received_events().len() == 3).await);
+    let codes: Vec<_> = h
+        .sim
+        .received_events()
+        .iter()
+        .map(|r| r.body["event_code"].clone())
+        .collect();
+    assert_eq!(codes, [json!(10), json!(20), json!(10)], "every swipe, in order");
+    assert_eq!(
+        h.sim.received_admits().len(),
+        2,
+        "each grant's admit queued exactly once"
+    );
+}

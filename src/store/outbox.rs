@@ -124,6 +124,7 @@ impl Store {
     /// queue is over capacity the oldest *events* are dropped first, counted and logged; admits
     /// are never dropped for room. Returns the keys assigned.
     pub fn enqueue(&self, calls: &[QueuedCall], capacity: Capacity) -> Result<Vec<u64>, StoreError> {
+        self.writable()?;
         let before = self.outbox_bytes()?;
         let mut keys = Vec::with_capacity(calls.len());
         let mut batches = [sled::Batch::default(), sled::Batch::default()];
@@ -273,6 +274,7 @@ impl Store {
 
     /// Records a failed attempt (attempt count, next attempt time, error) durably.
     pub fn outbox_update(&self, key: u64, call: &QueuedCall) -> Result<(), StoreError> {
+        self.writable()?;
         let key = key.to_be_bytes();
         let value = to_json(call);
         let added = entry_bytes(&key, &value);
@@ -286,6 +288,7 @@ impl Store {
 
     /// Removes a delivered call.
     pub fn outbox_remove(&self, lane: Lane, key: u64) -> Result<(), StoreError> {
+        self.writable()?;
         let key = key.to_be_bytes();
         let old = self.lane(lane)?.remove(key).map_err(|e| self.engine(e))?;
         self.adjust_outbox_bytes(0, old.map_or(0, |old| entry_bytes(&key, &old)));
@@ -294,6 +297,7 @@ impl Store {
 
     /// Moves a call to the dead letters in one transaction.
     pub fn outbox_kill(&self, key: u64, dead: &DeadLetter) -> Result<(), StoreError> {
+        self.writable()?;
         use sled::Transactional;
         let outbox = self.lane(dead.queued.call.lane())?;
         let dead_tree = self.tree(DEAD_TREE)?;
@@ -320,6 +324,7 @@ impl Store {
     /// Puts dead letters back at the end of the queue with a fresh attempt count. `None`
     /// retries all of them. Returns how many were requeued.
     pub fn dead_retry(&self, id: Option<&str>) -> Result<usize, StoreError> {
+        self.writable()?;
         let dead_tree = self.tree(DEAD_TREE)?;
         let mut count = 0;
         for entry in self.dead_list(usize::MAX)? {
@@ -347,6 +352,7 @@ impl Store {
 
     /// Deletes every dead letter; returns how many.
     pub fn dead_purge(&self) -> Result<usize, StoreError> {
+        self.writable()?;
         let dead_tree = self.tree(DEAD_TREE)?;
         let count = dead_tree.len();
         dead_tree.clear().map_err(|e| self.engine(e))?;
@@ -370,6 +376,7 @@ impl Store {
     /// Appends to the bounded local event log (used without an event sink), dropping the
     /// oldest entries beyond `max`.
     pub fn event_log_append(&self, events: &[AuditEvent], max: u64) -> Result<(), StoreError> {
+        self.writable()?;
         let log = self.tree(EVENT_LOG_TREE)?;
         for event in events {
             let key = self.db.generate_id().map_err(|e| self.engine(e))?;
