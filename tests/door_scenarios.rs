@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, watch};
 
+mod common;
+
 const WAIT: Duration = Duration::from_secs(10);
 
 fn config() -> Config {
@@ -304,7 +306,7 @@ async fn control_requests_are_validated() {
 
 #[test]
 fn the_demo_runs_its_scenario() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_doorflow-agent"))
+    let out = common::agent()
         .arg("demo")
         .env("DOORFLOW_LOG_TARGET", "stderr")
         .output()
