@@ -379,7 +379,7 @@ fn start_doors(
             audit.clone(),
         )
         .with_heartbeat(heartbeat);
-        tracing::info!(door = %door.name, channel_id = ?door.channel_id, card_value = ?door.card_value, "door ready");
+        tracing::info!(door = %door.name, channel_id = door.channel_id, card_value = ?door.card_value, "door ready");
         tasks.push(tokio::spawn(task.run(stopping.clone())));
     }
     Ok(tasks)

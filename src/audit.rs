@@ -81,7 +81,8 @@ impl AuditEvent {
                     door = %self.door,
                     event_code = self.event_code,
                     reason = %self.reason,
-                    person_id = ?self.person_id,
+                    person_id = self.person_id,
+                    channel_id = self.channel_id,
                     credential,
                     "{summary}"
                 )

@@ -5,7 +5,6 @@ use crate::agent::{self, Agent};
 use crate::audit::AuditEvent;
 use crate::config::Config;
 use crate::hw::mock::OutputChange;
-use crate::snapshot::*;
 use crate::status;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
@@ -224,20 +223,22 @@ async fn scenario(config: Config, timeline: Timeline) -> Result<(), String> {
 
     timeline.say(
         "doorflow",
-        "front door channel put into lockdown (as a sync would bring it)",
+        "front door channel put into lockdown on DoorFlow; the agent syncs",
     );
-    let mut parts = agent.snapshot.current().parts().clone();
-    if let Some(channel) = parts.channels.iter_mut().find(|c| c.id == 1340) {
-        channel.lockdown = Some(Lockdown {
-            cards: true,
-            rex: true,
-        });
-    }
-    agent.snapshot.replace(Arc::new(Snapshot::with_shifts(
-        parts,
-        crate::agent::config_shifts(&config),
-        &config.sync.time_zone,
-    )));
+    sim.set_lockdown(1340, true);
+    let client = crate::doorflow::client::Client::new(&config.api, Arc::clone(&agent.budget))
+        .map_err(|e| e.to_string())?;
+    crate::sync::sync_once(&agent, &client)
+        .await
+        .map_err(|e| format!("sync: {e}"))?;
+    let mode = status::door_mode(&agent.snapshot.current(), Some(1340), jiff::Timestamp::now());
+    timeline.say(
+        "sync",
+        format!(
+            "{} sync done: front door mode is now {mode}",
+            agent.status().sync.last_kind.unwrap_or_default()
+        ),
+    );
     pause(800).await;
     timeline.say("front", "card 17 presented during the lockdown");
     control.send(card("front", 17))?;

@@ -41,6 +41,7 @@ pub fn calls_for(event: &AuditEvent, uplink: &UplinkConfig, now: Timestamp) -> V
         attempts: 0,
         next_attempt_at: None,
         last_error: None,
+        hold: None,
     };
     let mut calls = Vec::new();
     if let (true, Some(channel_id), Some(person_id)) = (event.admit, event.channel_id, event.person_id) {

@@ -56,8 +56,8 @@ pub struct SnapshotHeader {
 
 pub struct Store {
     path: PathBuf,
-    /// Bytes in the outbox, `u64::MAX` until first counted (see `outbox`).
-    outbox_bytes: std::sync::atomic::AtomicU64,
+    /// Records and bytes in the outbox, `None` until first counted (see `outbox`).
+    outbox_tally: std::sync::Mutex<Option<outbox::Tally>>,
     db: sled::Db,
     meta: sled::Tree,
     /// Shared by snapshot readers, exclusive for the flip that retires a generation.
@@ -92,7 +92,7 @@ impl Store {
         })?;
         let store = Store {
             path: path.to_path_buf(),
-            outbox_bytes: std::sync::atomic::AtomicU64::new(u64::MAX),
+            outbox_tally: std::sync::Mutex::new(None),
             db,
             meta,
             swap: RwLock::new(()),

@@ -31,7 +31,13 @@ pub fn init_with_default(default_filter: &str) -> Sink {
     let filter = || EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new(default_filter));
     if wants_journald() {
         if let Ok(journald) = tracing_journald::layer() {
-            let journald = journald.with_syslog_identifier("doorflow-agent".to_string());
+            // Fields keep their own names, upcased (DOOR, EVENT_CODE, REASON, ...), instead of
+            // tracing-journald's default `F_` prefix: the runbook filters on them, e.g.
+            // `journalctl -u doorflow-agent EVENT_CODE=32`. No field of ours is named like a
+            // journald field (MESSAGE, PRIORITY, CODE_*, SYSLOG_*, ERRNO); keep it that way.
+            let journald = journald
+                .with_syslog_identifier("doorflow-agent".to_string())
+                .with_field_prefix(None);
             if tracing_subscriber::registry()
                 .with(journald.with_filter(filter()))
                 .try_init()

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_doorflow-agent");
+mod common;
 
 /// The demo config with every path moved into `dir`.
 fn write_config(dir: &Path) -> PathBuf {
@@ -36,7 +36,7 @@ fn seed_store(dir: &Path, people: u64) {
 }
 
 fn status_json(config: &Path) -> Value {
-    let out = Command::new(BIN)
+    let out = common::agent()
         .args(["status", "--json", "--config"])
         .arg(config)
         .output()
@@ -72,7 +72,7 @@ fn run_serves_status_and_stops_cleanly_on_sigterm() {
     seed_store(dir.path(), 25);
 
     let mut agent = Agent(
-        Command::new(BIN)
+        common::agent()
             .args(["run", "--config"])
             .arg(&config)
             .env("DOORFLOW_LOG_TARGET", "stderr")
@@ -100,7 +100,7 @@ fn run_serves_status_and_stops_cleanly_on_sigterm() {
     assert_eq!(live["doors"][1]["mode"], "unlock");
 
     // A second agent on the same store and socket is refused with a clear message.
-    let second = Command::new(BIN)
+    let second = common::agent()
         .args(["run", "--config"])
         .arg(&config)
         .env("DOORFLOW_LOG_TARGET", "stderr")
@@ -147,7 +147,7 @@ fn status_of_a_fresh_install_has_no_snapshot() {
     assert_eq!(report["snapshot"]["synced_at"], Value::Null);
     assert_eq!(report["online"], false);
 
-    let text = Command::new(BIN)
+    let text = common::agent()
         .args(["status", "--config"])
         .arg(&config)
         .output()
@@ -162,7 +162,7 @@ fn run_with_an_invalid_config_exits_2() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, "[api]\nbase_url = \"http://example.com\"\n").unwrap();
-    let out = Command::new(BIN)
+    let out = common::agent()
         .args(["run", "--config"])
         .arg(&path)
         .env("DOORFLOW_LOG_TARGET", "stderr")
@@ -180,7 +180,7 @@ fn a_missing_gpio_chip_fails_start_up_with_a_clear_message() {
         .unwrap()
         .replace("backend = \"mock\"", "backend = \"gpiod\"\nchip = \"gpiochip99\"");
     std::fs::write(&config, text).unwrap();
-    let out = Command::new(BIN)
+    let out = common::agent()
         .args(["run", "--config"])
         .arg(&config)
         .env("DOORFLOW_LOG_TARGET", "stderr")
@@ -203,7 +203,7 @@ fn a_missing_gpio_chip_fails_start_up_with_a_clear_message() {
 fn the_standalone_simulator_serves_and_requires_auth() {
     use std::io::{BufRead, Read, Write};
     let mut sim = Agent(
-        Command::new(BIN)
+        common::agent()
             .args(["simulate", "--port", "0", "--people", "3"])
             .stdout(Stdio::piped())
             .spawn()

@@ -2,7 +2,8 @@
 //! `check-config` exits 2 for it.
 
 use doorflow_agent::config::{Config, ConfigError};
-use std::process::Command;
+
+mod common;
 
 const DEMO: &str = include_str!("../config/demo.toml");
 const PRODUCTION: &str = include_str!("../config/doorflow-agent.toml");
@@ -174,8 +175,7 @@ fn missing_file() {
 
 #[test]
 fn check_config_exit_codes() {
-    let bin = env!("CARGO_BIN_EXE_doorflow-agent");
-    let ok = Command::new(bin)
+    let ok = common::agent()
         .args(["check-config", "--config", "config/demo.toml"])
         .output()
         .unwrap();
@@ -186,7 +186,7 @@ fn check_config_exit_codes() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, DEMO.replacen("d1 = 11", "d1 = 10", 1)).unwrap();
-    let out = Command::new(bin)
+    let out = common::agent()
         .args(["check-config", "--config"])
         .arg(&bad)
         .output()

@@ -4,6 +4,7 @@
 //! acknowledged (reported durable on its admin socket) must have reached the simulator, and
 //! no event may arrive twice beyond the one record in flight at each kill.
 
+mod common;
 mod support;
 
 use doorflow_agent::admin::{self, Request};
@@ -13,7 +14,7 @@ use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,7 +24,7 @@ const KILLS: usize = 100;
 const START_LIMIT: Duration = Duration::from_secs(60);
 
 fn start_agent(config: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_doorflow-agent"))
+    common::agent()
         .args(["run", "--config"])
         .arg(config)
         .env("DOORFLOW_LOG", "error")

@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, watch};
 
+mod common;
+
 const WAIT: Duration = Duration::from_secs(10);
 
 fn config() -> Config {
@@ -304,7 +306,7 @@ async fn control_requests_are_validated() {
 
 #[test]
 fn the_demo_runs_its_scenario() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_doorflow-agent"))
+    let out = common::agent()
         .arg("demo")
         .env("DOORFLOW_LOG_TARGET", "stderr")
         .output()
@@ -326,6 +328,11 @@ fn the_demo_runs_its_scenario() {
         "event 31 (door_normal)",
         "DENIED 22 (lockdown) person 17",
         "relay RELEASED",
+        "calls waiting on disk",
+        "uplink paused",
+        "drained: 0 pending, 0 dead",
+        "duplicate deliveries), 5 admits accepted by DoorFlow, 0 pending, 0 dead, 0 dropped",
+        "front door mode is now lockdown",
         "doors left locked",
     ] {
         assert!(

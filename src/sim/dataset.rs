@@ -82,6 +82,8 @@ pub(super) struct Dataset {
     changes: BTreeMap<u64, Change>,
     deleted: BTreeSet<u64>,
     revoked: HashSet<String>,
+    /// Channels in lockdown (cards and exit buttons locked).
+    pub(super) lockdowns: BTreeSet<u64>,
     group_reservations: Vec<Booking>,
     reservations: Vec<Booking>,
     next_booking_id: u64,
@@ -95,6 +97,7 @@ impl Dataset {
             changes: BTreeMap::new(),
             deleted: BTreeSet::new(),
             revoked: HashSet::new(),
+            lockdowns: BTreeSet::new(),
             group_reservations: Vec::new(),
             reservations: Vec::new(),
             next_booking_id: 1,

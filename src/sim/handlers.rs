@@ -182,7 +182,8 @@ pub(super) async fn reservations(State(sim): Sim, Query(params): Params) -> Resp
     paging.respond(page, total)
 }
 
-pub(super) async fn channels(Query(params): Params) -> Response {
+pub(super) async fn channels(State(sim): Sim, Query(params): Params) -> Response {
+    let lockdowns = lock(&sim.inner).data.lockdowns.clone();
     let paging = Paging::new(&params, 500, 1000);
     let (page, total) = paging.select(CHANNELS.iter());
     let items = page
@@ -192,7 +193,12 @@ pub(super) async fn channels(Query(params): Params) -> Response {
                 "id": id, "name": name, "mac_address": "00:11:22:33:44:55", "status": "online", "unit": 1,
                 "sync": {"status": "ok", "last_sync_completed_at": null},
                 "mode": {"description": "normal", "relock_at": null},
-                "lockdown": null, "site_id": 1, "created_at": STAMP, "updated_at": STAMP,
+                "lockdown": if lockdowns.contains(id) {
+                    json!({"message": "Lockdown", "card_lockdown": {"state": true}, "rex_lockdown": {"state": true}})
+                } else {
+                    Value::Null
+                },
+                "site_id": 1, "created_at": STAMP, "updated_at": STAMP,
             })
         })
         .collect();

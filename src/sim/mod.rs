@@ -277,6 +277,17 @@ impl Simulator {
         self.lock().data.add_person()
     }
 
+    /// Puts a channel in lockdown (cards and exit buttons) or lifts it, as DoorFlow's
+    /// dashboard would; the agent sees it at its next sync.
+    pub fn set_lockdown(&self, channel_id: u64, locked: bool) {
+        let lockdowns = &mut self.lock().data.lockdowns;
+        if locked {
+            lockdowns.insert(channel_id);
+        } else {
+            lockdowns.remove(&channel_id);
+        }
+    }
+
     /// Removes every credential with this value from `/api/3/credentials`.
     pub fn revoke_credential(&self, value: &str) {
         self.lock().data.revoke_credential(value);

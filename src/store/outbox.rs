@@ -78,6 +78,9 @@ pub struct QueuedCall {
     /// Wall-clock time before which it is not retried (persisted so backoff survives restarts).
     pub next_attempt_at: Option<Timestamp>,
     pub last_error: Option<String>,
+    /// Why it waits for `next_attempt_at` (persisted, so a restart waits the same way).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<crate::uplink::policy::Hold>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,6 +111,13 @@ pub struct OutboxStats {
     pub dropped_events: u64,
 }
 
+/// What the outbox holds, kept in memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub records: u64,
+    pub bytes: u64,
+}
+
 /// Limits from `[uplink]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Capacity {
@@ -125,7 +135,7 @@ impl Store {
     /// are never dropped for room. Returns the keys assigned.
     pub fn enqueue(&self, calls: &[QueuedCall], capacity: Capacity) -> Result<Vec<u64>, StoreError> {
         self.writable()?;
-        let before = self.outbox_bytes()?;
+        let before = self.tally()?;
         let mut keys = Vec::with_capacity(calls.len());
         let mut batches = [sled::Batch::default(), sled::Batch::default()];
         let mut used = [false, false];
@@ -145,7 +155,10 @@ impl Store {
                 self.lane(lane)?.apply_batch(batch).map_err(|e| self.engine(e))?;
             }
         }
-        self.set_outbox_bytes(before + added);
+        self.set_tally(Tally {
+            records: before.records + calls.len() as u64,
+            bytes: before.bytes + added,
+        });
         self.make_room(capacity)?;
         self.flush()?;
         Ok(keys)
@@ -154,8 +167,10 @@ impl Store {
     /// Drops the oldest events until the queue fits. Admits are never dropped: they expire on
     /// their own within `uplink.admit_ttl_s`.
     fn make_room(&self, capacity: Capacity) -> Result<(), StoreError> {
-        let mut records = self.pending_records()?;
-        let mut bytes = self.outbox_bytes()?;
+        let Tally {
+            mut records,
+            mut bytes,
+        } = self.tally()?;
         let fits = |records: u64, bytes: u64| records <= capacity.max_records && bytes <= capacity.max_bytes;
         if fits(records, bytes) {
             return Ok(());
@@ -170,7 +185,7 @@ impl Store {
             bytes = bytes.saturating_sub(entry_bytes(&key, &value));
             dropped += 1;
         }
-        self.set_outbox_bytes(bytes);
+        self.set_tally(Tally { records, bytes });
         if dropped > 0 {
             let total = self.meta_get::<u64>(DROPPED_KEY)?.unwrap_or(0) + dropped;
             self.meta
@@ -190,48 +205,39 @@ impl Store {
         self.tree(lane.tree_name())
     }
 
-    fn pending_records(&self) -> Result<u64, StoreError> {
-        let mut records = 0;
+    /// Records and bytes in both lanes, counted once per process (sled's `len` is a full scan)
+    /// and then kept up to date, so capacity checks and log lines cost nothing.
+    fn tally(&self) -> Result<Tally, StoreError> {
+        if let Some(tally) = *crate::agent::lock(&self.outbox_tally) {
+            return Ok(tally);
+        }
+        let mut tally = Tally::default();
         for lane in Lane::ALL {
-            records += self.lane(lane)?.len() as u64;
+            for entry in self.lane(lane)?.iter() {
+                let (key, value) = entry.map_err(|e| self.engine(e))?;
+                tally.records += 1;
+                tally.bytes += entry_bytes(&key, &value);
+            }
         }
-        Ok(records)
+        *crate::agent::lock(&self.outbox_tally) = Some(tally);
+        Ok(tally)
     }
 
-    /// Bytes held by the outbox, counted once per process and then kept up to date, so capacity
-    /// checks do not scan the queue on every enqueue.
-    fn outbox_bytes(&self) -> Result<u64, StoreError> {
-        use std::sync::atomic::Ordering;
-        let known = self.outbox_bytes.load(Ordering::Acquire);
-        if known != u64::MAX {
-            return Ok(known);
-        }
-        let mut counted = 0;
-        for lane in Lane::ALL {
-            counted += self
-                .lane(lane)?
-                .iter()
-                .filter_map(Result::ok)
-                .map(|(k, v)| entry_bytes(&k, &v))
-                .sum::<u64>();
-        }
-        self.outbox_bytes.store(counted, Ordering::Release);
-        Ok(counted)
+    fn set_tally(&self, tally: Tally) {
+        *crate::agent::lock(&self.outbox_tally) = Some(tally);
     }
 
-    fn set_outbox_bytes(&self, bytes: u64) {
-        self.outbox_bytes
-            .store(bytes, std::sync::atomic::Ordering::Release);
+    /// Adjusts a known tally (an unknown one is counted on next use).
+    fn adjust_tally(&self, records: i64, added: u64, removed: u64) {
+        if let Some(tally) = crate::agent::lock(&self.outbox_tally).as_mut() {
+            tally.records = tally.records.saturating_add_signed(records);
+            tally.bytes = (tally.bytes + added).saturating_sub(removed);
+        }
     }
 
-    /// Adjusts a known byte count (an unknown one is counted on next use).
-    fn adjust_outbox_bytes(&self, added: u64, removed: u64) {
-        use std::sync::atomic::Ordering;
-        let _ = self
-            .outbox_bytes
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |known| {
-                (known != u64::MAX).then(|| (known + added).saturating_sub(removed))
-            });
+    /// Calls waiting in both lanes (cheap; for log lines).
+    pub fn pending_count(&self) -> u64 {
+        self.tally().map_or(0, |t| t.records)
     }
 
     /// The oldest queued call of a lane.
@@ -282,7 +288,8 @@ impl Store {
             .lane(call.call.lane())?
             .insert(key, value)
             .map_err(|e| self.engine(e))?;
-        self.adjust_outbox_bytes(added, old.map_or(0, |old| entry_bytes(&key, &old)));
+        let replaced = old.as_ref().map_or(0, |old| entry_bytes(&key, old));
+        self.adjust_tally(if old.is_some() { 0 } else { 1 }, added, replaced);
         self.flush()
     }
 
@@ -291,7 +298,9 @@ impl Store {
         self.writable()?;
         let key = key.to_be_bytes();
         let old = self.lane(lane)?.remove(key).map_err(|e| self.engine(e))?;
-        self.adjust_outbox_bytes(0, old.map_or(0, |old| entry_bytes(&key, &old)));
+        if let Some(old) = old {
+            self.adjust_tally(-1, 0, entry_bytes(&key, &old));
+        }
         self.flush()
     }
 
@@ -308,7 +317,7 @@ impl Store {
                 let old = outbox.remove(&key.to_be_bytes())?;
                 dead_tree.insert(&dead_key.to_be_bytes(), value.clone())?;
                 Ok::<_, sled::transaction::ConflictableTransactionError<()>>(
-                    old.map_or(0, |v| entry_bytes(&key.to_be_bytes(), &v)),
+                    old.map(|v| entry_bytes(&key.to_be_bytes(), &v)),
                 )
             })
             .map_err(|e| match e {
@@ -317,7 +326,9 @@ impl Store {
                     self.engine(sled::Error::Unsupported("aborted".into()))
                 }
             })?;
-        self.adjust_outbox_bytes(0, removed);
+        if let Some(removed) = removed {
+            self.adjust_tally(-1, 0, removed);
+        }
         self.flush()
     }
 
@@ -335,9 +346,10 @@ impl Store {
             queued.attempts = 0;
             queued.next_attempt_at = None;
             queued.last_error = None;
+            queued.hold = None;
             let key = self.db.generate_id().map_err(|e| self.engine(e))?.to_be_bytes();
             let value = to_json(&queued);
-            self.adjust_outbox_bytes(entry_bytes(&key, &value), 0);
+            self.adjust_tally(1, entry_bytes(&key, &value), 0);
             self.lane(queued.call.lane())?
                 .insert(key, value)
                 .map_err(|e| self.engine(e))?;
@@ -367,7 +379,7 @@ impl Store {
             pending: pending_admits + pending_events,
             pending_admits,
             pending_events,
-            pending_bytes: self.outbox_bytes()?,
+            pending_bytes: self.tally()?.bytes,
             dead: self.tree(DEAD_TREE)?.len() as u64,
             dropped_events: self.meta_get(DROPPED_KEY)?.unwrap_or(0),
         })
@@ -433,6 +445,7 @@ mod tests {
             attempts: 0,
             next_attempt_at: None,
             last_error: None,
+            hold: None,
         }
     }
 

@@ -146,7 +146,6 @@ pub struct LaneDrain {
 impl LaneDrain {
     /// Runs until the task is dropped.
     pub async fn run(mut self) {
-        let mut hold: Option<Hold> = None;
         if self.client.is_none() {
             self.set_state(LaneState::Disabled, None, None);
         }
@@ -160,7 +159,6 @@ impl LaneDrain {
                 }
             };
             let Some(entry) = head else {
-                hold = None;
                 if self.client.is_some() {
                     self.set_state(LaneState::Idle, None, None);
                 }
@@ -174,10 +172,9 @@ impl LaneDrain {
             }
             let not_before = entry.value.next_attempt_at.filter(|at| *at > now);
             if let Some(at) = not_before {
-                self.wait_until(at, &entry.value, hold).await;
+                self.wait_until(at, &entry.value).await;
                 // Whatever woke the lane, the next attempt is due now (a probe or a sync said
                 // the server is back, or the time came).
-                hold = None;
                 if Timestamp::now() < at {
                     self.clear_wait(&entry).await;
                 }
@@ -185,12 +182,12 @@ impl LaneDrain {
             }
             let Some(client) = self.client.clone() else {
                 // Nothing to send with: wait for the admit to expire (or new work).
-                self.wait_until(expiry_or_later(&entry.value, &self.policy), &entry.value, None)
+                self.wait_until(expiry_or_later(&entry.value, &self.policy), &entry.value)
                     .await;
                 continue;
             };
             let result = self.send(&client, &entry.value).await;
-            hold = self.settle(entry, result).await;
+            self.settle(entry, result).await;
         }
     }
 
@@ -269,8 +266,8 @@ impl LaneDrain {
         }
     }
 
-    /// Applies the policy's verdict durably; returns the hold the lane is now in.
-    async fn settle(&self, entry: Entry<QueuedCall>, result: Result<(), ApiError>) -> Option<Hold> {
+    /// Applies the policy's verdict durably.
+    async fn settle(&self, entry: Entry<QueuedCall>, result: Result<(), ApiError>) {
         let now = Timestamp::now();
         let action = policy::after_attempt(
             &entry.value,
@@ -281,6 +278,8 @@ impl LaneDrain {
         );
         let key = entry.key;
         let lane = self.lane;
+        let call_id = entry.value.id.clone();
+        let http_status = result.as_ref().err().and_then(ApiError::status);
         let outcome = match action.clone() {
             Action::Remove => {
                 self.mark_online(true);
@@ -296,7 +295,8 @@ impl LaneDrain {
                 tracing::error!(
                     lane = lane.as_str(),
                     call_id = %entry.value.id,
-                    status = ?status,
+                    http_status = status,
+                    queue_pending = self.store.pending_count(),
                     reason = %reason,
                     "DoorFlow refused a queued call; moved to the dead letters: {detail}"
                 );
@@ -322,23 +322,22 @@ impl LaneDrain {
                 updated.attempts = attempts;
                 updated.next_attempt_at = Some(at);
                 updated.last_error = Some(error.clone());
+                updated.hold = Some(hold);
                 self.blocking(move |store, _| store.outbox_update(key, &updated))
                     .await
             }
         };
         if let Err(error) = outcome {
             self.store_failed(&error).await;
-            return None;
+            return;
         }
         match action {
             Action::Remove => {
                 self.set_state(LaneState::Online, None, None);
                 self.status.update(lane, |s| s.delivered += 1);
-                None
             }
             Action::DeadLetter { .. } => {
                 self.status.update(lane, |s| s.dead_lettered += 1);
-                None
             }
             Action::Retry {
                 hold,
@@ -352,13 +351,13 @@ impl LaneDrain {
                     Hold::ServerError | Hold::Unreachable => LaneState::BackingOff,
                 };
                 let wait_s = at.duration_since(now).as_secs_f64();
+                let queue_pending = self.store.pending_count();
                 if hold == Hold::AuthRefused {
-                    tracing::error!(lane = lane.as_str(), %error, "credentials refused; uplink held, queue kept. Check the API key or refresh token");
+                    tracing::error!(lane = lane.as_str(), call_id, http_status, queue_pending, %error, "credentials refused; uplink held, queue kept. Check the API key or refresh token");
                 } else {
-                    tracing::warn!(lane = lane.as_str(), attempts, wait_s, state = state.as_str(), %error, "queued call not delivered; will retry");
+                    tracing::warn!(lane = lane.as_str(), call_id, http_status, attempts, wait_s, queue_pending, state = state.as_str(), %error, "queued call not delivered; will retry");
                 }
                 self.set_state(state, Some(at), Some(error));
-                Some(hold)
             }
         }
     }
@@ -398,6 +397,7 @@ impl LaneDrain {
         let mut due = entry.value.clone();
         due.next_attempt_at = None;
         due.attempts = 0;
+        due.hold = None;
         if let Err(error) = self
             .blocking(move |store, _| store.outbox_update(key, &due))
             .await
@@ -424,14 +424,15 @@ impl LaneDrain {
         }
     }
 
-    /// Waits until `at` (or an admit's expiry, whichever is first). Ends early when the
-    /// server is seen again after it was unreachable or erroring: a successful probe or sync.
-    /// A rate-limit hold is never cut short.
-    async fn wait_until(&mut self, at: Timestamp, head: &QueuedCall, hold: Option<Hold>) {
+    /// Waits until `at` (or an admit's expiry, whichever is first). When the server did not
+    /// answer at all, the wait ends early as soon as it does again: a TCP probe connects, or a
+    /// sync succeeds. Other holds (rate limit, server errors, refused credentials) are waited
+    /// out, also across restarts.
+    async fn wait_until(&mut self, at: Timestamp, head: &QueuedCall) {
         let deadline = at.min(expiry_or_later(head, &self.policy));
-        let early_wake = !matches!(hold, Some(Hold::RateLimited) | Some(Hold::AuthRefused));
-        let probe_target = match (hold, &self.client) {
-            (Some(Hold::Unreachable), Some(client)) => client.origin().and_then(|o| host_port(&o)),
+        let early_wake = head.hold == Some(Hold::Unreachable);
+        let probe_target = match &self.client {
+            Some(client) if early_wake => client.origin().and_then(|o| host_port(&o)),
             _ => None,
         };
         self.wakeups.reachable.mark_unchanged();

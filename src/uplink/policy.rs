@@ -50,7 +50,8 @@ impl RetryPolicy {
 }
 
 /// Why a lane is holding back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Hold {
     /// The server answered 408/429: nothing is sent before `until`.
     RateLimited,
@@ -177,6 +178,7 @@ mod tests {
             attempts,
             next_attempt_at: None,
             last_error: None,
+            hold: None,
         }
     }
 
