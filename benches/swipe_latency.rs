@@ -4,8 +4,10 @@
 //! the uplink drains 10,000 queued events to the simulator, all on the same two runtime workers.
 //! Run: `cargo bench --bench swipe_latency`. Prints p50/p99/max; asserts nothing.
 
+mod common;
+
 use doorflow_agent::agent::{self, Agent, DoorState};
-use doorflow_agent::audit::{new_event_id, AuditEvent};
+use doorflow_agent::audit::AuditEvent;
 use doorflow_agent::config::Config;
 use doorflow_agent::door_task::{DoorTask, SwipeTiming};
 use doorflow_agent::doorflow::client::Client;
@@ -115,19 +117,7 @@ impl Background {
             .replace("requests_per_minute = 120", "requests_per_minute = 10000");
         let config = Config::parse(&text, "load.toml").unwrap();
         let agent = Agent::start(config.clone()).unwrap();
-        let events: Vec<AuditEvent> = (0..10_000)
-            .map(|i| AuditEvent {
-                id: new_event_id(),
-                event_code: 20,
-                reason: "unknown_credential".into(),
-                door: "front".into(),
-                channel_id: Some(1340),
-                person_id: None,
-                credential: Some(format!("****{:02}", i % 100)),
-                created_at: jiff::Timestamp::now(),
-                admit: false,
-            })
-            .collect();
+        let events: Vec<AuditEvent> = (0..10_000).map(common::denied_swipe).collect();
         let capacity = Capacity {
             max_records: config.uplink.queue_max_records,
             max_bytes: config.uplink.queue_max_bytes,

@@ -7,28 +7,16 @@
 //!    share of the allowed rate used (`UPLINK_BENCH_SECONDS`, default 150).
 //! 3. Time to drain 10,000 queued events against a server without a rate limit.
 
+mod common;
+
 use doorflow_agent::agent::{self, Agent};
-use doorflow_agent::audit::{new_event_id, AuditEvent};
+use doorflow_agent::audit::AuditEvent;
 use doorflow_agent::config::Config;
 use doorflow_agent::outbox;
 use doorflow_agent::sim::{SimConfig, Simulator};
 use doorflow_agent::store::{Capacity, Store};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn event(i: u64) -> AuditEvent {
-    AuditEvent {
-        id: new_event_id(),
-        event_code: 20,
-        reason: "unknown_credential".into(),
-        door: "front".into(),
-        channel_id: Some(1340),
-        person_id: None,
-        credential: Some(format!("****{:02}", i % 100)),
-        created_at: jiff::Timestamp::now(),
-        admit: false,
-    }
-}
 
 fn config(dir: &std::path::Path, base_url: &str, per_minute: u32) -> Config {
     std::fs::write(dir.join("api_key"), "sim-api-key").unwrap();
@@ -61,13 +49,13 @@ fn enqueue_rate() {
     let n = 2_000;
     let start = Instant::now();
     for i in 0..n {
-        outbox::write_group(&store, &uplink, capacity, &[event(i)]).unwrap();
+        outbox::write_group(&store, &uplink, capacity, &[common::denied_swipe(i)]).unwrap();
     }
     let single = n as f64 / start.elapsed().as_secs_f64();
     let start = Instant::now();
     let groups = 200;
     for g in 0..groups {
-        let batch: Vec<AuditEvent> = (0..32).map(|i| event(g * 32 + i)).collect();
+        let batch: Vec<AuditEvent> = (0..32).map(|i| common::denied_swipe(g * 32 + i)).collect();
         outbox::write_group(&store, &uplink, capacity, &batch).unwrap();
     }
     let grouped = (groups * 32) as f64 / start.elapsed().as_secs_f64();
@@ -90,7 +78,7 @@ async fn drain_at_limit(seconds: u64) {
         max_records: config.uplink.queue_max_records,
         max_bytes: config.uplink.queue_max_bytes,
     };
-    let events: Vec<AuditEvent> = (0..2_000).map(event).collect();
+    let events: Vec<AuditEvent> = (0..2_000).map(common::denied_swipe).collect();
     outbox::write_group(&agent.store, &config.uplink, capacity, &events).unwrap();
     let start = Instant::now();
     tokio::spawn(agent::serve(Arc::clone(&agent), std::future::pending()));
@@ -121,7 +109,7 @@ async fn drain_ten_thousand() {
         max_records: config.uplink.queue_max_records,
         max_bytes: config.uplink.queue_max_bytes,
     };
-    let events: Vec<AuditEvent> = (0..10_000).map(event).collect();
+    let events: Vec<AuditEvent> = (0..10_000).map(common::denied_swipe).collect();
     outbox::write_group(&agent.store, &config.uplink, capacity, &events).unwrap();
     let start = Instant::now();
     tokio::spawn(agent::serve(Arc::clone(&agent), std::future::pending()));

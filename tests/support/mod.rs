@@ -92,8 +92,13 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("api_key"), format!("{}\n", options.api_key)).unwrap();
         let config = Config::parse(&config_text(dir.path(), sim.base_url(), &options), "test.toml").unwrap();
-        // A store write the stopped uplink started on the blocking pool may still hold the
-        // store for a moment (a real restart is a new process and never sees this).
+        Harness::assemble(sim, dir, config).await
+    }
+
+    /// Starts the agent and serves it. A store write a stopped uplink started on the blocking
+    /// pool may still hold the store for a moment after an in-process stop (a real restart is
+    /// a new process and never sees this), so a locked store is retried briefly.
+    async fn assemble(sim: Simulator, dir: tempfile::TempDir, config: Config) -> Harness {
         let mut tries = 0;
         let agent = loop {
             match Agent::start(config.clone()) {
@@ -102,7 +107,7 @@ impl Harness {
                     tries += 1;
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                Err(error) => panic!("restart: {error}"),
+                Err(error) => panic!("agent start: {error}"),
             }
         };
         let mut harness = Harness {
@@ -142,29 +147,7 @@ impl Harness {
             weak.upgrade().is_none(),
             "something still holds the stopped agent"
         );
-        // A store write the stopped uplink started on the blocking pool may still hold the
-        // store for a moment (a real restart is a new process and never sees this).
-        let mut tries = 0;
-        let agent = loop {
-            match Agent::start(config.clone()) {
-                Ok(agent) => break agent,
-                Err(AgentError::Store(StoreError::Locked { .. })) if tries < 100 => {
-                    tries += 1;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(error) => panic!("restart: {error}"),
-            }
-        };
-        let mut harness = Harness {
-            sim,
-            agent,
-            dir,
-            config,
-            stop: None,
-            serving: None,
-        };
-        harness.serve();
-        harness
+        Harness::assemble(sim, dir, config).await
     }
 
     pub async fn shutdown(&mut self) {
