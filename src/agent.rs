@@ -150,13 +150,12 @@ impl Agent {
 impl Agent {
     /// Queue depth from the store, uplink state from the running lanes.
     pub fn queue_status(&self) -> QueueStatus {
-        let (state, until) = self.uplink.summary();
-        match QueueStatus::from_store(&self.store, state.as_str()) {
+        let lane = self.uplink.summary();
+        match QueueStatus::from_store(&self.store, lane.state.as_str()) {
             Ok(mut queue) => {
-                queue.uplink_until = until;
-                let lanes = Lane::ALL.map(|lane| self.uplink.lane(lane));
-                if let Some(error) = lanes.iter().find_map(|l| l.last_error.clone()) {
-                    queue.last_error = Some(error);
+                queue.uplink_until = lane.until;
+                if lane.last_error.is_some() {
+                    queue.last_error = lane.last_error;
                 }
                 queue
             }

@@ -108,15 +108,14 @@ impl UplinkStatus {
         change(&mut lock(&self.lanes)[lane as usize]);
     }
 
-    /// The lane state that matters most, with its time.
-    pub fn summary(&self) -> (LaneState, Option<Timestamp>) {
+    /// The lane that matters most to an operator (its state, time and error).
+    pub fn summary(&self) -> LaneStatus {
         let lanes = lock(&self.lanes);
-        let worst = lanes
+        lanes
             .iter()
             .max_by_key(|l| l.state.severity())
             .cloned()
-            .unwrap_or_default();
-        (worst.state, worst.until)
+            .unwrap_or_default()
     }
 }
 
