@@ -7,15 +7,12 @@
 mod common;
 
 use doorflow_agent::agent::{self, Agent, DoorState};
-use doorflow_agent::audit::AuditEvent;
 use doorflow_agent::config::Config;
 use doorflow_agent::door_task::{DoorTask, SwipeTiming};
 use doorflow_agent::doorflow::client::Client;
 use doorflow_agent::hw::mock::MockGpio;
-use doorflow_agent::outbox;
 use doorflow_agent::sim::{SimConfig, Simulator};
 use doorflow_agent::snapshot::*;
-use doorflow_agent::store::Capacity;
 use doorflow_agent::sync;
 use serde_json::json;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -110,24 +107,13 @@ impl Background {
         .await
         .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("api_key"), "sim-api-key").unwrap();
-        let text = include_str!("../config/demo.toml")
-            .replace("/tmp/doorflow-agent-demo", &dir.path().display().to_string())
-            .replace("http://127.0.0.1:18080", sim.base_url())
-            .replace("requests_per_minute = 120", "requests_per_minute = 10000");
-        let config = Config::parse(&text, "load.toml").unwrap();
-        let agent = Agent::start(config.clone()).unwrap();
-        let events: Vec<AuditEvent> = (0..10_000).map(common::denied_swipe).collect();
-        let capacity = Capacity {
-            max_records: config.uplink.queue_max_records,
-            max_bytes: config.uplink.queue_max_bytes,
-        };
-        outbox::write_group(&agent.store, &config.uplink, capacity, &events).unwrap();
-        // The agent's own loops: doors (mock), uplink lanes draining the queue, periodic sync.
+        let agent = Agent::start(common::agent_config(dir.path(), sim.base_url(), 10_000)).unwrap();
+        common::queue_denied_swipes(&agent, 10_000);
+        // The agent's own loops: doors (mock) and the uplink lanes draining the queue.
         tokio::spawn(agent::serve(Arc::clone(&agent), std::future::pending()));
         // And a sync running back to back on top.
         let syncs = Arc::new(AtomicU64::new(0));
-        let client = Client::new(&config.api, Arc::clone(&agent.budget)).unwrap();
+        let client = Client::new(&agent.config.api, Arc::clone(&agent.budget)).unwrap();
         tokio::spawn({
             let (agent, syncs) = (Arc::clone(&agent), Arc::clone(&syncs));
             async move {

@@ -2,8 +2,9 @@
 //! Run: `cargo bench --bench sync_throughput` (10,000 people; `SYNC_BENCH_PEOPLE=50000` for more).
 //! Prints the numbers; asserts nothing.
 
+mod common;
+
 use doorflow_agent::agent::Agent;
-use doorflow_agent::config::Config;
 use doorflow_agent::doorflow::client::Client;
 use doorflow_agent::doorflow::ratelimit::RateBudget;
 use doorflow_agent::sim::{SimConfig, Simulator};
@@ -23,12 +24,7 @@ fn main() {
     runtime.block_on(async {
         let sim = Simulator::start(SimConfig { people, ..Default::default() }).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().display().to_string();
-        std::fs::write(dir.path().join("api_key"), "sim-api-key").unwrap();
-        let text = include_str!("../config/demo.toml")
-            .replace("/tmp/doorflow-agent-demo", &path)
-            .replace("http://127.0.0.1:18080", sim.base_url());
-        let config = Config::parse(&text, "bench.toml").unwrap();
+        let config = common::agent_config(dir.path(), sim.base_url(), 120);
         let budget = Arc::new(Mutex::new(RateBudget::new(120)));
         let client = Client::new(&config.api, budget).unwrap();
         let agent = Agent::start(config).unwrap();

@@ -11,29 +11,11 @@ mod common;
 
 use doorflow_agent::agent::{self, Agent};
 use doorflow_agent::audit::AuditEvent;
-use doorflow_agent::config::Config;
 use doorflow_agent::outbox;
 use doorflow_agent::sim::{SimConfig, Simulator};
 use doorflow_agent::store::{Capacity, Store};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn config(dir: &std::path::Path, base_url: &str, per_minute: u32) -> Config {
-    std::fs::write(dir.join("api_key"), "sim-api-key").unwrap();
-    let text = include_str!("../config/demo.toml")
-        .replace("/tmp/doorflow-agent-demo", &dir.display().to_string())
-        .replace("http://127.0.0.1:18080", base_url)
-        .replace(
-            "requests_per_minute = 120",
-            &format!("requests_per_minute = {per_minute}"),
-        )
-        // No periodic sync traffic during the drain measurements beyond the first sync.
-        .replace(
-            "interval_s = 10\nfull_interval_s = 60",
-            "interval_s = 86400\nfull_interval_s = 86400",
-        );
-    Config::parse(&text, "bench.toml").unwrap()
-}
 
 fn enqueue_rate() {
     let dir = tempfile::tempdir().unwrap();
@@ -72,14 +54,8 @@ async fn drain_at_limit(seconds: u64) {
     .await
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = config(dir.path(), sim.base_url(), 120);
-    let agent = Agent::start(config.clone()).unwrap();
-    let capacity = Capacity {
-        max_records: config.uplink.queue_max_records,
-        max_bytes: config.uplink.queue_max_bytes,
-    };
-    let events: Vec<AuditEvent> = (0..2_000).map(common::denied_swipe).collect();
-    outbox::write_group(&agent.store, &config.uplink, capacity, &events).unwrap();
+    let agent = Agent::start(common::agent_config(dir.path(), sim.base_url(), 120)).unwrap();
+    common::queue_denied_swipes(&agent, 2_000);
     let start = Instant::now();
     tokio::spawn(agent::serve(Arc::clone(&agent), std::future::pending()));
     tokio::time::sleep(Duration::from_secs(seconds)).await;
@@ -103,14 +79,8 @@ async fn drain_ten_thousand() {
     .await
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = config(dir.path(), sim.base_url(), 10_000);
-    let agent = Agent::start(config.clone()).unwrap();
-    let capacity = Capacity {
-        max_records: config.uplink.queue_max_records,
-        max_bytes: config.uplink.queue_max_bytes,
-    };
-    let events: Vec<AuditEvent> = (0..10_000).map(common::denied_swipe).collect();
-    outbox::write_group(&agent.store, &config.uplink, capacity, &events).unwrap();
+    let agent = Agent::start(common::agent_config(dir.path(), sim.base_url(), 10_000)).unwrap();
+    common::queue_denied_swipes(&agent, 10_000);
     let start = Instant::now();
     tokio::spawn(agent::serve(Arc::clone(&agent), std::future::pending()));
     while agent.store.outbox_stats().unwrap().pending > 0 {

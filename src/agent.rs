@@ -145,9 +145,7 @@ impl Agent {
                 .collect(),
         }
     }
-}
 
-impl Agent {
     /// Queue depth from the store, uplink state from the running lanes.
     pub fn queue_status(&self) -> QueueStatus {
         let lane = self.uplink.summary();
@@ -339,8 +337,8 @@ fn start_uplink(
                     queued: agent.queue_changed.subscribe(),
                     reachable: agent.reachable.subscribe(),
                 },
-                heartbeat: Some(heartbeat),
-                online: Some(Arc::clone(&agent.online)),
+                heartbeat,
+                online: Arc::clone(&agent.online),
             };
             tokio::spawn(drain.run())
         })

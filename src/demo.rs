@@ -317,26 +317,27 @@ async fn network_drop_and_recovery(
 
 /// Prints the uplink's state whenever it changes (online, paused until…, backing off…).
 async fn print_uplink_changes(agent: Arc<Agent>, timeline: Timeline) {
-    let mut last = String::new();
+    let mut last_state = String::new();
     loop {
         let queue = agent.queue_status();
-        let until = queue
-            .uplink_until
-            .map(|t| {
-                let wait = t.duration_since(jiff::Timestamp::now()).as_secs_f64().max(0.0);
-                format!(" for {wait:.1}s")
-            })
-            .unwrap_or_default();
-        let line = format!("uplink {}{until}", queue.uplink);
-        let state_changed = last.split(" for ").next() != line.split(" for ").next();
-        if state_changed {
+        if queue.uplink != last_state {
+            let until = queue
+                .uplink_until
+                .map(|t| {
+                    let wait = t.duration_since(jiff::Timestamp::now()).as_secs_f64().max(0.0);
+                    format!(" for {wait:.1}s")
+                })
+                .unwrap_or_default();
             let error = queue
                 .last_error
                 .filter(|_| queue.uplink != "online" && queue.uplink != "idle")
                 .map(|e| format!(" ({})", e.chars().take(90).collect::<String>()))
                 .unwrap_or_default();
-            timeline.say("uplink", format!("{line}{error}; {} pending", queue.pending));
-            last = line;
+            timeline.say(
+                "uplink",
+                format!("uplink {}{until}{error}; {} pending", queue.uplink, queue.pending),
+            );
+            last_state = queue.uplink;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -167,15 +167,11 @@ fn main() -> ExitCode {
             token_lifetime,
             sink_token,
         } => {
-            let sink_token =
-                match sink_token.map(|path| std::fs::read_to_string(&path).map_err(|e| (path, e))) {
-                    None => None,
-                    Some(Ok(token)) if !token.trim().is_empty() => Some(token.trim().to_string()),
-                    Some(Ok(_)) => return failure("--sink-token: the file is empty"),
-                    Some(Err((path, error))) => {
-                        return failure(&format!("--sink-token {}: {error}", path.display()))
-                    }
-                };
+            let sink_token = match sink_token.as_deref().map(doorflow_agent::secrets::read_file) {
+                None => None,
+                Some(Ok(token)) => Some(token.expose().to_string()),
+                Some(Err(error)) => return failure(&format!("--sink-token: {error}")),
+            };
             let config = doorflow_agent::sim::SimConfig {
                 port,
                 people,

@@ -128,11 +128,6 @@ impl Client {
         &self.base_url
     }
 
-    /// The shared budget this client paces by.
-    pub fn budget(&self) -> &Arc<Mutex<RateBudget>> {
-        &self.budget
-    }
-
     /// Waits for a slot in the shared budget.
     async fn pace(&self) {
         let slot = lock(&self.budget).reserve(Timestamp::now());
@@ -335,21 +330,11 @@ fn transport(operation: Operation, error: &reqwest::Error) -> ApiError {
     while let Some(source) = cause.source() {
         cause = source;
     }
-    let url = error
-        .url()
-        .map(|u| {
-            format!(
-                "{}://{}{}",
-                u.scheme(),
-                u.host_str().unwrap_or(""),
-                u.port().map(|p| format!(":{p}")).unwrap_or_default()
-            )
-        })
-        .unwrap_or_default();
+    let server = error.url().and_then(|u| origin(u.as_str())).unwrap_or_default();
     let detail = if std::error::Error::source(error).is_none() {
         error.to_string()
     } else {
-        format!("{cause} ({url})")
+        format!("{cause} ({server})")
     };
     ApiError::Transport {
         operation,

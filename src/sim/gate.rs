@@ -87,8 +87,6 @@ fn checks(
     path: &str,
     headers: &HeaderMap,
 ) -> Result<(HeaderMap, Option<Fault>), Box<Response>> {
-    inner.requests += 1;
-    *inner.by_path.entry(path.to_string()).or_default() += 1;
     let rate = rate_window(inner)?;
     authorise(inner, path, headers)?;
     let queued = inner

@@ -88,9 +88,7 @@ struct Inner {
     faults: VecDeque<(String, Fault)>,
     chaos: Option<ChaosState>,
     fault_counts: BTreeMap<String, u64>,
-    requests: u64,
     rate_limited: u64,
-    by_path: HashMap<String, u64>,
     /// (arrival, path, status); status 0 = connection cut without an answer.
     log: Vec<(Instant, String, u16)>,
     window_start: Instant,
@@ -123,9 +121,7 @@ impl Simulator {
                 faults: VecDeque::new(),
                 chaos: None,
                 fault_counts: BTreeMap::new(),
-                requests: 0,
                 rate_limited: 0,
-                by_path: HashMap::new(),
                 log: Vec::new(),
                 window_start: Instant::now(),
                 window_count: 0,
@@ -219,7 +215,7 @@ impl Simulator {
 
     /// Requests that reached the server (not counting `/_sim/...`).
     pub fn requests(&self) -> u64 {
-        self.lock().requests
+        self.lock().log.len() as u64
     }
 
     /// Requests refused by the rate-limit window (not injected 429s).
@@ -228,7 +224,7 @@ impl Simulator {
     }
 
     pub fn requests_to(&self, path: &str) -> u64 {
-        self.lock().by_path.get(path).copied().unwrap_or(0)
+        self.lock().log.iter().filter(|(_, p, _)| p == path).count() as u64
     }
 
     /// Every request in arrival order: (arrival time, path, status); status 0 means the

@@ -128,6 +128,15 @@ pub struct Wakeups {
     pub reachable: watch::Receiver<u64>,
 }
 
+/// Why a wait ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Woke {
+    /// Its time came (or the head admit expired).
+    Due,
+    /// The unreachable server answers again.
+    ServerBack,
+}
+
 /// One lane's drain task.
 pub struct LaneDrain {
     pub lane: Lane,
@@ -137,9 +146,9 @@ pub struct LaneDrain {
     pub policy: RetryPolicy,
     pub status: Arc<UplinkStatus>,
     pub wakeups: Wakeups,
-    pub heartbeat: Option<Heartbeat>,
-    /// Set to true when DoorFlow answers or stops answering (for `status.online`).
-    pub online: Option<Arc<std::sync::atomic::AtomicBool>>,
+    pub heartbeat: Heartbeat,
+    /// Set when the server answers or stops answering (for `status.online`).
+    pub online: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl LaneDrain {
@@ -171,10 +180,7 @@ impl LaneDrain {
             }
             let not_before = entry.value.next_attempt_at.filter(|at| *at > now);
             if let Some(at) = not_before {
-                self.wait_until(at, &entry.value).await;
-                // Whatever woke the lane, the next attempt is due now (a probe or a sync said
-                // the server is back, or the time came).
-                if Timestamp::now() < at {
+                if self.wait_until(at, &entry.value).await == Woke::ServerBack {
                     self.clear_wait(&entry).await;
                 }
                 continue;
@@ -191,9 +197,7 @@ impl LaneDrain {
     }
 
     fn beat(&self) {
-        if let Some(heartbeat) = &self.heartbeat {
-            heartbeat.beat();
-        }
+        self.heartbeat.beat();
     }
 
     fn set_state(&self, state: LaneState, until: Option<Timestamp>, error: Option<String>) {
@@ -265,7 +269,7 @@ impl LaneDrain {
         }
     }
 
-    /// Applies the policy's verdict durably.
+    /// Applies the policy's verdict: written to the store first, then the lane's status.
     async fn settle(&self, entry: Entry<QueuedCall>, result: Result<(), ApiError>) {
         let now = Timestamp::now();
         let action = policy::after_attempt(
@@ -276,14 +280,19 @@ impl LaneDrain {
             &self.policy,
         );
         let key = entry.key;
-        let lane = self.lane;
+        let lane = self.lane.as_str();
         let call_id = entry.value.id.clone();
-        let http_status = result.as_ref().err().and_then(ApiError::status);
-        let outcome = match action.clone() {
+        match action {
             Action::Remove => {
                 self.mark_online(true);
-                self.blocking(move |store, lane| store.outbox_remove(lane, key))
+                if let Err(error) = self
+                    .blocking(move |store, lane| store.outbox_remove(lane, key))
                     .await
+                {
+                    return self.store_failed(&error).await;
+                }
+                self.set_state(LaneState::Online, None, None);
+                self.status.update(self.lane, |s| s.delivered += 1);
             }
             Action::DeadLetter {
                 status,
@@ -292,8 +301,8 @@ impl LaneDrain {
             } => {
                 self.mark_online(true);
                 tracing::error!(
-                    lane = lane.as_str(),
-                    call_id = %entry.value.id,
+                    lane,
+                    call_id,
                     http_status = status,
                     queue_pending = self.store.pending_count(),
                     reason = %reason,
@@ -306,13 +315,16 @@ impl LaneDrain {
                     detail,
                     dead_at: now,
                 };
-                self.blocking(move |store, _| store.outbox_kill(key, &dead)).await
+                if let Err(error) = self.blocking(move |store, _| store.outbox_kill(key, &dead)).await {
+                    return self.store_failed(&error).await;
+                }
+                self.status.update(self.lane, |s| s.dead_lettered += 1);
             }
             Action::Retry {
                 hold,
                 attempts,
                 at,
-                ref error,
+                error,
             } => {
                 if hold == Hold::Unreachable {
                     self.mark_online(false);
@@ -322,39 +334,24 @@ impl LaneDrain {
                 updated.next_attempt_at = Some(at);
                 updated.last_error = Some(error.clone());
                 updated.hold = Some(hold);
-                self.blocking(move |store, _| store.outbox_update(key, &updated))
+                if let Err(error) = self
+                    .blocking(move |store, _| store.outbox_update(key, &updated))
                     .await
-            }
-        };
-        if let Err(error) = outcome {
-            self.store_failed(&error).await;
-            return;
-        }
-        match action {
-            Action::Remove => {
-                self.set_state(LaneState::Online, None, None);
-                self.status.update(lane, |s| s.delivered += 1);
-            }
-            Action::DeadLetter { .. } => {
-                self.status.update(lane, |s| s.dead_lettered += 1);
-            }
-            Action::Retry {
-                hold,
-                attempts,
-                at,
-                error,
-            } => {
+                {
+                    return self.store_failed(&error).await;
+                }
                 let state = match hold {
                     Hold::RateLimited => LaneState::Paused,
                     Hold::AuthRefused => LaneState::AuthRefused,
                     Hold::ServerError | Hold::Unreachable => LaneState::BackingOff,
                 };
+                let http_status = result.as_ref().err().and_then(ApiError::status);
                 let wait_s = at.duration_since(now).as_secs_f64();
                 let queue_pending = self.store.pending_count();
                 if hold == Hold::AuthRefused {
-                    tracing::error!(lane = lane.as_str(), call_id, http_status, queue_pending, %error, "credentials refused; uplink held, queue kept. Check the API key or refresh token");
+                    tracing::error!(lane, call_id, http_status, queue_pending, %error, "credentials refused; uplink held, queue kept. Check the API key or refresh token");
                 } else {
-                    tracing::warn!(lane = lane.as_str(), call_id, http_status, attempts, wait_s, queue_pending, state = state.as_str(), %error, "queued call not delivered; will retry");
+                    tracing::warn!(lane, call_id, http_status, attempts, wait_s, queue_pending, state = state.as_str(), %error, "queued call not delivered; will retry");
                 }
                 self.set_state(state, Some(at), Some(error));
             }
@@ -362,12 +359,10 @@ impl LaneDrain {
     }
 
     fn mark_online(&self, online: bool) {
-        if let Some(flag) = &self.online {
-            flag.store(online, std::sync::atomic::Ordering::Relaxed);
-        }
+        self.online.store(online, std::sync::atomic::Ordering::Relaxed);
     }
 
-    async fn expire(&mut self, entry: Entry<QueuedCall>) {
+    async fn expire(&self, entry: Entry<QueuedCall>) {
         let key = entry.key;
         let age_s = Timestamp::now().duration_since(entry.value.created_at).as_secs();
         tracing::warn!(lane = self.lane.as_str(), call_id = %entry.value.id, age_s, "queued admit expired; not sent (a late admit could open a door for nobody)");
@@ -388,15 +383,12 @@ impl LaneDrain {
         }
     }
 
-    /// The head's wait ended early because the server answers again: make it due now and
-    /// restart its backoff (failures while the server was away say nothing about the next
-    /// ones), durably, so the decision does not depend on this process remembering it.
+    /// The head's wait ended early because the server answers again: make it due now,
+    /// durably. Its hold stays, so the policy sees the next answer follows an outage.
     async fn clear_wait(&self, entry: &Entry<QueuedCall>) {
         let key = entry.key;
         let mut due = entry.value.clone();
         due.next_attempt_at = None;
-        due.attempts = 0;
-        due.hold = None;
         if let Err(error) = self
             .blocking(move |store, _| store.outbox_update(key, &due))
             .await
@@ -427,7 +419,7 @@ impl LaneDrain {
     /// answer at all, the wait ends early as soon as it does again: a TCP probe connects, or a
     /// sync succeeds. Other holds (rate limit, server errors, refused credentials) are waited
     /// out, also across restarts.
-    async fn wait_until(&mut self, at: Timestamp, head: &QueuedCall) {
+    async fn wait_until(&mut self, at: Timestamp, head: &QueuedCall) -> Woke {
         let deadline = at.min(expiry_or_later(head, &self.policy));
         let early_wake = head.hold == Some(Hold::Unreachable);
         let probe_target = match &self.client {
@@ -441,22 +433,22 @@ impl LaneDrain {
         loop {
             let left = deadline.duration_since(Timestamp::now());
             if !left.is_positive() {
-                return;
+                return Woke::Due;
             }
             tokio::select! {
-                _ = tokio::time::sleep(left.unsigned_abs()) => return,
+                _ = tokio::time::sleep(left.unsigned_abs()) => return Woke::Due,
                 _ = ticks.tick() => self.beat(),
                 changed = self.wakeups.reachable.changed(), if early_wake => {
                     if changed.is_ok() {
                         tracing::info!(lane = self.lane.as_str(), "DoorFlow answered again; retrying now");
-                        return;
+                        return Woke::ServerBack;
                     }
                 }
                 _ = probes.tick(), if probe_target.is_some() => {
                     if let Some(target) = &probe_target {
                         if reachable(target).await {
                             tracing::info!(lane = self.lane.as_str(), server = %target, "server reachable again; retrying now");
-                            return;
+                            return Woke::ServerBack;
                         }
                     }
                 }

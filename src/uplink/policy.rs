@@ -115,7 +115,13 @@ pub fn after_attempt(
         Ok(()) => return Action::Remove,
         Err(error) => error,
     };
-    let attempts = call.attempts.saturating_add(1);
+    // Failures while the server did not answer say nothing about how it answers now: an HTTP
+    // answer after such a hold starts the count again (a refused connection keeps counting).
+    let prior = match (call.hold, error) {
+        (Some(Hold::Unreachable), ApiError::Status { .. }) => 0,
+        _ => call.attempts,
+    };
+    let attempts = prior.saturating_add(1);
     let retry = |hold: Hold, attempts: u32, at: Timestamp| Action::Retry {
         hold,
         attempts,
@@ -137,11 +143,7 @@ pub fn after_attempt(
                 Some(429) => now + policy.rate_limit_hold,
                 _ => backoff(),
             };
-            retry(
-                Hold::RateLimited,
-                call.attempts,
-                retry_at.unwrap_or(fallback).max(now),
-            )
+            retry(Hold::RateLimited, prior, retry_at.unwrap_or(fallback).max(now))
         }
         RetryClass::RefreshAuth => retry(Hold::AuthRefused, attempts, now + policy.auth_hold),
         RetryClass::Backoff => {
@@ -296,6 +298,23 @@ mod tests {
             panic!()
         };
         assert_eq!(hold, Hold::ServerError);
+    }
+
+    #[test]
+    fn an_answer_after_the_server_was_unreachable_restarts_the_count() {
+        let mut call = admit(NOW, 6);
+        call.hold = Some(Hold::Unreachable);
+        let Action::Retry { attempts, .. } = act(&call, &status(503, b"", None)) else {
+            panic!()
+        };
+        assert_eq!(
+            attempts, 1,
+            "a 503 after the outage is the first failure of its kind"
+        );
+        let Action::Retry { attempts, .. } = act(&call, &transport(TransportKind::Connect)) else {
+            panic!()
+        };
+        assert_eq!(attempts, 7, "still unreachable: the backoff keeps growing");
     }
 
     #[test]
