@@ -13,7 +13,7 @@ use doorflow_agent::agent::{self, Agent};
 use doorflow_agent::audit::AuditEvent;
 use doorflow_agent::outbox;
 use doorflow_agent::sim::{SimConfig, Simulator};
-use doorflow_agent::store::{Capacity, Store};
+use doorflow_agent::store::Store;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,10 +24,7 @@ fn enqueue_rate() {
         events_url: Some("https://sink.example/events".into()),
         ..Default::default()
     };
-    let capacity = Capacity {
-        max_records: uplink.queue_max_records,
-        max_bytes: uplink.queue_max_bytes,
-    };
+    let capacity = doorflow_agent::outbox::queue_capacity(&uplink);
     let n = 2_000;
     let start = Instant::now();
     for i in 0..n {

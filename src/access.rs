@@ -6,7 +6,6 @@
 //! each role's shift in the site's time zone; the channel's mode and lockdown on top.
 //! Anything uncertain (unknown type, unknown shift, unknown zone, ambiguous value) denies.
 
-use crate::config::DoorConfig;
 use crate::credential::{CardValueMapping, Presented};
 use crate::snapshot::{ChannelMode, CredentialKind, ReservationState, Snapshot};
 use jiff::Timestamp;
@@ -19,17 +18,6 @@ pub struct DoorPolicy {
     pub allowed_roles: Vec<u64>,
     pub allowed_groups: Vec<u64>,
     pub card_value: CardValueMapping,
-}
-
-impl From<&DoorConfig> for DoorPolicy {
-    fn from(door: &DoorConfig) -> Self {
-        DoorPolicy {
-            channel_id: door.channel_id,
-            allowed_roles: door.allowed_roles.clone(),
-            allowed_groups: door.allowed_groups.clone(),
-            card_value: door.card_value,
-        }
-    }
 }
 
 /// Why a decision came out as it did. Each maps to a DoorFlow event code.

@@ -8,7 +8,7 @@ use crate::doorflow::client::{self, Client};
 use crate::doorflow::ratelimit::RateBudget;
 use crate::hw;
 use crate::outbox;
-use crate::snapshot::{SharedSnapshot, Shift, Snapshot};
+use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::status::{self, DoorStatus, QueueStatus, SnapshotStatus, StatusReport, SyncStatus};
 use crate::store::{Lane, Store, StoreError};
 use crate::supervisor;
@@ -67,7 +67,7 @@ impl Agent {
     /// first moment. A snapshot that fails its checks is not used: the doors start empty (every
     /// card denied) until the next sync, which is the fail-secure choice.
     pub fn start(config: Config) -> Result<Arc<Agent>, AgentError> {
-        let store = Store::open(&config.store.path, config.store.cache_capacity_mb * 1024 * 1024)?;
+        let store = Store::open(&config.store.path, config.store.cache_capacity_bytes())?;
         let parts = match store.load_snapshot() {
             Ok(parts) => parts.unwrap_or_default(),
             Err(error @ StoreError::Corrupt { .. }) => {
@@ -76,7 +76,7 @@ impl Agent {
             }
             Err(error) => return Err(error.into()),
         };
-        let snapshot = Snapshot::with_shifts(parts, config_shifts(&config), &config.sync.time_zone);
+        let snapshot = Snapshot::with_shifts(parts, config.shifts(), &config.sync.time_zone);
         release_freed_memory();
         let sync_status = store.meta_get(status::SYNC_STATUS_KEY)?.unwrap_or_default();
         let doors = config
@@ -97,7 +97,9 @@ impl Agent {
             sync_status: Mutex::new(sync_status),
             queue_changed: Arc::new(watch::channel(0).0),
             reachable: Arc::new(watch::channel(0).0),
-            budget: Arc::new(Mutex::new(RateBudget::new(config.api.requests_per_minute))),
+            budget: Arc::new(Mutex::new(RateBudget::new(
+                config.api.requests_per_minute.get() as u32
+            ))),
             uplink: Arc::new(UplinkStatus::default()),
             audit_feed: tokio::sync::broadcast::channel(4096).0,
             config,
@@ -180,20 +182,8 @@ pub fn release_freed_memory() {
     }
 }
 
-/// Locks a mutex, recovering the data if a panicking thread poisoned it: the state is plain
-/// data and the doors must keep working.
-pub fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Shifts as configured (validated by `Config::parse`, so conversion cannot fail here).
-pub fn config_shifts(config: &Config) -> Vec<Shift> {
-    config
-        .shifts
-        .iter()
-        .filter_map(|s| Shift::from_config(s).ok())
-        .collect()
-}
+/// Old home of `mutex::lock`, kept until every branch has moved to the leaf module.
+pub use crate::mutex::lock;
 
 /// Runs the agent until `shutdown` resolves: door tasks, audit writer, admin socket. On the way
 /// out every door is left in its fail state and the store is flushed.
@@ -304,7 +294,7 @@ fn sink_client(agent: &Arc<Agent>) -> Option<Arc<Client>> {
     let budget = if same_server {
         Arc::clone(&agent.budget)
     } else {
-        Arc::new(Mutex::new(RateBudget::new(api.requests_per_minute)))
+        Arc::new(Mutex::new(RateBudget::new(api.requests_per_minute.get() as u32)))
     };
     match Client::event_sink(api, url, uplink.events_token.as_ref(), budget) {
         Ok(client) => Some(Arc::new(client)),

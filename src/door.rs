@@ -5,11 +5,6 @@
 //! the returned `Effects` (relay level, events). No clocks or I/O here, so every timing rule is
 //! tested exactly.
 
-use crate::config::{DoorConfig, FailMode};
-
-const NS_PER_S: f64 = 1e9;
-const NS_PER_MS: u64 = 1_000_000;
-
 /// How the channel wants the door driven (from the snapshot's channel mode and lockdown).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DoorMode {
@@ -77,19 +72,6 @@ pub struct DoorTiming {
     pub rex_debounce_ns: u64,
     pub rex_in_lockdown: bool,
     pub fail_released: bool,
-}
-
-impl From<&DoorConfig> for DoorTiming {
-    fn from(door: &DoorConfig) -> Self {
-        DoorTiming {
-            unlock_ns: (door.unlock_s * NS_PER_S) as u64,
-            held_open_ns: (door.held_open_s * NS_PER_S) as u64,
-            contact_debounce_ns: door.contact.as_ref().map_or(0, |c| c.debounce_ms * NS_PER_MS),
-            rex_debounce_ns: door.rex.as_ref().map_or(0, |r| r.debounce_ms * NS_PER_MS),
-            rex_in_lockdown: door.rex_in_lockdown,
-            fail_released: door.fail_mode == FailMode::Safe,
-        }
-    }
 }
 
 /// A level that only counts once it has held for the debounce time. Done in software, not by

@@ -3,13 +3,14 @@
 //! waits for the sync, the uplink or a disk flush.
 
 use crate::access::{decide, DoorPolicy};
-use crate::agent::{lock, DoorState};
+use crate::agent::DoorState;
 use crate::audit::{new_event_id, AuditEvent};
 use crate::config::DoorConfig;
 use crate::credential::{mask, CardFormat, Presented};
-use crate::door::{DoorEvent, DoorMachine, DoorMode, DoorTiming, Effects};
+use crate::door::{DoorEvent, DoorMachine, DoorMode, Effects};
 use crate::hw::wiegand::{self, Edge, EdgeKind, FrameOutcome, PinEntry, WiegandDecoder, WiegandLine};
 use crate::hw::{monotonic_ns, DoorHardware, DoorInput, InputEvent};
+use crate::mutex::lock;
 use crate::snapshot::{ChannelMode, CredentialKind, SharedSnapshot, Snapshot};
 use crate::supervisor::Heartbeat;
 use jiff::Timestamp;
@@ -60,22 +61,18 @@ impl DoorTask {
         state: Arc<Mutex<DoorState>>,
         audit: mpsc::UnboundedSender<AuditEvent>,
     ) -> DoorTask {
-        let frame_gap_ns = config.reader.frame_gap_ms * 1_000_000;
+        let frame_gap_ns = config.reader.frame_gap_ms.millis().as_nanos() as u64;
         let decoder = WiegandDecoder::new(wiegand::DecoderConfig {
             frame_gap_ns,
             ..Default::default()
         });
         DoorTask {
             name: config.name.clone(),
-            policy: DoorPolicy::from(config),
+            policy: config.policy(),
             formats: config.reader.formats.clone(),
             admit_via_api: config.admit_via_api,
             frame_gap_ns,
-            machine: DoorMachine::new(
-                DoorTiming::from(config),
-                hardware.contact_open,
-                hardware.rex_pressed,
-            ),
+            machine: DoorMachine::new(config.timing(), hardware.contact_open, hardware.rex_pressed),
             decoder,
             pin: PinEntry::default(),
             hardware,

@@ -11,6 +11,7 @@ pub mod door;
 pub mod door_task;
 pub mod doorflow;
 pub mod hw;
+pub mod mutex;
 pub mod outbox;
 pub mod secrets;
 pub mod sim;

@@ -250,8 +250,7 @@ fn queue_command(config: &Config, action: QueueAction) -> ExitCode {
 }
 
 fn open_store(config: &Config) -> Result<store::Store, String> {
-    store::Store::open(&config.store.path, config.store.cache_capacity_mb * 1024 * 1024)
-        .map_err(|e| e.to_string())
+    store::Store::open(&config.store.path, config.store.cache_capacity_bytes()).map_err(|e| e.to_string())
 }
 
 fn config_failure(error: &ConfigError) -> ExitCode {

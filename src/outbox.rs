@@ -74,10 +74,7 @@ pub async fn run_writer(
     feed: broadcast::Sender<AuditEvent>,
     stopping: watch::Receiver<bool>,
 ) {
-    let capacity = Capacity {
-        max_records: uplink.queue_max_records,
-        max_bytes: uplink.queue_max_bytes,
-    };
+    let capacity = queue_capacity(&uplink);
     let mut group = Vec::new();
     while events.recv_many(&mut group, MAX_GROUP).await > 0 {
         for event in &group {
@@ -92,6 +89,14 @@ pub async fn run_writer(
             // Nobody listening is fine.
             let _ = feed.send(event);
         }
+    }
+}
+
+/// The outbox bounds set in `[uplink]`.
+pub fn queue_capacity(uplink: &UplinkConfig) -> Capacity {
+    Capacity {
+        max_records: uplink.queue_max_records.get(),
+        max_bytes: uplink.queue_max_bytes.get(),
     }
 }
 
@@ -184,7 +189,7 @@ impl PendingGroup {
             self.queued = true;
         }
         if !self.logged {
-            store.event_log_append(&self.events, uplink.local_event_log_max)?;
+            store.event_log_append(&self.events, uplink.local_event_log_max.get())?;
             self.logged = true;
         }
         Ok(())

@@ -15,10 +15,11 @@
 //! updated while a pull ran, or stamped by a server clock a little behind ours, is fetched
 //! again rather than missed.
 
-use crate::agent::{config_shifts, lock, Agent};
+use crate::agent::Agent;
 use crate::doorflow::client::Client;
 use crate::doorflow::error::{ApiError, Operation};
 use crate::doorflow::models as api;
+use crate::mutex::lock;
 use crate::snapshot::{self, CredentialKind, ReservationState, Snapshot, SnapshotParts};
 use crate::status::SYNC_STATUS_KEY;
 use jiff::{SignedDuration, Timestamp};
@@ -287,7 +288,7 @@ pub async fn sync_once(agent: &Arc<Agent>, client: &Client) -> Result<(), SyncEr
     let started = Timestamp::now();
     let cursor: Option<Cursor> = agent.store.meta_get(CURSOR_KEY).ok().flatten();
     let current = agent.snapshot.current();
-    let full_interval = SignedDuration::from_secs(agent.config.sync.full_interval_s as i64);
+    let full_interval = SignedDuration::from_secs(agent.config.sync.full_interval_s.get() as i64);
     let kind = SyncKind::choose(cursor, current.synced_at().is_some(), full_interval, started);
     let result = async {
         let pulled = pull(client, kind).await?;
@@ -295,7 +296,7 @@ pub async fn sync_once(agent: &Arc<Agent>, client: &Client) -> Result<(), SyncEr
             SyncKind::Full => pulled,
             SyncKind::Incremental { .. } => merge(current.parts(), pulled),
         };
-        parts.shifts = config_shifts(&agent.config);
+        parts.shifts = agent.config.shifts();
         let store = Arc::clone(&agent.store);
         let to_store = parts.clone();
         let header = tokio::task::spawn_blocking(move || store.save_snapshot(&to_store))
@@ -350,7 +351,7 @@ pub async fn sync_once(agent: &Arc<Agent>, client: &Client) -> Result<(), SyncEr
 /// Syncs at start and then every `sync.interval_s` until the task is dropped. A failed sync is
 /// retried at the next interval; the doors keep deciding from the snapshot they have.
 pub async fn run_loop(agent: Arc<Agent>, client: Arc<Client>) {
-    let period = std::time::Duration::from_secs(agent.config.sync.interval_s);
+    let period = agent.config.sync.interval_s.secs();
     loop {
         let _ = sync_once(&agent, &client).await;
         tokio::time::sleep(period).await;

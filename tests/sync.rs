@@ -1,7 +1,7 @@
 //! Sync through the DoorFlow simulator: pagination at scale, auth, faults that must leave the
 //! last good snapshot in force, and the rate budget.
 
-use doorflow_agent::access::{decide, DoorPolicy};
+use doorflow_agent::access::decide;
 use doorflow_agent::agent::Agent;
 use doorflow_agent::config::Config;
 use doorflow_agent::credential::{CardFormat, CardRead, Presented};
@@ -50,7 +50,9 @@ async fn setup(people: u64, oauth: bool, per_minute: u32) -> Setup {
         .replace("method = \"api_key\"\napi_key = \"", "#")
         .replace(&format!("#{path}/api_key\""), &auth);
     let config = Config::parse(&text, "test.toml").unwrap();
-    let budget = Arc::new(Mutex::new(RateBudget::new(config.api.requests_per_minute)));
+    let budget = Arc::new(Mutex::new(RateBudget::new(
+        config.api.requests_per_minute.get() as u32
+    )));
     let client = Client::new(&config.api, budget).unwrap();
     let agent = Agent::start(config).unwrap();
     Setup {
@@ -72,7 +74,7 @@ fn card(number: u64) -> Presented {
 }
 
 fn front_grants(agent: &Agent, number: u64) -> bool {
-    let policy = DoorPolicy::from(&agent.config.doors[0]);
+    let policy = agent.config.doors[0].policy();
     decide(
         &agent.snapshot.current(),
         &policy,
@@ -95,7 +97,7 @@ async fn ten_thousand_people_sync_through_pagination() {
     assert_eq!(s.sim.requests_to("/api/3/people"), 101);
     assert_eq!(s.sim.requests_to("/api/3/credentials"), 27);
     let pin = Presented::Pin("500010".into());
-    let policy = DoorPolicy::from(&s.agent.config.doors[0]);
+    let policy = s.agent.config.doors[0].policy();
     assert!(decide(&s.agent.snapshot.current(), &policy, &pin, jiff::Timestamp::now()).granted);
     assert!(front_grants(&s.agent, 17));
     assert!(

@@ -5,15 +5,14 @@
 use super::error::{ApiError, ErrorBody, Operation, TransportKind};
 use super::models::TokenResponse;
 use super::ratelimit::{RateBudget, RateInfo};
-use crate::agent::lock;
 use crate::config::{ApiConfig, AuthMethod, SecretSource};
+use crate::mutex::lock;
 use crate::secrets::{self, Secret};
 use jiff::{SignedDuration, Timestamp};
 use reqwest::{Method, RequestBuilder, Response};
 use serde::de::DeserializeOwned;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 /// Refresh this long before the access token expires.
 const REFRESH_AHEAD: SignedDuration = SignedDuration::from_secs(300);
@@ -105,8 +104,8 @@ impl Client {
         install_crypto_provider();
         let http = reqwest::Client::builder()
             .user_agent(concat!("doorflow-agent/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(config.connect_timeout_s))
-            .timeout(Duration::from_secs(config.request_timeout_s))
+            .connect_timeout(config.connect_timeout_s.secs())
+            .timeout(config.request_timeout_s.secs())
             .https_only(!is_loopback_http(base_url))
             .build()
             .map_err(|e| ClientSetupError::Http(e.to_string()))?;

@@ -15,9 +15,9 @@
 
 use super::wiegand::{self, Bits, EdgeKind, PulseTiming, WiegandLine};
 use super::{monotonic_ns, DoorHardware, DoorInput, GpioError, InputEvent, RelayOutput, EVENT_BUFFER};
-use crate::agent::lock;
 use crate::config::Config;
 use crate::credential::CardFormat;
+use crate::mutex::lock;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::path::Path;

@@ -6,7 +6,7 @@
 use super::faults::{error, rate_limited, Fault};
 use super::server::ConnMeta;
 use super::{Inner, Shared};
-use crate::agent::lock;
+use crate::mutex::lock;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue};

@@ -4,7 +4,7 @@
 use super::dataset::STAMP;
 use super::faults::error;
 use super::{Received, Shared};
-use crate::agent::lock;
+use crate::mutex::lock;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};

@@ -29,7 +29,7 @@ mod server;
 
 pub use faults::{Chaos, Fault};
 
-use crate::agent::lock;
+use crate::mutex::lock;
 use axum::routing::{get, post};
 use axum::Router;
 use dataset::Dataset;

@@ -7,7 +7,7 @@
 //! stream is alive (`TrackedStream` forgets it in `Drop`, before the socket is closed, under the
 //! same lock `cut` takes), so a cut can never hit an fd number the process has since reused.
 
-use crate::agent::lock;
+use crate::mutex::lock;
 use axum::extract::connect_info::Connected;
 use axum::serve::{IncomingStream, Listener};
 use axum::Router;

@@ -208,7 +208,7 @@ impl Store {
     /// Records and bytes in both lanes, counted once per process (sled's `len` is a full scan)
     /// and then kept up to date, so capacity checks and log lines cost nothing.
     fn tally(&self) -> Result<Tally, StoreError> {
-        if let Some(tally) = *crate::agent::lock(&self.outbox_tally) {
+        if let Some(tally) = *crate::mutex::lock(&self.outbox_tally) {
             return Ok(tally);
         }
         let mut tally = Tally::default();
@@ -219,17 +219,17 @@ impl Store {
                 tally.bytes += entry_bytes(&key, &value);
             }
         }
-        *crate::agent::lock(&self.outbox_tally) = Some(tally);
+        *crate::mutex::lock(&self.outbox_tally) = Some(tally);
         Ok(tally)
     }
 
     fn set_tally(&self, tally: Tally) {
-        *crate::agent::lock(&self.outbox_tally) = Some(tally);
+        *crate::mutex::lock(&self.outbox_tally) = Some(tally);
     }
 
     /// Adjusts a known tally (an unknown one is counted on next use).
     fn adjust_tally(&self, records: i64, added: u64, removed: u64) {
-        if let Some(tally) = crate::agent::lock(&self.outbox_tally).as_mut() {
+        if let Some(tally) = crate::mutex::lock(&self.outbox_tally).as_mut() {
             tally.records = tally.records.saturating_add_signed(records);
             tally.bytes = (tally.bytes + added).saturating_sub(removed);
         }

@@ -13,9 +13,9 @@
 
 pub mod policy;
 
-use crate::agent::lock;
 use crate::doorflow::client::Client;
 use crate::doorflow::error::{ApiError, Operation};
+use crate::mutex::lock;
 use crate::store::{Call, DeadLetter, Entry, Lane, QueuedCall, Store, StoreError};
 use crate::supervisor::Heartbeat;
 use jiff::Timestamp;

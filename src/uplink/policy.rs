@@ -42,9 +42,9 @@ impl RetryPolicy {
 
     pub fn from_config(uplink: &crate::config::UplinkConfig) -> RetryPolicy {
         RetryPolicy {
-            base: SignedDuration::from_millis(uplink.retry_base_ms as i64),
-            cap: SignedDuration::from_secs(uplink.retry_cap_s as i64),
-            ..RetryPolicy::new(uplink.admit_ttl_s)
+            base: SignedDuration::from_millis(uplink.retry_base_ms.get() as i64),
+            cap: SignedDuration::from_secs(uplink.retry_cap_s.get() as i64),
+            ..RetryPolicy::new(uplink.admit_ttl_s.get())
         }
     }
 }

@@ -6,7 +6,7 @@ use doorflow_agent::agent::{self, Agent, AgentError};
 use doorflow_agent::audit::{new_event_id, AuditEvent};
 use doorflow_agent::config::Config;
 use doorflow_agent::sim::{SimConfig, Simulator};
-use doorflow_agent::store::{Capacity, StoreError};
+use doorflow_agent::store::StoreError;
 use jiff::Timestamp;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
@@ -177,10 +177,7 @@ impl Harness {
 
     pub fn write(&self, events: &[AuditEvent]) {
         let uplink = &self.config.uplink;
-        let capacity = Capacity {
-            max_records: uplink.queue_max_records,
-            max_bytes: uplink.queue_max_bytes,
-        };
+        let capacity = doorflow_agent::outbox::queue_capacity(uplink);
         doorflow_agent::outbox::write_group(&self.agent.store, uplink, capacity, events).unwrap();
         self.agent.kick_queue();
     }

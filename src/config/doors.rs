@@ -1,0 +1,197 @@
+//! `[[doors]]`: each door's lines, timing, decision policy and fail mode, the cross-door rules
+//! (unique names, channels and GPIO lines), and the conversions into the pure door logic's own
+//! types, so `access` and `door` never see the config.
+
+use super::gpio::{normalise_chip, Bias};
+use super::values::{Ranged, Seconds};
+use super::Config;
+use crate::access::DoorPolicy;
+use crate::credential::{CardFormat, CardValueMapping};
+use crate::door::DoorTiming;
+use serde::Deserialize;
+use std::collections::HashMap;
+
+/// What the lock does with no power or when the agent stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailMode {
+    /// Stay locked (the default: a failure never opens a door).
+    #[default]
+    Secure,
+    /// Release (fire-exit doors where local code requires it).
+    Safe,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DoorConfig {
+    pub name: String,
+    /// DoorFlow channel this door is; its mode, lockdown and reservations apply.
+    pub channel_id: Option<u64>,
+    /// Also post `admit_person` to DoorFlow for granted known people (needs `channel_id`).
+    #[serde(default)]
+    pub admit_via_api: bool,
+    /// Relay release per grant, s (0.1 to 300).
+    #[serde(default)]
+    pub unlock_s: Seconds<100, 300_000, 5_000>,
+    /// Door-open time before a held-open alarm, s (1 to 3600).
+    #[serde(default)]
+    pub held_open_s: Seconds<1_000, 3_600_000, 30_000>,
+    #[serde(default)]
+    pub fail_mode: FailMode,
+    #[serde(default)]
+    pub card_value: CardValueMapping,
+    /// Role ids that open this door (within each role's shift).
+    #[serde(default)]
+    pub allowed_roles: Vec<u64>,
+    /// Group ids that open this door (at any time).
+    #[serde(default)]
+    pub allowed_groups: Vec<u64>,
+    /// Whether REX still releases the door during a lockdown.
+    #[serde(default)]
+    pub rex_in_lockdown: bool,
+    pub reader: ReaderConfig,
+    pub relay: OutputLineConfig,
+    pub contact: Option<InputLineConfig>,
+    pub rex: Option<InputLineConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReaderConfig {
+    pub chip: Option<String>,
+    pub d0: u32,
+    pub d1: u32,
+    #[serde(default = "default_card_formats")]
+    pub formats: Vec<CardFormat>,
+    /// Silence that ends a Wiegand frame, ms. The standard allows 20 ms between bits.
+    #[serde(default)]
+    pub frame_gap_ms: Ranged<5, 500, 30>,
+    #[serde(default)]
+    pub bias: Bias,
+}
+
+fn default_card_formats() -> Vec<CardFormat> {
+    vec![CardFormat::H10301, CardFormat::H10306, CardFormat::H10304]
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputLineConfig {
+    pub chip: Option<String>,
+    pub line: u32,
+    /// Relay energised by a low level instead of a high one.
+    #[serde(default)]
+    pub active_low: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputLineConfig {
+    pub chip: Option<String>,
+    pub line: u32,
+    #[serde(default)]
+    pub active_low: bool,
+    #[serde(default)]
+    pub bias: Bias,
+    /// Software debounce: a level must hold this long to count, ms.
+    #[serde(default)]
+    pub debounce_ms: Ranged<0, 1000, 20>,
+}
+
+impl DoorConfig {
+    /// The parts of the config that decide who may pass (`access::decide`).
+    pub fn policy(&self) -> DoorPolicy {
+        DoorPolicy {
+            channel_id: self.channel_id,
+            allowed_roles: self.allowed_roles.clone(),
+            allowed_groups: self.allowed_groups.clone(),
+            card_value: self.card_value,
+        }
+    }
+
+    /// Timing and fail mode for the door state machine (`door::DoorMachine`).
+    pub fn timing(&self) -> DoorTiming {
+        let debounce_ns = |input: &Option<InputLineConfig>| {
+            input
+                .as_ref()
+                .map_or(0, |i| i.debounce_ms.millis().as_nanos() as u64)
+        };
+        DoorTiming {
+            unlock_ns: self.unlock_s.as_nanos(),
+            held_open_ns: self.held_open_s.as_nanos(),
+            contact_debounce_ns: debounce_ns(&self.contact),
+            rex_debounce_ns: debounce_ns(&self.rex),
+            rex_in_lockdown: self.rex_in_lockdown,
+            fail_released: self.fail_mode == FailMode::Safe,
+        }
+    }
+}
+
+impl Config {
+    /// Rules across doors: unique names and channels, each GPIO line used once.
+    pub(super) fn validate_doors(&self, report: &mut impl FnMut(String, String)) {
+        if self.doors.is_empty() {
+            report("doors".into(), "at least one [[doors]] entry is required".into());
+        }
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        let mut channels: HashMap<u64, usize> = HashMap::new();
+        // (chip, offset) → the key that claimed it, to name both ends of a clash.
+        let mut lines: HashMap<(String, u32), String> = HashMap::new();
+        for (index, door) in self.doors.iter().enumerate() {
+            let at = |field: &str| format!("doors[{index}].{field}");
+            if door.name.trim().is_empty() {
+                report(at("name"), "must not be empty".into());
+            } else if let Some(first) = names.insert(&door.name, index) {
+                report(
+                    at("name"),
+                    format!("`{}` is already used by doors[{first}]", door.name),
+                );
+            }
+            if let Some(channel) = door.channel_id {
+                if let Some(first) = channels.insert(channel, index) {
+                    report(
+                        at("channel_id"),
+                        format!("{channel} is already used by doors[{first}]"),
+                    );
+                }
+            } else if door.admit_via_api {
+                report(at("admit_via_api"), "needs channel_id to be set".into());
+            }
+            if door.reader.formats.is_empty() {
+                report(at("reader.formats"), "must list at least one card format".into());
+            }
+            let mut claim = |key: String, chip: &Option<String>, line: u32| {
+                let chip = normalise_chip(self.chip_for(chip));
+                match lines.get(&(chip.clone(), line)) {
+                    Some(first) => Some((
+                        key,
+                        format!("GPIO line {line} on {chip} is already used by {first}"),
+                    )),
+                    None => {
+                        lines.insert((chip, line), key);
+                        None
+                    }
+                }
+            };
+            let mut clashes = vec![
+                claim(at("reader.d0"), &door.reader.chip, door.reader.d0),
+                claim(at("reader.d1"), &door.reader.chip, door.reader.d1),
+                claim(at("relay.line"), &door.relay.chip, door.relay.line),
+            ];
+            for (field, input) in [("contact", &door.contact), ("rex", &door.rex)] {
+                if let Some(input) = input {
+                    clashes.push(claim(at(&format!("{field}.line")), &input.chip, input.line));
+                }
+            }
+            for (key, message) in clashes.into_iter().flatten() {
+                report(key, message);
+            }
+            for role in &door.allowed_roles {
+                if *role == 0 {
+                    report(at("allowed_roles"), "role id 0 is not a DoorFlow id".into());
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! The agent's TOML configuration: parsing with `deny_unknown_fields`, then validation that names
+//! the offending key, its value and what is wrong with it.
+//!
+//! Each section has its own module, and each key is declared once: its field, its default and
+//! its range (range-checked types from `values`, refused while the file is read). `validate`
+//! keeps only the rules that span several keys.
+//!
+//! Secrets are never part of this file: it only names the files (or systemd credentials) that
+//! hold them, so the config can be world-readable and logged.
+
+mod admin;
+mod api;
+mod doors;
+mod gpio;
+mod shifts;
+mod source;
+mod store;
+mod sync;
+mod uplink;
+pub mod values;
+
+pub use admin::AdminConfig;
+pub use api::{check_url, ApiConfig, AuthConfig, AuthMethod, SecretSource};
+pub use doors::{DoorConfig, FailMode, InputLineConfig, OutputLineConfig, ReaderConfig};
+pub use gpio::{Bias, GpioBackend, GpioConfig};
+pub use shifts::{ShiftConfig, ShiftTimeConfig};
+pub use source::line_of_key;
+pub use store::StoreConfig;
+pub use sync::SyncConfig;
+pub use uplink::UplinkConfig;
+
+use crate::snapshot::Shift;
+use serde::Deserialize;
+use std::collections::BTreeSet;
+use std::path::Path;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/doorflow-agent/config.toml";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub api: ApiConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub sync: SyncConfig,
+    #[serde(default)]
+    pub uplink: UplinkConfig,
+    #[serde(default)]
+    pub gpio: GpioConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub doors: Vec<DoorConfig>,
+    /// Shift windows by DoorFlow shift id. The v3 API does not publish shifts, so roles with a
+    /// `shift_id` are evaluated against these.
+    #[serde(default)]
+    pub shifts: Vec<ShiftConfig>,
+}
+
+/// A config problem, phrased for the person editing the file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {reason}")]
+    Read { path: String, reason: String },
+    /// The TOML could not be parsed or does not fit the schema (unknown key, wrong type,
+    /// missing key, a value out of its range). The message names the line and the dotted key.
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}:{} invalid value for `{key}`: {message}", line.map(|l| format!(" line {l}:")).unwrap_or_default())]
+    Invalid {
+        path: String,
+        /// Line of the key in the file, when it appears there (defaults do not).
+        line: Option<usize>,
+        key: String,
+        message: String,
+    },
+}
+
+/// One validation finding: the dotted key and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates config text; `origin` names the source in messages.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config = source::parse_toml(text, origin)?;
+        if let Some(problem) = config.validate().into_iter().next() {
+            return Err(ConfigError::Invalid {
+                path: origin.to_string(),
+                line: line_of_key(text, &problem.key),
+                key: problem.key,
+                message: problem.message,
+            });
+        }
+        Ok(config)
+    }
+
+    /// Every rule that spans keys (single values were checked while parsing), first one first.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut report = |key: String, message: String| problems.push(Problem { key, message });
+        if let Err(message) = check_url(&self.api.base_url) {
+            report("api.base_url".into(), message);
+        }
+        self.api.auth.validate(&mut report);
+        self.store.validate(&mut report);
+        self.sync.validate(&mut report);
+        self.uplink.validate(&mut report);
+        self.gpio.validate(&mut report);
+        self.validate_doors(&mut report);
+        self.validate_shifts(&mut report);
+        problems
+    }
+
+    fn validate_shifts(&self, report: &mut impl FnMut(String, String)) {
+        let mut ids = BTreeSet::new();
+        for (index, shift) in self.shifts.iter().enumerate() {
+            if !ids.insert(shift.id) {
+                report(
+                    format!("shifts[{index}].id"),
+                    format!("shift {} is defined twice", shift.id),
+                );
+            }
+            if let Err((time_index, field, message)) = shift.to_shift() {
+                report(format!("shifts[{index}].times[{time_index}].{field}"), message);
+            }
+        }
+    }
+
+    /// The configured shifts as the decision uses them (validated by `parse`, so none fails
+    /// here).
+    pub fn shifts(&self) -> Vec<Shift> {
+        self.shifts.iter().filter_map(|s| s.to_shift().ok()).collect()
+    }
+
+    /// The chip a line config refers to, falling back to `gpio.chip`.
+    pub fn chip_for<'a>(&'a self, line_chip: &'a Option<String>) -> &'a str {
+        line_chip.as_deref().unwrap_or(&self.gpio.chip)
+    }
+
+    /// One-paragraph summary for `check-config`.
+    pub fn summary(&self) -> String {
+        let auth = match self.api.auth.method {
+            AuthMethod::Oauth => "oauth refresh token",
+            AuthMethod::ApiKey => "personal API key",
+        };
+        let backend = match self.gpio.backend {
+            GpioBackend::Gpiod => format!("gpiod on {}", self.gpio.chip),
+            GpioBackend::Mock => format!("mock (control socket {})", self.gpio.mock_socket.display()),
+        };
+        let doors: Vec<String> = self
+            .doors
+            .iter()
+            .map(|d| match d.channel_id {
+                Some(channel) => format!("{} (channel {channel})", d.name),
+                None => d.name.clone(),
+            })
+            .collect();
+        format!(
+            "api {} ({auth}); store {} (cache {} MB); gpio {backend}; {} door(s): {}; {} shift(s); events {}",
+            self.api.base_url,
+            self.store.path.display(),
+            self.store.cache_capacity_mb,
+            self.doors.len(),
+            doors.join(", "),
+            self.shifts.len(),
+            self.uplink
+                .events_url
+                .as_deref()
+                .unwrap_or("kept locally (no uplink.events_url)"),
+        )
+    }
+}

@@ -1,0 +1,45 @@
+//! `[uplink]`: where door events go, and how queued calls are retried, expired and bounded.
+
+use super::api::{check_url, SecretSource};
+use super::values::Ranged;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkConfig {
+    /// HTTPS sink for events. DoorFlow's public API has no event ingestion endpoint; without a
+    /// sink, events are journaled and kept in a bounded local log.
+    pub events_url: Option<String>,
+    /// Bearer token for the event sink (a file path or `systemd-credential:NAME`). DoorFlow's
+    /// own credentials are never sent to the sink.
+    pub events_token: Option<SecretSource>,
+    /// Queued admits older than this are not sent (a late admit could open a door long after
+    /// the swipe) and go to the dead letters as `expired`, s.
+    #[serde(default)]
+    pub admit_ttl_s: Ranged<1, 3600, 120>,
+    /// First backoff ceiling after a 5xx or network error; doubles per attempt (full jitter), ms.
+    #[serde(default)]
+    pub retry_base_ms: Ranged<10, 60_000, 1000>,
+    /// Highest backoff ceiling, s.
+    #[serde(default)]
+    pub retry_cap_s: Ranged<1, 3600, 120>,
+    /// Most calls the outbox holds (both lanes).
+    #[serde(default)]
+    pub queue_max_records: Ranged<100, 10_000_000, 100_000>,
+    /// Most bytes the outbox holds (both lanes).
+    #[serde(default)]
+    pub queue_max_bytes: Ranged<{ 64 * 1024 }, { 4 * 1024 * 1024 * 1024 }, { 64 * 1024 * 1024 }>,
+    /// Events kept locally when no sink is configured.
+    #[serde(default)]
+    pub local_event_log_max: Ranged<0, 10_000_000, 10_000>,
+}
+
+impl UplinkConfig {
+    pub(super) fn validate(&self, report: &mut impl FnMut(String, String)) {
+        if let Some(url) = &self.events_url {
+            if let Err(message) = check_url(url) {
+                report("uplink.events_url".into(), message);
+            }
+        }
+    }
+}
