@@ -11,7 +11,6 @@ const COUNT: u64 = 100_000;
 
 fn main() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().display().to_string();
     let parts = SnapshotParts {
         synced_at: Some(jiff::Timestamp::now()),
         ..SnapshotParts::synthetic(COUNT)
@@ -21,12 +20,9 @@ fn main() {
         .save_snapshot(&parts)
         .unwrap();
     drop(parts);
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        include_str!("../config/demo.toml").replace("/tmp/doorflow-agent-demo", &path),
-    )
-    .unwrap();
+    // Nothing listens at the API address: the agent runs offline on its stored snapshot.
+    let config = doorflow_agent::testing::config::demo_config(dir.path(), "http://127.0.0.1:18080");
+    let config = doorflow_agent::testing::config::write_config(&config, dir.path());
 
     let exe = std::env::current_exe().unwrap();
     let binary = exe.parent().unwrap().parent().unwrap().join("doorflow-agent");

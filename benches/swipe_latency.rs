@@ -4,9 +4,8 @@
 //! the uplink drains 10,000 queued events to the simulator, all on the same two runtime workers.
 //! Run: `cargo bench --bench swipe_latency`. Prints p50/p99/max; asserts nothing.
 
-mod common;
-
 use doorflow_agent::agent::{self, Agent, DoorState};
+use doorflow_agent::config::values::Seconds;
 use doorflow_agent::config::Config;
 use doorflow_agent::door_task::{DoorTask, SwipeTiming};
 use doorflow_agent::doorflow::client::Client;
@@ -14,6 +13,8 @@ use doorflow_agent::hw::mock::MockGpio;
 use doorflow_agent::sim::{SimConfig, Simulator};
 use doorflow_agent::snapshot::*;
 use doorflow_agent::sync;
+use doorflow_agent::testing::config::bench_config;
+use doorflow_agent::testing::harness::queue_denied_swipes;
 use serde_json::json;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -73,8 +74,8 @@ fn decide_only() {
 
 fn main() {
     decide_only();
-    let text = include_str!("../config/demo.toml").replace("unlock_s = 3", "unlock_s = 0.1");
-    let config = Config::parse(&text, "demo.toml").unwrap();
+    let mut config = doorflow_agent::testing::config::demo();
+    config.doors[0].unlock_s = Seconds::new(0.1);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -107,8 +108,8 @@ impl Background {
         .await
         .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let agent = Agent::start(common::agent_config(dir.path(), sim.base_url(), 10_000)).unwrap();
-        common::queue_denied_swipes(&agent, 10_000);
+        let agent = Agent::start(bench_config(dir.path(), sim.base_url(), 10_000)).unwrap();
+        queue_denied_swipes(&agent, 10_000);
         // The agent's own loops: doors (mock) and the uplink lanes draining the queue.
         tokio::spawn(agent::serve(Arc::clone(&agent), std::future::pending()));
         // And a sync running back to back on top.

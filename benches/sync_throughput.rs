@@ -2,12 +2,11 @@
 //! Run: `cargo bench --bench sync_throughput` (10,000 people; `SYNC_BENCH_PEOPLE=50000` for more).
 //! Prints the numbers; asserts nothing.
 
-mod common;
-
 use doorflow_agent::agent::Agent;
 use doorflow_agent::doorflow::client::Client;
 use doorflow_agent::doorflow::ratelimit::RateBudget;
 use doorflow_agent::sim::{SimConfig, Simulator};
+use doorflow_agent::testing::config::bench_config;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -24,7 +23,7 @@ fn main() {
     runtime.block_on(async {
         let sim = Simulator::start(SimConfig { people, ..Default::default() }).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let config = common::agent_config(dir.path(), sim.base_url(), 120);
+        let config = bench_config(dir.path(), sim.base_url(), 120);
         let budget = Arc::new(Mutex::new(RateBudget::new(120)));
         let client = Client::new(&config.api, budget).unwrap();
         let agent = Agent::start(config).unwrap();

@@ -7,13 +7,14 @@
 //!    share of the allowed rate used (`UPLINK_BENCH_SECONDS`, default 150).
 //! 3. Time to drain 10,000 queued events against a server without a rate limit.
 
-mod common;
-
 use doorflow_agent::agent::{self, Agent};
 use doorflow_agent::audit::AuditEvent;
 use doorflow_agent::outbox;
 use doorflow_agent::sim::{SimConfig, Simulator};
 use doorflow_agent::store::Store;
+use doorflow_agent::testing::config::bench_config;
+use doorflow_agent::testing::events::denied_swipe;
+use doorflow_agent::testing::harness::queue_denied_swipes;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,13 +29,13 @@ fn enqueue_rate() {
     let n = 2_000;
     let start = Instant::now();
     for i in 0..n {
-        outbox::write_group(&store, &uplink, capacity, &[common::denied_swipe(i)]).unwrap();
+        outbox::write_group(&store, &uplink, capacity, &[denied_swipe(i)]).unwrap();
     }
     let single = n as f64 / start.elapsed().as_secs_f64();
     let start = Instant::now();
     let groups = 200;
     for g in 0..groups {
-        let batch: Vec<AuditEvent> = (0..32).map(|i| common::denied_swipe(g * 32 + i)).collect();
+        let batch: Vec<AuditEvent> = (0..32).map(|i| denied_swipe(g * 32 + i)).collect();
         outbox::write_group(&store, &uplink, capacity, &batch).unwrap();
     }
     let grouped = (groups * 32) as f64 / start.elapsed().as_secs_f64();
@@ -51,8 +52,8 @@ async fn drain_at_limit(seconds: u64) {
     .await
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let agent = Agent::start(common::agent_config(dir.path(), sim.base_url(), 120)).unwrap();
-    common::queue_denied_swipes(&agent, 2_000);
+    let agent = Agent::start(bench_config(dir.path(), sim.base_url(), 120)).unwrap();
+    queue_denied_swipes(&agent, 2_000);
     let start = Instant::now();
     tokio::spawn(agent::serve(Arc::clone(&agent), std::future::pending()));
     tokio::time::sleep(Duration::from_secs(seconds)).await;
@@ -76,8 +77,8 @@ async fn drain_ten_thousand() {
     .await
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let agent = Agent::start(common::agent_config(dir.path(), sim.base_url(), 10_000)).unwrap();
-    common::queue_denied_swipes(&agent, 10_000);
+    let agent = Agent::start(bench_config(dir.path(), sim.base_url(), 10_000)).unwrap();
+    queue_denied_swipes(&agent, 10_000);
     let start = Instant::now();
     tokio::spawn(agent::serve(Arc::clone(&agent), std::future::pending()));
     while agent.store.outbox_stats().unwrap().pending > 0 {

@@ -371,25 +371,3 @@ fn start_doors(
     }
     Ok(tasks)
 }
-
-/// Installs the SIGTERM/SIGINT handlers now (so a signal during start-up is not fatal) and
-/// returns a future that resolves on either. Call inside the runtime, before starting.
-pub fn shutdown_signal() -> impl Future<Output = ()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    async move {
-        match (term, int) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => tracing::info!("SIGTERM received"),
-                    _ = int.recv() => tracing::info!("SIGINT received"),
-                }
-            }
-            (Err(error), _) | (_, Err(error)) => {
-                tracing::error!(%error, "cannot listen for signals; stopping on Ctrl-C only");
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-}

@@ -85,6 +85,7 @@ impl DoorTask {
         }
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// Reports every swipe's timing (benchmarks).
     pub fn with_timings(mut self, timings: mpsc::UnboundedSender<SwipeTiming>) -> DoorTask {
         self.timings = Some(timings);

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod audit;
 pub mod config;
 pub mod credential;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod door;
 pub mod door_task;
@@ -14,6 +15,8 @@ pub mod hw;
 pub mod mutex;
 pub mod outbox;
 pub mod secrets;
+pub mod shutdown;
+#[cfg(feature = "simulator")]
 pub mod sim;
 pub mod snapshot;
 pub mod status;
@@ -21,4 +24,6 @@ pub mod store;
 pub mod supervisor;
 pub mod sync;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod uplink;

@@ -1,8 +1,8 @@
-//! Command-line entry point: `doorflow-agent run | check-config | status | demo`.
+//! Command-line entry point: `doorflow-agent run | check-config | status | queue | demo`.
 
 use clap::{Parser, Subcommand};
 use doorflow_agent::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
-use doorflow_agent::{admin, agent, demo, status, store, telemetry};
+use doorflow_agent::{admin, agent, status, store, telemetry};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -39,33 +39,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    #[cfg(feature = "demo")]
     /// Play the built-in demonstration: the agent with mock GPIO doors, a scripted scenario and
     /// a readable timeline. No network, hardware or account needed.
     Demo,
-    /// Run the built-in DoorFlow API simulator on a loopback port for manual testing.
-    Simulate {
-        #[arg(long, default_value_t = 18080)]
-        port: u16,
-        /// Size of the generated dataset.
-        #[arg(long, default_value_t = 200)]
-        people: u64,
-        /// Requests allowed per minute before 429.
-        #[arg(long, default_value_t = 120)]
-        limit: u32,
-        /// Fail this fraction of all requests at random (0.0 to 1.0): 5xx, HTML 502, old-style
-        /// 500, 429, dropped connections and 30 s answers. Seeded, so runs repeat.
-        #[arg(long, value_name = "RATE", value_parser = parse_rate)]
-        chaos: Option<f64>,
-        /// Seed for --chaos.
-        #[arg(long, default_value_t = 1, requires = "chaos")]
-        chaos_seed: u64,
-        /// Lifetime of issued OAuth access tokens.
-        #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
-        token_lifetime: u64,
-        /// File holding a bearer token the event sink (`POST /events`) then requires.
-        #[arg(long, value_name = "FILE")]
-        sink_token: Option<PathBuf>,
-    },
     /// Inspect and manage the outbox of queued admit and event calls.
     Queue {
         #[command(subcommand)]
@@ -124,7 +101,7 @@ fn main() -> ExitCode {
             };
             match runtime.block_on(async {
                 // Handlers first: a SIGTERM during start-up must still stop cleanly.
-                let shutdown = agent::shutdown_signal();
+                let shutdown = doorflow_agent::shutdown::on_signal();
                 agent::run(config, shutdown).await
             }) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -151,48 +128,12 @@ fn main() -> ExitCode {
                 Err(message) => failure(&message),
             }
         }
+        #[cfg(feature = "demo")]
         Command::Demo => {
             telemetry::init_with_default("error");
-            match demo::run() {
+            match doorflow_agent::demo::run() {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(message) => failure(&message),
-            }
-        }
-        Command::Simulate {
-            port,
-            people,
-            limit,
-            chaos,
-            chaos_seed,
-            token_lifetime,
-            sink_token,
-        } => {
-            let sink_token = match sink_token.as_deref().map(doorflow_agent::secrets::read_file) {
-                None => None,
-                Some(Ok(token)) => Some(token.expose().to_string()),
-                Some(Err(error)) => return failure(&format!("--sink-token: {error}")),
-            };
-            let config = doorflow_agent::sim::SimConfig {
-                port,
-                people,
-                requests_per_window: limit,
-                token_lifetime_s: token_lifetime,
-                sink_token,
-                ..Default::default()
-            };
-            let chaos = chaos.map(|failure_rate| doorflow_agent::sim::Chaos {
-                failure_rate,
-                seed: chaos_seed,
-                path_prefix: "/".into(),
-                slow: std::time::Duration::from_secs(30),
-            });
-            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(runtime) => runtime,
-                Err(error) => return failure(&error.to_string()),
-            };
-            match runtime.block_on(doorflow_agent::sim::Simulator::run_standalone(config, chaos)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => failure(&format!("simulator on port {port}: {error}")),
             }
         }
         Command::Queue { action } => match Config::load(&cli.config) {
@@ -256,14 +197,6 @@ fn open_store(config: &Config) -> Result<store::Store, String> {
 fn config_failure(error: &ConfigError) -> ExitCode {
     eprintln!("error: {error}");
     ExitCode::from(EXIT_CONFIG)
-}
-
-/// `--chaos`: a probability.
-fn parse_rate(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(rate) if (0.0..=1.0).contains(&rate) => Ok(rate),
-        _ => Err(format!("`{text}` is not a rate between 0.0 and 1.0")),
-    }
 }
 
 fn failure(message: &str) -> ExitCode {

@@ -206,6 +206,7 @@ pub struct SnapshotParts {
 }
 
 impl SnapshotParts {
+    #[cfg(any(test, feature = "testing"))]
     /// A synthetic site of `count` people for tests and benchmarks: person *n* is enabled, has
     /// role 1 (24/7) and group 100, and a card credential whose value is *n*.
     pub fn synthetic(count: u64) -> SnapshotParts {

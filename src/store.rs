@@ -109,6 +109,7 @@ impl Store {
     /// Makes every write fail with ENOSPC until turned off, so the failure paths of everything
     /// that writes (audit writer, uplink, sync) can be tested without filling a disk.
     #[doc(hidden)]
+    #[cfg(any(test, feature = "testing"))]
     pub fn simulate_disk_full(&self, full: bool) {
         self.disk_full.store(full, std::sync::atomic::Ordering::SeqCst);
     }

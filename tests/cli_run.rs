@@ -9,15 +9,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-mod common;
+use doorflow_agent::config::{Config, GpioBackend};
+use doorflow_agent::testing::config::demo_config;
 
-/// The demo config with every path moved into `dir`.
+fn agent_binary() -> Command {
+    doorflow_agent::testing::agent_command(env!("CARGO_BIN_EXE_doorflow-agent"))
+}
+
+/// The demo config with every path moved into `dir` (nothing listens at its API address).
+fn offline_config(dir: &Path) -> Config {
+    demo_config(dir, "http://127.0.0.1:18080")
+}
+
 fn write_config(dir: &Path) -> PathBuf {
-    let text =
-        include_str!("../config/demo.toml").replace("/tmp/doorflow-agent-demo", &dir.display().to_string());
-    let path = dir.join("config.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    doorflow_agent::testing::config::write_config(&offline_config(dir), dir)
 }
 
 fn seed_store(dir: &Path, people: u64) {
@@ -36,7 +41,7 @@ fn seed_store(dir: &Path, people: u64) {
 }
 
 fn status_json(config: &Path) -> Value {
-    let out = common::agent()
+    let out = agent_binary()
         .args(["status", "--json", "--config"])
         .arg(config)
         .output()
@@ -72,7 +77,7 @@ fn run_serves_status_and_stops_cleanly_on_sigterm() {
     seed_store(dir.path(), 25);
 
     let mut agent = Agent(
-        common::agent()
+        agent_binary()
             .args(["run", "--config"])
             .arg(&config)
             .env("DOORFLOW_LOG_TARGET", "stderr")
@@ -100,7 +105,7 @@ fn run_serves_status_and_stops_cleanly_on_sigterm() {
     assert_eq!(live["doors"][1]["mode"], "unlock");
 
     // A second agent on the same store and socket is refused with a clear message.
-    let second = common::agent()
+    let second = agent_binary()
         .args(["run", "--config"])
         .arg(&config)
         .env("DOORFLOW_LOG_TARGET", "stderr")
@@ -147,7 +152,7 @@ fn status_of_a_fresh_install_has_no_snapshot() {
     assert_eq!(report["snapshot"]["synced_at"], Value::Null);
     assert_eq!(report["online"], false);
 
-    let text = common::agent()
+    let text = agent_binary()
         .args(["status", "--config"])
         .arg(&config)
         .output()
@@ -162,7 +167,7 @@ fn run_with_an_invalid_config_exits_2() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, "[api]\nbase_url = \"http://example.com\"\n").unwrap();
-    let out = common::agent()
+    let out = agent_binary()
         .args(["run", "--config"])
         .arg(&path)
         .env("DOORFLOW_LOG_TARGET", "stderr")
@@ -175,12 +180,11 @@ fn run_with_an_invalid_config_exits_2() {
 #[test]
 fn a_missing_gpio_chip_fails_start_up_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path());
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("backend = \"mock\"", "backend = \"gpiod\"\nchip = \"gpiochip99\"");
-    std::fs::write(&config, text).unwrap();
-    let out = common::agent()
+    let mut config = offline_config(dir.path());
+    config.gpio.backend = GpioBackend::Gpiod;
+    config.gpio.chip = "gpiochip99".into();
+    let config = doorflow_agent::testing::config::write_config(&config, dir.path());
+    let out = agent_binary()
         .args(["run", "--config"])
         .arg(&config)
         .env("DOORFLOW_LOG_TARGET", "stderr")
@@ -203,8 +207,8 @@ fn a_missing_gpio_chip_fails_start_up_with_a_clear_message() {
 fn the_standalone_simulator_serves_and_requires_auth() {
     use std::io::{BufRead, Read, Write};
     let mut sim = Agent(
-        common::agent()
-            .args(["simulate", "--port", "0", "--people", "3"])
+        Command::new(env!("CARGO_BIN_EXE_doorflow-sim"))
+            .args(["--port", "0", "--people", "3"])
             .stdout(Stdio::piped())
             .spawn()
             .unwrap(),

@@ -3,7 +3,9 @@
 
 use doorflow_agent::config::{Config, ConfigError};
 
-mod common;
+fn agent() -> std::process::Command {
+    doorflow_agent::testing::agent_command(env!("CARGO_BIN_EXE_doorflow-agent"))
+}
 
 const DEMO: &str = include_str!("../config/demo.toml");
 const PRODUCTION: &str = include_str!("../config/doorflow-agent.toml");
@@ -175,7 +177,7 @@ fn missing_file() {
 
 #[test]
 fn check_config_exit_codes() {
-    let ok = common::agent()
+    let ok = agent()
         .args(["check-config", "--config", "config/demo.toml"])
         .output()
         .unwrap();
@@ -186,7 +188,7 @@ fn check_config_exit_codes() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, DEMO.replacen("d1 = 11", "d1 = 10", 1)).unwrap();
-    let out = common::agent()
+    let out = agent()
         .args(["check-config", "--config"])
         .arg(&bad)
         .output()

@@ -4,11 +4,9 @@
 //! acknowledged (reported durable on its admin socket) must have reached the simulator, and
 //! no event may arrive twice beyond the one record in flight at each kill.
 
-mod common;
-mod support;
-
 use doorflow_agent::admin::{self, Request};
 use doorflow_agent::sim::{SimConfig, Simulator};
+use doorflow_agent::testing::harness::Options;
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
@@ -18,13 +16,12 @@ use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::Options;
 
 const KILLS: usize = 100;
 const START_LIMIT: Duration = Duration::from_secs(60);
 
 fn start_agent(config: &Path) -> Child {
-    common::agent()
+    doorflow_agent::testing::agent_command(env!("CARGO_BIN_EXE_doorflow-agent"))
         .args(["run", "--config"])
         .arg(config)
         .env("DOORFLOW_LOG", "error")
@@ -110,17 +107,12 @@ async fn acknowledged_events_survive_100_kill_9s_and_arrive_at_least_once() {
     .await
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("api_key"), "sim-api-key\n").unwrap();
     let options = Options {
         requests_per_minute: 10_000,
         ..Options::default()
     };
-    let config_path = dir.path().join("config.toml");
-    std::fs::write(
-        &config_path,
-        support::config_text(dir.path(), sim.base_url(), &options),
-    )
-    .unwrap();
+    let config = options.config(dir.path(), sim.base_url());
+    let config_path = doorflow_agent::testing::config::write_config(&config, dir.path());
     let admin_socket = dir.path().join("admin.sock");
     let mock_socket = dir.path().join("mock-gpio.sock");
     let acked = Arc::new(Mutex::new(HashSet::new()));

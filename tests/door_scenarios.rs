@@ -3,6 +3,7 @@
 
 use doorflow_agent::agent::DoorState;
 use doorflow_agent::audit::AuditEvent;
+use doorflow_agent::config::values::Seconds;
 use doorflow_agent::config::Config;
 use doorflow_agent::door_task::DoorTask;
 use doorflow_agent::hw::mock::{MockGpio, OutputChange};
@@ -12,15 +13,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, watch};
 
-mod common;
-
 const WAIT: Duration = Duration::from_secs(10);
 
 fn config() -> Config {
-    let text = include_str!("../config/demo.toml")
-        .replace("unlock_s = 3", "unlock_s = 0.3")
-        .replace("held_open_s = 10", "held_open_s = 1");
-    Config::parse(&text, "demo.toml").unwrap()
+    let mut config = doorflow_agent::testing::config::demo();
+    config.doors[0].unlock_s = Seconds::new(0.3);
+    config.doors[0].held_open_s = Seconds::new(1.0);
+    config
 }
 
 fn person(id: u64, enabled: bool, valid_to: Option<&str>) -> Person {
@@ -306,7 +305,7 @@ async fn control_requests_are_validated() {
 
 #[test]
 fn the_demo_runs_its_scenario() {
-    let out = common::agent()
+    let out = doorflow_agent::testing::agent_command(env!("CARGO_BIN_EXE_doorflow-agent"))
         .arg("demo")
         .env("DOORFLOW_LOG_TARGET", "stderr")
         .output()

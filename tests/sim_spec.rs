@@ -2,12 +2,10 @@
 //! serves is checked against the schema the spec declares for that path, method and status.
 //! Also the schema checker's own tests, so a conformance failure can be trusted.
 
-mod common;
-
-use common::openapi::{
+use doorflow_agent::sim::{Fault, SimConfig, Simulator};
+use doorflow_agent::testing::openapi::{
     check_against_schema, check_schema, component_response_schema, load_spec, parse_spec, response_schema,
 };
-use doorflow_agent::sim::{Fault, SimConfig, Simulator};
 use serde_json::{json, Value};
 
 const LISTS: [&str; 9] = [

@@ -3,12 +3,14 @@
 
 use doorflow_agent::access::decide;
 use doorflow_agent::agent::Agent;
-use doorflow_agent::config::Config;
+use doorflow_agent::config::values::Ranged;
+use doorflow_agent::config::{AuthConfig, AuthMethod, SecretSource};
 use doorflow_agent::credential::{CardFormat, CardRead, Presented};
 use doorflow_agent::doorflow::client::Client;
 use doorflow_agent::doorflow::ratelimit::RateBudget;
 use doorflow_agent::sim::{Fault, SimConfig, Simulator};
 use doorflow_agent::sync::{sync_once, SyncError};
+use doorflow_agent::testing::config::{assert_valid, demo_config};
 use std::os::unix::fs::PermissionsExt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,27 +31,21 @@ async fn setup(people: u64, oauth: bool, per_minute: u32) -> Setup {
     .await
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().display().to_string();
-    std::fs::write(dir.path().join("api_key"), "sim-api-key\n").unwrap();
-    std::fs::write(dir.path().join("client_secret"), "shh\n").unwrap();
-    std::fs::write(dir.path().join("refresh_token"), sim.refresh_token()).unwrap();
-    let auth = if oauth {
-        format!(
-            "method = \"oauth\"\nclient_id = \"agent\"\nclient_secret = \"{path}/client_secret\"\nrefresh_token_file = \"{path}/refresh_token\""
-        )
-    } else {
-        format!("method = \"api_key\"\napi_key = \"{path}/api_key\"")
-    };
-    let text = include_str!("../config/demo.toml")
-        .replace("/tmp/doorflow-agent-demo", &path)
-        .replace("http://127.0.0.1:18080", sim.base_url())
-        .replace(
-            "requests_per_minute = 120",
-            &format!("requests_per_minute = {per_minute}\nrequest_timeout_s = 2"),
-        )
-        .replace("method = \"api_key\"\napi_key = \"", "#")
-        .replace(&format!("#{path}/api_key\""), &auth);
-    let config = Config::parse(&text, "test.toml").unwrap();
+    let mut config = demo_config(dir.path(), sim.base_url());
+    config.api.requests_per_minute = Ranged::new(per_minute.into());
+    config.api.request_timeout_s = Ranged::new(2);
+    if oauth {
+        std::fs::write(dir.path().join("client_secret"), "shh\n").unwrap();
+        std::fs::write(dir.path().join("refresh_token"), sim.refresh_token()).unwrap();
+        config.api.auth = AuthConfig {
+            method: AuthMethod::Oauth,
+            client_id: Some("agent".into()),
+            client_secret: Some(SecretSource::File(dir.path().join("client_secret"))),
+            refresh_token_file: Some(dir.path().join("refresh_token")),
+            api_key: None,
+        };
+    }
+    assert_valid(&config);
     let budget = Arc::new(Mutex::new(RateBudget::new(
         config.api.requests_per_minute.get() as u32
     )));

@@ -1,14 +1,13 @@
 //! The uplink against the DoorFlow simulator: delivery, DESIGN.md's retry table row by row,
 //! the admit TTL, resuming when the server comes back, and a 30 % chaos run.
 
-mod common;
-mod support;
-
 use doorflow_agent::sim::{Chaos, Fault};
 use doorflow_agent::store::Lane;
+use doorflow_agent::testing::harness::{Harness, Options};
+use doorflow_agent::testing::mock_control::control;
+use doorflow_agent::testing::{eventually, first_occurrences, openapi};
 use serde_json::json;
 use std::time::Duration;
-use support::{eventually, first_occurrences, Harness, Options};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -18,7 +17,7 @@ async fn a_swipe_reaches_doorflow_as_an_admit_and_an_event_with_idempotency_keys
     assert!(eventually(LIMIT, || h.agent.snapshot.current().synced_at().is_some()).await);
     let socket = h.config.gpio.mock_socket.clone();
     let reply = tokio::task::spawn_blocking(move || {
-        support::control(
+        control(
             &socket,
             json!({"op": "card", "door": "front", "format": "h10301", "facility": 1, "number": 17}),
         )
@@ -43,8 +42,8 @@ async fn a_swipe_reaches_doorflow_as_an_admit_and_an_event_with_idempotency_keys
         "card numbers leave masked: {credential}"
     );
     assert!(event.body["id"].as_u64().is_some());
-    let spec = common::openapi::load_spec();
-    if let Err(errors) = common::openapi::check_against_schema(&spec, "Event", &event.body) {
+    let spec = openapi::load_spec();
+    if let Err(errors) = openapi::check_against_schema(&spec, "Event", &event.body) {
         panic!("the posted event does not match DoorFlow's Event schema: {errors:?}");
     }
     let admit = &h.sim.received_admits()[0];
@@ -335,12 +334,12 @@ async fn a_full_disk_delays_the_audit_trail_but_loses_nothing_and_never_holds_th
     let relay_released_after_grant = tokio::task::spawn_blocking(move || {
         let card =
             |n: u64| json!({"op": "card", "door": "front", "format": "h10301", "facility": 1, "number": n});
-        support::control(&socket, card(17));
+        control(&socket, card(17));
         std::thread::sleep(Duration::from_millis(200));
-        let state = support::control(&socket, json!({"op": "state", "door": "front"}));
+        let state = control(&socket, json!({"op": "state", "door": "front"}));
         for n in [4242, 21] {
             std::thread::sleep(Duration::from_millis(200));
-            support::control(&socket, card(n));
+            control(&socket, card(n));
         }
         state["relay"]["released"] == true
     })

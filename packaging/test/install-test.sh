@@ -3,13 +3,15 @@
 #
 # Builds (once, cached) a Debian 12 root with debootstrap, boots it with `systemd-nspawn --boot`
 # on a private network, installs the amd64 .deb with apt, configures the agent with mock GPIO
-# against the built-in DoorFlow simulator (run inside the container as a transient unit) and
+# against the DoorFlow simulator (the test's own `doorflow-sim` binary: the package does not
+# ship one; copied into the container and run there as a transient unit) and
 # checks: READY and the watchdog, structured journal fields, a swipe decided and its event
 # delivered, queued events surviving a stop/start while the simulator is down, an upgrade that
 # keeps an edited conffile, remove (config and state kept) and purge (both removed).
 #
-# Usage (as root): packaging/test/install-test.sh [--deb FILE] [--upgrade-deb FILE]
+# Usage (as root): packaging/test/install-test.sh [--deb FILE] [--upgrade-deb FILE] [--sim FILE]
 #   --deb          the package under test (default: newest target/debian/doorflow-agent_*_amd64.deb)
+#   --sim          the simulator binary (default: target/debug/doorflow-sim, built by `cargo test`)
 #   --upgrade-deb  a higher version of it (default: the same package repacked as <version>.1)
 # Environment:
 #   DOORFLOW_TEST_CACHE   where the Debian root is cached (default /var/tmp/doorflow-agent-test)
@@ -34,11 +36,13 @@ BASE=$CACHE/bookworm-base
 
 DEB=
 UPGRADE_DEB=
+SIM_BIN=
 while [ $# -gt 0 ]; do
     case $1 in
         --deb) DEB=$2; shift 2 ;;
         --upgrade-deb) UPGRADE_DEB=$2; shift 2 ;;
-        *) echo "usage: $0 [--deb FILE] [--upgrade-deb FILE]" >&2; exit 2 ;;
+        --sim) SIM_BIN=$2; shift 2 ;;
+        *) echo "usage: $0 [--deb FILE] [--upgrade-deb FILE] [--sim FILE]" >&2; exit 2 ;;
     esac
 done
 
@@ -58,6 +62,8 @@ if [ -z "$DEB" ]; then
     DEB=$(ls -t "$REPO"/target/debian/doorflow-agent_*_amd64.deb 2>/dev/null | head -n1 || true)
 fi
 [ -n "$DEB" ] && [ -f "$DEB" ] || { echo "install-test: no .deb (build one with: cargo deb)" >&2; exit 2; }
+SIM_BIN=${SIM_BIN:-$REPO/target/debug/doorflow-sim}
+[ -x "$SIM_BIN" ] || { echo "install-test: no simulator binary at $SIM_BIN (build it with: cargo build --bin doorflow-sim)" >&2; exit 2; }
 VERSION=$(dpkg-deb -f "$DEB" Version)
 echo "install-test: package $(basename "$DEB") (version $VERSION)"
 
@@ -208,8 +214,10 @@ else
 fi
 
 # --- configure: mock GPIO against the simulator -------------------------------------------------
+# The package ships no simulator: the test brings its own.
+install -m 0755 "$SIM_BIN" "$ROOT/usr/local/bin/doorflow-sim"
 cexec systemd-run --quiet --unit=$SIM_UNIT --property=DynamicUser=yes \
-    /usr/bin/doorflow-agent simulate --port $PORT
+    /usr/local/bin/doorflow-sim --port $PORT
 sim_up() { cexec curl -sf -u sim-api-key:X "http://127.0.0.1:$PORT/api/3/people?per_page=1" >/dev/null; }
 wait_until 30 sim_up && pass "simulator runs in the container ($SIM_UNIT on 127.0.0.1:$PORT)" \
     || die "simulator did not come up"
@@ -353,7 +361,7 @@ wait_until 30 active && [ "$(status_field "d['queue']['pending']" 2>/dev/null ||
 synced && pass "restarted with the simulator down: snapshot (200 people) loaded from the store" \
     || fail "restarted with the simulator down: snapshot.people = $(status_field "d['snapshot']['people']" 2>&1)"
 cexec systemctl start $SIM_UNIT 2>/dev/null \
-    || cexec systemd-run --quiet --unit=$SIM_UNIT --property=DynamicUser=yes /usr/bin/doorflow-agent simulate --port $PORT
+    || cexec systemd-run --quiet --unit=$SIM_UNIT --property=DynamicUser=yes /usr/local/bin/doorflow-sim --port $PORT
 wait_until 30 sim_up || fail "simulator did not come back"
 drained() { [ "$(status_field "d['queue']['pending']" 2>/dev/null || echo 1)" = 0 ]; }
 if [ $SIM_RECORDS = no ]; then

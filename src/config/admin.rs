@@ -1,9 +1,9 @@
 //! `[admin]`: the local socket `status` and `queue` use to reach a running agent.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Unix socket for `status` and `queue` against a running agent (mode 0660).

@@ -2,11 +2,11 @@
 //! https-or-loopback rule every URL the agent calls must pass.
 
 use super::values::Ranged;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
     /// DoorFlow API root, e.g. `https://api.doorflow.com`. Plain http only for loopback.
@@ -23,7 +23,7 @@ pub struct ApiConfig {
     pub auth: AuthConfig,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthMethod {
     /// OAuth 2.0 refresh-token flow; the refresh token is rotated and written back.
@@ -32,7 +32,7 @@ pub enum AuthMethod {
     ApiKey,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     pub method: AuthMethod,
@@ -88,8 +88,8 @@ impl AuthConfig {
 
 /// Where a secret is read from: a file path, or `systemd-credential:NAME`, which resolves to
 /// `$CREDENTIALS_DIRECTORY/NAME` (systemd's `LoadCredential=`). Never the secret itself.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum SecretSource {
     File(PathBuf),
     SystemdCredential(String),
@@ -128,6 +128,12 @@ impl SecretSource {
                     format!("systemd credential `{name}` requested but CREDENTIALS_DIRECTORY is not set")
                 }),
         }
+    }
+}
+
+impl From<SecretSource> for String {
+    fn from(source: SecretSource) -> String {
+        source.to_string()
     }
 }
 

@@ -8,11 +8,11 @@ use super::Config;
 use crate::access::DoorPolicy;
 use crate::credential::{CardFormat, CardValueMapping};
 use crate::door::DoorTiming;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 /// What the lock does with no power or when the agent stops.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FailMode {
     /// Stay locked (the default: a failure never opens a door).
@@ -22,7 +22,7 @@ pub enum FailMode {
     Safe,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DoorConfig {
     pub name: String,
@@ -56,7 +56,7 @@ pub struct DoorConfig {
     pub rex: Option<InputLineConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReaderConfig {
     pub chip: Option<String>,
@@ -75,7 +75,7 @@ fn default_card_formats() -> Vec<CardFormat> {
     vec![CardFormat::H10301, CardFormat::H10306, CardFormat::H10304]
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputLineConfig {
     pub chip: Option<String>,
@@ -85,7 +85,7 @@ pub struct OutputLineConfig {
     pub active_low: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InputLineConfig {
     pub chip: Option<String>,

@@ -1,9 +1,9 @@
 //! `[gpio]`: which backend drives the lines, the default chip, and line bias.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GpioBackend {
     /// Linux GPIO character device (uAPI v2) through the gpiod crate.
@@ -13,7 +13,7 @@ pub enum GpioBackend {
     Mock,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GpioConfig {
     #[serde(default)]
@@ -56,7 +56,7 @@ impl GpioConfig {
 }
 
 /// A line's pull resistor as requested from the kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Bias {
     /// Keep whatever the board (device tree) configured.

@@ -30,13 +30,13 @@ pub use sync::SyncConfig;
 pub use uplink::UplinkConfig;
 
 use crate::snapshot::Shift;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::path::Path;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/doorflow-agent/config.toml";
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub api: ApiConfig,

@@ -2,9 +2,9 @@
 //! API does not publish shifts), parsed from `HH:MM` and day names into `snapshot::Shift`.
 
 use crate::snapshot::{Shift, ShiftWindow, DAY_S};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShiftConfig {
     pub id: u64,
@@ -13,7 +13,7 @@ pub struct ShiftConfig {
     pub times: Vec<ShiftTimeConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShiftTimeConfig {
     /// Days this window starts on: `mon`..`sun` (or the full names).

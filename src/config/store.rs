@@ -1,10 +1,10 @@
 //! `[store]`: where the agent keeps its state.
 
 use super::values::Ranged;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     /// The database directory; must be absolute.

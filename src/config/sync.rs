@@ -1,9 +1,9 @@
 //! `[sync]`: how often DoorFlow is pulled, and the fallback time zone for shifts.
 
 use super::values::Ranged;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SyncConfig {
     /// Incremental pull (people and group reservations since the last cursor), s.

@@ -2,9 +2,9 @@
 
 use super::api::{check_url, SecretSource};
 use super::values::Ranged;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UplinkConfig {
     /// HTTPS sink for events. DoorFlow's public API has no event ingestion endpoint; without a

@@ -2,12 +2,12 @@
 //! default, so each key is declared in one place, e.g. `pub admit_ttl_s: Ranged<1, 3600, 120>`;
 //! a value out of range is refused by the parser with the key's path and line.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::time::Duration;
 
 /// A whole number in `MIN..=MAX`, `DEFAULT` when the key is absent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "u64")]
 pub struct Ranged<const MIN: u64, const MAX: u64, const DEFAULT: u64>(u64);
 
@@ -59,7 +59,7 @@ impl<const MIN: u64, const MAX: u64, const DEFAULT: u64> fmt::Display for Ranged
 
 /// A duration written in seconds, fractions allowed (`unlock_s = 0.5`), in
 /// `MIN_MS..=MAX_MS` milliseconds, `DEFAULT_MS` when the key is absent.
-#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize, Deserialize)]
 #[serde(try_from = "f64")]
 pub struct Seconds<const MIN_MS: u64, const MAX_MS: u64, const DEFAULT_MS: u64>(f64);
 

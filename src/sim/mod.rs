@@ -172,7 +172,7 @@ impl Simulator {
         }
         println!("  try: curl -u {api_key}:X '{base}/api/3/people?per_page=2'");
         sim.set_chaos(chaos);
-        crate::agent::shutdown_signal().await;
+        crate::shutdown::on_signal().await;
         Ok(())
     }
 

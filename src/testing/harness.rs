@@ -1,26 +1,27 @@
-//! Shared harness for the uplink tests: a DoorFlow simulator and an agent (mock GPIO) in this
-//! process, configured from `config/demo.toml` with the state in a temporary directory.
-#![allow(dead_code)]
+//! A DoorFlow simulator and an agent (mock GPIO) in this process, configured from the demo
+//! config with the state in a temporary directory.
 
-use doorflow_agent::agent::{self, Agent, AgentError};
-use doorflow_agent::audit::{new_event_id, AuditEvent};
-use doorflow_agent::config::Config;
-use doorflow_agent::sim::{SimConfig, Simulator};
-use doorflow_agent::store::StoreError;
-use jiff::Timestamp;
+use super::config::demo_config;
+use super::events::front_door_swipe;
+use super::mock_control;
+use crate::agent::{self, Agent, AgentError};
+use crate::audit::AuditEvent;
+use crate::config::values::Ranged;
+use crate::config::Config;
+use crate::sim::{SimConfig, Simulator};
+use crate::store::StoreError;
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// What a test changes from the demo config and the default simulator.
 #[derive(Debug, Clone)]
 pub struct Options {
     pub people: u64,
     /// The simulator's limit per minute.
     pub sim_limit: u32,
     /// The agent's assumed limit before headers are seen.
-    pub requests_per_minute: u32,
+    pub requests_per_minute: u64,
     pub request_timeout_s: u64,
     pub retry_base_ms: u64,
     pub retry_cap_s: u64,
@@ -39,31 +40,41 @@ impl Default for Options {
             retry_base_ms: 100,
             retry_cap_s: 2,
             admit_ttl_s: 120,
-            api_key: "sim-api-key".into(),
+            api_key: super::config::SIM_API_KEY.into(),
         }
     }
 }
 
-/// The agent's config text for a simulator at `base_url`, state under `dir`.
-pub fn config_text(dir: &Path, base_url: &str, options: &Options) -> String {
-    let dir = dir.display().to_string();
-    include_str!("../../config/demo.toml")
-        .replace("/tmp/doorflow-agent-demo", &dir)
-        .replace("http://127.0.0.1:18080", base_url)
-        .replace(
-            "requests_per_minute = 120",
-            &format!(
-                "requests_per_minute = {}\nrequest_timeout_s = {}\nconnect_timeout_s = 1",
-                options.requests_per_minute, options.request_timeout_s
-            ),
-        )
-        .replace(
-            "admit_ttl_s = 120",
-            &format!(
-                "admit_ttl_s = {}\nretry_base_ms = {}\nretry_cap_s = {}",
-                options.admit_ttl_s, options.retry_base_ms, options.retry_cap_s
-            ),
-        )
+impl Options {
+    /// The demo config for a simulator at `base_url` with state under `dir`, changed as these
+    /// options say.
+    pub fn config(&self, dir: &std::path::Path, base_url: &str) -> Config {
+        let mut config = demo_config(dir, base_url);
+        std::fs::write(dir.join("api_key"), format!("{}\n", self.api_key)).expect("API key file");
+        config.api.requests_per_minute = Ranged::new(self.requests_per_minute);
+        config.api.request_timeout_s = Ranged::new(self.request_timeout_s);
+        config.api.connect_timeout_s = Ranged::new(1);
+        config.uplink.admit_ttl_s = Ranged::new(self.admit_ttl_s);
+        config.uplink.retry_base_ms = Ranged::new(self.retry_base_ms);
+        config.uplink.retry_cap_s = Ranged::new(self.retry_cap_s);
+        super::config::assert_valid(&config);
+        config
+    }
+}
+
+/// Writes `events` to `agent`'s outbox as the audit writer does (one group, one flush) and wakes
+/// the uplink.
+pub fn queue(agent: &Agent, events: &[AuditEvent]) {
+    let uplink = &agent.config.uplink;
+    let capacity = crate::outbox::queue_capacity(uplink);
+    crate::outbox::write_group(&agent.store, uplink, capacity, events).expect("queued events are written");
+    agent.kick_queue();
+}
+
+/// Queues `n` denied swipes in `agent`'s outbox.
+pub fn queue_denied_swipes(agent: &Agent, n: u64) {
+    let events: Vec<AuditEvent> = (0..n).map(super::events::denied_swipe).collect();
+    queue(agent, &events);
 }
 
 pub struct Harness {
@@ -83,15 +94,14 @@ impl Harness {
             ..Default::default()
         })
         .await
-        .unwrap();
+        .expect("simulator starts");
         Harness::start_with(sim, options).await
     }
 
     /// An agent against an existing simulator (a fresh state directory).
     pub async fn start_with(sim: Simulator, options: Options) -> Harness {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("api_key"), format!("{}\n", options.api_key)).unwrap();
-        let config = Config::parse(&config_text(dir.path(), sim.base_url(), &options), "test.toml").unwrap();
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let config = options.config(dir.path(), sim.base_url());
         Harness::assemble(sim, dir, config).await
     }
 
@@ -155,31 +165,32 @@ impl Harness {
             let _ = stop.send(());
         }
         if let Some(serving) = self.serving.take() {
-            serving.await.unwrap().unwrap();
+            serving
+                .await
+                .expect("the agent task")
+                .expect("the agent stops cleanly");
         }
     }
 
     /// Queues `n` door events (as the audit writer does) and wakes the uplink. Returns their ids
     /// in queue order.
     pub fn queue_events(&self, n: usize) -> Vec<u64> {
-        let events: Vec<AuditEvent> = (0..n).map(|i| event(i as u64, false)).collect();
+        let events: Vec<AuditEvent> = (0..n as u64)
+            .map(|i| front_door_swipe(i, Some(i), false))
+            .collect();
         self.write(&events);
         events.iter().map(|e| e.id).collect()
     }
 
     /// Queues one granted swipe with an admit for `person_id` on channel 1340.
     pub fn queue_admit(&self, person_id: u64) -> u64 {
-        let mut granted = event(person_id, true);
-        granted.person_id = Some(person_id);
+        let granted = front_door_swipe(person_id, Some(person_id), true);
         self.write(std::slice::from_ref(&granted));
         granted.id
     }
 
     pub fn write(&self, events: &[AuditEvent]) {
-        let uplink = &self.config.uplink;
-        let capacity = doorflow_agent::outbox::queue_capacity(uplink);
-        doorflow_agent::outbox::write_group(&self.agent.store, uplink, capacity, events).unwrap();
-        self.agent.kick_queue();
+        queue(&self.agent, events);
     }
 
     /// Event ids the simulator received, in arrival order (duplicates kept).
@@ -192,52 +203,11 @@ impl Harness {
     }
 
     pub fn pending(&self) -> u64 {
-        self.agent.store.outbox_stats().unwrap().pending
+        self.agent.store.outbox_stats().expect("outbox stats").pending
     }
 
     /// A request to the mock GPIO control socket (blocking: call from a blocking context).
     pub fn control(&self, request: Value) -> Value {
-        control(&self.config.gpio.mock_socket, request)
+        mock_control::control(&self.config.gpio.mock_socket, request)
     }
-}
-
-pub fn event(n: u64, admit: bool) -> AuditEvent {
-    AuditEvent {
-        id: new_event_id(),
-        event_code: 10,
-        reason: "authorised".into(),
-        door: "front".into(),
-        channel_id: Some(1340),
-        person_id: Some(n),
-        credential: Some("****17".into()),
-        created_at: Timestamp::now(),
-        admit,
-    }
-}
-
-pub fn control(socket: &Path, request: Value) -> Value {
-    let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
-    writeln!(stream, "{request}").unwrap();
-    let mut line = String::new();
-    BufReader::new(&stream).read_line(&mut line).unwrap();
-    serde_json::from_str(&line).unwrap()
-}
-
-/// Polls `condition` every 20 ms until it holds or `limit` passes (a generous bound, not a
-/// timing assertion). Returns whether it held.
-pub async fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let end = tokio::time::Instant::now() + limit;
-    while tokio::time::Instant::now() < end {
-        if condition() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    condition()
-}
-
-/// `items` with later repeats removed.
-pub fn first_occurrences(items: &[u64]) -> Vec<u64> {
-    let mut seen = std::collections::HashSet::new();
-    items.iter().copied().filter(|i| seen.insert(*i)).collect()
 }

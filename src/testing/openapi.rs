@@ -12,7 +12,8 @@
 
 use serde_json::{json, Value};
 
-/// DoorFlow's spec from `tests/fixtures/doorflow-openapi.yaml`, as JSON.
+/// DoorFlow's spec from `tests/fixtures/doorflow-openapi.yaml`, as JSON. Panics when it cannot be
+/// read: the tests that use it cannot run without it.
 pub fn load_spec() -> Value {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),

@@ -1,0 +1,66 @@
+//! Configs for tests and benchmarks: the demo config (`config/demo.toml`, mock GPIO, two doors)
+//! with every path moved into a test's own directory, changed field by field.
+
+use crate::config::values::Ranged;
+use crate::config::{Config, SecretSource};
+use std::path::{Path, PathBuf};
+
+/// The API key the simulator accepts.
+pub const SIM_API_KEY: &str = "sim-api-key";
+
+/// The demo config with its store, sockets and API key file in `dir` (the key file is written
+/// with the simulator's key), talking to `base_url`. Its periodic sync runs every 10 s as in the
+/// demo; `quiet_sync` moves it out of the way.
+pub fn demo_config(dir: &Path, base_url: &str) -> Config {
+    let mut config = demo();
+    let key_file = dir.join("api_key");
+    std::fs::write(&key_file, format!("{SIM_API_KEY}\n")).expect("write the API key file");
+    config.api.base_url = base_url.trim_end_matches('/').to_string();
+    config.api.auth.api_key = Some(SecretSource::File(key_file));
+    config.store.path = dir.join("db");
+    config.gpio.mock_socket = dir.join("mock-gpio.sock");
+    config.admin.socket = dir.join("admin.sock");
+    if config.uplink.events_url.is_some() {
+        config.uplink.events_url = Some(format!("{}/events", config.api.base_url));
+    }
+    assert_valid(&config);
+    config
+}
+
+/// `config/demo.toml` as it is (its paths under /tmp/doorflow-agent-demo), for tests that
+/// never start the agent's I/O.
+pub fn demo() -> Config {
+    Config::parse(include_str!("../../config/demo.toml"), "config/demo.toml")
+        .expect("config/demo.toml is valid")
+}
+
+/// No periodic sync for a day: for benchmarks and tests that drive sync traffic themselves.
+pub fn quiet_sync(config: &mut Config) {
+    config.sync.interval_s = Ranged::new(86_400);
+    config.sync.full_interval_s = Ranged::new(86_400);
+}
+
+/// The demo config for a benchmark: state in `dir`, `requests_per_minute` assumed before the
+/// server's headers are seen, and no periodic sync (a benchmark drives its own).
+pub fn bench_config(dir: &Path, base_url: &str, requests_per_minute: u64) -> Config {
+    let mut config = demo_config(dir, base_url);
+    config.api.requests_per_minute = Ranged::new(requests_per_minute);
+    quiet_sync(&mut config);
+    config
+}
+
+/// Fails the test when a change made the config invalid (as `Config::parse` would refuse it).
+pub fn assert_valid(config: &Config) {
+    let problems = config.validate();
+    assert!(problems.is_empty(), "invalid test config: {problems:?}");
+}
+
+/// Writes `config` as TOML to `dir/config.toml` for a test that starts the real binary, and
+/// returns the path.
+pub fn write_config(config: &Config, dir: &Path) -> PathBuf {
+    assert_valid(config);
+    let path = dir.join("config.toml");
+    let text = toml::to_string(config).expect("a config serialises as TOML");
+    std::fs::write(&path, text).expect("write the config file");
+    path
+}
