@@ -4,10 +4,10 @@
 //! the uplink drains 10,000 queued events to the simulator, all on the same two runtime workers.
 //! Run: `cargo bench --bench swipe_latency`. Prints p50/p99/max; asserts nothing.
 
-use doorflow_agent::agent::{self, Agent, DoorState};
+use doorflow_agent::agent::{self, Agent};
 use doorflow_agent::config::values::Seconds;
 use doorflow_agent::config::Config;
-use doorflow_agent::door_task::{DoorTask, SwipeTiming};
+use doorflow_agent::door_task::{DoorState, DoorTask, SwipeTiming};
 use doorflow_agent::doorflow::client::Client;
 use doorflow_agent::hw::mock::MockGpio;
 use doorflow_agent::sim::{SimConfig, Simulator};

@@ -7,7 +7,7 @@
 //! Anything uncertain (unknown type, unknown shift, unknown zone, ambiguous value) denies.
 
 use crate::credential::{CardValueMapping, Presented};
-use crate::snapshot::{ChannelMode, CredentialKind, ReservationState, Snapshot};
+use crate::snapshot::{CredentialKind, ReservationState, Snapshot};
 use jiff::Timestamp;
 use serde::Serialize;
 
@@ -104,16 +104,12 @@ pub fn decide(snapshot: &Snapshot, door: &DoorPolicy, presented: &Presented, now
     };
 
     // Lockdown wins over everything, unlock mode included.
-    let channel = door.channel_id.and_then(|id| snapshot.channel(id));
-    if let Some(channel) = channel {
-        if channel.lockdown.is_some_and(|l| l.cards) {
-            return verdict(false, Reason::Lockdown);
-        }
-        if let ChannelMode::Unlock { relock_at } = channel.mode {
-            if relock_at.is_none_or(|relock| now < relock) {
-                return verdict(true, Reason::ChannelUnlocked);
-            }
-        }
+    let channel = snapshot.channel_state(door.channel_id, now);
+    if channel.cards_locked_down {
+        return verdict(false, Reason::Lockdown);
+    }
+    if channel.unlocked {
+        return verdict(true, Reason::ChannelUnlocked);
     }
 
     let person_id = match identified {

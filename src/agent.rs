@@ -3,7 +3,7 @@
 use crate::admin;
 use crate::audit::AuditEvent;
 use crate::config::Config;
-use crate::door_task::DoorTask;
+use crate::door_task::{DoorState, DoorTask};
 use crate::doorflow::client::{self, Client};
 use crate::doorflow::ratelimit::RateBudget;
 use crate::hw;
@@ -31,14 +31,6 @@ pub enum AgentError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Gpio(#[from] hw::GpioError),
-}
-
-/// Live state of one door, as `status` reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DoorState {
-    pub relay_released: bool,
-    /// `None` when no door contact is wired.
-    pub contact_open: Option<bool>,
 }
 
 /// Everything the agent's tasks share.

@@ -5,6 +5,8 @@
 //! the returned `Effects` (relay level, events). No clocks or I/O here, so every timing rule is
 //! tested exactly.
 
+use crate::snapshot::ChannelState;
+
 /// How the channel wants the door driven (from the snapshot's channel mode and lockdown).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DoorMode {
@@ -15,6 +17,22 @@ pub enum DoorMode {
     Lockdown {
         rex_allowed: bool,
     },
+}
+
+impl From<ChannelState> for DoorMode {
+    /// Any lockdown holds the relay locked (cards are refused by `access::decide`; REX works
+    /// only if the lockdown spares it); otherwise unlock mode holds it released.
+    fn from(channel: ChannelState) -> DoorMode {
+        if channel.cards_locked_down || channel.rex_locked_down {
+            DoorMode::Lockdown {
+                rex_allowed: !channel.rex_locked_down,
+            }
+        } else if channel.unlocked {
+            DoorMode::Unlock
+        } else {
+            DoorMode::Normal
+        }
+    }
 }
 
 /// Door events with DoorFlow codes.

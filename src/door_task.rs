@@ -3,7 +3,6 @@
 //! waits for the sync, the uplink or a disk flush.
 
 use crate::access::{decide, DoorPolicy};
-use crate::agent::DoorState;
 use crate::audit::{new_event_id, AuditEvent};
 use crate::config::DoorConfig;
 use crate::credential::{mask, CardFormat, Presented};
@@ -11,7 +10,7 @@ use crate::door::{DoorEvent, DoorMachine, DoorMode, Effects};
 use crate::hw::wiegand::{self, Edge, EdgeKind, FrameOutcome, PinEntry, WiegandDecoder, WiegandLine};
 use crate::hw::{monotonic_ns, DoorHardware, DoorInput, InputEvent};
 use crate::mutex::lock;
-use crate::snapshot::{ChannelMode, CredentialKind, SharedSnapshot, Snapshot};
+use crate::snapshot::{CredentialKind, SharedSnapshot};
 use crate::supervisor::Heartbeat;
 use jiff::Timestamp;
 use std::sync::{Arc, Mutex};
@@ -33,6 +32,14 @@ pub struct SwipeTiming {
     pub decided_ns: u64,
     pub relay_ns: Option<u64>,
     pub granted: bool,
+}
+
+/// Live state of one door as the door task last published it, for `status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DoorState {
+    pub relay_released: bool,
+    /// `None` when no door contact is wired.
+    pub contact_open: Option<bool>,
 }
 
 pub struct DoorTask {
@@ -306,7 +313,11 @@ impl DoorTask {
     }
 
     fn apply_mode(&mut self, now: u64) {
-        let mode = door_mode(&self.snapshot.current(), self.policy.channel_id, Timestamp::now());
+        let mode = DoorMode::from(
+            self.snapshot
+                .current()
+                .channel_state(self.policy.channel_id, Timestamp::now()),
+        );
         if mode != self.machine.mode() {
             tracing::info!(door = %self.name, ?mode, "door mode changed");
             let effects = self.machine.set_mode(mode, now);
@@ -318,24 +329,6 @@ impl DoorTask {
         let mut state = lock(&self.state);
         state.relay_released = self.machine.relay_released();
         state.contact_open = self.machine.contact_open();
-    }
-}
-
-/// The mode the channel asks for now.
-pub fn door_mode(snapshot: &Snapshot, channel_id: Option<u64>, now: Timestamp) -> DoorMode {
-    let Some(channel) = channel_id.and_then(|id| snapshot.channel(id)) else {
-        return DoorMode::Normal;
-    };
-    // A lockdown of cards or of REX: no unlock mode, REX only if the lockdown spares it.
-    // (Cards themselves are refused by `access::decide`.)
-    if let Some(lockdown) = channel.lockdown.filter(|l| l.cards || l.rex) {
-        return DoorMode::Lockdown {
-            rex_allowed: !lockdown.rex,
-        };
-    }
-    match channel.mode {
-        ChannelMode::Unlock { relock_at } if relock_at.is_none_or(|t| now < t) => DoorMode::Unlock,
-        _ => DoorMode::Normal,
     }
 }
 

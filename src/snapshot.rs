@@ -134,6 +134,19 @@ pub struct Lockdown {
     pub rex: bool,
 }
 
+/// What a channel asks of its door at one moment: DoorFlow's lockdown (of cards, of REX) wins
+/// over unlock mode, and unlock mode lasts until `relock_at`. The one statement of these rules,
+/// read by the decision (`access`) and by the door's relay mode (`door::DoorMode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ChannelState {
+    /// Cards and PINs are refused.
+    pub cards_locked_down: bool,
+    /// The request-to-exit button is ignored (unless the door allows REX in a lockdown).
+    pub rex_locked_down: bool,
+    /// Held released for everyone (unlock mode, no lockdown of any kind).
+    pub unlocked: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Channel {
     pub id: u64,
@@ -359,6 +372,27 @@ impl Snapshot {
         find_by(&self.parts.channels, id, |c| c.id)
     }
 
+    /// The state of the channel `channel_id` at wall-clock `now`; a door with no channel, or a
+    /// channel the snapshot does not know, is in the normal state.
+    pub fn channel_state(&self, channel_id: Option<u64>, now: Timestamp) -> ChannelState {
+        let Some(channel) = channel_id.and_then(|id| self.channel(id)) else {
+            return ChannelState::default();
+        };
+        let lockdown = channel.lockdown.unwrap_or(Lockdown {
+            cards: false,
+            rex: false,
+        });
+        let unlock_mode = match channel.mode {
+            ChannelMode::Unlock { relock_at } => relock_at.is_none_or(|relock| now < relock),
+            ChannelMode::Normal => false,
+        };
+        ChannelState {
+            cards_locked_down: lockdown.cards,
+            rex_locked_down: lockdown.rex,
+            unlocked: unlock_mode && !lockdown.cards && !lockdown.rex,
+        }
+    }
+
     pub fn shift(&self, id: u64) -> Option<&Shift> {
         find_by(&self.parts.shifts, id, |s| s.id)
     }
@@ -435,6 +469,66 @@ impl SharedSnapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn channel_state_lockdown_wins_over_unlock_mode() {
+        let now: Timestamp = "2026-11-30T12:00:00Z".parse().unwrap();
+        let channel = |mode, lockdown| Channel {
+            id: 1,
+            mode,
+            lockdown,
+            site_id: None,
+        };
+        let unlock = |relock: Option<&str>| ChannelMode::Unlock {
+            relock_at: relock.map(|t| t.parse().unwrap()),
+        };
+        let state = |channel: Channel| {
+            let snapshot = Snapshot::new(
+                SnapshotParts {
+                    channels: vec![channel],
+                    ..Default::default()
+                },
+                "UTC",
+            );
+            snapshot.channel_state(Some(1), now)
+        };
+        let lockdown = |cards, rex| Some(Lockdown { cards, rex });
+        let cases = [
+            (channel(ChannelMode::Normal, None), (false, false, false)),
+            (channel(unlock(None), None), (false, false, true)),
+            (
+                channel(unlock(Some("2026-11-30T13:00:00Z")), None),
+                (false, false, true),
+            ),
+            // relock_at is exclusive: at that instant the channel is back to normal.
+            (
+                channel(unlock(Some("2026-11-30T12:00:00Z")), None),
+                (false, false, false),
+            ),
+            (channel(unlock(None), lockdown(true, false)), (true, false, false)),
+            // A lockdown of REX alone also ends unlock mode: the door is not held open.
+            (channel(unlock(None), lockdown(false, true)), (false, true, false)),
+            (
+                channel(ChannelMode::Normal, lockdown(true, true)),
+                (true, true, false),
+            ),
+        ];
+        for (channel, (cards, rex, unlocked)) in cases {
+            let described = format!("{channel:?}");
+            assert_eq!(
+                state(channel),
+                ChannelState {
+                    cards_locked_down: cards,
+                    rex_locked_down: rex,
+                    unlocked
+                },
+                "{described}"
+            );
+        }
+        let empty = Snapshot::new(SnapshotParts::default(), "UTC");
+        assert_eq!(empty.channel_state(Some(1), now), ChannelState::default());
+        assert_eq!(empty.channel_state(None, now), ChannelState::default());
+    }
 
     #[test]
     fn credential_kind_from_slug_and_label() {

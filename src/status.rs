@@ -128,7 +128,7 @@ impl SnapshotStatus {
 /// The mode a door's channel is in, as `status` shows it (the same rule the door task drives
 /// the relay by).
 pub fn door_mode(snapshot: &Snapshot, channel_id: Option<u64>, now: Timestamp) -> &'static str {
-    match crate::door_task::door_mode(snapshot, channel_id, now) {
+    match DoorMode::from(snapshot.channel_state(channel_id, now)) {
         DoorMode::Normal => "normal",
         DoorMode::Unlock => "unlock",
         DoorMode::Lockdown { .. } => "lockdown",

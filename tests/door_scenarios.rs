@@ -1,11 +1,10 @@
 //! Whole-door scenarios on the mock GPIO backend: card edges in through the control interface,
 //! the real decoder, decision, door machine and relay, audit events out.
 
-use doorflow_agent::agent::DoorState;
 use doorflow_agent::audit::AuditEvent;
 use doorflow_agent::config::values::Seconds;
 use doorflow_agent::config::Config;
-use doorflow_agent::door_task::DoorTask;
+use doorflow_agent::door_task::{DoorState, DoorTask};
 use doorflow_agent::hw::mock::{MockGpio, OutputChange};
 use doorflow_agent::snapshot::*;
 use serde_json::{json, Value};
