@@ -119,7 +119,10 @@ impl Background {
             let (agent, syncs) = (Arc::clone(&agent), Arc::clone(&syncs));
             async move {
                 loop {
-                    if sync::sync_once(&agent, &client).await.is_ok() {
+                    if sync::sync_once(&agent.sync_target(Default::default()), &client)
+                        .await
+                        .is_ok()
+                    {
                         syncs.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -153,9 +156,9 @@ async fn measure_swipes(config: &Config, label: &str) {
     }));
     let (audit_tx, mut audit_rx) = tokio::sync::mpsc::unbounded_channel();
     let (timing_tx, mut timing_rx) = tokio::sync::mpsc::unbounded_channel::<SwipeTiming>();
-    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let stop = tokio_util::sync::CancellationToken::new();
     let task = DoorTask::new(&config.doors[0], hardware, shared, state, audit_tx).with_timings(timing_tx);
-    let door = tokio::spawn(task.run(stopping));
+    let door = tokio::spawn(task.run(stop.clone()));
     tokio::spawn(async move { while audit_rx.recv().await.is_some() {} });
 
     let mut timings = Vec::new();
@@ -173,7 +176,7 @@ async fn measure_swipes(config: &Config, label: &str) {
         // Let the relay relock so every swipe is a real relay write.
         tokio::time::sleep(Duration::from_millis(120)).await;
     }
-    let _ = stop.send(true);
+    stop.cancel();
     let _ = door.await;
     let granted: Vec<&SwipeTiming> = timings.iter().filter(|t| t.relay_ns.is_some()).collect();
     println!("swipe latency ({label}), {CREDENTIALS} cached credentials, {SWIPES} swipes, mock GPIO");

@@ -28,7 +28,7 @@ fn main() {
         let client = Client::new(&config.api, budget).unwrap();
         let agent = Agent::start(config).unwrap();
         let start = Instant::now();
-        doorflow_agent::sync::sync_once(&agent, &client).await.unwrap();
+        doorflow_agent::sync::sync_once(&agent.sync_target(Default::default()), &client).await.unwrap();
         let elapsed = start.elapsed().as_secs_f64();
         let requests = sim.requests();
         let allowed = 120.0 * elapsed / 60.0;

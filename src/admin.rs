@@ -1,10 +1,12 @@
-//! The local admin socket: how `status` (and later `queue`) talk to a running agent, since sled
-//! lets only one process open the store.
+//! The local admin socket: how `status` and `queue` talk to a running agent, since sled lets
+//! only one process open the store.
 //!
 //! Protocol: JSON lines. One request object per line (`{"op":"status"}`), one reply per line
 //! with `"ok": true|false`. The socket is mode 0660 (owner and group), never world-writable.
 
-use crate::agent::{Agent, AgentError};
+use crate::audit::AuditEvent;
+use crate::status::StatusReport;
+use crate::store::Store;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
@@ -14,6 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Longest request line accepted; anything longer is a misbehaving client.
 const MAX_REQUEST: usize = 64 * 1024;
@@ -65,6 +70,26 @@ pub fn queue_reply(store: &crate::store::Store, request: &Request) -> Result<Val
     Ok(reply)
 }
 
+/// What the admin socket needs from a running agent (the agent implements it), so this module
+/// never sees the agent itself.
+pub trait RunningAgent: Send + Sync + 'static {
+    /// The `status` report from live state.
+    fn status(&self) -> StatusReport;
+    fn store(&self) -> Arc<Store>;
+    /// Wakes the uplink after dead letters were requeued.
+    fn kick_queue(&self);
+    /// Every audit event once it is durable.
+    fn audit_feed(&self) -> broadcast::Receiver<AuditEvent>;
+}
+
+/// The admin socket could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("admin socket {path}: {reason}")]
+pub struct BindError {
+    pub path: String,
+    pub reason: String,
+}
+
 pub struct Server {
     listener: UnixListener,
     path: PathBuf,
@@ -73,8 +98,8 @@ pub struct Server {
 impl Server {
     /// Binds the socket, replacing a stale one left by a crash but refusing to steal the
     /// socket of an agent that still answers.
-    pub async fn bind(path: &Path) -> Result<Server, AgentError> {
-        let fail = |reason: String| AgentError::AdminSocket {
+    pub async fn bind(path: &Path) -> Result<Server, BindError> {
+        let fail = |reason: String| BindError {
             path: path.display().to_string(),
             reason,
         };
@@ -96,11 +121,18 @@ impl Server {
         })
     }
 
-    pub async fn serve(self, agent: Arc<Agent>) {
+    /// Serves connections (each a task on `tasks`) until `stop` is cancelled; open connections
+    /// end then too.
+    pub async fn serve(self, agent: Arc<impl RunningAgent>, tasks: TaskTracker, stop: CancellationToken) {
         loop {
-            match self.listener.accept().await {
+            let accepted = tokio::select! {
+                _ = stop.cancelled() => return,
+                accepted = self.listener.accept() => accepted,
+            };
+            match accepted {
                 Ok((stream, _)) => {
-                    tokio::spawn(handle(stream, Arc::clone(&agent)));
+                    let (agent, stop) = (Arc::clone(&agent), stop.clone());
+                    tasks.spawn(async move { stop.run_until_cancelled(handle(stream, agent)).await });
                 }
                 Err(error) => {
                     tracing::warn!(%error, socket = %self.path.display(), "admin socket accept failed");
@@ -111,7 +143,7 @@ impl Server {
     }
 }
 
-async fn handle(stream: UnixStream, agent: Arc<Agent>) {
+async fn handle(stream: UnixStream, agent: Arc<impl RunningAgent>) {
     use tokio::io::AsyncReadExt;
     let (read, mut write) = stream.into_split();
     let mut reader = tokio::io::BufReader::new(read);
@@ -132,11 +164,11 @@ async fn handle(stream: UnixStream, agent: Arc<Agent>) {
             match serde_json::from_slice::<Request>(&line) {
                 Ok(Request::Status) => json!({"ok": true, "status": agent.status()}),
                 Ok(Request::WatchEvents) => {
-                    watch_events(&agent, &mut write).await;
+                    watch_events(agent.audit_feed(), &mut write).await;
                     break;
                 }
                 Ok(request) => {
-                    let store = Arc::clone(&agent.store);
+                    let store = agent.store();
                     let answer = tokio::task::spawn_blocking(move || queue_reply(&store, &request)).await;
                     match answer {
                         Ok(Ok(reply)) => {
@@ -160,9 +192,11 @@ async fn handle(stream: UnixStream, agent: Arc<Agent>) {
 
 /// Streams durable audit events to one client until it hangs up or the agent stops. A client
 /// too slow to keep up is told how many events it missed (`{"lagged": n}`), never blocked on.
-async fn watch_events(agent: &Agent, write: &mut tokio::net::unix::OwnedWriteHalf) {
+async fn watch_events(
+    mut feed: broadcast::Receiver<AuditEvent>,
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+) {
     use tokio::sync::broadcast::error::RecvError;
-    let mut feed = agent.audit_feed.subscribe();
     let send = |value: Value| {
         let mut text = value.to_string();
         text.push('\n');

@@ -1,4 +1,6 @@
-//! Wiring of the running agent: store, in-memory snapshot, admin socket, shutdown.
+//! Wiring of the running agent: store, in-memory snapshot, doors, sync, uplink, admin socket,
+//! and the one way it stops (a cancellation token every task watches, a tracker every task is
+//! spawned on). The top of the module graph: nothing else in the crate imports it.
 
 use crate::admin;
 use crate::audit::AuditEvent;
@@ -19,14 +21,20 @@ use jiff::Timestamp;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long `serve` waits for its tasks after the stop before aborting them.
+const STOP_DEADLINE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("admin socket {path}: {reason}")]
-    AdminSocket { path: String, reason: String },
+    #[error(transparent)]
+    AdminSocket(#[from] admin::BindError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error(transparent)]
@@ -42,7 +50,7 @@ pub struct Agent {
     pub doors: Vec<Arc<Mutex<DoorState>>>,
     /// Whether DoorFlow answered the last call (sync or uplink).
     pub online: Arc<AtomicBool>,
-    pub sync_status: Mutex<SyncStatus>,
+    pub sync_status: Arc<Mutex<SyncStatus>>,
     /// Bumped whenever calls are queued, so the uplink drains without polling.
     pub queue_changed: Arc<watch::Sender<u64>>,
     /// Bumped when a sync succeeds: DoorFlow answers, so a backing-off uplink retries now.
@@ -86,7 +94,7 @@ impl Agent {
             snapshot: Arc::new(SharedSnapshot::new(snapshot)),
             doors,
             online: Arc::new(AtomicBool::new(false)),
-            sync_status: Mutex::new(sync_status),
+            sync_status: Arc::new(Mutex::new(sync_status)),
             queue_changed: Arc::new(watch::channel(0).0),
             reachable: Arc::new(watch::channel(0).0),
             budget: Arc::new(Mutex::new(RateBudget::new(
@@ -162,6 +170,39 @@ impl Agent {
     pub fn kick_queue(&self) {
         self.queue_changed.send_modify(|n| *n = n.wrapping_add(1));
     }
+
+    /// What a sync reads and updates; `stop` ends a sync in progress before its next request.
+    pub fn sync_target(&self, stop: CancellationToken) -> sync::SyncTarget {
+        sync::SyncTarget {
+            store: Arc::clone(&self.store),
+            snapshot: Arc::clone(&self.snapshot),
+            shifts: self.config.shifts(),
+            time_zone: self.config.sync.time_zone.clone(),
+            full_interval: jiff::SignedDuration::from_secs(self.config.sync.full_interval_s.get() as i64),
+            status: Arc::clone(&self.sync_status),
+            online: Arc::clone(&self.online),
+            reachable: Arc::clone(&self.reachable),
+            stop,
+        }
+    }
+}
+
+impl admin::RunningAgent for Agent {
+    fn status(&self) -> StatusReport {
+        Agent::status(self)
+    }
+
+    fn store(&self) -> Arc<Store> {
+        Arc::clone(&self.store)
+    }
+
+    fn kick_queue(&self) {
+        Agent::kick_queue(self)
+    }
+
+    fn audit_feed(&self) -> tokio::sync::broadcast::Receiver<AuditEvent> {
+        self.audit_feed.subscribe()
+    }
 }
 
 /// Returns memory freed after a large load (JSON temporaries) to the OS, so the resident size
@@ -183,12 +224,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     serve(Agent::start(config)?, shutdown).await
 }
 
-/// Runs an already started agent (the demo keeps a handle to watch it).
+/// Runs an already started agent (the demo keeps a handle to watch it) until `shutdown`
+/// resolves. Every task is spawned on one tracker and watches one cancellation token. On the way
+/// out the door tasks are awaited first (each leaves its relay in its fail state), then the
+/// other tasks stop between attempts, never inside a store write; after `STOP_DEADLINE` any
+/// task still running is aborted. The store is flushed last.
 pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    let stop = CancellationToken::new();
+    let tasks = TaskTracker::new();
     let admin = admin::Server::bind(&agent.config.admin.socket).await?;
-    let admin_task = tokio::spawn(admin.serve(Arc::clone(&agent)));
+    let mut aborts = vec![tasks
+        .spawn(admin.serve(Arc::clone(&agent), tasks.clone(), stop.clone()))
+        .abort_handle()];
 
-    let (stop_doors, doors_stopping) = tokio::sync::watch::channel(false);
     let (audit_tx, audit_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut loop_names: Vec<String> = agent
         .config
@@ -199,27 +247,41 @@ pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Res
     loop_names.extend(Lane::ALL.map(|lane| format!("uplink {}", lane.as_str())));
     let (liveness, mut heartbeats) = supervisor::Liveness::new(&loop_names);
     let uplink_beats = heartbeats.split_off(agent.config.doors.len());
-    let door_tasks = match start_doors(&agent, audit_tx, doors_stopping, heartbeats) {
-        Ok(tasks) => tasks,
+    let door_tasks = match start_doors(&agent, &tasks, &stop, audit_tx, heartbeats) {
+        Ok(doors) => doors,
         Err(error) => {
-            admin_task.abort();
+            stop.cancel();
+            tasks.close();
+            tasks.wait().await;
             let _ = std::fs::remove_file(&agent.config.admin.socket);
             return Err(error);
         }
     };
-    let watchdog = tokio::spawn(supervisor::run_watchdog(liveness));
+    aborts.push(
+        tasks
+            .spawn(supervisor::run_watchdog(liveness, stop.clone()))
+            .abort_handle(),
+    );
     let doorflow = doorflow_client(&agent);
-    let sync_task = doorflow
-        .clone()
-        .map(|client| tokio::spawn(sync::run_loop(Arc::clone(&agent), client)));
-    let uplink_tasks = start_uplink(&agent, doorflow, uplink_beats);
-    let audit_task = tokio::spawn(outbox::run_writer(
+    if let Some(client) = doorflow.clone() {
+        let sync = sync::run_loop(
+            agent.sync_target(stop.clone()),
+            client,
+            agent.config.sync.interval_s.secs(),
+        );
+        aborts.push(tasks.spawn(sync).abort_handle());
+    }
+    for drain in uplink_lanes(&agent, doorflow, uplink_beats) {
+        aborts.push(tasks.spawn(drain.run(stop.clone())).abort_handle());
+    }
+    // Ends when every door task has dropped its sender, after writing what is left.
+    let audit_writer = tasks.spawn(outbox::run_writer(
         Arc::clone(&agent.store),
         agent.config.uplink.clone(),
         audit_rx,
         Arc::clone(&agent.queue_changed),
         agent.audit_feed.clone(),
-        stop_doors.subscribe(),
+        stop.clone(),
     ));
 
     let snapshot = agent.snapshot.current();
@@ -242,21 +304,23 @@ pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Res
     shutdown.await;
     tracing::info!("shutting down");
     supervisor::notify_stopping();
-    // An uplink request cut off here is sent again after the restart (at-least-once). Each
-    // task is awaited after its abort, so none holds the store when this returns.
-    let background = [watchdog].into_iter().chain(sync_task).chain(uplink_tasks);
-    for task in background {
-        task.abort();
-        let _ = task.await;
+    stop.cancel();
+    tasks.close();
+    // Relays first: each door task writes its fail state as its last act.
+    for door in door_tasks {
+        let _ = door.await;
     }
-    let _ = stop_doors.send(true);
-    for task in door_tasks {
-        let _ = task.await;
+    let _ = audit_writer.await;
+    if tokio::time::timeout(STOP_DEADLINE, tasks.wait()).await.is_err() {
+        tracing::error!(
+            deadline_s = STOP_DEADLINE.as_secs(),
+            "tasks still running at the stop deadline; aborting them"
+        );
+        for task in &aborts {
+            task.abort();
+        }
+        tasks.wait().await;
     }
-    // The door tasks held the only senders: the writer drains what is left and ends.
-    let _ = audit_task.await;
-    admin_task.abort();
-    let _ = admin_task.await;
     let _ = std::fs::remove_file(&agent.config.admin.socket);
     agent.store.flush()?;
     tracing::info!("store flushed; stopped");
@@ -297,42 +361,40 @@ fn sink_client(agent: &Arc<Agent>) -> Option<Arc<Client>> {
     }
 }
 
-/// Starts one drain task per outbox lane.
-fn start_uplink(
+/// One drain per outbox lane, ready to run.
+fn uplink_lanes(
     agent: &Arc<Agent>,
     doorflow: Option<Arc<Client>>,
     heartbeats: Vec<supervisor::Heartbeat>,
-) -> Vec<tokio::task::JoinHandle<()>> {
+) -> Vec<LaneDrain> {
     let clients = [doorflow, sink_client(agent)];
     Lane::ALL
         .into_iter()
         .zip(clients)
         .zip(heartbeats)
-        .map(|((lane, client), heartbeat)| {
-            let drain = LaneDrain {
-                lane,
-                store: Arc::clone(&agent.store),
-                client,
-                policy: RetryPolicy::from_config(&agent.config.uplink),
-                status: Arc::clone(&agent.uplink),
-                wakeups: Wakeups {
-                    queued: agent.queue_changed.subscribe(),
-                    reachable: agent.reachable.subscribe(),
-                },
-                heartbeat,
-                online: Arc::clone(&agent.online),
-            };
-            tokio::spawn(drain.run())
+        .map(|((lane, client), heartbeat)| LaneDrain {
+            lane,
+            store: Arc::clone(&agent.store),
+            client,
+            policy: RetryPolicy::from_config(&agent.config.uplink),
+            status: Arc::clone(&agent.uplink),
+            wakeups: Wakeups {
+                queued: agent.queue_changed.subscribe(),
+                reachable: agent.reachable.subscribe(),
+            },
+            heartbeat,
+            online: Arc::clone(&agent.online),
         })
         .collect()
 }
 
 /// Opens every door's GPIO lines (failing start-up with a clear message if a chip or line is
-/// unavailable) and spawns its task.
+/// unavailable) and spawns its task; with the mock backend, its control socket too.
 fn start_doors(
     agent: &Arc<Agent>,
+    tasks: &TaskTracker,
+    stop: &CancellationToken,
     audit: tokio::sync::mpsc::UnboundedSender<AuditEvent>,
-    stopping: tokio::sync::watch::Receiver<bool>,
     heartbeats: Vec<supervisor::Heartbeat>,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, AgentError> {
     let config = &agent.config;
@@ -344,10 +406,10 @@ fn start_doors(
                 reason: format!("mock control socket: {e}"),
             })
         })?;
-        tokio::spawn(Arc::clone(mock).serve(listener));
+        tasks.spawn(Arc::clone(mock).serve(listener, tasks.clone(), stop.clone()));
         tracing::info!(socket = %config.gpio.mock_socket.display(), "mock GPIO backend; control socket ready");
     }
-    let mut tasks = Vec::new();
+    let mut doors = Vec::new();
     for ((index, door), heartbeat) in config.doors.iter().enumerate().zip(heartbeats) {
         let hardware = backend.open_door(config, index)?;
         let task = DoorTask::new(
@@ -359,7 +421,7 @@ fn start_doors(
         )
         .with_heartbeat(heartbeat);
         tracing::info!(door = %door.name, channel_id = door.channel_id, card_value = ?door.card_value, "door ready");
-        tasks.push(tokio::spawn(task.run(stopping.clone())));
+        doors.push(tasks.spawn(task.run(stop.clone())));
     }
-    Ok(tasks)
+    Ok(doors)
 }

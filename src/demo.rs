@@ -228,7 +228,7 @@ async fn scenario(config: Config, timeline: Timeline) -> Result<(), String> {
     sim.set_lockdown(1340, true);
     let client = crate::doorflow::client::Client::new(&config.api, Arc::clone(&agent.budget))
         .map_err(|e| e.to_string())?;
-    crate::sync::sync_once(&agent, &client)
+    crate::sync::sync_once(&agent.sync_target(Default::default()), &client)
         .await
         .map_err(|e| format!("sync: {e}"))?;
     let mode = status::door_mode(&agent.snapshot.current(), Some(1340), jiff::Timestamp::now());

@@ -15,7 +15,8 @@ use crate::supervisor::Heartbeat;
 use jiff::Timestamp;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 /// How often the channel mode is re-read from the snapshot (a sync may change it, and an
 /// unlock's `relock_at` may pass).
@@ -105,8 +106,8 @@ impl DoorTask {
         self
     }
 
-    /// Runs until `shutdown` turns true, then leaves the relay in the configured fail state.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+    /// Runs until `stop` is cancelled, then leaves the relay in the configured fail state.
+    pub async fn run(mut self, stop: CancellationToken) {
         self.apply_mode(monotonic_ns());
         self.publish_state();
         let mut mode_check = tokio::time::interval(MODE_CHECK);
@@ -115,7 +116,7 @@ impl DoorTask {
             let sleep = self.next_deadline().map(sleep_until_monotonic);
             tokio::select! {
                 biased;
-                _ = shutdown.changed() => break,
+                _ = stop.cancelled() => break,
                 event = self.hardware.events.recv() => match event {
                     Some(event) => self.on_input(event),
                     None => {

@@ -12,6 +12,7 @@ use jiff::Timestamp;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
 /// Most records written per flush; bounds the latency of one group.
 const MAX_GROUP: usize = 512;
@@ -64,7 +65,7 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 /// bumped after each group so the uplink can start sending at once.
 ///
 /// A group the store refuses is kept and written again until it succeeds: the events are not
-/// recorded until then, so they must not be dropped. Once `stopping` turns true, a group that
+/// recorded until then, so they must not be dropped. Once `stopping` is cancelled, a group that
 /// still cannot be written is given up (it is in the journal) so the agent can stop.
 pub async fn run_writer(
     store: Arc<Store>,
@@ -72,7 +73,7 @@ pub async fn run_writer(
     mut events: mpsc::UnboundedReceiver<AuditEvent>,
     queued: Arc<watch::Sender<u64>>,
     feed: broadcast::Sender<AuditEvent>,
-    stopping: watch::Receiver<bool>,
+    stopping: CancellationToken,
 ) {
     let capacity = queue_capacity(&uplink);
     let mut group = Vec::new();
@@ -107,7 +108,7 @@ async fn write_until_durable(
     uplink: &UplinkConfig,
     capacity: Capacity,
     mut pending: PendingGroup,
-    stopping: &watch::Receiver<bool>,
+    stopping: &CancellationToken,
 ) -> Option<PendingGroup> {
     let mut delay = RETRY_FIRST;
     let mut failures = 0u32;
@@ -140,7 +141,7 @@ async fn write_until_durable(
             }
         };
         failures += 1;
-        if *stopping.borrow() {
+        if stopping.is_cancelled() {
             tracing::error!(events = pending.events.len(), %error, "stopping with audit events the store refused; they are in the journal only");
             return None;
         }

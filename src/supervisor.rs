@@ -7,6 +7,7 @@ use crate::hw::monotonic_ns;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// The last heartbeat of each vital loop.
 #[derive(Debug)]
@@ -69,16 +70,22 @@ pub fn notify_stopping() {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
 }
 
-/// Pings systemd's watchdog at half its interval while every loop is alive. Returns at once
-/// when the service has no watchdog.
-pub async fn run_watchdog(liveness: Arc<Liveness>) {
+/// Pings systemd's watchdog at half its interval while every loop is alive, until `stop` is
+/// cancelled. Returns at once when the service has no watchdog.
+pub async fn run_watchdog(liveness: Arc<Liveness>, stop: CancellationToken) {
     let Some(interval) = sd_notify::watchdog_enabled() else {
         return;
     };
     let period = interval / 2;
     let mut reported = false;
     loop {
-        tokio::time::sleep(period).await;
+        if stop
+            .run_until_cancelled(tokio::time::sleep(period))
+            .await
+            .is_none()
+        {
+            return;
+        }
         let stale = liveness.stale(monotonic_ns(), period);
         if stale.is_empty() {
             reported = false;

@@ -15,17 +15,19 @@
 //! updated while a pull ran, or stamped by a server clock a little behind ours, is fetched
 //! again rather than missed.
 
-use crate::agent::Agent;
 use crate::doorflow::client::Client;
 use crate::doorflow::error::{ApiError, Operation};
 use crate::doorflow::models as api;
 use crate::mutex::lock;
-use crate::snapshot::{self, CredentialKind, ReservationState, Snapshot, SnapshotParts};
-use crate::status::SYNC_STATUS_KEY;
+use crate::snapshot::{self, CredentialKind, ReservationState, SharedSnapshot, Snapshot, SnapshotParts};
+use crate::status::{SyncStatus, SYNC_STATUS_KEY};
+use crate::store::Store;
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// Per-endpoint page sizes: the API's maximums.
 const PEOPLE_PER_PAGE: u32 = 100;
@@ -262,6 +264,9 @@ pub enum SyncError {
     Store(#[from] crate::store::StoreError),
     #[error("storing the snapshot did not finish: {0}")]
     Task(String),
+    /// The agent is stopping; the sync was abandoned before it changed anything.
+    #[error("the agent is stopping")]
+    Stopped,
 }
 
 /// Lays changed people and group reservations over the previous snapshot's (by id); every
@@ -284,27 +289,54 @@ pub fn merge(previous: &SnapshotParts, mut delta: SnapshotParts) -> SnapshotPart
 
 /// One sync (full or incremental, see `SyncKind::choose`): pull, store, swap. Records the
 /// outcome for `status`.
-pub async fn sync_once(agent: &Arc<Agent>, client: &Client) -> Result<(), SyncError> {
+/// What a sync reads and updates, handed over by the agent (the sync never sees the agent).
+#[derive(Clone)]
+pub struct SyncTarget {
+    pub store: Arc<Store>,
+    /// The snapshot the doors decide from; replaced when a sync succeeds.
+    pub snapshot: Arc<SharedSnapshot>,
+    /// Shifts from the config, carried into every snapshot.
+    pub shifts: Vec<snapshot::Shift>,
+    /// Zone for shifts when a channel has no site zone (`sync.time_zone`).
+    pub time_zone: String,
+    /// How long after a full sync the next one is due (`sync.full_interval_s`).
+    pub full_interval: SignedDuration,
+    /// The outcome of the last sync, for `status`.
+    pub status: Arc<Mutex<SyncStatus>>,
+    /// Whether DoorFlow answered the last call.
+    pub online: Arc<AtomicBool>,
+    /// Bumped when a sync succeeds, so a backing-off uplink retries at once.
+    pub reachable: Arc<watch::Sender<u64>>,
+    /// Cancelled when the agent stops: a sync in progress ends before its next request.
+    pub stop: CancellationToken,
+}
+
+pub async fn sync_once(target: &SyncTarget, client: &Client) -> Result<(), SyncError> {
     let started = Timestamp::now();
-    let cursor: Option<Cursor> = agent.store.meta_get(CURSOR_KEY).ok().flatten();
-    let current = agent.snapshot.current();
-    let full_interval = SignedDuration::from_secs(agent.config.sync.full_interval_s.get() as i64);
+    let cursor: Option<Cursor> = target.store.meta_get(CURSOR_KEY).ok().flatten();
+    let current = target.snapshot.current();
+    let full_interval = target.full_interval;
     let kind = SyncKind::choose(cursor, current.synced_at().is_some(), full_interval, started);
     let result = async {
-        let pulled = pull(client, kind).await?;
+        // Stopping ends a sync between requests, never inside the store write below.
+        let pulled = target
+            .stop
+            .run_until_cancelled(pull(client, kind))
+            .await
+            .ok_or(SyncError::Stopped)??;
         let mut parts = match kind {
             SyncKind::Full => pulled,
             SyncKind::Incremental { .. } => merge(current.parts(), pulled),
         };
-        parts.shifts = agent.config.shifts();
-        let store = Arc::clone(&agent.store);
+        parts.shifts = target.shifts.clone();
+        let store = Arc::clone(&target.store);
         let to_store = parts.clone();
         let header = tokio::task::spawn_blocking(move || store.save_snapshot(&to_store))
             .await
             .map_err(|e| SyncError::Task(e.to_string()))??;
-        agent
+        target
             .snapshot
-            .replace(Arc::new(Snapshot::new(parts, &agent.config.sync.time_zone)));
+            .replace(Arc::new(Snapshot::new(parts, &target.time_zone)));
         let next = Cursor {
             since: started - CURSOR_OVERLAP,
             last_full: match (kind, cursor) {
@@ -312,7 +344,7 @@ pub async fn sync_once(agent: &Arc<Agent>, client: &Client) -> Result<(), SyncEr
                 _ => started,
             },
         };
-        agent.store.meta_put(CURSOR_KEY, &next)?;
+        target.store.meta_put(CURSOR_KEY, &next)?;
         tracing::info!(
             kind = kind.as_str(),
             generation = header.generation,
@@ -323,11 +355,11 @@ pub async fn sync_once(agent: &Arc<Agent>, client: &Client) -> Result<(), SyncEr
         Ok::<_, SyncError>(())
     }
     .await;
-    let mut status = lock(&agent.sync_status).clone();
+    let mut status = lock(&target.status).clone();
     match &result {
         Ok(()) => {
-            agent.online.store(true, Ordering::Relaxed);
-            agent.reachable.send_modify(|n| *n = n.wrapping_add(1));
+            target.online.store(true, Ordering::Relaxed);
+            target.reachable.send_modify(|n| *n = n.wrapping_add(1));
             status.last_success = Some(Timestamp::now());
             status.last_error = None;
             status.last_kind = Some(kind.as_str().to_string());
@@ -336,25 +368,34 @@ pub async fn sync_once(agent: &Arc<Agent>, client: &Client) -> Result<(), SyncEr
             }
         }
         Err(error) => {
+            if matches!(error, SyncError::Stopped) {
+                return result;
+            }
             if matches!(error, SyncError::Api(ApiError::Transport { .. })) {
-                agent.online.store(false, Ordering::Relaxed);
+                target.online.store(false, Ordering::Relaxed);
             }
             tracing::warn!(%error, "sync failed; the previous snapshot stays in force");
             status.last_error = Some(error.to_string());
         }
     }
-    *lock(&agent.sync_status) = status.clone();
-    let _ = agent.store.meta_put(SYNC_STATUS_KEY, &status);
+    *lock(&target.status) = status.clone();
+    let _ = target.store.meta_put(SYNC_STATUS_KEY, &status);
     result
 }
 
-/// Syncs at start and then every `sync.interval_s` until the task is dropped. A failed sync is
+/// Syncs at start and then every `period` until `target.stop` is cancelled. A failed sync is
 /// retried at the next interval; the doors keep deciding from the snapshot they have.
-pub async fn run_loop(agent: Arc<Agent>, client: Arc<Client>) {
-    let period = agent.config.sync.interval_s.secs();
-    loop {
-        let _ = sync_once(&agent, &client).await;
-        tokio::time::sleep(period).await;
+pub async fn run_loop(target: SyncTarget, client: Arc<Client>, period: std::time::Duration) {
+    while !target.stop.is_cancelled() {
+        let _ = sync_once(&target, &client).await;
+        if target
+            .stop
+            .run_until_cancelled(tokio::time::sleep(period))
+            .await
+            .is_none()
+        {
+            return;
+        }
     }
 }
 

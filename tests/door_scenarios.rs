@@ -10,7 +10,7 @@ use doorflow_agent::snapshot::*;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -90,7 +90,7 @@ struct Door {
     snapshot: Arc<SharedSnapshot>,
     audit: mpsc::UnboundedReceiver<AuditEvent>,
     changes: broadcast::Receiver<OutputChange>,
-    stop: watch::Sender<bool>,
+    stop: tokio_util::sync::CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -106,9 +106,9 @@ impl Door {
             contact_open: Some(false),
         }));
         let (audit_tx, audit) = mpsc::unbounded_channel();
-        let (stop, stopping) = watch::channel(false);
+        let stop = tokio_util::sync::CancellationToken::new();
         let task = DoorTask::new(&config.doors[0], hardware, Arc::clone(&shared), state, audit_tx);
-        let task = tokio::spawn(task.run(stopping));
+        let task = tokio::spawn(task.run(stop.clone()));
         Door {
             mock,
             snapshot: shared,
@@ -155,7 +155,7 @@ impl Door {
     }
 
     async fn stop(self) -> bool {
-        self.stop.send(true).unwrap();
+        self.stop.cancel();
         self.task.await.unwrap();
         self.mock.handle(&json!({"op": "state", "door": 0}))["relay"]["released"] == true
     }

@@ -9,7 +9,7 @@ use doorflow_agent::credential::{CardFormat, CardRead, Presented};
 use doorflow_agent::doorflow::client::Client;
 use doorflow_agent::doorflow::ratelimit::RateBudget;
 use doorflow_agent::sim::{Fault, SimConfig, Simulator};
-use doorflow_agent::sync::{sync_once, SyncError};
+use doorflow_agent::sync::{sync_once, SyncError, SyncTarget};
 use doorflow_agent::testing::config::{assert_valid, demo_config};
 use std::os::unix::fs::PermissionsExt;
 use std::sync::{Arc, Mutex};
@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 struct Setup {
     sim: Simulator,
     agent: Arc<Agent>,
+    /// The agent's sync handle (never stopped).
+    target: SyncTarget,
     client: Client,
     dir: tempfile::TempDir,
 }
@@ -53,6 +55,7 @@ async fn setup(people: u64, oauth: bool, per_minute: u32) -> Setup {
     let agent = Agent::start(config).unwrap();
     Setup {
         sim,
+        target: agent.sync_target(Default::default()),
         agent,
         client,
         dir,
@@ -83,7 +86,7 @@ fn front_grants(agent: &Agent, number: u64) -> bool {
 #[tokio::test]
 async fn ten_thousand_people_sync_through_pagination() {
     let s = setup(10_000, false, 10_000).await;
-    sync_once(&s.agent, &s.client).await.unwrap();
+    sync_once(&s.target, &s.client).await.unwrap();
     let counts = s.agent.snapshot.current().counts();
     assert_eq!(
         (counts.people, counts.credentials, counts.channels),
@@ -112,7 +115,7 @@ async fn ten_thousand_people_sync_through_pagination() {
 #[tokio::test]
 async fn oauth_refreshes_once_on_expiry_and_persists_the_rotated_token() {
     let s = setup(50, true, 10_000).await;
-    sync_once(&s.agent, &s.client).await.unwrap();
+    sync_once(&s.target, &s.client).await.unwrap();
     let token_file = s.dir.path().join("refresh_token");
     let saved = std::fs::read_to_string(&token_file).unwrap();
     assert_eq!(saved.trim(), s.sim.refresh_token(), "rotated token written back");
@@ -124,7 +127,7 @@ async fn oauth_refreshes_once_on_expiry_and_persists_the_rotated_token() {
     assert_eq!(before, 1);
 
     s.sim.expire_tokens();
-    sync_once(&s.agent, &s.client).await.unwrap();
+    sync_once(&s.target, &s.client).await.unwrap();
     assert_eq!(
         s.sim.requests_to("/oauth/token"),
         2,
@@ -139,10 +142,10 @@ async fn oauth_refreshes_once_on_expiry_and_persists_the_rotated_token() {
 #[tokio::test]
 async fn a_revoked_refresh_token_fails_clearly_and_keeps_the_snapshot() {
     let s = setup(20, true, 10_000).await;
-    sync_once(&s.agent, &s.client).await.unwrap();
+    sync_once(&s.target, &s.client).await.unwrap();
     std::fs::write(s.dir.path().join("refresh_token"), "revoked").unwrap();
     s.sim.expire_tokens();
-    let error = sync_once(&s.agent, &s.client).await.unwrap_err();
+    let error = sync_once(&s.target, &s.client).await.unwrap_err();
     assert!(error.to_string().contains("invalid_grant"), "{error}");
     assert_eq!(s.agent.snapshot.current().counts().people, 20);
     assert_eq!(
@@ -155,7 +158,7 @@ async fn a_revoked_refresh_token_fails_clearly_and_keeps_the_snapshot() {
 #[tokio::test]
 async fn every_fault_mid_sync_keeps_the_previous_snapshot() {
     let s = setup(300, false, 10_000).await;
-    sync_once(&s.agent, &s.client).await.unwrap();
+    sync_once(&s.target, &s.client).await.unwrap();
     let generation = s.agent.store.snapshot_header().unwrap().unwrap().generation;
     s.sim.disable_person(17);
     let faults = [
@@ -171,7 +174,7 @@ async fn every_fault_mid_sync_keeps_the_previous_snapshot() {
     ];
     for (path, fault) in faults {
         s.sim.inject(path, fault.clone());
-        let error = sync_once(&s.agent, &s.client).await.unwrap_err();
+        let error = sync_once(&s.target, &s.client).await.unwrap_err();
         assert!(matches!(error, SyncError::Api(_)), "{fault:?}: {error}");
         assert!(front_grants(&s.agent, 17), "{fault:?} replaced the snapshot");
         let status = s.agent.status();
@@ -181,7 +184,7 @@ async fn every_fault_mid_sync_keeps_the_previous_snapshot() {
             generation
         );
     }
-    sync_once(&s.agent, &s.client).await.unwrap();
+    sync_once(&s.target, &s.client).await.unwrap();
     assert!(!front_grants(&s.agent, 17), "the later sync brought the change");
     assert!(s.agent.status().sync.last_error.is_none());
 }
@@ -190,7 +193,7 @@ async fn every_fault_mid_sync_keeps_the_previous_snapshot() {
 async fn forbidden_names_the_scope() {
     let s = setup(10, false, 10_000).await;
     s.sim.inject("/api/3/people", Fault::Status(403));
-    let error = sync_once(&s.agent, &s.client).await.unwrap_err().to_string();
+    let error = sync_once(&s.target, &s.client).await.unwrap_err().to_string();
     assert!(error.contains("account.person.readonly"), "{error}");
 }
 
@@ -200,9 +203,9 @@ async fn nothing_is_sent_before_a_429_reset() {
     s.sim
         .inject("/api/3/people", Fault::RateLimited { retry_after_s: 2 });
     let started = Instant::now();
-    assert!(sync_once(&s.agent, &s.client).await.is_err());
+    assert!(sync_once(&s.target, &s.client).await.is_err());
     let requests = s.sim.requests();
-    sync_once(&s.agent, &s.client).await.unwrap();
+    sync_once(&s.target, &s.client).await.unwrap();
     assert!(
         started.elapsed() >= Duration::from_millis(1900),
         "sent before Retry-After"
@@ -214,7 +217,7 @@ async fn nothing_is_sent_before_a_429_reset() {
 async fn incremental_syncs_pull_only_changes_and_a_full_reconcile_drops_deleted_people() {
     use doorflow_agent::sync::{Cursor, CURSOR_KEY};
     let s = setup(1_000, false, 10_000).await;
-    sync_once(&s.agent, &s.client).await.unwrap();
+    sync_once(&s.target, &s.client).await.unwrap();
     assert_eq!(s.agent.status().sync.last_kind.as_deref(), Some("full"));
     let full_people_requests = s.sim.requests_to("/api/3/people");
     assert_eq!(full_people_requests, 11, "10 pages of 100 and an empty one");
@@ -223,7 +226,7 @@ async fn incremental_syncs_pull_only_changes_and_a_full_reconcile_drops_deleted_
     s.sim.delete_person(18);
     s.sim.revoke_credential("19");
     let added = s.sim.add_person();
-    sync_once(&s.agent, &s.client).await.unwrap();
+    sync_once(&s.target, &s.client).await.unwrap();
     assert_eq!(s.agent.status().sync.last_kind.as_deref(), Some("incremental"));
     assert_eq!(
         s.sim.requests_to("/api/3/people") - full_people_requests,
@@ -254,7 +257,7 @@ async fn incremental_syncs_pull_only_changes_and_a_full_reconcile_drops_deleted_
             },
         )
         .unwrap();
-    sync_once(&s.agent, &s.client).await.unwrap();
+    sync_once(&s.target, &s.client).await.unwrap();
     assert_eq!(s.agent.status().sync.last_kind.as_deref(), Some("full"));
     assert_eq!(s.agent.snapshot.current().counts().people, 1_000);
     assert!(!front_grants(&s.agent, 17) && front_grants(&s.agent, added));

@@ -356,7 +356,7 @@ async fn a_full_disk_delays_the_audit_trail_but_loses_nothing_and_never_holds_th
     );
 
     let client = Client::new(&h.config.api, std::sync::Arc::clone(&h.agent.budget)).unwrap();
-    let result = sync_once(&h.agent, &client).await;
+    let result = sync_once(&h.agent.sync_target(Default::default()), &client).await;
     assert!(matches!(result, Err(SyncError::Store(_))), "{result:?}");
     assert_eq!(
         h.agent.snapshot.current().synced_at(),

@@ -25,6 +25,8 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Gap between keypad bursts: longer than any frame gap, so each key is its own frame.
 const KEY_GAP_NS: u64 = 100_000_000;
@@ -243,12 +245,18 @@ impl MockGpio {
         }
     }
 
-    /// Serves the control socket until the listener fails.
-    pub async fn serve(self: Arc<Self>, listener: UnixListener) {
+    /// Serves the control socket (each connection a task on `tasks`) until `stop` is cancelled;
+    /// open connections end then too.
+    pub async fn serve(self: Arc<Self>, listener: UnixListener, tasks: TaskTracker, stop: CancellationToken) {
         loop {
-            match listener.accept().await {
+            let accepted = tokio::select! {
+                _ = stop.cancelled() => return,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
                 Ok((stream, _)) => {
-                    tokio::spawn(Arc::clone(&self).client(stream));
+                    let (mock, stop) = (Arc::clone(&self), stop.clone());
+                    tasks.spawn(async move { stop.run_until_cancelled(mock.client(stream)).await });
                 }
                 Err(error) => {
                     tracing::warn!(%error, "mock GPIO control socket accept failed");

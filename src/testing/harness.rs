@@ -9,10 +9,8 @@ use crate::audit::AuditEvent;
 use crate::config::values::Ranged;
 use crate::config::Config;
 use crate::sim::{SimConfig, Simulator};
-use crate::store::StoreError;
 use serde_json::Value;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// What a test changes from the demo config and the default simulator.
 #[derive(Debug, Clone)]
@@ -105,21 +103,9 @@ impl Harness {
         Harness::assemble(sim, dir, config).await
     }
 
-    /// Starts the agent and serves it. A store write a stopped uplink started on the blocking
-    /// pool may still hold the store for a moment after an in-process stop (a real restart is
-    /// a new process and never sees this), so a locked store is retried briefly.
+    /// Starts the agent and serves it.
     async fn assemble(sim: Simulator, dir: tempfile::TempDir, config: Config) -> Harness {
-        let mut tries = 0;
-        let agent = loop {
-            match Agent::start(config.clone()) {
-                Ok(agent) => break agent,
-                Err(AgentError::Store(StoreError::Locked { .. })) if tries < 100 => {
-                    tries += 1;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(error) => panic!("agent start: {error}"),
-            }
-        };
+        let agent = Agent::start(config.clone()).unwrap_or_else(|error| panic!("agent start: {error}"));
         let mut harness = Harness {
             sim,
             agent,

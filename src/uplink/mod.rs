@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// How often a waiting lane shows it is alive (the watchdog allows half its interval).
 const HEARTBEAT: Duration = Duration::from_secs(2);
@@ -152,12 +153,13 @@ pub struct LaneDrain {
 }
 
 impl LaneDrain {
-    /// Runs until the task is dropped.
-    pub async fn run(mut self) {
+    /// Runs until `stop` is cancelled. It stops while it waits or sends (a request cut off is
+    /// sent again after the restart: at-least-once), never inside a store write.
+    pub async fn run(mut self, stop: CancellationToken) {
         if self.client.is_none() {
             self.set_state(LaneState::Disabled, None, None);
         }
-        loop {
+        while !stop.is_cancelled() {
             self.beat();
             let head = match self.blocking(move |store, lane| store.outbox_head(lane)).await {
                 Ok(head) => head,
@@ -170,7 +172,9 @@ impl LaneDrain {
                 if self.client.is_some() {
                     self.set_state(LaneState::Idle, None, None);
                 }
-                self.wait_for_work().await;
+                if stop.run_until_cancelled(self.wait_for_work()).await.is_none() {
+                    return;
+                }
                 continue;
             };
             let now = Timestamp::now();
@@ -180,18 +184,28 @@ impl LaneDrain {
             }
             let not_before = entry.value.next_attempt_at.filter(|at| *at > now);
             if let Some(at) = not_before {
-                if self.wait_until(at, &entry.value).await == Woke::ServerBack {
-                    self.clear_wait(&entry).await;
+                match stop.run_until_cancelled(self.wait_until(at, &entry.value)).await {
+                    None => return,
+                    Some(Woke::ServerBack) => self.clear_wait(&entry).await,
+                    Some(Woke::Due) => {}
                 }
                 continue;
             }
             let Some(client) = self.client.clone() else {
                 // Nothing to send with: wait for the admit to expire (or new work).
-                self.wait_until(expiry_or_later(&entry.value, &self.policy), &entry.value)
-                    .await;
+                let expiry = expiry_or_later(&entry.value, &self.policy);
+                if stop
+                    .run_until_cancelled(self.wait_until(expiry, &entry.value))
+                    .await
+                    .is_none()
+                {
+                    return;
+                }
                 continue;
             };
-            let result = self.send(&client, &entry.value).await;
+            let Some(result) = stop.run_until_cancelled(self.send(&client, &entry.value)).await else {
+                return;
+            };
             self.settle(entry, result).await;
         }
     }
@@ -405,7 +419,7 @@ impl LaneDrain {
             tokio::select! {
                 changed = self.wakeups.queued.changed() => {
                     if changed.is_err() {
-                        // The agent is stopping; keep beating until the task is dropped.
+                        // The agent is stopping; keep beating until the lane is stopped.
                         std::future::pending::<()>().await;
                     }
                     return;
