@@ -1,5 +1,6 @@
-//! The `status` report: one JSON object (DESIGN.md's contract) built either from a running
-//! agent's memory (served over the admin socket) or, when the agent is stopped, from the store.
+//! The `status` report: one JSON object (the README's "status contract") built either from a
+//! running agent's memory (served over the admin socket) or, when the agent is stopped, from the
+//! store.
 
 use crate::config::Config;
 use crate::door::DoorMode;

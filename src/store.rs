@@ -9,7 +9,7 @@
 
 mod outbox;
 
-pub use outbox::{Call, Capacity, DeadLetter, Entry, Lane, OutboxStats, QueuedCall};
+pub use outbox::{Call, Capacity, DeadLetter, Entry, Hold, Lane, OutboxStats, QueuedCall};
 
 use crate::snapshot::{SnapshotCounts, SnapshotParts};
 use jiff::Timestamp;

@@ -161,6 +161,23 @@ impl Door {
     }
 }
 
+/// ARCHITECTURE.md's invariant: the relay is written before anything is logged, stored or
+/// sent. The mock publishes a relay change synchronously inside the write, so by the time the
+/// audit event reaches the writer's channel the change must already be there.
+#[tokio::test]
+async fn the_relay_is_written_before_the_event_is_handed_on() {
+    let mut door = Door::start(snapshot(ChannelMode::Normal, None));
+    door.swipe(17);
+    let event = door.event().await;
+    assert_eq!(event.event_code, 10);
+    let change = door
+        .changes
+        .try_recv()
+        .expect("the relay change was published before the audit event");
+    assert!(change.released);
+    assert!(!door.stop().await);
+}
+
 #[tokio::test]
 async fn valid_card_opens_then_relocks() {
     let mut door = Door::start(snapshot(ChannelMode::Normal, None));

@@ -1,4 +1,4 @@
-//! The uplink against the DoorFlow simulator: delivery, DESIGN.md's retry table row by row,
+//! The uplink against the DoorFlow simulator: delivery, the README's retry table row by row,
 //! the admit TTL, resuming when the server comes back, and a 30 % chaos run.
 
 use doorflow_agent::sim::{Chaos, Fault};

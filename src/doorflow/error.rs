@@ -1,4 +1,5 @@
-//! One error type for every DoorFlow call, and its classification per DESIGN.md's retry table.
+//! One error type for every DoorFlow call, and its classification per the retry table (README,
+//! "Retry table").
 //! Bodies come in several styles; all parse, and nothing unknown crashes anything.
 
 use jiff::Timestamp;
@@ -125,7 +126,7 @@ pub enum ApiError {
     Decode { operation: Operation, detail: String },
 }
 
-/// What the caller does next (DESIGN.md's retry table, in one place).
+/// What the caller does next (the README's retry table, in one place).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RetryClass {
     Done,

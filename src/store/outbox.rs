@@ -68,6 +68,21 @@ impl Lane {
     }
 }
 
+/// Why a lane is holding back (the retry policy decides; stored so a hold survives a restart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hold {
+    /// The server answered 408/429: nothing is sent before `until`.
+    RateLimited,
+    /// 5xx or a garbled answer: back off.
+    ServerError,
+    /// No answer (connection refused, reset, timed out): back off, but retry as soon as the
+    /// server is reachable again.
+    Unreachable,
+    /// Credentials refused after a refresh.
+    AuthRefused,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueuedCall {
     /// Stable across retries and restarts; sent as `Idempotency-Key`.
@@ -80,7 +95,7 @@ pub struct QueuedCall {
     pub last_error: Option<String>,
     /// Why it waits for `next_attempt_at` (persisted, so a restart waits the same way).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hold: Option<crate::uplink::policy::Hold>,
+    pub hold: Option<Hold>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,4 +1,4 @@
-//! What happens to a queued call after an attempt: DESIGN.md's retry table applied to one
+//! What happens to a queued call after an attempt: the README's retry table applied to one
 //! record. Pure: time and randomness come in as arguments, so every row is unit-tested.
 //!
 //! | outcome | action |
@@ -10,6 +10,7 @@
 //! | 5xx, timeout, connection error | exponential backoff with full jitter, capped |
 
 use crate::doorflow::error::{ApiError, RetryClass, TransportKind};
+pub use crate::store::Hold;
 use crate::store::QueuedCall;
 use jiff::{SignedDuration, Timestamp};
 
@@ -47,21 +48,6 @@ impl RetryPolicy {
             ..RetryPolicy::new(uplink.admit_ttl_s.get())
         }
     }
-}
-
-/// Why a lane is holding back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Hold {
-    /// The server answered 408/429: nothing is sent before `until`.
-    RateLimited,
-    /// 5xx or a garbled answer: back off.
-    ServerError,
-    /// No answer (connection refused, reset, timed out): back off, but retry as soon as the
-    /// server is reachable again.
-    Unreachable,
-    /// Credentials refused after a refresh.
-    AuthRefused,
 }
 
 /// The next step for the record that was just tried.
