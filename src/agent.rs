@@ -8,6 +8,7 @@ use crate::doorflow::client::{self, Client};
 use crate::doorflow::ratelimit::RateBudget;
 use crate::hw;
 use crate::outbox;
+use crate::reader::{self, ReaderStatus};
 use crate::snapshot::{SharedSnapshot, Shift, Snapshot};
 use crate::status::{self, DoorStatus, QueueStatus, SnapshotStatus, StatusReport, SyncStatus};
 use crate::store::{Lane, Store, StoreError};
@@ -31,6 +32,8 @@ pub enum AgentError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Gpio(#[from] hw::GpioError),
+    #[error(transparent)]
+    Osdp(#[from] reader::osdp::OsdpStartError),
 }
 
 /// Live state of one door, as `status` reports it.
@@ -39,6 +42,19 @@ pub struct DoorState {
     pub relay_released: bool,
     /// `None` when no door contact is wired.
     pub contact_open: Option<bool>,
+    /// The reader's link, kept up to date by its port thread (OSDP).
+    pub reader: ReaderStatus,
+}
+
+impl DoorState {
+    /// A door at start: locked, contact closed (when wired), reader not yet heard from.
+    pub fn new(door: &crate::config::DoorConfig) -> DoorState {
+        DoorState {
+            relay_released: false,
+            contact_open: door.contact.as_ref().map(|_| false),
+            reader: ReaderStatus::initial(&door.reader, true),
+        }
+    }
 }
 
 /// Everything the agent's tasks share.
@@ -82,12 +98,7 @@ impl Agent {
         let doors = config
             .doors
             .iter()
-            .map(|door| {
-                Arc::new(Mutex::new(DoorState {
-                    relay_released: false,
-                    contact_open: door.contact.as_ref().map(|_| false),
-                }))
-            })
+            .map(|door| Arc::new(Mutex::new(DoorState::new(door))))
             .collect();
         Ok(Arc::new(Agent {
             store: Arc::new(store),
@@ -140,6 +151,7 @@ impl Agent {
                         }
                         .into(),
                         mode: status::door_mode(&snapshot, door.channel_id, now).into(),
+                        reader: state.reader,
                     }
                 })
                 .collect(),
@@ -218,7 +230,7 @@ pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Res
     let (liveness, mut heartbeats) = supervisor::Liveness::new(&loop_names);
     let uplink_beats = heartbeats.split_off(agent.config.doors.len());
     let door_tasks = match start_doors(&agent, audit_tx, doors_stopping, heartbeats) {
-        Ok(tasks) => tasks,
+        Ok(started) => started,
         Err(error) => {
             admin_task.abort();
             let _ = std::fs::remove_file(&agent.config.admin.socket);
@@ -268,9 +280,12 @@ pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Res
         let _ = task.await;
     }
     let _ = stop_doors.send(true);
+    let (door_tasks, osdp) = door_tasks;
     for task in door_tasks {
         let _ = task.await;
     }
+    // After the doors: their last decisions may still have feedback to play.
+    let _ = tokio::task::spawn_blocking(move || osdp.stop()).await;
     // The door tasks held the only senders: the writer drains what is left and ends.
     let _ = audit_task.await;
     admin_task.abort();
@@ -346,13 +361,13 @@ fn start_uplink(
 }
 
 /// Opens every door's GPIO lines (failing start-up with a clear message if a chip or line is
-/// unavailable) and spawns its task.
+/// unavailable), starts the OSDP buses, and spawns each door's task.
 fn start_doors(
     agent: &Arc<Agent>,
     audit: tokio::sync::mpsc::UnboundedSender<AuditEvent>,
     stopping: tokio::sync::watch::Receiver<bool>,
     heartbeats: Vec<supervisor::Heartbeat>,
-) -> Result<Vec<tokio::task::JoinHandle<()>>, AgentError> {
+) -> Result<(Vec<tokio::task::JoinHandle<()>>, reader::osdp::OsdpReaders), AgentError> {
     let config = &agent.config;
     let backend = hw::Backend::open(config);
     if let hw::Backend::Mock(mock) = &backend {
@@ -365,10 +380,17 @@ fn start_doors(
         tokio::spawn(Arc::clone(mock).serve(listener));
         tracing::info!(socket = %config.gpio.mock_socket.display(), "mock GPIO backend; control socket ready");
     }
+    let mut osdp = reader::osdp::start(config, &agent.doors)?;
     let mut tasks = Vec::new();
     for ((index, door), heartbeat) in config.doors.iter().enumerate().zip(heartbeats) {
-        let hardware = backend.open_door(config, index)?;
-        let task = DoorTask::new(
+        let hardware = match backend.open_door(config, index) {
+            Ok(hardware) => hardware,
+            Err(error) => {
+                osdp.stop();
+                return Err(error.into());
+            }
+        };
+        let mut task = DoorTask::new(
             door,
             hardware,
             Arc::clone(&agent.snapshot),
@@ -376,10 +398,13 @@ fn start_doors(
             audit.clone(),
         )
         .with_heartbeat(heartbeat);
+        if let Some(link) = osdp.take_link(index) {
+            task = task.with_reader(link);
+        }
         tracing::info!(door = %door.name, channel_id = door.channel_id, card_value = ?door.card_value, "door ready");
         tasks.push(tokio::spawn(task.run(stopping.clone())));
     }
-    Ok(tasks)
+    Ok((tasks, osdp))
 }
 
 /// Installs the SIGTERM/SIGINT handlers now (so a signal during start-up is not fatal) and

@@ -5,6 +5,9 @@
 //! hold them, so the config can be world-readable and logged.
 
 use crate::credential::{CardFormat, CardValueMapping};
+
+mod reader;
+pub use reader::{OsdpReaderConfig, ReaderConfig, OSDP_BAUD_RATES};
 use serde::Deserialize;
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -312,9 +315,10 @@ pub struct DoorConfig {
     pub rex: Option<InputLineConfig>,
 }
 
+/// A Wiegand reader on two GPIO lines (`[doors.reader]` with no `type`, or `type = "wiegand"`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ReaderConfig {
+pub struct WiegandReaderConfig {
     pub chip: Option<String>,
     pub d0: u32,
     pub d1: u32,
@@ -649,6 +653,7 @@ impl Config {
         }
 
         self.validate_doors(&mut report);
+        self.validate_osdp_buses(&mut report);
         self.validate_shifts(&mut report);
         problems
     }
@@ -693,14 +698,23 @@ impl Config {
                     format!("{} is out of range (1 to 3600)", door.held_open_s),
                 );
             }
-            if door.reader.formats.is_empty() {
-                report(at("reader.formats"), "must list at least one card format".into());
-            }
-            if !(5..=500).contains(&door.reader.frame_gap_ms) {
-                report(
-                    at("reader.frame_gap_ms"),
-                    format!("{} is out of range (5 to 500)", door.reader.frame_gap_ms),
-                );
+            match &door.reader {
+                ReaderConfig::Wiegand(reader) => {
+                    if reader.formats.is_empty() {
+                        report(at("reader.formats"), "must list at least one card format".into());
+                    }
+                    if !(5..=500).contains(&reader.frame_gap_ms) {
+                        report(
+                            at("reader.frame_gap_ms"),
+                            format!("{} is out of range (5 to 500)", reader.frame_gap_ms),
+                        );
+                    }
+                }
+                ReaderConfig::Osdp(reader) => {
+                    for (field, message) in reader.problems() {
+                        report(at(&format!("reader.{field}")), message);
+                    }
+                }
             }
             let mut claim = |key: String, chip: &Option<String>, line: u32| {
                 let chip = normalise_chip(chip.as_deref().unwrap_or(&self.gpio.chip));
@@ -715,11 +729,12 @@ impl Config {
                     }
                 }
             };
-            let mut clashes = vec![
-                claim(at("reader.d0"), &door.reader.chip, door.reader.d0),
-                claim(at("reader.d1"), &door.reader.chip, door.reader.d1),
-                claim(at("relay.line"), &door.relay.chip, door.relay.line),
-            ];
+            let mut clashes = Vec::new();
+            if let ReaderConfig::Wiegand(reader) = &door.reader {
+                clashes.push(claim(at("reader.d0"), &reader.chip, reader.d0));
+                clashes.push(claim(at("reader.d1"), &reader.chip, reader.d1));
+            }
+            clashes.push(claim(at("relay.line"), &door.relay.chip, door.relay.line));
             for (field, input) in [("contact", &door.contact), ("rex", &door.rex)] {
                 if let Some(input) = input {
                     clashes.push(claim(at(&format!("{field}.line")), &input.chip, input.line));
@@ -739,6 +754,12 @@ impl Config {
                     report(at("allowed_roles"), "role id 0 is not a DoorFlow id".into());
                 }
             }
+        }
+    }
+
+    fn validate_osdp_buses(&self, report: &mut impl FnMut(String, String)) {
+        for (key, message) in reader::bus_problems(&self.doors) {
+            report(key, message);
         }
     }
 

@@ -12,6 +12,7 @@ pub mod door_task;
 pub mod doorflow;
 pub mod hw;
 pub mod outbox;
+pub mod reader;
 pub mod secrets;
 pub mod sim;
 pub mod snapshot;

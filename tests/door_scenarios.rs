@@ -103,10 +103,7 @@ impl Door {
         let changes = mock.watch();
         let hardware = mock.open_door(0);
         let shared = Arc::new(SharedSnapshot::new(snapshot));
-        let state = Arc::new(Mutex::new(DoorState {
-            relay_released: false,
-            contact_open: Some(false),
-        }));
+        let state = Arc::new(Mutex::new(DoorState::new(&config.doors[0])));
         let (audit_tx, audit) = mpsc::unbounded_channel();
         let (stop, stopping) = watch::channel(false);
         let task = DoorTask::new(&config.doors[0], hardware, Arc::clone(&shared), state, audit_tx);
