@@ -331,6 +331,13 @@ fn the_demo_runs_its_scenario() {
         "duplicate deliveries), 5 admits accepted by DoorFlow, 0 pending, 0 dead, 0 dropped",
         "front door mode is now lockdown",
         "doors left locked",
+        // The lobby's emulated OSDP reader: key installed, feedback, loss and return.
+        "reader received its own secure channel key (osdp_KEYSET)",
+        "reader osdp /dev/pts/",
+        "reader LED Green for 2.0s",
+        "reader beeps 2x",
+        "event 34 (reader_no_answer)",
+        "event 35 (reader_online)",
     ] {
         assert!(
             stdout.contains(needle),

@@ -83,6 +83,14 @@ pub struct LinkSupervisor {
     /// When the reader stopped being usable (or the start, before it first was).
     down_since_ms: Option<u64>,
     last_restart_ms: Option<u64>,
+    /// The connection attempt under way: since when, and whether it started from scratch (at
+    /// start or by a restart). Only such an attempt says something about the key: one that
+    /// began with the old session still open also sees the stale replies of a reader coming
+    /// back.
+    attempt_start_ms: u64,
+    attempt_fresh: bool,
+    /// What the last fresh attempt that failed showed: no answer, or answers but no usable link.
+    verdict: Option<OfflineReason>,
     /// An offline event was raised and no "restored" event yet.
     loss_reported: bool,
 }
@@ -96,6 +104,9 @@ impl LinkSupervisor {
             run_start: None,
             down_since_ms: Some(now_ms),
             last_restart_ms: None,
+            attempt_start_ms: now_ms,
+            attempt_fresh: true,
+            verdict: None,
             loss_reported: false,
         }
     }
@@ -118,6 +129,7 @@ impl LinkSupervisor {
 
         let next = if usable {
             self.down_since_ms = None;
+            self.verdict = None;
             let run_start = *self.run_start.get_or_insert(s.exchanges);
             let run = s.exchanges.saturating_sub(run_start);
             if run >= u64::from(self.policy.online_after_polls) {
@@ -127,14 +139,28 @@ impl LinkSupervisor {
             }
         } else {
             self.run_start = None;
-            let down_since = *self.down_since_ms.get_or_insert(s.now_ms);
+            let down_since = match self.down_since_ms {
+                Some(since) => since,
+                None => {
+                    // Just lost: silent, or answering without the secure channel it needs.
+                    // What follows is not a fresh attempt until the next restart.
+                    self.verdict = Some(if s.cp_online && !silent {
+                        OfflineReason::KeyRefused
+                    } else {
+                        OfflineReason::NoAnswer
+                    });
+                    self.attempt_start_ms = s.now_ms;
+                    self.attempt_fresh = false;
+                    *self.down_since_ms.insert(s.now_ms)
+                }
+            };
+            if self.restart_due(s) {
+                self.conclude_attempt(s);
+            }
             let reason = if s.port_error {
                 OfflineReason::PortError
-            } else if s.answered_at_ms.is_some_and(|at| at > down_since) && !silent {
-                // It answered since it went down, yet is not usable: its key is not ours.
-                OfflineReason::KeyRefused
             } else {
-                OfflineReason::NoAnswer
+                self.verdict.unwrap_or(OfflineReason::NoAnswer)
             };
             let down_for = s.now_ms.saturating_sub(down_since);
             match self.state {
@@ -150,12 +176,9 @@ impl LinkSupervisor {
         };
 
         let mut update = LinkUpdate {
-            restart: !usable && self.restart_due(s),
+            restart: !usable && self.last_restart_ms == Some(s.now_ms),
             ..LinkUpdate::default()
         };
-        if update.restart {
-            self.last_restart_ms = Some(s.now_ms);
-        }
         if next != self.state {
             update.changed = true;
             update.alarm = match next {
@@ -172,6 +195,23 @@ impl LinkSupervisor {
             self.state = next;
         }
         update
+    }
+
+    /// Ends the attempt under way as a restart begins a fresh one. A fresh attempt that got
+    /// answers yet no usable link means the reader refuses the key; one with no answers means
+    /// nothing is there.
+    fn conclude_attempt(&mut self, s: &LinkSample) {
+        if self.attempt_fresh {
+            let answered = s.answered_at_ms.is_some_and(|at| at >= self.attempt_start_ms);
+            self.verdict = Some(if answered {
+                OfflineReason::KeyRefused
+            } else {
+                OfflineReason::NoAnswer
+            });
+        }
+        self.attempt_start_ms = s.now_ms;
+        self.attempt_fresh = true;
+        self.last_restart_ms = Some(s.now_ms);
     }
 
     /// Restart a reader LibOSDP has given up on (or that it runs without the required secure
@@ -339,6 +379,24 @@ mod tests {
         // Online readers are never restarted.
         let updates = bus.run(&mut link, 10_000, true, true, true);
         assert!(updates.iter().all(|u| !u.restart));
+    }
+
+    #[test]
+    fn a_reader_coming_back_into_a_stale_session_is_not_taken_for_a_key_refusal() {
+        let mut bus = Bus::new();
+        let mut link = LinkSupervisor::new(POLICY, bus.now_ms);
+        bus.run(&mut link, 500, true, true, true);
+        // Powered off: LibOSDP keeps probing the old session, then gives up.
+        let mut updates = bus.run(&mut link, 2_500, false, true, true);
+        // Powered on: it answers the stale probes with errors; LibOSDP drops the session.
+        updates.extend(bus.run(&mut link, 300, true, true, false));
+        updates.extend(bus.run(&mut link, 2_000, false, false, false));
+        // The restart sets the reader up afresh.
+        updates.extend(bus.run(&mut link, 2_000, true, true, true));
+        assert_eq!(
+            alarms(&updates),
+            [ReaderAlarm::Offline(OfflineReason::NoAnswer), ReaderAlarm::Online]
+        );
     }
 
     #[test]

@@ -268,7 +268,8 @@ impl ReaderSlot {
             LinkState::Offline(reason) => Some(reason.as_str().to_string()),
             _ => None,
         };
-        status.secure_channel = Some(secure);
+        // LibOSDP may still hold a session it is probing; only an online link counts as secure.
+        status.secure_channel = Some(secure && state == LinkState::Online);
         status.tamper = Some(self.tamper);
         if status != self.status {
             lock(&self.state).reader = status.clone();
