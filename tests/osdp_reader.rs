@@ -285,6 +285,16 @@ fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
     }
 }
 
+/// A reader holding `KEY` and an agent given `agent_key` in a key file (mode 0600).
+fn keyed_reader_and_agent(dir: &Path, agent_key: &str) -> (Reader, Agent) {
+    let key_file = dir.join("reader.key");
+    std::fs::write(&key_file, format!("{agent_key}\n")).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let reader = Reader::start(&dir.join("osdp-bus"), Some(KEY));
+    let agent = Agent::start(dir, &format!("key_file = \"{}\"", key_file.display()));
+    (reader, agent)
+}
+
 fn online_and_secure(reader: &Value) -> bool {
     reader["state"] == "online" && reader["secure_channel"] == true
 }
@@ -346,11 +356,7 @@ fn a_factory_reader_gets_its_key_then_a_card_is_granted_with_green_and_one_beep(
 #[test]
 fn a_reader_with_another_key_is_refused_and_reported() {
     let dir = tempfile::tempdir().unwrap();
-    let key_file = dir.path().join("reader.key");
-    std::fs::write(&key_file, format!("{OTHER_KEY}\n")).unwrap();
-    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let mut reader = Reader::start(&dir.path().join("osdp-bus"), Some(KEY));
-    let mut agent = Agent::start(dir.path(), &format!("key_file = \"{}\"", key_file.display()));
+    let (mut reader, mut agent) = keyed_reader_and_agent(dir.path(), OTHER_KEY);
 
     let status = agent.wait_reader("refused", |r| r["state"] == "offline");
     assert_eq!(status["reason"], "reader_key_refused", "{status}");
@@ -380,11 +386,7 @@ fn a_reader_with_another_key_is_refused_and_reported() {
 #[test]
 fn a_reader_that_goes_away_is_reported_offline_and_comes_back() {
     let dir = tempfile::tempdir().unwrap();
-    let key_file = dir.path().join("reader.key");
-    std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
-    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let mut reader = Reader::start(&dir.path().join("osdp-bus"), Some(KEY));
-    let mut agent = Agent::start(dir.path(), &format!("key_file = \"{}\"", key_file.display()));
+    let (mut reader, mut agent) = keyed_reader_and_agent(dir.path(), KEY);
     agent.wait_reader("online and secure", online_and_secure);
 
     // Power cut at the reader.

@@ -13,6 +13,7 @@ pub mod link;
 pub mod pty;
 pub mod serial;
 pub mod translate;
+pub mod tty;
 
 use crate::agent::{lock, DoorState};
 use crate::config::{Config, OsdpReaderConfig, ReaderConfig};

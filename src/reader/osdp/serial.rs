@@ -1,5 +1,5 @@
 //! The serial port under an OSDP bus, as a LibOSDP channel: opened raw 8N1 and exclusive
-//! (TIOCEXCL + flock, so no second process can talk on the bus), reopened after it fails (a
+//! (`tty`, so no second process can talk on the bus), reopened after it fails (a
 //! USB adapter unplugged and plugged back), and watched: which address each command went to
 //! and whether anything answered, so a reader that answers but refuses the key can be told
 //! from one that is not there.
@@ -8,16 +8,19 @@
 //! belongs to the command written just before it, so the command's address byte (the byte after
 //! the start-of-message 0x53, itself after an optional 0xFF mark) names who answered.
 
+use super::tty::Tty;
 use crate::hw::monotonic_ns;
 use libosdp::{Channel, ChannelError};
-use serialport::{ClearBuffer, SerialPort, TTYPort};
-use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How often a port that failed to open is tried again.
 const REOPEN_MS: u64 = 1_000;
+/// How long a write may wait for room in the UART's buffer (reads never wait). A command is at
+/// most a few hundred bytes; at 9600 baud the kernel buffer drains 4 KB in about 4 s, so a full
+/// buffer for this long means the port is wedged.
+const WRITE_WAIT: Duration = Duration::from_millis(100);
 const START_OF_MESSAGE: u8 = 0x53;
 const MARK: u8 = 0xFF;
 /// OSDP addresses are 7 bits; 0x7F is broadcast.
@@ -72,7 +75,7 @@ pub struct SerialChannel {
     id: i32,
     path: PathBuf,
     baud: u32,
-    port: Option<TTYPort>,
+    port: Option<Tty>,
     next_open_ms: u64,
     watch: Arc<Mutex<BusWatch>>,
     /// The address of the command in flight and whether it has been answered.
@@ -99,12 +102,9 @@ impl SerialChannel {
     }
 
     /// The open port, opening it first if it is closed and a retry is due.
-    fn port(&mut self) -> Option<&mut TTYPort> {
+    fn port(&mut self) -> Option<&mut Tty> {
         if self.port.is_none() && Self::now_ms() >= self.next_open_ms {
-            match serialport::new(self.path.to_string_lossy(), self.baud)
-                .timeout(Duration::ZERO)
-                .open_native()
-            {
+            match Tty::open(&self.path, self.baud) {
                 Ok(port) => {
                     tracing::info!(port = %self.path.display(), baud = self.baud, "OSDP serial port open");
                     self.port = Some(port);
@@ -190,9 +190,18 @@ impl Channel for SerialChannel {
         let Some(port) = self.port() else {
             return Err(ChannelError::TransportError);
         };
-        match port.write(buf) {
+        match port.write(buf, WRITE_WAIT) {
             Ok(n) => Ok(n),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(ChannelError::WouldBlock),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                Err(ChannelError::WouldBlock)
+            }
             Err(e) => {
                 self.fail("write", e);
                 Err(ChannelError::TransportError)
@@ -203,7 +212,7 @@ impl Channel for SerialChannel {
     fn flush(&mut self) -> Result<(), ChannelError> {
         // LibOSDP flushes before retrying a command: drop half-received replies.
         if let Some(port) = self.port.as_mut() {
-            let _ = port.clear(ClearBuffer::Input);
+            port.discard_input();
         }
         Ok(())
     }
@@ -217,6 +226,7 @@ impl Channel for SerialChannel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
 
     #[test]
     fn the_command_address_follows_the_start_of_message() {
