@@ -32,6 +32,8 @@ pub struct LinkSample {
     pub exchanges: u64,
     /// When bytes last came back from this address.
     pub answered_at_ms: Option<u64>,
+    /// Since when commands to this address have gone unanswered (`None`: the last was answered).
+    pub unanswered_since_ms: Option<u64>,
     /// The serial port is not open or has failed.
     pub port_error: bool,
 }
@@ -121,9 +123,9 @@ impl LinkSupervisor {
     }
 
     pub fn observe(&mut self, s: &LinkSample) -> LinkUpdate {
-        let silent = s
-            .answered_at_ms
-            .is_none_or(|at| s.now_ms.saturating_sub(at) >= SILENCE_MS);
+        let silent = s.answered_at_ms.is_none()
+            || s.unanswered_since_ms
+                .is_some_and(|since| s.now_ms.saturating_sub(since) >= SILENCE_MS);
         let secure_ok = s.secure || !self.policy.secure_required;
         let usable = s.cp_online && secure_ok && !s.port_error && !silent;
 
@@ -242,6 +244,7 @@ mod tests {
         now_ms: u64,
         exchanges: u64,
         answered_at_ms: Option<u64>,
+        unanswered_since_ms: Option<u64>,
     }
 
     impl Bus {
@@ -250,6 +253,7 @@ mod tests {
                 now_ms: 1_000,
                 exchanges: 0,
                 answered_at_ms: None,
+                unanswered_since_ms: None,
             }
         }
 
@@ -265,9 +269,13 @@ mod tests {
             let mut updates = Vec::new();
             for _ in 0..ms / 50 {
                 self.now_ms += 50;
+                // One command per step; answered at once, or not at all.
                 if answering {
                     self.exchanges += 1;
                     self.answered_at_ms = Some(self.now_ms);
+                    self.unanswered_since_ms = None;
+                } else {
+                    self.unanswered_since_ms.get_or_insert(self.now_ms);
                 }
                 updates.push(link.observe(&LinkSample {
                     now_ms: self.now_ms,
@@ -275,6 +283,7 @@ mod tests {
                     secure,
                     exchanges: self.exchanges,
                     answered_at_ms: self.answered_at_ms,
+                    unanswered_since_ms: self.unanswered_since_ms,
                     port_error: false,
                 }));
             }
@@ -342,8 +351,9 @@ mod tests {
         let mut link = LinkSupervisor::new(POLICY, bus.now_ms);
         bus.run(&mut link, 500, true, true, true);
         assert!(link.is_online());
-        // LibOSDP still says online (it is probing), but nothing answers.
-        let updates = bus.run(&mut link, SILENCE_MS - 50, false, true, true);
+        // LibOSDP still says online (it is probing), but nothing answers: lost two seconds
+        // after the first unanswered poll.
+        let updates = bus.run(&mut link, SILENCE_MS, false, true, true);
         assert!(alarms(&updates).is_empty());
         let updates = bus.run(&mut link, 50, false, true, true);
         assert_eq!(alarms(&updates), [ReaderAlarm::Offline(OfflineReason::NoAnswer)]);
@@ -351,6 +361,29 @@ mod tests {
         // Back: a run of good exchanges restores it, with a "restored" alarm.
         let updates = bus.run(&mut link, 500, true, true, true);
         assert_eq!(alarms(&updates), [ReaderAlarm::Online]);
+    }
+
+    #[test]
+    fn a_pause_of_the_port_thread_itself_is_not_the_readers_silence() {
+        let mut bus = Bus::new();
+        let mut link = LinkSupervisor::new(POLICY, bus.now_ms);
+        bus.run(&mut link, 500, true, true, true);
+        // Nothing was sent for 3 s (the thread was not scheduled). The first poll after it has
+        // just been written and its answer is not in yet: that is no silence.
+        bus.now_ms += 3_000;
+        let update = link.observe(&LinkSample {
+            now_ms: bus.now_ms,
+            cp_online: true,
+            secure: true,
+            exchanges: bus.exchanges,
+            answered_at_ms: bus.answered_at_ms,
+            unanswered_since_ms: Some(bus.now_ms),
+            port_error: false,
+        });
+        assert_eq!(update.alarm, None);
+        assert!(link.is_online());
+        let updates = bus.run(&mut link, 50, true, true, true);
+        assert!(alarms(&updates).is_empty());
     }
 
     #[test]
@@ -408,6 +441,7 @@ mod tests {
             secure: false,
             exchanges: 0,
             answered_at_ms: None,
+            unanswered_since_ms: None,
             port_error: true,
         });
         assert_eq!(update.alarm, Some(ReaderAlarm::Offline(OfflineReason::PortError)));

@@ -344,6 +344,7 @@ impl Bus {
                 secure,
                 exchanges: activity.exchanges,
                 answered_at_ms: activity.answered_at_ms,
+                unanswered_since_ms: activity.unanswered_since_ms,
                 port_error: port_error.is_some(),
             });
             if update.restart && !slot.restarting {

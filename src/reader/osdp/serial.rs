@@ -33,6 +33,10 @@ pub struct AddressActivity {
     pub exchanges: u64,
     /// When bytes last came back from it (monotonic ms).
     pub answered_at_ms: Option<u64>,
+    /// When the first command since its last answer was written to it: the start of an
+    /// unanswered stretch. Counted from a command, not from the last answer, so a port thread
+    /// that was not scheduled for a while does not take its own pause for the reader's silence.
+    pub unanswered_since_ms: Option<u64>,
 }
 
 /// Bus observations shared between the channel (driven inside LibOSDP) and the port thread.
@@ -143,6 +147,7 @@ impl SerialChannel {
         let mut watch = crate::agent::lock(&self.watch);
         let seen = &mut watch.activity[usize::from(address)];
         seen.answered_at_ms = Some(Self::now_ms());
+        seen.unanswered_since_ms = None;
         if !self.answered {
             seen.exchanges += 1;
             self.answered = true;
@@ -186,6 +191,9 @@ impl Channel for SerialChannel {
         if let Some(address) = command_address(buf) {
             self.addressed = Some(address);
             self.answered = false;
+            let mut watch = crate::agent::lock(&self.watch);
+            let seen = &mut watch.activity[usize::from(address)];
+            seen.unanswered_since_ms.get_or_insert(Self::now_ms());
         }
         let Some(port) = self.port() else {
             return Err(ChannelError::TransportError);
@@ -282,6 +290,7 @@ mod tests {
         let seen = watch.lock().unwrap().activity(3);
         assert_eq!(seen.exchanges, 1, "one command, one exchange, however many reads");
         assert!(seen.answered_at_ms.is_some());
+        assert_eq!(seen.unanswered_since_ms, None, "answered");
         assert_eq!(watch.lock().unwrap().activity(4), AddressActivity::default());
         // The other end goes away: the read fails, the port is closed and reported.
         drop(peer);
