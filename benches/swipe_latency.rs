@@ -150,10 +150,7 @@ async fn measure_swipes(config: &Config, label: &str) {
     let mock = MockGpio::new(config);
     let hardware = mock.open_door(0);
     let shared = Arc::new(SharedSnapshot::new(snapshot()));
-    let state = Arc::new(Mutex::new(DoorState {
-        relay_released: false,
-        contact_open: Some(false),
-    }));
+    let state = Arc::new(Mutex::new(DoorState::new(&config.doors[0])));
     let (audit_tx, mut audit_rx) = tokio::sync::mpsc::unbounded_channel();
     let (timing_tx, mut timing_rx) = tokio::sync::mpsc::unbounded_channel::<SwipeTiming>();
     let stop = tokio_util::sync::CancellationToken::new();
@@ -203,6 +200,10 @@ async fn measure_swipes(config: &Config, label: &str) {
     );
     println!(
         "frame-end silence (configured frame gap): {} ms",
-        config.doors[0].reader.frame_gap_ms
+        config.doors[0]
+            .reader
+            .wiegand()
+            .expect("the benchmark door reads Wiegand")
+            .frame_gap_ms
     );
 }

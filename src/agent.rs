@@ -9,6 +9,7 @@ use crate::door_task::{DoorState, DoorTask};
 use crate::doorflow::client::{self, Client};
 use crate::doorflow::ratelimit::RateBudget;
 use crate::hw;
+use crate::osdp;
 use crate::outbox;
 use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::status::{self, DoorStatus, QueueStatus, SnapshotStatus, StatusReport, SyncStatus};
@@ -39,6 +40,8 @@ pub enum AgentError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Gpio(#[from] hw::GpioError),
+    #[error(transparent)]
+    Osdp(#[from] osdp::OsdpStartError),
 }
 
 /// Everything the agent's tasks share.
@@ -82,12 +85,7 @@ impl Agent {
         let doors = config
             .doors
             .iter()
-            .map(|door| {
-                Arc::new(Mutex::new(DoorState {
-                    relay_released: false,
-                    contact_open: door.contact.as_ref().map(|_| false),
-                }))
-            })
+            .map(|door| Arc::new(Mutex::new(DoorState::new(door))))
             .collect();
         Ok(Arc::new(Agent {
             store: Arc::new(store),
@@ -142,6 +140,7 @@ impl Agent {
                         }
                         .into(),
                         mode: status::door_mode(&snapshot, door.channel_id, now).into(),
+                        reader: state.reader,
                     }
                 })
                 .collect(),
@@ -247,8 +246,8 @@ pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Res
     loop_names.extend(Lane::ALL.map(|lane| format!("uplink {}", lane.as_str())));
     let (liveness, mut heartbeats) = supervisor::Liveness::new(&loop_names);
     let uplink_beats = heartbeats.split_off(agent.config.doors.len());
-    let door_tasks = match start_doors(&agent, &tasks, &stop, audit_tx, heartbeats) {
-        Ok(doors) => doors,
+    let (door_tasks, osdp) = match start_doors(&agent, &tasks, &stop, audit_tx, heartbeats) {
+        Ok(started) => started,
         Err(error) => {
             stop.cancel();
             tasks.close();
@@ -310,6 +309,8 @@ pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Res
     for door in door_tasks {
         let _ = door.await;
     }
+    // After the doors: their last decisions may still have feedback to play.
+    let _ = tokio::task::spawn_blocking(move || osdp.stop()).await;
     let _ = audit_writer.await;
     if tokio::time::timeout(STOP_DEADLINE, tasks.wait()).await.is_err() {
         tracing::error!(
@@ -389,14 +390,15 @@ fn uplink_lanes(
 }
 
 /// Opens every door's GPIO lines (failing start-up with a clear message if a chip or line is
-/// unavailable) and spawns its task; with the mock backend, its control socket too.
+/// unavailable), starts the OSDP buses, and spawns each door's task; with the mock backend,
+/// its control socket too.
 fn start_doors(
     agent: &Arc<Agent>,
     tasks: &TaskTracker,
     stop: &CancellationToken,
     audit: tokio::sync::mpsc::UnboundedSender<AuditEvent>,
     heartbeats: Vec<supervisor::Heartbeat>,
-) -> Result<Vec<tokio::task::JoinHandle<()>>, AgentError> {
+) -> Result<(Vec<tokio::task::JoinHandle<()>>, osdp::OsdpReaders), AgentError> {
     let config = &agent.config;
     let backend = hw::Backend::open(config);
     if let hw::Backend::Mock(mock) = &backend {
@@ -409,10 +411,17 @@ fn start_doors(
         tasks.spawn(Arc::clone(mock).serve(listener, tasks.clone(), stop.clone()));
         tracing::info!(socket = %config.gpio.mock_socket.display(), "mock GPIO backend; control socket ready");
     }
+    let mut osdp = osdp::start(config, &agent.doors)?;
     let mut doors = Vec::new();
     for ((index, door), heartbeat) in config.doors.iter().enumerate().zip(heartbeats) {
-        let hardware = backend.open_door(config, index)?;
-        let task = DoorTask::new(
+        let hardware = match backend.open_door(config, index) {
+            Ok(hardware) => hardware,
+            Err(error) => {
+                osdp.stop();
+                return Err(error.into());
+            }
+        };
+        let mut task = DoorTask::new(
             door,
             hardware,
             Arc::clone(&agent.snapshot),
@@ -420,8 +429,11 @@ fn start_doors(
             audit.clone(),
         )
         .with_heartbeat(heartbeat);
+        if let Some(link) = osdp.take_link(index) {
+            task = task.with_reader(link);
+        }
         tracing::info!(door = %door.name, channel_id = door.channel_id, card_value = ?door.card_value, "door ready");
         doors.push(tasks.spawn(task.run(stop.clone())));
     }
-    Ok(doors)
+    Ok((doors, osdp))
 }

@@ -59,6 +59,10 @@ impl AuditEvent {
             31 => "Door back to normal",
             32 => "Door forced open",
             33 => "Door held open",
+            34 => "Reader offline",
+            35 => "Reader back online",
+            90 => "Reader tamper",
+            91 => "Reader tamper cleared",
             _ => "Door event",
         };
         format!("{what} at {} ({})", self.door, self.reason)
@@ -73,7 +77,7 @@ impl AuditEvent {
             20..=29 => "access denied",
             _ => "door event",
         };
-        let warning = matches!(self.event_code, 20..=29 | 32 | 33 | 90 | 91);
+        let warning = matches!(self.event_code, 20..=29 | 32..=34 | 90 | 91);
         macro_rules! emit {
             ($level:ident) => {
                 tracing::$level!(

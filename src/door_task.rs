@@ -1,17 +1,23 @@
 //! The swipe pipeline for one door: reader edges → Wiegand frame → `access::decide` → relay →
 //! audit event. The relay is written before anything is logged, stored or sent; nothing here
 //! waits for the sync, the uplink or a disk flush.
+//!
+//! Other reader kinds (OSDP) join through a `ReaderLink`: their card frames and keys enter the
+//! same decoding and decision path, their link alarms become door events, and the reader's
+//! grant/deny feedback is signalled once the relay has been written.
 
 use crate::access::{decide, DoorPolicy};
 use crate::audit::{new_event_id, AuditEvent};
 use crate::config::DoorConfig;
 use crate::credential::{mask, CardFormat, Presented};
 use crate::door::{DoorEvent, DoorMachine, DoorMode, Effects};
-use crate::hw::wiegand::{self, Edge, EdgeKind, FrameOutcome, PinEntry, WiegandDecoder, WiegandLine};
 use crate::hw::{monotonic_ns, DoorHardware, DoorInput, InputEvent};
 use crate::mutex::lock;
+use crate::reader::feedback::Outcome;
+use crate::reader::{FeedbackSink, ReaderAlarm, ReaderInput, ReaderLink, ReaderStatus};
 use crate::snapshot::{CredentialKind, SharedSnapshot};
 use crate::supervisor::Heartbeat;
+use crate::wiegand::{self, Edge, EdgeKind, FrameOutcome, PinEntry, WiegandDecoder, WiegandLine};
 use jiff::Timestamp;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -41,6 +47,19 @@ pub struct DoorState {
     pub relay_released: bool,
     /// `None` when no door contact is wired.
     pub contact_open: Option<bool>,
+    /// The reader's link, kept up to date by its port thread (OSDP).
+    pub reader: ReaderStatus,
+}
+
+impl DoorState {
+    /// A door at start: locked, contact closed (when wired), reader not yet heard from.
+    pub fn new(door: &DoorConfig) -> DoorState {
+        DoorState {
+            relay_released: false,
+            contact_open: door.contact.as_ref().map(|_| false),
+            reader: door.reader.initial_status(true),
+        }
+    }
 }
 
 pub struct DoorTask {
@@ -59,6 +78,9 @@ pub struct DoorTask {
     timings: Option<mpsc::UnboundedSender<SwipeTiming>>,
     heartbeat: Option<Heartbeat>,
     relay_failed: bool,
+    /// Inputs and feedback of a non-GPIO reader (OSDP).
+    reader_inputs: Option<mpsc::Receiver<ReaderInput>>,
+    feedback: Option<Box<dyn FeedbackSink>>,
 }
 
 impl DoorTask {
@@ -69,7 +91,11 @@ impl DoorTask {
         state: Arc<Mutex<DoorState>>,
         audit: mpsc::UnboundedSender<AuditEvent>,
     ) -> DoorTask {
-        let frame_gap_ns = config.reader.frame_gap_ms.millis().as_nanos() as u64;
+        // An OSDP door has no Wiegand lines; its decoder keeps the default gap and stays idle.
+        let frame_gap_ns = config
+            .reader
+            .wiegand()
+            .map_or(30_000_000, |w| w.frame_gap_ms.millis().as_nanos() as u64);
         let decoder = WiegandDecoder::new(wiegand::DecoderConfig {
             frame_gap_ns,
             ..Default::default()
@@ -77,7 +103,7 @@ impl DoorTask {
         DoorTask {
             name: config.name.clone(),
             policy: config.policy(),
-            formats: config.reader.formats.clone(),
+            formats: config.reader.formats().to_vec(),
             admit_via_api: config.admit_via_api,
             frame_gap_ns,
             machine: DoorMachine::new(config.timing(), hardware.contact_open, hardware.rex_pressed),
@@ -90,7 +116,16 @@ impl DoorTask {
             timings: None,
             heartbeat: None,
             relay_failed: false,
+            reader_inputs: None,
+            feedback: None,
         }
+    }
+
+    /// Takes card reads, keys and alarms from a non-GPIO reader, and signals it on decisions.
+    pub fn with_reader(mut self, link: ReaderLink) -> DoorTask {
+        self.reader_inputs = Some(link.inputs);
+        self.feedback = Some(link.feedback);
+        self
     }
 
     #[cfg(any(test, feature = "testing"))]
@@ -122,6 +157,13 @@ impl DoorTask {
                     None => {
                         tracing::error!(door = %self.name, "GPIO input stream ended; the reader is lost");
                         break;
+                    }
+                },
+                input = next_reader_input(&mut self.reader_inputs) => match input {
+                    Some(input) => self.on_reader_input(input),
+                    None => {
+                        tracing::error!(door = %self.name, "reader input stream ended; the reader is lost");
+                        self.reader_inputs = None;
                     }
                 },
                 _ = async { if let Some(s) = sleep { s.await } else { std::future::pending().await } } => {
@@ -205,24 +247,64 @@ impl DoorTask {
             }
         };
         if let Some(key) = wiegand::decode_key(&frame.bits) {
-            if let Some(pin) = self.pin.push_key(key, frame.last_edge_ns) {
-                match pin {
-                    Ok(presented) => self.on_presented(presented, frame.last_edge_ns),
-                    Err(error) => {
-                        tracing::warn!(door = %self.name, reason = error.reason(), "PIN entry rejected")
-                    }
-                }
-            }
+            self.on_key(key, frame.last_edge_ns);
             return;
         }
-        match wiegand::decode_card(&frame.bits, &self.formats) {
-            Ok(card) => self.on_presented(Presented::Card(card), frame.last_edge_ns),
-            Err(error) => tracing::warn!(
-                door = %self.name,
-                reason = error.reason(),
-                bits = frame.bits.len(),
-                "card frame rejected"
-            ),
+        // Wiegand has no checksum: a frame that fits no format is taken as line noise (logged).
+        self.on_card_bits(&frame.bits, frame.last_edge_ns);
+    }
+
+    fn on_key(&mut self, key: wiegand::Key, at_ns: u64) {
+        if let Some(pin) = self.pin.push_key(key, at_ns) {
+            match pin {
+                Ok(presented) => self.on_presented(presented, at_ns),
+                Err(error) => {
+                    tracing::warn!(door = %self.name, reason = error.reason(), "PIN entry rejected")
+                }
+            }
+        }
+    }
+
+    /// Decodes a card frame with the door's formats and decides it; false when it fits none.
+    fn on_card_bits(&mut self, bits: &wiegand::Bits, at_ns: u64) -> bool {
+        match wiegand::decode_card(bits, &self.formats) {
+            Ok(card) => {
+                self.on_presented(Presented::Card(card), at_ns);
+                true
+            }
+            Err(error) => {
+                tracing::warn!(
+                    door = %self.name,
+                    reason = error.reason(),
+                    bits = bits.len(),
+                    "card frame rejected"
+                );
+                false
+            }
+        }
+    }
+
+    fn on_reader_input(&mut self, input: ReaderInput) {
+        match input {
+            ReaderInput::Card { bits, at_ns } => {
+                // An OSDP frame is checksummed: one that fits no format is a card the door does
+                // not take, and the person at the reader is shown a denial.
+                if !self.on_card_bits(&bits, at_ns) {
+                    self.signal(Outcome::Denied);
+                }
+            }
+            ReaderInput::Keys { keys, at_ns } => {
+                for key in keys {
+                    self.on_key(key, at_ns);
+                }
+            }
+            ReaderInput::Alarm(alarm) => self.emit_reader_alarm(alarm),
+        }
+    }
+
+    fn signal(&mut self, outcome: Outcome) {
+        if let Some(feedback) = &mut self.feedback {
+            feedback.signal(outcome);
         }
     }
 
@@ -238,6 +320,11 @@ impl DoorTask {
             self.emit_door_events(&effects.events);
         }
         // Everything below happens after the relay has been driven.
+        self.signal(if decision.granted {
+            Outcome::Granted
+        } else {
+            Outcome::Denied
+        });
         if let Some(timings) = &self.timings {
             let _ = timings.send(SwipeTiming {
                 last_edge_ns,
@@ -292,18 +379,27 @@ impl DoorTask {
 
     fn emit_door_events(&self, events: &[DoorEvent]) {
         for event in events {
-            self.send_audit(AuditEvent {
-                id: new_event_id(),
-                event_code: event.code(),
-                reason: event.reason().into(),
-                door: self.name.clone(),
-                channel_id: self.policy.channel_id,
-                person_id: None,
-                credential: None,
-                created_at: Timestamp::now(),
-                admit: false,
-            });
+            self.send_door_event(event.code(), event.reason());
         }
+    }
+
+    /// A door event without a person or credential (alarms, REX, reader conditions).
+    fn send_door_event(&self, event_code: u16, reason: &str) {
+        self.send_audit(AuditEvent {
+            id: new_event_id(),
+            event_code,
+            reason: reason.into(),
+            door: self.name.clone(),
+            channel_id: self.policy.channel_id,
+            person_id: None,
+            credential: None,
+            created_at: Timestamp::now(),
+            admit: false,
+        });
+    }
+
+    fn emit_reader_alarm(&self, alarm: ReaderAlarm) {
+        self.send_door_event(alarm.code(), alarm.reason());
     }
 
     fn send_audit(&self, event: AuditEvent) {
@@ -330,6 +426,14 @@ impl DoorTask {
         let mut state = lock(&self.state);
         state.relay_released = self.machine.relay_released();
         state.contact_open = self.machine.contact_open();
+    }
+}
+
+/// The next input of a door's non-GPIO reader; never resolves for a door without one.
+async fn next_reader_input(inputs: &mut Option<mpsc::Receiver<ReaderInput>>) -> Option<ReaderInput> {
+    match inputs {
+        Some(inputs) => inputs.recv().await,
+        None => std::future::pending().await,
     }
 }
 

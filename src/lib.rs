@@ -13,7 +13,9 @@ pub mod door_task;
 pub mod doorflow;
 pub mod hw;
 pub mod mutex;
+pub mod osdp;
 pub mod outbox;
+pub mod reader;
 pub mod secrets;
 pub mod shutdown;
 #[cfg(feature = "simulator")]
@@ -27,3 +29,4 @@ pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod uplink;
+pub mod wiegand;

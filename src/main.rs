@@ -130,7 +130,8 @@ fn main() -> ExitCode {
         }
         #[cfg(feature = "demo")]
         Command::Demo => {
-            telemetry::init_with_default("error");
+            // The emulated OSDP reader's own LibOSDP log (target libosdp::pd) is not the agent's.
+            telemetry::init_with_default("error,libosdp::pd=off");
             match doorflow_agent::demo::run() {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(message) => failure(&message),

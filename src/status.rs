@@ -4,6 +4,7 @@
 
 use crate::config::Config;
 use crate::door::DoorMode;
+use crate::reader::ReaderStatus;
 use crate::snapshot::{Snapshot, SnapshotCounts, SnapshotParts};
 use crate::store::{Lane, SnapshotHeader, Store, StoreError};
 use jiff::Timestamp;
@@ -75,6 +76,8 @@ pub struct DoorStatus {
     pub contact: String,
     /// `normal`, `unlock` or `lockdown`, from the channel in the snapshot.
     pub mode: String,
+    /// The door's reader and, for OSDP, its link (`online`, `offline`, …).
+    pub reader: ReaderStatus,
 }
 
 impl QueueStatus {
@@ -162,6 +165,7 @@ pub fn from_store(config: &Config, store: &Store) -> Result<StatusReport, StoreE
                 relay: "unknown".into(),
                 contact: "unknown".into(),
                 mode: door_mode(&snapshot, door.channel_id, now).into(),
+                reader: door.reader.initial_status(false),
             })
             .collect(),
     })
@@ -214,8 +218,12 @@ pub fn render(report: &StatusReport) -> String {
             .map(|c| format!(" (channel {c})"))
             .unwrap_or_default();
         out.push_str(&format!(
-            "door {}{channel}: relay {}, contact {}, mode {}\n",
-            door.name, door.relay, door.contact, door.mode
+            "door {}{channel}: relay {}, contact {}, mode {}, reader {}\n",
+            door.name,
+            door.relay,
+            door.contact,
+            door.mode,
+            door.reader.describe()
         ));
     }
     out

@@ -101,10 +101,7 @@ impl Door {
         let changes = mock.watch();
         let hardware = mock.open_door(0);
         let shared = Arc::new(SharedSnapshot::new(snapshot));
-        let state = Arc::new(Mutex::new(DoorState {
-            relay_released: false,
-            contact_open: Some(false),
-        }));
+        let state = Arc::new(Mutex::new(DoorState::new(&config.doors[0])));
         let (audit_tx, audit) = mpsc::unbounded_channel();
         let stop = tokio_util::sync::CancellationToken::new();
         let task = DoorTask::new(&config.doors[0], hardware, Arc::clone(&shared), state, audit_tx);
@@ -230,8 +227,7 @@ async fn bad_parity_and_noise_never_grant() {
     let mut door = Door::start(snapshot(ChannelMode::Normal, None));
     // Facility 1 card 17 in H10301 with its trailing odd-parity bit flipped.
     let good =
-        doorflow_agent::hw::wiegand::encode_card(doorflow_agent::credential::CardFormat::H10301, 1, 17)
-            .unwrap();
+        doorflow_agent::wiegand::encode_card(doorflow_agent::credential::CardFormat::H10301, 1, 17).unwrap();
     let mut bad = good.to_string();
     let last = bad.pop().unwrap();
     bad.push(if last == '1' { '0' } else { '1' });
@@ -349,6 +345,13 @@ fn the_demo_runs_its_scenario() {
         "duplicate deliveries), 5 admits accepted by DoorFlow, 0 pending, 0 dead, 0 dropped",
         "front door mode is now lockdown",
         "doors left locked",
+        // The lobby's emulated OSDP reader: key installed, feedback, loss and return.
+        "reader received its own secure channel key (osdp_KEYSET)",
+        "reader osdp /dev/pts/",
+        "reader LED Green for 2.0s",
+        "reader beeps 2x",
+        "event 34 (reader_no_answer)",
+        "event 35 (reader_online)",
     ] {
         assert!(
             stdout.contains(needle),

@@ -3,6 +3,7 @@
 //! types, so `access` and `door` never see the config.
 
 use super::gpio::{normalise_chip, Bias};
+use super::reader::ReaderConfig;
 use super::values::{Ranged, Seconds};
 use super::Config;
 use crate::access::DoorPolicy;
@@ -56,9 +57,10 @@ pub struct DoorConfig {
     pub rex: Option<InputLineConfig>,
 }
 
+/// A Wiegand reader on two GPIO lines (`[doors.reader]` with no `type`, or `type = "wiegand"`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ReaderConfig {
+pub struct WiegandReaderConfig {
     pub chip: Option<String>,
     pub d0: u32,
     pub d1: u32,
@@ -71,7 +73,7 @@ pub struct ReaderConfig {
     pub bias: Bias,
 }
 
-fn default_card_formats() -> Vec<CardFormat> {
+pub(super) fn default_card_formats() -> Vec<CardFormat> {
     vec![CardFormat::H10301, CardFormat::H10306, CardFormat::H10304]
 }
 
@@ -158,8 +160,13 @@ impl Config {
             } else if door.admit_via_api {
                 report(at("admit_via_api"), "needs channel_id to be set".into());
             }
-            if door.reader.formats.is_empty() {
+            if door.reader.formats().is_empty() {
                 report(at("reader.formats"), "must list at least one card format".into());
+            }
+            if let ReaderConfig::Osdp(reader) = &door.reader {
+                for (field, message) in reader.problems() {
+                    report(at(&format!("reader.{field}")), message);
+                }
             }
             let mut claim = |key: String, chip: &Option<String>, line: u32| {
                 let chip = normalise_chip(self.chip_for(chip));
@@ -174,11 +181,12 @@ impl Config {
                     }
                 }
             };
-            let mut clashes = vec![
-                claim(at("reader.d0"), &door.reader.chip, door.reader.d0),
-                claim(at("reader.d1"), &door.reader.chip, door.reader.d1),
-                claim(at("relay.line"), &door.relay.chip, door.relay.line),
-            ];
+            let mut clashes = Vec::new();
+            if let ReaderConfig::Wiegand(reader) = &door.reader {
+                clashes.push(claim(at("reader.d0"), &reader.chip, reader.d0));
+                clashes.push(claim(at("reader.d1"), &reader.chip, reader.d1));
+            }
+            clashes.push(claim(at("relay.line"), &door.relay.chip, door.relay.line));
             for (field, input) in [("contact", &door.contact), ("rex", &door.rex)] {
                 if let Some(input) = input {
                     clashes.push(claim(at(&format!("{field}.line")), &input.chip, input.line));

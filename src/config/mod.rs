@@ -12,6 +12,7 @@ mod admin;
 mod api;
 mod doors;
 mod gpio;
+mod reader;
 mod shifts;
 mod source;
 mod store;
@@ -21,8 +22,9 @@ pub mod values;
 
 pub use admin::AdminConfig;
 pub use api::{check_url, ApiConfig, AuthConfig, AuthMethod, SecretSource};
-pub use doors::{DoorConfig, FailMode, InputLineConfig, OutputLineConfig, ReaderConfig};
+pub use doors::{DoorConfig, FailMode, InputLineConfig, OutputLineConfig, WiegandReaderConfig};
 pub use gpio::{Bias, GpioBackend, GpioConfig};
+pub use reader::{OsdpReaderConfig, ReaderConfig, OSDP_BAUD_RATES};
 pub use shifts::{ShiftConfig, ShiftTimeConfig};
 pub use source::line_of_key;
 pub use store::StoreConfig;
@@ -121,6 +123,9 @@ impl Config {
         self.uplink.validate(&mut report);
         self.gpio.validate(&mut report);
         self.validate_doors(&mut report);
+        for (key, message) in reader::bus_problems(&self.doors) {
+            report(key, message);
+        }
         self.validate_shifts(&mut report);
         problems
     }

@@ -14,11 +14,11 @@
 //! Card and Wiegand requests become real edge sequences with standard timing (50 µs pulses,
 //! 2 ms apart), stamped on the monotonic clock, so the same decoder path runs as on hardware.
 
-use super::wiegand::{self, Bits, EdgeKind, PulseTiming, WiegandLine};
 use super::{monotonic_ns, DoorHardware, DoorInput, GpioError, InputEvent, RelayOutput, EVENT_BUFFER};
 use crate::config::Config;
 use crate::credential::CardFormat;
 use crate::mutex::lock;
+use crate::wiegand::{self, Bits, EdgeKind, PulseTiming, WiegandLine};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::path::Path;

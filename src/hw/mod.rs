@@ -7,7 +7,6 @@
 
 pub mod chardev;
 pub mod mock;
-pub mod wiegand;
 
 use crate::config::{Config, GpioBackend};
 use std::sync::Arc;

@@ -48,6 +48,7 @@ impl Options {
     /// options say.
     pub fn config(&self, dir: &std::path::Path, base_url: &str) -> Config {
         let mut config = demo_config(dir, base_url);
+        super::config::without_osdp_doors(&mut config);
         std::fs::write(dir.join("api_key"), format!("{}\n", self.api_key)).expect("API key file");
         config.api.requests_per_minute = Ranged::new(self.requests_per_minute);
         config.api.request_timeout_s = Ranged::new(self.request_timeout_s);
