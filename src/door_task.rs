@@ -171,7 +171,8 @@ impl DoorTask {
                     },
                     timestamp_ns: event.timestamp_ns,
                 };
-                if let Some(outcome) = self.decoder.push(edge) {
+                // The clock read now, after the edge was stamped: a stamp ahead of it is not real.
+                if let Some(outcome) = self.decoder.push(edge, monotonic_ns()) {
                     self.on_frame(outcome);
                 }
             }
@@ -199,7 +200,12 @@ impl DoorTask {
         let frame = match outcome {
             Ok(frame) => frame,
             Err(error) => {
-                tracing::warn!(door = %self.name, reason = error.reason(), "Wiegand frame rejected (noise)");
+                tracing::warn!(
+                    door = %self.name,
+                    reason = error.reason(),
+                    discarded_edges = self.decoder.discarded_edges(),
+                    "Wiegand frame rejected"
+                );
                 return;
             }
         };

@@ -213,7 +213,7 @@ async fn bad_parity_and_noise_never_grant() {
     let mut door = Door::start(snapshot(ChannelMode::Normal, None));
     // Facility 1 card 17 in H10301 with its trailing odd-parity bit flipped.
     let good =
-        doorflow_agent::hw::wiegand::encode_card(doorflow_agent::credential::CardFormat::H10301, 1, 17)
+        doorflow_agent::hw::mock::reader::encode_card(doorflow_agent::credential::CardFormat::H10301, 1, 17)
             .unwrap();
     let mut bad = good.to_string();
     let last = bad.pop().unwrap();
