@@ -53,6 +53,7 @@ fn decide_only() {
         allowed_roles: vec![1],
         allowed_groups: vec![],
         card_value: CardValueMapping::Number,
+        facility_codes: Some(vec![1]),
     };
     let now = jiff::Timestamp::now();
     let mut samples = Vec::new();

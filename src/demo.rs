@@ -198,6 +198,9 @@ async fn scenario(config: Config, timeline: Timeline) -> Result<(), String> {
     timeline.say("front", "card 97 presented (valid_to has passed)");
     control.send(card("front", 97))?;
     pause(600).await;
+    timeline.say("front", "card 17 of another site presented (facility code 2)");
+    control.send(json!({"op": "card", "door": "front", "format": "h10301", "facility": 2, "number": 17}))?;
+    pause(600).await;
     timeline.say("front", "PIN 500005 typed on the keypad, then #");
     control.send(json!({"op": "pin", "door": "front", "digits": "500005"}))?;
     pause(3600).await;

@@ -202,7 +202,7 @@ impl DoorTask {
             Err(error) => {
                 tracing::warn!(
                     door = %self.name,
-                    reason = error.reason(),
+                    reason = %error.reason(),
                     discarded_edges = self.decoder.discarded_edges(),
                     "Wiegand frame rejected"
                 );
@@ -214,7 +214,7 @@ impl DoorTask {
                 match pin {
                     Ok(presented) => self.on_presented(presented, frame.last_edge_ns),
                     Err(error) => {
-                        tracing::warn!(door = %self.name, reason = error.reason(), "PIN entry rejected")
+                        tracing::warn!(door = %self.name, reason = %error.reason(), "PIN entry rejected")
                     }
                 }
             }
@@ -224,7 +224,7 @@ impl DoorTask {
             Ok(card) => self.on_presented(Presented::Card(card), frame.last_edge_ns),
             Err(error) => tracing::warn!(
                 door = %self.name,
-                reason = error.reason(),
+                reason = %error.reason(),
                 bits = frame.bits.len(),
                 "card frame rejected"
             ),

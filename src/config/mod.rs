@@ -21,7 +21,7 @@ pub mod values;
 
 pub use admin::AdminConfig;
 pub use api::{check_url, ApiConfig, AuthConfig, AuthMethod, SecretSource};
-pub use doors::{DoorConfig, FailMode, InputLineConfig, OutputLineConfig, ReaderConfig};
+pub use doors::{DoorConfig, FacilityCodes, FailMode, InputLineConfig, OutputLineConfig, ReaderConfig};
 pub use gpio::{Bias, GpioBackend, GpioConfig};
 pub use shifts::{ShiftConfig, ShiftTimeConfig};
 pub use source::line_of_key;
