@@ -1,5 +1,5 @@
 //! The mock GPIO backend: in-memory lines for x86, tests and the demo, driven through a control
-//! socket that speaks JSON lines (DESIGN.md's contract). Every reply is one line with `"ok"`.
+//! socket that speaks JSON lines (the contract in README.md, "Mock GPIO control socket"). Every reply is one line with `"ok"`.
 //!
 //! ```text
 //! {"op":"card","door":"front","format":"h10301","facility":1,"number":17}
