@@ -2,7 +2,7 @@
 //! audit event. The relay is written before anything is logged, stored or sent; nothing here
 //! waits for the sync, the uplink or a disk flush.
 
-use crate::access::{decide, DoorPolicy};
+use crate::access::{decide, DoorPolicy, Reason};
 use crate::audit::{new_event_id, AuditEvent};
 use crate::config::DoorConfig;
 use crate::credential::{mask, CardFormat, Presented};
@@ -252,6 +252,15 @@ impl DoorTask {
                 relay_ns,
                 granted: decision.granted,
             });
+        }
+        if let (Reason::WrongFacilityCode, Presented::Card(card)) = (decision.reason, &presented) {
+            // Facility codes are per site, not per person: naming it helps set `facility_codes`.
+            tracing::warn!(
+                door = %self.name,
+                facility = card.facility,
+                format = %card.format,
+                "card from a facility code this door does not list in facility_codes"
+            );
         }
         let event = AuditEvent {
             id: new_event_id(),

@@ -191,6 +191,11 @@ fn a_card_from_another_site_is_denied_as_wrong_facility_code() {
         "a foreign card names nobody: {lines:?}"
     );
     assert!(agent.log_lines_with(&[GRANTED]).is_empty());
+    // The journal names the card's facility code, so an integrator can set the list.
+    agent.wait_for_log(
+        &["does not list in facility_codes", "facility=233", "door=front"],
+        1,
+    );
 }
 
 /// The kind "hostile control requests": oversized PINs and bit strings are refused before
