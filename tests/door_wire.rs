@@ -105,9 +105,17 @@ fn start(dir: &Path) -> RunningAgent {
     RunningAgent::start(BINARY, &config, dir)
 }
 
+/// Sends one frame, waiting while the door's simulated reader is busy (it queues 8 requests).
 fn send_bits(agent: &RunningAgent, bits: &str) {
-    let reply = agent.control(json!({"op": "wiegand", "door": "front", "bits": bits}));
-    assert_eq!(reply["ok"], true, "{bits}: {reply}");
+    loop {
+        let reply = agent.control(json!({"op": "wiegand", "door": "front", "bits": bits}));
+        if reply["ok"] == true {
+            return;
+        }
+        let error = reply["error"].as_str().unwrap_or_default();
+        assert!(error.contains("busy"), "{bits}: {reply}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 fn flip(bits: &str, i: usize) -> String {

@@ -128,8 +128,10 @@ pub type Transmission = Vec<Bits>;
 pub const QUEUED_TRANSMISSIONS: usize = 8;
 
 /// Sends queued frames to a door in real time until the queue or the door goes away. Each frame
-/// starts no earlier than `silence_ns` after the previous one ended, and each edge is handed
-/// over only once the monotonic clock has reached its stamp.
+/// starts no earlier than `silence_ns` after the previous one ended, and is handed over whole
+/// once the monotonic clock has passed its last edge: no edge is ever stamped ahead of the
+/// clock, and a busy runtime cannot split a frame (which a reader thread stalled mid-frame
+/// could do on hardware; here it would only make the simulation flaky).
 pub async fn transmit(
     mut queue: mpsc::Receiver<Transmission>,
     door: mpsc::Sender<InputEvent>,
@@ -140,11 +142,16 @@ pub async fn transmit(
         for bits in frames {
             let start = monotonic_ns().max(previous_end.saturating_add(silence_ns));
             let edges = edges_for(&bits, start, &PulseTiming::default());
-            for edge in &edges {
-                let wait = edge.timestamp_ns.saturating_sub(monotonic_ns());
-                if wait > 0 {
-                    tokio::time::sleep(Duration::from_nanos(wait)).await;
+            let end = edges.last().map_or(start, |e| e.timestamp_ns);
+            // Tokio's timer rounds to milliseconds: sleep until the clock is really past `end`.
+            loop {
+                let wait = end.saturating_sub(monotonic_ns());
+                if wait == 0 {
+                    break;
                 }
+                tokio::time::sleep(Duration::from_nanos(wait)).await;
+            }
+            for edge in &edges {
                 let event = InputEvent {
                     input: match edge.line {
                         WiegandLine::D0 => DoorInput::D0,
@@ -157,7 +164,7 @@ pub async fn transmit(
                     return; // the door task has stopped
                 }
             }
-            previous_end = edges.last().map_or(start, |e| e.timestamp_ns);
+            previous_end = end;
         }
     }
 }
