@@ -53,6 +53,7 @@ fn decide_only() {
         allowed_roles: vec![1],
         allowed_groups: vec![],
         card_value: CardValueMapping::Number,
+        facility_codes: Some(vec![1]),
     };
     let now = jiff::Timestamp::now();
     let mut samples = Vec::new();
@@ -147,7 +148,7 @@ impl Background {
 }
 
 async fn measure_swipes(config: &Config, label: &str) {
-    let mock = MockGpio::new(config);
+    let mock = MockGpio::new(config, Default::default());
     let hardware = mock.open_door(0);
     let shared = Arc::new(SharedSnapshot::new(snapshot()));
     let state = Arc::new(Mutex::new(DoorState::new(&config.doors[0])));

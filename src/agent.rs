@@ -400,17 +400,21 @@ fn start_doors(
     heartbeats: Vec<supervisor::Heartbeat>,
 ) -> Result<(Vec<tokio::task::JoinHandle<()>>, osdp::OsdpReaders), AgentError> {
     let config = &agent.config;
-    let backend = hw::Backend::open(config);
-    if let hw::Backend::Mock(mock) = &backend {
-        let listener = hw::mock::bind_control_socket(&config.gpio.mock_socket).map_err(|e| {
-            AgentError::Gpio(hw::GpioError::Chip {
-                chip: config.gpio.mock_socket.display().to_string(),
-                reason: format!("mock control socket: {e}"),
-            })
-        })?;
-        tasks.spawn(Arc::clone(mock).serve(listener, tasks.clone(), stop.clone()));
-        tracing::info!(socket = %config.gpio.mock_socket.display(), "mock GPIO backend; control socket ready");
-    }
+    let backend = hw::Backend::open(config, tasks);
+    // Bound first (a bad path fails start-up before anything runs), served once every door is
+    // open, so no request finds a door that is not there yet.
+    let mock_control = match &backend {
+        hw::Backend::Mock(mock) => {
+            let listener = hw::mock::bind_control_socket(&config.gpio.mock_socket).map_err(|e| {
+                AgentError::Gpio(hw::GpioError::Chip {
+                    chip: config.gpio.mock_socket.display().to_string(),
+                    reason: format!("mock control socket: {e}"),
+                })
+            })?;
+            Some((Arc::clone(mock), listener))
+        }
+        hw::Backend::Chardev => None,
+    };
     let mut osdp = osdp::start(config, &agent.doors)?;
     let mut doors = Vec::new();
     for ((index, door), heartbeat) in config.doors.iter().enumerate().zip(heartbeats) {
@@ -434,6 +438,10 @@ fn start_doors(
         }
         tracing::info!(door = %door.name, channel_id = door.channel_id, card_value = ?door.card_value, "door ready");
         doors.push(tasks.spawn(task.run(stop.clone())));
+    }
+    if let Some((mock, listener)) = mock_control {
+        tasks.spawn(mock.serve(listener, tasks.clone(), stop.clone()));
+        tracing::info!(socket = %config.gpio.mock_socket.display(), "mock GPIO backend; control socket ready");
     }
     Ok((doors, osdp))
 }

@@ -200,6 +200,9 @@ async fn scenario(config: Config, timeline: Timeline) -> Result<(), String> {
     timeline.say("front", "card 97 presented (valid_to has passed)");
     control.send(card("front", 97))?;
     pause(600).await;
+    timeline.say("front", "card 17 of another site presented (facility code 2)");
+    control.send(json!({"op": "card", "door": "front", "format": "h10301", "facility": 2, "number": 17}))?;
+    pause(600).await;
     timeline.say("front", "PIN 500005 typed on the keypad, then #");
     control.send(json!({"op": "pin", "door": "front", "digits": "500005"}))?;
     pause(3600).await;
@@ -341,7 +344,8 @@ async fn osdp_reader_scenario(
     let online = |s: &crate::reader::ReaderStatus| s.state == "online";
     let status = wait_for_lobby_reader(agent, reader, timeline, online).await?;
     timeline.say("lobby", format!("reader {}", status.describe()));
-    let bits = |number| crate::wiegand::encode_card(crate::credential::CardFormat::H10301, 1, number);
+    let bits =
+        |number| crate::hw::mock::reader::encode_card(crate::credential::CardFormat::H10301, 1, number);
     for (number, who) in [(17, "staff, 24/7 role"), (4242, "not enrolled")] {
         timeline.say(
             "lobby",

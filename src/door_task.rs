@@ -6,7 +6,7 @@
 //! same decoding and decision path, their link alarms become door events, and the reader's
 //! grant/deny feedback is signalled once the relay has been written.
 
-use crate::access::{decide, DoorPolicy};
+use crate::access::{decide, DoorPolicy, Reason};
 use crate::audit::{new_event_id, AuditEvent};
 use crate::config::DoorConfig;
 use crate::credential::{mask, CardFormat, Presented};
@@ -214,7 +214,8 @@ impl DoorTask {
                     },
                     timestamp_ns: event.timestamp_ns,
                 };
-                if let Some(outcome) = self.decoder.push(edge) {
+                // The clock read now, after the edge was stamped: a stamp ahead of it is not real.
+                if let Some(outcome) = self.decoder.push(edge, monotonic_ns()) {
                     self.on_frame(outcome);
                 }
             }
@@ -242,7 +243,12 @@ impl DoorTask {
         let frame = match outcome {
             Ok(frame) => frame,
             Err(error) => {
-                tracing::warn!(door = %self.name, reason = error.reason(), "Wiegand frame rejected (noise)");
+                tracing::warn!(
+                    door = %self.name,
+                    reason = %error.reason(),
+                    discarded_edges = self.decoder.discarded_edges(),
+                    "Wiegand frame rejected"
+                );
                 return;
             }
         };
@@ -259,7 +265,7 @@ impl DoorTask {
             match pin {
                 Ok(presented) => self.on_presented(presented, at_ns),
                 Err(error) => {
-                    tracing::warn!(door = %self.name, reason = error.reason(), "PIN entry rejected")
+                    tracing::warn!(door = %self.name, reason = %error.reason(), "PIN entry rejected")
                 }
             }
         }
@@ -275,7 +281,7 @@ impl DoorTask {
             Err(error) => {
                 tracing::warn!(
                     door = %self.name,
-                    reason = error.reason(),
+                    reason = %error.reason(),
                     bits = bits.len(),
                     "card frame rejected"
                 );
@@ -334,6 +340,15 @@ impl DoorTask {
                 relay_ns,
                 granted: decision.granted,
             });
+        }
+        if let (Reason::WrongFacilityCode, Presented::Card(card)) = (decision.reason, &presented) {
+            // Facility codes are per site, not per person: naming it helps set `facility_codes`.
+            tracing::warn!(
+                door = %self.name,
+                facility = card.facility,
+                format = %card.format,
+                "card from a facility code this door does not list in facility_codes"
+            );
         }
         let event = AuditEvent {
             id: new_event_id(),

@@ -38,7 +38,8 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 /// Every source file, keyed by its path under `src/`, without comments (a module named in a
-/// doc comment is not an import).
+/// doc comment is not an import) and without its unit tests (a `#[cfg(test)] mod` at the end of
+/// the file: tests may use helpers from any layer).
 fn sources() -> BTreeMap<String, String> {
     let mut files = Vec::new();
     rust_files(Path::new(SRC), &mut files);
@@ -46,7 +47,10 @@ fn sources() -> BTreeMap<String, String> {
         .into_iter()
         .map(|path| {
             let relative = path.strip_prefix(SRC).unwrap().to_string_lossy().to_string();
-            let text = std::fs::read_to_string(&path).unwrap();
+            let mut text = std::fs::read_to_string(&path).unwrap();
+            if let Some(tests) = text.find("#[cfg(test)]\nmod ") {
+                text.truncate(tests);
+            }
             let code: Vec<&str> = text
                 .lines()
                 .map(|line| match line.find("//") {

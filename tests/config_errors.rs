@@ -95,7 +95,7 @@ fn inline_secret_is_refused() {
 #[test]
 fn out_of_range() {
     let message = error_after("unlock_s = 2", "unlock_s = 900");
-    assert_mentions(&message, &["line 60", "doors[1].unlock_s", "900", "out of range"]);
+    assert_mentions(&message, &["line 61", "doors[1].unlock_s", "900", "out of range"]);
     let message = error_after("admit_ttl_s = 120", "admit_ttl_s = 0");
     assert_mentions(&message, &["uplink.admit_ttl_s", "0 is out of range"]);
 }

@@ -7,10 +7,10 @@
 
 use doorflow_agent::config::{ReaderConfig, SecretSource};
 use doorflow_agent::credential::CardFormat;
+use doorflow_agent::hw::mock::reader::encode_card;
 use doorflow_agent::snapshot::SnapshotParts;
 use doorflow_agent::store::Store;
 use doorflow_agent::testing::config::{demo_config, write_config};
-use doorflow_agent::wiegand::encode_card;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;

@@ -22,7 +22,9 @@ pub mod values;
 
 pub use admin::AdminConfig;
 pub use api::{check_url, ApiConfig, AuthConfig, AuthMethod, SecretSource};
-pub use doors::{DoorConfig, FailMode, InputLineConfig, OutputLineConfig, WiegandReaderConfig};
+pub use doors::{
+    DoorConfig, FacilityCodes, FailMode, InputLineConfig, OutputLineConfig, WiegandReaderConfig,
+};
 pub use gpio::{Bias, GpioBackend, GpioConfig};
 pub use reader::{OsdpReaderConfig, ReaderConfig, OSDP_BAUD_RATES};
 pub use shifts::{ShiftConfig, ShiftTimeConfig};

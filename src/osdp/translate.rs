@@ -115,8 +115,9 @@ pub fn buzzer_command(pattern: &FeedbackPattern) -> Option<OsdpCommandBuzzer> {
 mod tests {
     use super::*;
     use crate::credential::CardFormat;
+    use crate::hw::mock::reader::encode_card;
     use crate::reader::feedback::Outcome;
-    use crate::wiegand::{decode_card, encode_card};
+    use crate::wiegand::decode_card;
 
     /// Packs bits the way an OSDP reader does (first bit in the high bit of byte 0).
     fn pack(bits: &Bits) -> Vec<u8> {

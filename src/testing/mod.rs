@@ -8,12 +8,14 @@
 //! - `harness`: a DoorFlow simulator and an agent (mock GPIO) in this process.
 //! - `mock_control`: a client for the mock GPIO control socket.
 //! - `openapi`: a small OpenAPI 3.0 schema checker against DoorFlow's published spec.
+//! - `process`: the real `doorflow-agent run` as a child process (log and mock socket).
 
 pub mod config;
 pub mod events;
 pub mod harness;
 pub mod mock_control;
 pub mod openapi;
+pub mod process;
 
 use std::process::Command;
 use std::time::Duration;

@@ -1,0 +1,109 @@
+//! The real `doorflow-agent run` as a child process, for tests that go through the binary: its
+//! log (stderr) collected line by line, its mock GPIO control socket, and a kill on drop.
+
+use super::{agent_command, mock_control};
+use crate::config::Config;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A running agent. Dropping it kills the process.
+pub struct RunningAgent {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+    mock_socket: PathBuf,
+}
+
+impl RunningAgent {
+    /// Writes `config` to `dir/config.toml` and starts `binary run` on it (log to stderr), then
+    /// waits (up to 30 s) until the mock GPIO control socket answers.
+    pub fn start(binary: &str, config: &Config, dir: &Path) -> RunningAgent {
+        let path = super::config::write_config(config, dir);
+        let mut child = agent_command(binary)
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("DOORFLOW_LOG_TARGET", "stderr")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the agent binary");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let lines = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                lines.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            }
+        });
+        let agent = RunningAgent {
+            child,
+            log,
+            mock_socket: config.gpio.mock_socket.clone(),
+        };
+        let ready = agent.wait_until(Duration::from_secs(30), || {
+            std::os::unix::net::UnixStream::connect(&agent.mock_socket).is_ok()
+        });
+        assert!(
+            ready,
+            "the mock control socket never answered; log:\n{}",
+            agent.log_text()
+        );
+        agent
+    }
+
+    /// One request to the mock GPIO control socket, its reply.
+    pub fn control(&self, request: Value) -> Value {
+        mock_control::control(&self.mock_socket, request)
+    }
+
+    /// Everything the agent has logged so far.
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).join("\n")
+    }
+
+    /// Log lines containing every one of `needles`.
+    pub fn log_lines_with(&self, needles: &[&str]) -> Vec<String> {
+        let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        log.iter()
+            .filter(|line| needles.iter().all(|n| line.contains(n)))
+            .cloned()
+            .collect()
+    }
+
+    /// Waits (a generous bound, not a timing assertion) until `count` log lines contain every
+    /// one of `needles`; panics with the log otherwise.
+    pub fn wait_for_log(&self, needles: &[&str], count: usize) -> Vec<String> {
+        let found = self.wait_until(Duration::from_secs(30), || {
+            self.log_lines_with(needles).len() >= count
+        });
+        assert!(
+            found,
+            "{count} log lines with {needles:?} never appeared; log:\n{}",
+            self.log_text()
+        );
+        self.log_lines_with(needles)
+    }
+
+    fn wait_until(&self, limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if condition() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        condition()
+    }
+}
+
+impl Drop for RunningAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
