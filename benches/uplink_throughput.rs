@@ -11,7 +11,7 @@ mod common;
 
 use doorflow_agent::agent::{self, Agent};
 use doorflow_agent::audit::AuditEvent;
-use doorflow_agent::outbox;
+use doorflow_agent::audit_writer;
 use doorflow_agent::sim::{SimConfig, Simulator};
 use doorflow_agent::store::{Capacity, Store};
 use std::sync::Arc;
@@ -24,21 +24,18 @@ fn enqueue_rate() {
         events_url: Some("https://sink.example/events".into()),
         ..Default::default()
     };
-    let capacity = Capacity {
-        max_records: uplink.queue_max_records,
-        max_bytes: uplink.queue_max_bytes,
-    };
+    let capacity = Capacity::from_config(&uplink);
     let n = 2_000;
     let start = Instant::now();
     for i in 0..n {
-        outbox::write_group(&store, &uplink, capacity, &[common::denied_swipe(i)]).unwrap();
+        audit_writer::write_group(&store, &uplink, capacity, &[common::denied_swipe(i)]).unwrap();
     }
     let single = n as f64 / start.elapsed().as_secs_f64();
     let start = Instant::now();
     let groups = 200;
     for g in 0..groups {
         let batch: Vec<AuditEvent> = (0..32).map(|i| common::denied_swipe(g * 32 + i)).collect();
-        outbox::write_group(&store, &uplink, capacity, &batch).unwrap();
+        audit_writer::write_group(&store, &uplink, capacity, &batch).unwrap();
     }
     let grouped = (groups * 32) as f64 / start.elapsed().as_secs_f64();
     println!("durable enqueue, one flush per event:        {single:8.0} events/s ({n} events)");

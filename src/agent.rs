@@ -2,15 +2,15 @@
 
 use crate::admin;
 use crate::audit::AuditEvent;
+use crate::audit_writer;
 use crate::config::Config;
 use crate::door_task::DoorTask;
 use crate::doorflow::client::{self, Client};
 use crate::doorflow::ratelimit::RateBudget;
 use crate::hw;
-use crate::outbox;
 use crate::snapshot::{SharedSnapshot, Shift, Snapshot};
-use crate::status::{self, DoorStatus, QueueStatus, SnapshotStatus, StatusReport, SyncStatus};
-use crate::store::{Lane, Store, StoreError};
+use crate::status::{self, DoorStatus, QueueStatus, SnapshotStatus, StatusReport, StoreStatus, SyncStatus};
+use crate::store::{Lane, SnapshotSource, Store, StoreError};
 use crate::supervisor;
 use crate::sync;
 use crate::uplink::policy::RetryPolicy;
@@ -32,6 +32,10 @@ pub enum AgentError {
     #[error(transparent)]
     Gpio(#[from] hw::GpioError),
 }
+
+/// How long a start-up waits for a process that has the store briefly (a `status` or `queue`
+/// command reading it while the agent was stopped).
+const STORE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Live state of one door, as `status` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,21 +68,27 @@ pub struct Agent {
 
 impl Agent {
     /// Opens the store and loads the last good snapshot, so swipes are decided offline from the
-    /// first moment. A snapshot that fails its checks is not used: the doors start empty (every
-    /// card denied) until the next sync, which is the fail-secure choice.
+    /// first moment. A store part that cannot be opened is moved aside and reported; a snapshot
+    /// that cannot be used falls back to the last good copy, or to an empty snapshot (every card
+    /// denied until the next sync), which is the fail-secure choice.
     pub fn start(config: Config) -> Result<Arc<Agent>, AgentError> {
-        let store = Store::open(&config.store.path, config.store.cache_capacity_mb * 1024 * 1024)?;
-        let parts = match store.load_snapshot() {
-            Ok(parts) => parts.unwrap_or_default(),
-            Err(error @ StoreError::Corrupt { .. }) => {
-                tracing::error!(%error, "stored snapshot is unusable; denying every card until the next sync");
-                Default::default()
-            }
-            Err(error) => return Err(error.into()),
-        };
+        let (store, starting) = Store::open_for_agent(
+            &config.store.path,
+            config.store.cache_capacity_mb * 1024 * 1024,
+            STORE_WAIT,
+        )?;
+        if starting.source == SnapshotSource::LastGood {
+            // The cursor belongs to the snapshot that was lost: the next sync is a full one.
+            let _ = store.meta_remove(crate::sync::CURSOR_KEY);
+        }
+        let parts = starting.parts;
         let snapshot = Snapshot::with_shifts(parts, config_shifts(&config), &config.sync.time_zone);
         release_freed_memory();
-        let sync_status = store.meta_get(status::SYNC_STATUS_KEY)?.unwrap_or_default();
+        let sync_status = store
+            .meta_get(status::SYNC_STATUS_KEY)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         let doors = config
             .doors
             .iter()
@@ -143,6 +153,7 @@ impl Agent {
                     }
                 })
                 .collect(),
+            store: StoreStatus::of(&self.store),
         }
     }
 
@@ -231,7 +242,7 @@ pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Res
         .clone()
         .map(|client| tokio::spawn(sync::run_loop(Arc::clone(&agent), client)));
     let uplink_tasks = start_uplink(&agent, doorflow, uplink_beats);
-    let audit_task = tokio::spawn(outbox::run_writer(
+    let audit_task = tokio::spawn(audit_writer::run_writer(
         Arc::clone(&agent.store),
         agent.config.uplink.clone(),
         audit_rx,

@@ -49,6 +49,14 @@ pub struct ApiConfig {
     pub auth: AuthConfig,
 }
 
+impl UplinkConfig {
+    /// `queue_max_admits`, or its default.
+    pub fn effective_queue_max_admits(&self) -> u64 {
+        self.queue_max_admits
+            .unwrap_or_else(|| (self.queue_max_records / 10).clamp(1, 1_000))
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthMethod {
@@ -191,6 +199,11 @@ pub struct UplinkConfig {
     pub queue_max_records: u64,
     #[serde(default = "defaults::queue_max_bytes")]
     pub queue_max_bytes: u64,
+    /// Most queued admits (default: a tenth of `queue_max_records`, at most 1,000). Below
+    /// `queue_max_records`, so admits alone can never fill the queue and a new event (a
+    /// forced-open alarm) always fits; beyond it the oldest admits are dropped.
+    #[serde(default)]
+    pub queue_max_admits: Option<u64>,
     /// Events kept locally when no sink is configured.
     #[serde(default = "defaults::local_event_log_max")]
     pub local_event_log_max: u64,
@@ -206,6 +219,7 @@ impl Default for UplinkConfig {
             retry_cap_s: defaults::retry_cap_s(),
             queue_max_records: defaults::queue_max_records(),
             queue_max_bytes: defaults::queue_max_bytes(),
+            queue_max_admits: None,
             local_event_log_max: defaults::local_event_log_max(),
         }
     }
@@ -633,6 +647,15 @@ impl Config {
             64 * 1024,
             4 * 1024 * 1024 * 1024,
         );
+        if let Some(admits) = self.uplink.queue_max_admits {
+            check_range(
+                &mut report,
+                "uplink.queue_max_admits",
+                admits,
+                1,
+                self.uplink.queue_max_records.saturating_sub(1).max(1),
+            );
+        }
         check_range(
             &mut report,
             "uplink.local_event_log_max",

@@ -44,10 +44,7 @@ pub fn agent_config(
 /// Queues `n` denied swipes in the agent's outbox, as the audit writer would.
 pub fn queue_denied_swipes(agent: &doorflow_agent::agent::Agent, n: u64) {
     let uplink = &agent.config.uplink;
-    let capacity = doorflow_agent::store::Capacity {
-        max_records: uplink.queue_max_records,
-        max_bytes: uplink.queue_max_bytes,
-    };
+    let capacity = doorflow_agent::store::Capacity::from_config(uplink);
     let events: Vec<AuditEvent> = (0..n).map(denied_swipe).collect();
-    doorflow_agent::outbox::write_group(&agent.store, uplink, capacity, &events).unwrap();
+    doorflow_agent::audit_writer::write_group(&agent.store, uplink, capacity, &events).unwrap();
 }

@@ -89,9 +89,20 @@ impl Harness {
 
     /// An agent against an existing simulator (a fresh state directory).
     pub async fn start_with(sim: Simulator, options: Options) -> Harness {
+        Harness::start_edited(sim, options, |text| text).await
+    }
+
+    /// Like `start_with`, with the config text changed by `edit` first (e.g. the store moved
+    /// onto a small filesystem).
+    pub async fn start_edited(
+        sim: Simulator,
+        options: Options,
+        edit: impl FnOnce(String) -> String,
+    ) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("api_key"), format!("{}\n", options.api_key)).unwrap();
-        let config = Config::parse(&config_text(dir.path(), sim.base_url(), &options), "test.toml").unwrap();
+        let text = edit(config_text(dir.path(), sim.base_url(), &options));
+        let config = Config::parse(&text, "test.toml").unwrap();
         Harness::assemble(sim, dir, config).await
     }
 
@@ -177,11 +188,8 @@ impl Harness {
 
     pub fn write(&self, events: &[AuditEvent]) {
         let uplink = &self.config.uplink;
-        let capacity = Capacity {
-            max_records: uplink.queue_max_records,
-            max_bytes: uplink.queue_max_bytes,
-        };
-        doorflow_agent::outbox::write_group(&self.agent.store, uplink, capacity, events).unwrap();
+        let capacity = Capacity::from_config(uplink);
+        doorflow_agent::audit_writer::write_group(&self.agent.store, uplink, capacity, events).unwrap();
         self.agent.kick_queue();
     }
 
