@@ -80,6 +80,9 @@ pub enum StoreError {
     },
     #[error("store {path} is damaged: {detail}")]
     Damaged { path: PathBuf, detail: String },
+    /// Not damage: a full disk or missing permissions. Nothing is moved aside.
+    #[error("store {path} cannot be opened now: {detail}")]
+    Unavailable { path: PathBuf, detail: String },
 }
 
 impl StoreError {
@@ -195,6 +198,7 @@ impl Store {
         let snapshot_path = layout.snapshot_db();
         let snapshots = match SnapshotDb::open(&snapshot_path, cache_capacity_bytes) {
             Ok(snapshots) => snapshots,
+            Err(error) if is_transient(&error) => return Err(error),
             Err(error) => {
                 move_aside(
                     &layout,
@@ -432,6 +436,30 @@ impl Store {
     pub fn flush(&self) -> Result<(), StoreError> {
         self.snapshots.flush()
     }
+}
+
+/// A sled error that says nothing about the files themselves (a full disk, permissions): the
+/// store must not be moved aside for it.
+fn is_transient(error: &StoreError) -> bool {
+    let StoreError::Engine {
+        source: sled::Error::Io(io),
+        ..
+    } = error
+    else {
+        return false;
+    };
+    matches!(
+        io.raw_os_error(),
+        Some(
+            libc::ENOSPC
+                | libc::EDQUOT
+                | libc::EACCES
+                | libc::EPERM
+                | libc::EROFS
+                | libc::EAGAIN
+                | libc::ENOMEM
+        )
+    )
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

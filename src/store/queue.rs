@@ -282,7 +282,11 @@ impl QueueDb {
                 opened.lost = queue.reconcile(remembered)?;
                 Ok((queue, opened))
             }
-            Err(problem) => {
+            Err(OpenProblem::Transient(problem)) => Err(StoreError::Unavailable {
+                path: path.clone(),
+                detail: problem,
+            }),
+            Err(OpenProblem::Unusable(problem)) => {
                 let moved_to = layout.move_aside(&path).map_err(|e| StoreError::io(&path, e))?;
                 let lost = remembered.map_or(0, |c| c.accepted.saturating_sub(c.settled));
                 tracing::error!(
@@ -294,7 +298,7 @@ impl QueueDb {
                 let (conn, mut counters, tally) =
                     Self::open_checked(&path).map_err(|p| StoreError::Damaged {
                         path: path.clone(),
-                        detail: p,
+                        detail: p.to_string(),
                     })?;
                 let queue = QueueDb {
                     path: path.clone(),
@@ -331,8 +335,8 @@ impl QueueDb {
         }
     }
 
-    /// Opens, configures, checks and counts. Any problem is returned as text for the report.
-    fn open_checked(path: &Path) -> Result<(Connection, Counters, Tally), String> {
+    /// Opens, configures, checks and counts.
+    fn open_checked(path: &Path) -> Result<(Connection, Counters, Tally), OpenProblem> {
         if !path.exists() {
             // Created 0600 before SQLite sees it; SQLite gives its WAL the same mode.
             std::fs::OpenOptions::new()
@@ -340,9 +344,9 @@ impl QueueDb {
                 .write(true)
                 .mode(0o600)
                 .open(path)
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| OpenProblem::Transient(e.to_string()))?;
         }
-        let text = |e: rusqlite::Error| e.to_string();
+        let text = OpenProblem::from;
         let conn = Connection::open(path).map_err(text)?;
         // Only this process uses the database (the store lock guarantees it): no shared-memory
         // index file, and nobody else can read a half-written state.
@@ -353,7 +357,7 @@ impl QueueDb {
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
             .map_err(text)?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(format!("journal mode {mode}, not wal"));
+            return Err(OpenProblem::Transient(format!("journal mode {mode}, not wal")));
         }
         conn.pragma_update(None, "synchronous", testing::queue_synchronous())
             .map_err(text)?;
@@ -364,16 +368,16 @@ impl QueueDb {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(text)?;
         if version > format::FORMAT {
-            return Err(format!(
+            return Err(OpenProblem::Unusable(format!(
                 "written in queue format {version} by a newer doorflow-agent; this one reads up to format {}",
                 format::FORMAT
-            ));
+            )));
         }
         let check: String = conn
             .query_row("PRAGMA quick_check", [], |r| r.get(0))
             .map_err(text)?;
         if check != "ok" {
-            return Err(format!("integrity check failed: {check}"));
+            return Err(OpenProblem::Unusable(format!("integrity check failed: {check}")));
         }
         conn.execute_batch(SCHEMA).map_err(text)?;
         if version == 0 {
@@ -808,6 +812,46 @@ impl QueueDb {
     pub(super) fn legacy_imported(&self) -> Result<bool, StoreError> {
         self.read(|conn| note::<bool>(conn, "legacy_imported"))
             .map(|n| n.unwrap_or(false))
+    }
+}
+
+/// Why the queue database did not open.
+#[derive(Debug)]
+enum OpenProblem {
+    /// Not the database's fault (a full disk, permissions): try again later, never move it.
+    Transient(String),
+    /// Damaged, not a database, or a newer format: move it aside.
+    Unusable(String),
+}
+
+impl From<rusqlite::Error> for OpenProblem {
+    fn from(error: rusqlite::Error) -> OpenProblem {
+        use rusqlite::ErrorCode::*;
+        let transient = matches!(
+            error.sqlite_error_code(),
+            Some(
+                DiskFull
+                    | CannotOpen
+                    | ReadOnly
+                    | PermissionDenied
+                    | DatabaseBusy
+                    | DatabaseLocked
+                    | OutOfMemory
+            )
+        );
+        if transient {
+            OpenProblem::Transient(error.to_string())
+        } else {
+            OpenProblem::Unusable(error.to_string())
+        }
+    }
+}
+
+impl std::fmt::Display for OpenProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenProblem::Transient(text) | OpenProblem::Unusable(text) => f.write_str(text),
+        }
     }
 }
 
