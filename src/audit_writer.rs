@@ -91,6 +91,10 @@ pub async fn run_writer(
             // Nobody listening is fine.
             let _ = feed.send(event);
         }
+        if events.is_empty() {
+            let store = Arc::clone(&store);
+            let _ = tokio::task::spawn_blocking(move || store.checkpoint_when_idle()).await;
+        }
     }
 }
 

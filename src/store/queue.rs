@@ -27,6 +27,12 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+/// Commits after which the WAL is copied back into the database when the audit writer is idle
+/// (so a swipe's commit rarely carries a checkpoint), and after which it is copied back at
+/// once whatever is waiting (so the WAL stays bounded under a constant load).
+const CHECKPOINT_WHEN_IDLE: u32 = 200;
+const CHECKPOINT_ANYWAY: u32 = 4_000;
+
 /// SQLite's page cache for the queue, in KiB: the queue is read at its head, so a small cache
 /// is enough and keeps the agent's memory flat however long the queue grows.
 const CACHE_KIB: i64 = 256;
@@ -247,6 +253,8 @@ struct Inner {
     tally: Tally,
     counters: Counters,
     mirror: CountersMirror,
+    /// Commits since the WAL was last checkpointed.
+    since_checkpoint: u32,
 }
 
 impl std::fmt::Debug for QueueDb {
@@ -277,6 +285,7 @@ impl QueueDb {
                         tally,
                         counters,
                         mirror,
+                        since_checkpoint: 0,
                     }),
                 };
                 opened.lost = queue.reconcile(remembered)?;
@@ -307,6 +316,7 @@ impl QueueDb {
                         tally,
                         counters,
                         mirror,
+                        since_checkpoint: 0,
                     }),
                 };
                 // The new database carries on the history, so later starts compare alike.
@@ -362,6 +372,8 @@ impl QueueDb {
         conn.pragma_update(None, "synchronous", testing::queue_synchronous())
             .map_err(text)?;
         conn.pragma_update(None, "cache_size", -CACHE_KIB).map_err(text)?;
+        // Checkpoints are run by `checkpoint` (see CHECKPOINT_WHEN_IDLE), not inside a commit.
+        conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(text)?;
         conn.pragma_update(None, "journal_size_limit", 4 * 1024 * 1024)
             .map_err(text)?;
         let version: u32 = conn
@@ -499,6 +511,10 @@ impl QueueDb {
                 inner.tally = tally;
                 inner.counters = counters;
                 inner.write_mirror();
+                inner.since_checkpoint += 1;
+                if inner.since_checkpoint >= CHECKPOINT_ANYWAY {
+                    inner.checkpoint();
+                }
                 Ok(value)
             }
             Err(error) => Err(self.error(error)),
@@ -770,6 +786,13 @@ impl QueueDb {
         self.lock().tally.records()
     }
 
+    pub(super) fn checkpoint_if_due(&self) {
+        let mut inner = self.lock();
+        if inner.since_checkpoint >= CHECKPOINT_WHEN_IDLE {
+            inner.checkpoint();
+        }
+    }
+
     /// Brings in the queue 0.1.0 kept in sled, with its keys, in one transaction that also
     /// marks it done (so a crash before sled's copy is dropped cannot bring it in twice).
     pub(super) fn import_legacy(&self, legacy: &LegacyQueue) -> Result<bool, StoreError> {
@@ -995,6 +1018,18 @@ fn set_note<T: Serialize>(conn: &Connection, name: &str, value: &T) -> rusqlite:
 }
 
 impl Inner {
+    /// Copies the WAL back into the database (PASSIVE: the WAL file is reused, not truncated,
+    /// so later commits do not change its size). A failure (a full disk) is retried later.
+    fn checkpoint(&mut self) {
+        match self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0))
+        {
+            Ok(_) => self.since_checkpoint = 0,
+            Err(error) => tracing::warn!(%error, "queue checkpoint failed; retried later"),
+        }
+    }
+
     fn write_mirror(&mut self) {
         if let Err(error) = self.mirror.write(self.counters) {
             tracing::warn!(%error, "cannot update the queue counters file");
@@ -1067,6 +1102,12 @@ impl Store {
         let result = self.queue.commit_group(group);
         self.note_queue_write(&result);
         result
+    }
+
+    /// Copies the queue's WAL back into its database if enough commits piled up. The audit
+    /// writer calls it when no event is waiting, so a swipe's commit rarely pays for it.
+    pub fn checkpoint_when_idle(&self) {
+        self.queue.checkpoint_if_due();
     }
 
     /// Calls waiting in both lanes (cheap; for log lines).
