@@ -174,7 +174,14 @@ impl Store {
         let lock = lock_waiting(&layout, wait)?;
         layout.prepare()?;
         let (attempts, unfinished) = OpenAttempts::begin(&layout);
-        let store = Store::open_locked(layout, lock, cache_capacity_bytes, unfinished)?;
+        let store = match Store::open_locked(layout, lock, cache_capacity_bytes, unfinished) {
+            Ok(store) => store,
+            Err(error) => {
+                // An orderly failure (a full disk, permissions) is not a crash while opening.
+                attempts.finished();
+                return Err(error);
+            }
+        };
         let starting = store.load_best_snapshot();
         attempts.finished();
         Ok((store, starting))

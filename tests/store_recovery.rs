@@ -65,7 +65,7 @@ fn assert_comes_up_granting(state_dir: &Path, sim_url: &str) -> (Value, String) 
         .unwrap()
         .replace(sim_url, OFFLINE);
     std::fs::write(state_dir.join("config.toml"), config).unwrap();
-    let state = write_config_keep(state_dir);
+    let state = StateDir::at(state_dir);
     let (run, status) = up(&state);
     let events = swipe_and_watch(&state, &[17]);
     assert_eq!(
@@ -75,17 +75,6 @@ fn assert_comes_up_granting(state_dir: &Path, sim_url: &str) -> (Value, String) 
     let journal = run.journal();
     assert!(run.stop());
     (status, journal)
-}
-
-/// The paths of a state directory whose config is already written.
-fn write_config_keep(dir: &Path) -> StateDir {
-    StateDir {
-        dir: dir.to_path_buf(),
-        config: dir.join("config.toml"),
-        admin: dir.join("admin.sock"),
-        mock: dir.join("mock-gpio.sock"),
-        store: dir.join("db"),
-    }
 }
 
 #[test]
@@ -161,14 +150,7 @@ async fn garbage_in_sleds_conf_is_moved_aside_and_the_last_good_copy_decides() {
 async fn a_truncated_sled_db_file_is_survived() {
     let dir = tempfile::tempdir().unwrap();
     let (sim, state) = synced_state(dir.path()).await;
-    let db = state.store.join("snapshot/db");
-    let len = std::fs::metadata(&db).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&db)
-        .unwrap()
-        .set_len(len / 3)
-        .unwrap();
+    store_common::truncate(&state.store.join("snapshot/db"), 1.0 / 3.0);
     let url = sim.base_url().to_string();
     let path = dir.path().to_path_buf();
     let (status, journal) = tokio::task::spawn_blocking(move || assert_comes_up_granting(&path, &url))
@@ -282,14 +264,7 @@ fn a_truncated_queue_database_is_survived_and_reported() {
     queue_offline_events(&state, &cards);
     let (run, _) = up(&state);
     assert!(run.stop());
-    let db = state.store.join("queue.sqlite");
-    let len = std::fs::metadata(&db).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&db)
-        .unwrap()
-        .set_len(len / 2)
-        .unwrap();
+    store_common::truncate(&state.store.join("queue.sqlite"), 0.5);
     let (run, status) = up(&state);
     assert!(run.stop());
     let lost = status["queue"]["lost_records"].as_u64().unwrap();

@@ -1476,6 +1476,29 @@ mod tests {
     }
 
     #[test]
+    fn a_queue_written_in_a_newer_format_is_set_aside_with_a_message_that_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = open(&dir);
+            store.enqueue(&[event(1), event(2)], ROOMY).unwrap();
+            store
+                .queue
+                .read(|conn| conn.pragma_update(None, "user_version", format::FORMAT + 1))
+                .unwrap();
+        }
+        let store = open(&dir);
+        let report = store.open_report();
+        assert_eq!(report.moved_aside.len(), 1, "{report:?}");
+        assert!(
+            report.moved_aside[0].contains("damaged/queue.sqlite"),
+            "{report:?}"
+        );
+        let note = store.outbox_stats().unwrap().last_loss.unwrap();
+        assert!(note.detail.contains("newer doorflow-agent"), "{}", note.detail);
+        assert_eq!(store.outbox_stats().unwrap().pending, 0);
+    }
+
+    #[test]
     fn records_missing_from_the_database_are_detected_at_open() {
         let dir = tempfile::tempdir().unwrap();
         {

@@ -109,18 +109,33 @@ pub struct StateDir {
 pub fn write_config(dir: &Path, base_url: &str) -> StateDir {
     std::fs::write(dir.join("api_key"), "sim-api-key\n").unwrap();
     let text = crate::support::config_text(dir, base_url, &crate::support::Options::default());
-    let config = dir.join("config.toml");
-    std::fs::write(&config, text).unwrap();
-    StateDir {
-        dir: dir.to_path_buf(),
-        config,
-        admin: dir.join("admin.sock"),
-        mock: dir.join("mock-gpio.sock"),
-        store: dir.join("db"),
-    }
+    std::fs::write(dir.join("config.toml"), text).unwrap();
+    StateDir::at(dir)
+}
+
+/// Shortens a file to `fraction` of its length, as a torn write on flash leaves it.
+pub fn truncate(path: &Path, fraction: f64) {
+    let len = std::fs::metadata(path).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len((len as f64 * fraction) as u64)
+        .unwrap();
 }
 
 impl StateDir {
+    /// The paths of a state directory whose config is already written.
+    pub fn at(dir: &Path) -> StateDir {
+        StateDir {
+            dir: dir.to_path_buf(),
+            config: dir.join("config.toml"),
+            admin: dir.join("admin.sock"),
+            mock: dir.join("mock-gpio.sock"),
+            store: dir.join("db"),
+        }
+    }
+
     /// Starts `doorflow-agent run` with extra environment.
     pub fn start(&self, env: &[(&str, &str)]) -> AgentRun {
         let log = self.dir.join(format!("agent-{}.log", fastrand::u32(..)));
