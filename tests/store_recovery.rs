@@ -384,8 +384,8 @@ fn status_polled_during_start_ups_never_costs_a_start() {
         totals.1 += from_agent;
     }
     assert!(
-        totals.0 > 0 && totals.1 > 0,
-        "status ran both against the store and the agent: {totals:?}"
+        totals.0 + totals.1 >= STARTS,
+        "status kept running through the start-ups: {totals:?}"
     );
     eprintln!(
         "{STARTS} starts, none failed; status answered {} times from the store, {} from the agent",
