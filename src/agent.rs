@@ -4,16 +4,16 @@
 
 use crate::admin;
 use crate::audit::AuditEvent;
+use crate::audit_writer;
 use crate::config::Config;
 use crate::door_task::{DoorState, DoorTask};
 use crate::doorflow::client::{self, Client};
 use crate::doorflow::ratelimit::RateBudget;
 use crate::hw;
 use crate::osdp;
-use crate::outbox;
 use crate::snapshot::{SharedSnapshot, Snapshot};
-use crate::status::{self, DoorStatus, QueueStatus, SnapshotStatus, StatusReport, SyncStatus};
-use crate::store::{Lane, Store, StoreError};
+use crate::status::{self, DoorStatus, QueueStatus, SnapshotStatus, StatusReport, StoreStatus, SyncStatus};
+use crate::store::{Lane, SnapshotSource, Store, StoreError};
 use crate::supervisor;
 use crate::sync;
 use crate::uplink::policy::RetryPolicy;
@@ -44,6 +44,10 @@ pub enum AgentError {
     Osdp(#[from] osdp::OsdpStartError),
 }
 
+/// How long a start-up waits for a process that has the store briefly (a `status` or `queue`
+/// command reading it while the agent was stopped).
+const STORE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Everything the agent's tasks share.
 #[derive(Debug)]
 pub struct Agent {
@@ -67,21 +71,26 @@ pub struct Agent {
 
 impl Agent {
     /// Opens the store and loads the last good snapshot, so swipes are decided offline from the
-    /// first moment. A snapshot that fails its checks is not used: the doors start empty (every
-    /// card denied) until the next sync, which is the fail-secure choice.
+    /// first moment. A store part that cannot be opened is moved aside and reported; a snapshot
+    /// that cannot be used falls back to the last good copy, or to an empty snapshot (every card
+    /// denied until the next sync), which is the fail-secure choice.
     pub fn start(config: Config) -> Result<Arc<Agent>, AgentError> {
-        let store = Store::open(&config.store.path, config.store.cache_capacity_bytes())?;
-        let parts = match store.load_snapshot() {
-            Ok(parts) => parts.unwrap_or_default(),
-            Err(error @ StoreError::Corrupt { .. }) => {
-                tracing::error!(%error, "stored snapshot is unusable; denying every card until the next sync");
-                Default::default()
-            }
-            Err(error) => return Err(error.into()),
-        };
-        let snapshot = Snapshot::with_shifts(parts, config.shifts(), &config.sync.time_zone);
+        let (store, starting) = Store::open_for_agent(
+            &config.store.path,
+            config.store.cache_capacity_bytes(),
+            STORE_WAIT,
+        )?;
+        if starting.source == SnapshotSource::LastGood {
+            // The cursor belongs to the snapshot that was lost: the next sync is a full one.
+            let _ = store.meta_remove(crate::sync::CURSOR_KEY);
+        }
+        let snapshot = Snapshot::with_shifts(starting.parts, config.shifts(), &config.sync.time_zone);
         release_freed_memory();
-        let sync_status = store.meta_get(status::SYNC_STATUS_KEY)?.unwrap_or_default();
+        let sync_status = store
+            .meta_get(status::SYNC_STATUS_KEY)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         let doors = config
             .doors
             .iter()
@@ -144,6 +153,7 @@ impl Agent {
                     }
                 })
                 .collect(),
+            store: StoreStatus::of(&self.store),
         }
     }
 
@@ -274,7 +284,7 @@ pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Res
         aborts.push(tasks.spawn(drain.run(stop.clone())).abort_handle());
     }
     // Ends when every door task has dropped its sender, after writing what is left.
-    let audit_writer = tasks.spawn(outbox::run_writer(
+    let audit_writer = tasks.spawn(audit_writer::run_writer(
         Arc::clone(&agent.store),
         agent.config.uplink.clone(),
         audit_rx,

@@ -4,6 +4,7 @@ pub mod access;
 pub mod admin;
 pub mod agent;
 pub mod audit;
+pub mod audit_writer;
 pub mod config;
 pub mod credential;
 #[cfg(feature = "demo")]
@@ -14,7 +15,6 @@ pub mod doorflow;
 pub mod hw;
 pub mod mutex;
 pub mod osdp;
-pub mod outbox;
 pub mod reader;
 pub mod secrets;
 pub mod shutdown;

@@ -144,15 +144,42 @@ fn main() -> ExitCode {
     }
 }
 
-/// Asks the running agent; falls back to the store when none is listening.
-fn gather_status(config: &Config) -> Result<status::StatusReport, String> {
-    match admin::call(&config.admin.socket, &admin::Request::Status) {
-        Ok(reply) => serde_json::from_value(reply["status"].clone())
-            .map_err(|e| format!("unreadable status reply: {e}")),
-        Err(admin::ClientError::NotRunning(_)) => {
-            status::from_store(config, &open_store(config)?).map_err(|e| e.to_string())
+/// Who answers a CLI request: the running agent, or the store of a stopped one.
+enum Answerer {
+    Agent(serde_json::Value),
+    Store(Box<store::Store>),
+}
+
+/// How long the CLI waits for a starting agent's admin socket.
+const AGENT_START_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Asks the running agent; opens the store only when no agent has it. A starting agent holds
+/// the store before its admin socket is up: then the CLI waits for the socket instead, so it
+/// never takes the store from an agent (and an agent waits out a CLI that has it briefly).
+fn reach(config: &Config, request: &admin::Request) -> Result<Answerer, String> {
+    let deadline = std::time::Instant::now() + AGENT_START_WAIT;
+    loop {
+        match admin::call(&config.admin.socket, request) {
+            Ok(reply) => return Ok(Answerer::Agent(reply)),
+            Err(admin::ClientError::NotRunning(_)) => {}
+            Err(error) => return Err(error.to_string()),
         }
-        Err(error) => Err(error.to_string()),
+        match store::Store::open(&config.store.path, config.store.cache_capacity_bytes()) {
+            Ok(store) => return Ok(Answerer::Store(Box::new(store))),
+            Err(store::StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(error) => return Err(error.to_string()),
+        }
+    }
+}
+
+/// Asks the running agent; reads the store when it is stopped.
+fn gather_status(config: &Config) -> Result<status::StatusReport, String> {
+    match reach(config, &admin::Request::Status)? {
+        Answerer::Agent(reply) => serde_json::from_value(reply["status"].clone())
+            .map_err(|e| format!("unreadable status reply: {e}")),
+        Answerer::Store(store) => status::from_store(config, &store).map_err(|e| e.to_string()),
     }
 }
 
@@ -164,13 +191,10 @@ fn queue_command(config: &Config, action: QueueAction) -> ExitCode {
         QueueAction::RetryDead { id, .. } => admin::Request::RetryDead { id },
         QueueAction::PurgeDead => admin::Request::PurgeDead,
     };
-    let reply = match admin::call(&config.admin.socket, &request) {
-        Ok(reply) => Ok(reply),
-        Err(admin::ClientError::NotRunning(_)) => {
-            open_store(config).and_then(|store| admin::queue_reply(&store, &request))
-        }
-        Err(error) => Err(error.to_string()),
-    };
+    let reply = reach(config, &request).and_then(|answerer| match answerer {
+        Answerer::Agent(reply) => Ok(reply),
+        Answerer::Store(store) => admin::queue_reply(&store, &request),
+    });
     let reply = match reply {
         Ok(reply) => reply,
         Err(message) => return failure(&message),
@@ -189,10 +213,6 @@ fn queue_command(config: &Config, action: QueueAction) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
-}
-
-fn open_store(config: &Config) -> Result<store::Store, String> {
-    store::Store::open(&config.store.path, config.store.cache_capacity_bytes()).map_err(|e| e.to_string())
 }
 
 fn config_failure(error: &ConfigError) -> ExitCode {

@@ -6,7 +6,7 @@ use crate::config::Config;
 use crate::door::DoorMode;
 use crate::reader::ReaderStatus;
 use crate::snapshot::{Snapshot, SnapshotCounts, SnapshotParts};
-use crate::store::{Lane, SnapshotHeader, Store, StoreError};
+use crate::store::{DropNote, Lane, LossNote, OpenReport, SnapshotHeader, Store, StoreError};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +21,39 @@ pub struct StatusReport {
     pub sync: SyncStatus,
     pub queue: QueueStatus,
     pub doors: Vec<DoorStatus>,
+    /// Whether the store takes writes, and what its last opening found wrong.
+    #[serde(default)]
+    pub store: StoreStatus,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StoreStatus {
+    /// `ok`, or `store_error` while writes fail (a full disk, an I/O error).
+    pub state: String,
+    /// The failing write's error.
+    pub error: Option<String>,
+    /// What opening found wrong and did about it (parts moved aside, records lost, a snapshot
+    /// taken from the last good copy).
+    pub problems: Vec<String>,
+    /// Damaged parts kept for inspection.
+    pub moved_aside: Vec<String>,
+}
+
+impl StoreStatus {
+    pub fn of(store: &Store) -> StoreStatus {
+        let health = store.health();
+        let OpenReport {
+            moved_aside,
+            problems,
+        } = store.open_report();
+        let error = health.queue_error.or(health.snapshot_error);
+        StoreStatus {
+            state: if error.is_some() { "store_error" } else { "ok" }.into(),
+            error,
+            problems,
+            moved_aside,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -57,6 +90,17 @@ pub struct QueueStatus {
     pub dead: u64,
     /// Events dropped because the queue was full (since the store was created).
     pub dropped_events: u64,
+    /// Admits dropped because `uplink.queue_max_admits` was reached.
+    #[serde(default)]
+    pub dropped_admits: u64,
+    /// The last drop: when, which lane, how many and which limit.
+    #[serde(default)]
+    pub last_drop: Option<DropNote>,
+    /// Acknowledged records found missing when the store was opened (damage).
+    #[serde(default)]
+    pub lost_records: u64,
+    #[serde(default)]
+    pub last_loss: Option<LossNote>,
     pub oldest_age_s: Option<u64>,
     /// `online`, `paused` (rate limit), `backing_off`, `auth_refused`, `idle`, `disabled`,
     /// `store_error`, or `stopped` (agent not running): the lane most in need of attention.
@@ -81,7 +125,8 @@ pub struct DoorStatus {
 }
 
 impl QueueStatus {
-    /// Queue depth from the store, with the uplink state supplied by the caller.
+    /// Queue depth from the store, with the uplink state supplied by the caller (`store_error`
+    /// instead while the queue refuses writes).
     pub fn from_store(store: &Store, uplink: &str) -> Result<QueueStatus, StoreError> {
         let stats = store.outbox_stats()?;
         let mut oldest = None;
@@ -93,16 +138,26 @@ impl QueueStatus {
                 last_error = last_error.or(head.value.last_error);
             }
         }
+        let store_error = store.health().queue_error;
         Ok(QueueStatus {
             pending: stats.pending,
             pending_admits: stats.pending_admits,
             pending_events: stats.pending_events,
             dead: stats.dead,
             dropped_events: stats.dropped_events,
+            dropped_admits: stats.dropped_admits,
+            last_drop: stats.last_drop,
+            lost_records: stats.lost_records,
+            last_loss: stats.last_loss,
             oldest_age_s: oldest.map(|o| Timestamp::now().duration_since(o).as_secs().max(0) as u64),
-            uplink: uplink.to_string(),
+            uplink: if store_error.is_some() {
+                "store_error"
+            } else {
+                uplink
+            }
+            .to_string(),
             uplink_until: None,
-            last_error,
+            last_error: store_error.or(last_error),
         })
     }
 }
@@ -168,6 +223,7 @@ pub fn from_store(config: &Config, store: &Store) -> Result<StatusReport, StoreE
                 reader: door.reader.initial_status(false),
             })
             .collect(),
+        store: StoreStatus::of(store),
     })
 }
 
@@ -207,8 +263,37 @@ pub fn render(report: &StatusReport) -> String {
     let until = q.uplink_until.map(|t| format!(" until {t}")).unwrap_or_default();
     out.push_str(&format!(
         "queue: {} pending ({} admits, {} events), {} dead, {} dropped{oldest}; uplink {}{until}\n",
-        q.pending, q.pending_admits, q.pending_events, q.dead, q.dropped_events, q.uplink
+        q.pending,
+        q.pending_admits,
+        q.pending_events,
+        q.dead,
+        q.dropped_events + q.dropped_admits,
+        q.uplink
     ));
+    if let Some(drop) = &q.last_drop {
+        out.push_str(&format!(
+            "last drop: {} {}s at {}: {}\n",
+            drop.count, drop.lane, drop.at, drop.reason
+        ));
+    }
+    if q.lost_records > 0 {
+        let detail = q
+            .last_loss
+            .as_ref()
+            .map(|l| format!(" (last: {})", l.detail))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "LOST: {} acknowledged queued records{detail}\n",
+            q.lost_records
+        ));
+    }
+    let store = &report.store;
+    if let Some(error) = &store.error {
+        out.push_str(&format!("STORE ERROR: {error}\n"));
+    }
+    for problem in &store.problems {
+        out.push_str(&format!("store at start: {problem}\n"));
+    }
     if let Some(error) = &q.last_error {
         out.push_str(&format!("last uplink error: {error}\n"));
     }

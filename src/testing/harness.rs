@@ -65,8 +65,9 @@ impl Options {
 /// the uplink.
 pub fn queue(agent: &Agent, events: &[AuditEvent]) {
     let uplink = &agent.config.uplink;
-    let capacity = crate::outbox::queue_capacity(uplink);
-    crate::outbox::write_group(&agent.store, uplink, capacity, events).expect("queued events are written");
+    let capacity = crate::store::Capacity::from_config(uplink);
+    crate::audit_writer::write_group(&agent.store, uplink, capacity, events)
+        .expect("queued events are written");
     agent.kick_queue();
 }
 
@@ -99,8 +100,16 @@ impl Harness {
 
     /// An agent against an existing simulator (a fresh state directory).
     pub async fn start_with(sim: Simulator, options: Options) -> Harness {
+        Harness::start_edited(sim, options, |_| {}).await
+    }
+
+    /// Like `start_with`, with the config changed by `edit` first (e.g. the store moved onto a
+    /// small filesystem).
+    pub async fn start_edited(sim: Simulator, options: Options, edit: impl FnOnce(&mut Config)) -> Harness {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let config = options.config(dir.path(), sim.base_url());
+        let mut config = options.config(dir.path(), sim.base_url());
+        edit(&mut config);
+        super::config::assert_valid(&config);
         Harness::assemble(sim, dir, config).await
     }
 

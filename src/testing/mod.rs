@@ -16,6 +16,8 @@ pub mod harness;
 pub mod mock_control;
 pub mod openapi;
 pub mod process;
+pub mod state_dir;
+pub mod store_fs;
 
 use std::process::Command;
 use std::time::Duration;
