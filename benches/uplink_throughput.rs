@@ -9,6 +9,7 @@
 
 use doorflow_agent::agent::{self, Agent};
 use doorflow_agent::audit::AuditEvent;
+use doorflow_agent::config::ServiceUrl;
 use doorflow_agent::outbox;
 use doorflow_agent::sim::{SimConfig, Simulator};
 use doorflow_agent::store::Store;
@@ -22,7 +23,7 @@ fn enqueue_rate() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("db"), 8 << 20).unwrap();
     let uplink = doorflow_agent::config::UplinkConfig {
-        events_url: Some("https://sink.example/events".into()),
+        events_url: Some(ServiceUrl::parse("https://sink.example/events").unwrap()),
         ..Default::default()
     };
     let capacity = doorflow_agent::outbox::queue_capacity(&uplink);

@@ -4,7 +4,7 @@ use crate::admin;
 use crate::audit::AuditEvent;
 use crate::config::Config;
 use crate::door_task::{DoorState, DoorTask};
-use crate::doorflow::client::{self, Client};
+use crate::doorflow::client::Client;
 use crate::doorflow::ratelimit::RateBudget;
 use crate::hw;
 use crate::outbox;
@@ -280,9 +280,9 @@ fn doorflow_client(agent: &Arc<Agent>) -> Option<Arc<Client>> {
 /// limit), its own budget otherwise.
 fn sink_client(agent: &Arc<Agent>) -> Option<Arc<Client>> {
     let uplink = &agent.config.uplink;
-    let url = uplink.events_url.as_deref()?;
+    let url = uplink.events_url.as_ref()?;
     let api = &agent.config.api;
-    let same_server = client::origin(url) == client::origin(&api.base_url);
+    let same_server = url.origin() == api.base_url.origin();
     let budget = if same_server {
         Arc::clone(&agent.budget)
     } else {

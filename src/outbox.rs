@@ -237,7 +237,7 @@ mod tests {
     #[test]
     fn a_granted_admit_becomes_an_admit_and_an_event() {
         let uplink = UplinkConfig {
-            events_url: Some("https://sink.example".into()),
+            events_url: Some(crate::config::ServiceUrl::parse("https://sink.example").unwrap()),
             ..Default::default()
         };
         let calls = calls_for(&event(true), &uplink, Timestamp::now());

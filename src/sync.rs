@@ -84,50 +84,26 @@ pub async fn pull(client: &Client, kind: SyncKind) -> Result<SnapshotParts, ApiE
         SyncKind::Incremental { since } => vec![("since_utc", since.to_string())],
     };
     let people: Vec<api::Person> = client
-        .list(Operation::ListPeople, "/api/3/people", PEOPLE_PER_PAGE, &since)
+        .list(Operation::ListPeople, PEOPLE_PER_PAGE, &since)
         .await?;
     tracing::info!(people = people.len(), kind = kind.as_str(), "sync: people pulled");
     let credentials: Vec<api::Credential> = client
-        .list(
-            Operation::ListCredentials,
-            "/api/3/credentials",
-            LIST_PER_PAGE,
-            &[],
-        )
+        .list(Operation::ListCredentials, LIST_PER_PAGE, &[])
         .await?;
     tracing::info!(credentials = credentials.len(), "sync: credentials pulled");
     let types: Vec<api::CredentialType> = client
-        .list(
-            Operation::ListCredentialTypes,
-            "/api/3/credential_types",
-            LIST_PER_PAGE,
-            &[],
-        )
+        .list(Operation::ListCredentialTypes, LIST_PER_PAGE, &[])
         .await?;
-    let groups: Vec<api::Group> = client.get_all(Operation::ListGroups, "/api/3/groups").await?;
-    let roles: Vec<api::Role> = client.get_all(Operation::ListRoles, "/api/3/roles").await?;
+    let groups: Vec<api::Group> = client.get_all(Operation::ListGroups).await?;
+    let roles: Vec<api::Role> = client.get_all(Operation::ListRoles).await?;
     let group_reservations: Vec<api::GroupReservation> = client
-        .list(
-            Operation::ListGroupReservations,
-            "/api/3/group_reservations",
-            LIST_PER_PAGE,
-            &since,
-        )
+        .list(Operation::ListGroupReservations, LIST_PER_PAGE, &since)
         .await?;
     let reservations: Vec<api::Reservation> = client
-        .list(
-            Operation::ListReservations,
-            "/api/3/reservations",
-            LIST_PER_PAGE,
-            &[],
-        )
+        .list(Operation::ListReservations, LIST_PER_PAGE, &[])
         .await?;
-    let channels: Vec<api::Channel> = client
-        .list(Operation::ListChannels, "/api/3/channels", LIST_PER_PAGE, &[])
-        .await?;
-    let sites: Vec<api::Site> = client
-        .list(Operation::ListSites, "/api/3/sites", LIST_PER_PAGE, &[])
-        .await?;
+    let channels: Vec<api::Channel> = client.list(Operation::ListChannels, LIST_PER_PAGE, &[]).await?;
+    let sites: Vec<api::Site> = client.list(Operation::ListSites, LIST_PER_PAGE, &[]).await?;
     Ok(build_parts(
         Timestamp::now(),
         people,

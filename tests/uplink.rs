@@ -92,6 +92,30 @@ async fn refused_calls_go_to_the_dead_letters_with_an_actionable_reason_and_the_
     assert!(eventually(LIMIT, || h.sim.received_admits().len() == 1).await);
 }
 
+/// Issue 11 item 9: admit_person's own 403 (`{error, reason}`: the person may not pass) is about
+/// the person's access, so its dead letter quotes DoorFlow's reason and names no scope.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admit_refused_for_the_person_names_the_person_not_a_scope() {
+    let h = Harness::start(Options::default()).await;
+    h.queue_admit(50); // the simulator's person 50 is disabled
+    assert!(eventually(LIMIT, || h.pending() == 0).await);
+    let dead = h.agent.store.dead_list(10).unwrap();
+    let admit = dead
+        .iter()
+        .find(|d| d.value.queued.call.is_admit())
+        .expect("the admit is dead-lettered");
+    let detail = &admit.value.detail;
+    assert_eq!(admit.value.status, Some(403));
+    assert!(
+        detail.contains("Person is disabled") && detail.contains("person's access rights"),
+        "{detail}"
+    );
+    assert!(
+        !detail.contains("scope") && !detail.contains("account."),
+        "{detail}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_holds_every_call_until_its_retry_time_and_nothing_is_dead_lettered() {
     let h = Harness::start(Options::default()).await;

@@ -12,6 +12,7 @@ mod admin;
 mod api;
 mod doors;
 mod gpio;
+mod service_url;
 mod shifts;
 mod source;
 mod store;
@@ -20,9 +21,10 @@ mod uplink;
 pub mod values;
 
 pub use admin::AdminConfig;
-pub use api::{check_url, ApiConfig, AuthConfig, AuthMethod, SecretSource};
+pub use api::{ApiConfig, AuthConfig, AuthMethod, SecretSource};
 pub use doors::{DoorConfig, FailMode, InputLineConfig, OutputLineConfig, ReaderConfig};
 pub use gpio::{Bias, GpioBackend, GpioConfig};
+pub use service_url::ServiceUrl;
 pub use shifts::{ShiftConfig, ShiftTimeConfig};
 pub use source::line_of_key;
 pub use store::StoreConfig;
@@ -112,13 +114,9 @@ impl Config {
     pub fn validate(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
         let mut report = |key: String, message: String| problems.push(Problem { key, message });
-        if let Err(message) = check_url(&self.api.base_url) {
-            report("api.base_url".into(), message);
-        }
         self.api.auth.validate(&mut report);
         self.store.validate(&mut report);
         self.sync.validate(&mut report);
-        self.uplink.validate(&mut report);
         self.gpio.validate(&mut report);
         self.validate_doors(&mut report);
         self.validate_shifts(&mut report);
@@ -177,10 +175,10 @@ impl Config {
             self.doors.len(),
             doors.join(", "),
             self.shifts.len(),
-            self.uplink
-                .events_url
-                .as_deref()
-                .unwrap_or("kept locally (no uplink.events_url)"),
+            self.uplink.events_url.as_ref().map_or_else(
+                || "kept locally (no uplink.events_url)".into(),
+                ToString::to_string
+            ),
         )
     }
 }

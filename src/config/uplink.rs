@@ -1,6 +1,7 @@
 //! `[uplink]`: where door events go, and how queued calls are retried, expired and bounded.
 
-use super::api::{check_url, SecretSource};
+use super::api::SecretSource;
+use super::service_url::ServiceUrl;
 use super::values::Ranged;
 use serde::{Deserialize, Serialize};
 
@@ -9,7 +10,7 @@ use serde::{Deserialize, Serialize};
 pub struct UplinkConfig {
     /// HTTPS sink for events. DoorFlow's public API has no event ingestion endpoint; without a
     /// sink, events are journaled and kept in a bounded local log.
-    pub events_url: Option<String>,
+    pub events_url: Option<ServiceUrl>,
     /// Bearer token for the event sink (a file path or `systemd-credential:NAME`). DoorFlow's
     /// own credentials are never sent to the sink.
     pub events_token: Option<SecretSource>,
@@ -32,14 +33,4 @@ pub struct UplinkConfig {
     /// Events kept locally when no sink is configured.
     #[serde(default)]
     pub local_event_log_max: Ranged<0, 10_000_000, 10_000>,
-}
-
-impl UplinkConfig {
-    pub(super) fn validate(&self, report: &mut impl FnMut(String, String)) {
-        if let Some(url) = &self.events_url {
-            if let Err(message) = check_url(url) {
-                report("uplink.events_url".into(), message);
-            }
-        }
-    }
 }

@@ -80,6 +80,8 @@ pub struct Received {
 struct Shared {
     inner: Mutex<Inner>,
     connections: Arc<server::Connections>,
+    /// Bytes of `Fault::Huge` answers handed to connections.
+    huge_sent: Arc<std::sync::atomic::AtomicU64>,
 }
 
 struct Inner {
@@ -133,6 +135,7 @@ impl Simulator {
                 events: Vec::new(),
             }),
             connections: Arc::clone(&connections),
+            huge_sent: Arc::default(),
         });
         let server = server::Server::start(port, app(Arc::clone(&shared)), connections)?;
         let base_url = format!("http://{}", server.addr());
@@ -211,6 +214,12 @@ impl Simulator {
             );
             std::thread::sleep(Duration::from_millis(25));
         }
+    }
+
+    /// Bytes of `Fault::Huge` answers that left the server so far (a client that stops reading
+    /// stops this count, give or take the socket buffers).
+    pub fn huge_bytes_sent(&self) -> u64 {
+        self.shared.huge_sent.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Requests that reached the server (not counting `/_sim/...`).

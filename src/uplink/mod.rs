@@ -238,7 +238,7 @@ impl LaneDrain {
                     channel_id,
                     person_id,
                 } => {
-                    let url = client.url(&format!("/api/3/channels/{channel_id}/admit_person"));
+                    let url = client.url(&Operation::AdmitPerson.path(Some(*channel_id)));
                     let body = serde_json::json!({ "person_id": person_id });
                     client
                         .request(Operation::AdmitPerson, reqwest::Method::POST, &url, |r| {
@@ -252,7 +252,7 @@ impl LaneDrain {
                         .request(
                             Operation::PostEvent,
                             reqwest::Method::POST,
-                            client.base_url(),
+                            client.base_url().url(),
                             |r| r.header("Idempotency-Key", &call.id).json(&body),
                         )
                         .await
@@ -423,7 +423,7 @@ impl LaneDrain {
         let deadline = at.min(expiry_or_later(head, &self.policy));
         let early_wake = head.hold == Some(Hold::Unreachable);
         let probe_target = match &self.client {
-            Some(client) if early_wake => client.origin().and_then(|o| host_port(&o)),
+            Some(client) if early_wake => Some(client.base_url().host_port()),
             _ => None,
         };
         self.wakeups.reachable.mark_unchanged();
@@ -472,11 +472,6 @@ fn expiry_or_later(call: &QueuedCall, policy: &RetryPolicy) -> Timestamp {
     } else {
         Timestamp::MAX
     }
-}
-
-/// `host:port` from an origin `scheme://host:port`.
-fn host_port(origin: &str) -> Option<String> {
-    origin.split_once("://").map(|(_, rest)| rest.to_string())
 }
 
 /// Whether a TCP connection to `host:port` opens (the cheapest sign the server is back).
