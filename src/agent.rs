@@ -2,6 +2,7 @@
 
 use crate::admin;
 use crate::audit::AuditEvent;
+use crate::clock::trusted::TimeKeeper;
 use crate::config::Config;
 use crate::door_task::{DoorState, DoorTask};
 use crate::doorflow::client::Client;
@@ -15,7 +16,6 @@ use crate::supervisor;
 use crate::sync;
 use crate::uplink::policy::RetryPolicy;
 use crate::uplink::{LaneDrain, UplinkStatus, Wakeups};
-use jiff::Timestamp;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -52,6 +52,8 @@ pub struct Agent {
     pub uplink: Arc<UplinkStatus>,
     /// Every audit event once it is durable (for the demo and live views).
     pub audit_feed: tokio::sync::broadcast::Sender<AuditEvent>,
+    /// The trusted-time floor (from DoorFlow's `Date`) and the clock's health.
+    pub clock: Arc<TimeKeeper>,
 }
 
 impl Agent {
@@ -71,6 +73,9 @@ impl Agent {
         let snapshot = Snapshot::with_shifts(parts, config.shifts(), &config.sync.time_zone);
         release_freed_memory();
         let sync_status = store.meta_get(status::SYNC_STATUS_KEY)?.unwrap_or_default();
+        let clock = Arc::new(TimeKeeper::new(
+            store.meta_get(crate::clock::trusted::ANCHOR_KEY)?,
+        ));
         let doors = config
             .doors
             .iter()
@@ -94,6 +99,7 @@ impl Agent {
             ))),
             uplink: Arc::new(UplinkStatus::default()),
             audit_feed: tokio::sync::broadcast::channel(4096).0,
+            clock,
             config,
         }))
     }
@@ -103,7 +109,7 @@ impl Agent {
         let snapshot = self.snapshot.current();
         let counts = snapshot.counts();
         let generation = self.store.snapshot_header().ok().flatten().map(|h| h.generation);
-        let now = Timestamp::now();
+        let now = self.clock.rules_time();
         StatusReport {
             version: env!("CARGO_PKG_VERSION").to_string(),
             agent_running: true,
@@ -111,6 +117,7 @@ impl Agent {
             snapshot: SnapshotStatus::new(generation, &counts, snapshot.synced_at()),
             sync: lock(&self.sync_status).clone(),
             queue: self.queue_status(),
+            clock: self.clock.status(&crate::clock::Now::read_raw()),
             doors: self
                 .config
                 .doors
@@ -208,6 +215,7 @@ pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Res
         }
     };
     let watchdog = tokio::spawn(supervisor::run_watchdog(liveness));
+    let clock_watch = tokio::spawn(crate::clock::watch(Arc::clone(&agent.clock)));
     let doorflow = doorflow_client(&agent);
     let sync_task = doorflow
         .clone()
@@ -244,7 +252,10 @@ pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Res
     supervisor::notify_stopping();
     // An uplink request cut off here is sent again after the restart (at-least-once). Each
     // task is awaited after its abort, so none holds the store when this returns.
-    let background = [watchdog].into_iter().chain(sync_task).chain(uplink_tasks);
+    let background = [watchdog, clock_watch]
+        .into_iter()
+        .chain(sync_task)
+        .chain(uplink_tasks);
     for task in background {
         task.abort();
         let _ = task.await;
@@ -268,7 +279,7 @@ pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Res
 /// offline on its stored snapshot and says why.
 fn doorflow_client(agent: &Arc<Agent>) -> Option<Arc<Client>> {
     match Client::new(&agent.config.api, Arc::clone(&agent.budget)) {
-        Ok(client) => Some(Arc::new(client)),
+        Ok(client) => Some(Arc::new(client.with_clock(Arc::clone(&agent.clock)))),
         Err(error) => {
             tracing::error!(%error, "DoorFlow client not available; running offline on the stored snapshot");
             None
@@ -321,6 +332,7 @@ fn start_uplink(
                 },
                 heartbeat,
                 online: Arc::clone(&agent.online),
+                clock: Arc::clone(&agent.clock),
             };
             tokio::spawn(drain.run())
         })
@@ -357,7 +369,8 @@ fn start_doors(
             Arc::clone(&agent.doors[index]),
             audit.clone(),
         )
-        .with_heartbeat(heartbeat);
+        .with_heartbeat(heartbeat)
+        .with_clock(Arc::clone(&agent.clock));
         tracing::info!(door = %door.name, channel_id = door.channel_id, card_value = ?door.card_value, "door ready");
         tasks.push(tokio::spawn(task.run(stopping.clone())));
     }

@@ -4,6 +4,7 @@
 
 use crate::access::{decide, DoorPolicy};
 use crate::audit::{new_event_id, AuditEvent};
+use crate::clock::trusted::TimeKeeper;
 use crate::config::DoorConfig;
 use crate::credential::{mask, CardFormat, Presented};
 use crate::door::{DoorEvent, DoorMachine, DoorMode, Effects};
@@ -12,7 +13,6 @@ use crate::hw::{monotonic_ns, DoorHardware, DoorInput, InputEvent};
 use crate::mutex::lock;
 use crate::snapshot::{CredentialKind, SharedSnapshot};
 use crate::supervisor::Heartbeat;
-use jiff::Timestamp;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -57,6 +57,8 @@ pub struct DoorTask {
     audit: mpsc::UnboundedSender<AuditEvent>,
     timings: Option<mpsc::UnboundedSender<SwipeTiming>>,
     heartbeat: Option<Heartbeat>,
+    /// Wall time for rules and event times, never below DoorFlow's last `Date`.
+    clock: Arc<TimeKeeper>,
     relay_failed: bool,
 }
 
@@ -88,6 +90,7 @@ impl DoorTask {
             audit,
             timings: None,
             heartbeat: None,
+            clock: Arc::default(),
             relay_failed: false,
         }
     }
@@ -102,6 +105,13 @@ impl DoorTask {
     /// Reports liveness to the systemd watchdog on every pass of the loop.
     pub fn with_heartbeat(mut self, heartbeat: Heartbeat) -> DoorTask {
         self.heartbeat = Some(heartbeat);
+        self
+    }
+
+    /// Decides validity windows and shifts with the agent's trusted time (never earlier than
+    /// DoorFlow's last `Date`), not the bare wall clock.
+    pub fn with_clock(mut self, clock: Arc<TimeKeeper>) -> DoorTask {
+        self.clock = clock;
         self
     }
 
@@ -228,7 +238,7 @@ impl DoorTask {
     fn on_presented(&mut self, presented: Presented, last_edge_ns: u64) {
         let frame_seen_ns = monotonic_ns();
         let snapshot = self.snapshot.current();
-        let decision = decide(&snapshot, &self.policy, &presented, Timestamp::now());
+        let decision = decide(&snapshot, &self.policy, &presented, self.clock.rules_time());
         let decided_ns = monotonic_ns();
         let mut relay_ns = None;
         if decision.granted {
@@ -259,7 +269,7 @@ impl DoorTask {
                 CredentialKind::Pin => mask(""),
                 _ => mask(&decision.value),
             }),
-            created_at: Timestamp::now(),
+            created_at: self.clock.rules_time(),
             admit: decision.granted && self.admit_via_api && decision.person_id.is_some(),
         };
         self.send_audit(event);
@@ -299,7 +309,7 @@ impl DoorTask {
                 channel_id: self.policy.channel_id,
                 person_id: None,
                 credential: None,
-                created_at: Timestamp::now(),
+                created_at: self.clock.rules_time(),
                 admit: false,
             });
         }
@@ -316,7 +326,7 @@ impl DoorTask {
         let mode = DoorMode::from(
             self.snapshot
                 .current()
-                .channel_state(self.policy.channel_id, Timestamp::now()),
+                .channel_state(self.policy.channel_id, self.clock.rules_time()),
         );
         if mode != self.machine.mode() {
             tracing::info!(door = %self.name, ?mode, "door mode changed");

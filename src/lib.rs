@@ -4,6 +4,7 @@ pub mod access;
 pub mod admin;
 pub mod agent;
 pub mod audit;
+pub mod clock;
 pub mod config;
 pub mod credential;
 #[cfg(feature = "demo")]

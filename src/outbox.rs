@@ -38,8 +38,10 @@ pub fn calls_for(event: &AuditEvent, uplink: &UplinkConfig, now: Timestamp) -> V
         id: new_call_id(),
         call,
         created_at: now,
+        created_boot: Some(crate::clock::BootInstant::now()),
         attempts: 0,
         next_attempt_at: None,
+        next_attempt_boot: None,
         last_error: None,
         hold: None,
     };

@@ -49,8 +49,10 @@ async fn setup(people: u64, oauth: bool, per_minute: u32) -> Setup {
     let budget = Arc::new(Mutex::new(RateBudget::new(
         config.api.requests_per_minute.get() as u32
     )));
-    let client = Client::new(&config.api, budget).unwrap();
-    let agent = Agent::start(config).unwrap();
+    let agent = Agent::start(config.clone()).unwrap();
+    let client = Client::new(&config.api, budget)
+        .unwrap()
+        .with_clock(Arc::clone(&agent.clock));
     Setup {
         sim,
         agent,

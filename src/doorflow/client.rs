@@ -10,18 +10,23 @@
 use super::body::{decode_json, read_prefix};
 use super::error::{ApiError, ErrorBody, Operation, TransportKind};
 use super::models::TokenResponse;
-use super::ratelimit::{RateBudget, RateInfo};
+use super::ratelimit::{parse_http_date, RateBudget, RateInfo};
+use crate::clock::trusted::TimeKeeper;
+use crate::clock::Now;
 use crate::config::{ApiConfig, AuthMethod, SecretSource, ServiceUrl};
 use crate::mutex::lock;
 use crate::secrets::{self, Secret};
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use reqwest::{redirect, Method, RequestBuilder, Response, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Refresh this long before the access token expires.
-const REFRESH_AHEAD: SignedDuration = SignedDuration::from_secs(300);
+const REFRESH_AHEAD: Duration = Duration::from_secs(300);
+/// A 429 that names no retry time holds every caller this long.
+const RATE_LIMIT_HOLD: Duration = Duration::from_secs(60);
 /// Most redirects followed for one request.
 const MAX_REDIRECTS: usize = 5;
 /// Items a list without pagination (groups, roles) may hold, for its size limit.
@@ -46,7 +51,8 @@ struct OAuth {
 
 struct AccessToken {
     token: Secret,
-    expires_at: Timestamp,
+    /// Monotonic: a wall clock step neither expires it early nor keeps it too long.
+    expires_at: Instant,
 }
 
 pub struct Client {
@@ -56,6 +62,8 @@ pub struct Client {
     auth: Auth,
     token: tokio::sync::Mutex<Option<AccessToken>>,
     budget: Arc<Mutex<RateBudget>>,
+    /// Fed with DoorFlow's `Date` headers (not the event sink's).
+    clock: Arc<TimeKeeper>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -142,7 +150,14 @@ impl Client {
             auth,
             token: tokio::sync::Mutex::new(None),
             budget,
+            clock: Arc::default(),
         })
+    }
+
+    /// Shares the agent's time keeper: DoorFlow's `Date` headers set its trusted-time floor.
+    pub fn with_clock(mut self, clock: Arc<TimeKeeper>) -> Client {
+        self.clock = clock;
+        self
     }
 
     /// The origin (`scheme://host:port`) requests go to, for logs.
@@ -155,12 +170,12 @@ impl Client {
         &self.base_url
     }
 
-    /// Waits for a slot in the shared budget.
+    /// Waits for a slot in the shared budget (monotonic).
     async fn pace(&self) {
-        let slot = lock(&self.budget).reserve(Timestamp::now());
-        let wait = slot.duration_since(Timestamp::now());
-        if wait.is_positive() {
-            tokio::time::sleep(wait.unsigned_abs()).await;
+        let slot = lock(&self.budget).reserve(Instant::now());
+        let wait = slot.saturating_duration_since(Instant::now());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
         }
     }
 
@@ -177,7 +192,7 @@ impl Client {
                 let mut token = self.token.lock().await;
                 let fresh = token
                     .as_ref()
-                    .is_some_and(|t| Timestamp::now() + REFRESH_AHEAD < t.expires_at);
+                    .is_some_and(|t| Instant::now() + REFRESH_AHEAD < t.expires_at);
                 if !fresh {
                     *token = Some(self.refresh(oauth, operation).await?);
                 }
@@ -230,18 +245,21 @@ impl Client {
             })?;
             tracing::info!("DoorFlow rotated the refresh token; saved");
         }
-        let lifetime = SignedDuration::from_secs(token.expires_in.unwrap_or(3600) as i64);
+        let lifetime = Duration::from_secs(token.expires_in.unwrap_or(3600));
         Ok(AccessToken {
             token: Secret::new(token.access_token),
-            expires_at: Timestamp::now() + lifetime,
+            expires_at: Instant::now() + lifetime,
         })
     }
 
     /// Sends with the budget, parses rate headers, and turns non-2xx into `ApiError`.
     async fn execute(&self, request: RequestBuilder, operation: Operation) -> Result<Response, ApiError> {
         let response = request.send().await.map_err(|e| transport(operation, &e))?;
-        let now = Timestamp::now();
-        let info = RateInfo::from_headers(response.headers(), now);
+        let received = Now::read_raw();
+        let info = RateInfo::from_headers(response.headers(), received.mono, received.wall);
+        if let (Some(date), false) = (info.date, matches!(self.auth, Auth::Sink(_))) {
+            self.clock.observe_doorflow_date(date, received.boot);
+        }
         lock(&self.budget).observe(&info);
         let status = response.status().as_u16();
         if (200..300).contains(&status) {
@@ -260,11 +278,17 @@ impl Client {
             });
         }
         let body = ErrorBody::parse(&read_prefix(response, SMALL_BODY_BYTES as usize).await);
-        let retry_at = matches!(status, 408 | 429)
-            .then(|| info.retry_at(body.retry_in, now))
-            .flatten();
-        if status == 429 {
-            let until = retry_at.unwrap_or(now + SignedDuration::from_secs(60));
+        // `Retry-After` on any status is the least the server asked everyone to wait; a 429
+        // without it still holds everyone (its reset, `retry_in`, or a minute).
+        let retry_at = match status {
+            408 | 429 => info.retry_at(body.retry_in, received.mono),
+            _ => info.retry_after,
+        };
+        let pause = match status {
+            429 => Some(retry_at.unwrap_or(received.mono + RATE_LIMIT_HOLD)),
+            _ => info.retry_after,
+        };
+        if let Some(until) = pause {
             lock(&self.budget).pause_until(until);
         }
         Err(ApiError::Status {
@@ -318,9 +342,21 @@ impl Client {
         per_page: u32,
         query: &[(&str, String)],
     ) -> Result<Vec<T>, ApiError> {
+        Ok(self.list_dated(operation, per_page, query).await?.0)
+    }
+
+    /// `list`, with the first page's `Date` header: DoorFlow's time when the listing began
+    /// (the incremental sync's cursor).
+    pub async fn list_dated<T: DeserializeOwned + Send + 'static>(
+        &self,
+        operation: Operation,
+        per_page: u32,
+        query: &[(&str, String)],
+    ) -> Result<(Vec<T>, Option<Timestamp>), ApiError> {
         let url = self.url(&operation.path(None));
         let limit = self.list_limit(per_page as u64);
         let mut all = Vec::new();
+        let mut began = None;
         for page in 1u32.. {
             let response = self
                 .request(operation, Method::GET, &url, |r| {
@@ -328,6 +364,13 @@ impl Client {
                         .query(&[("page", page.to_string()), ("per_page", per_page.to_string())])
                 })
                 .await?;
+            if page == 1 {
+                began = response
+                    .headers()
+                    .get(reqwest::header::DATE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(parse_http_date);
+            }
             let items: Vec<T> = decode_json(response, operation, limit).await?;
             let short = items.len() < per_page as usize;
             all.extend(items);
@@ -336,7 +379,7 @@ impl Client {
             }
             tracing::debug!(?operation, page, fetched = all.len(), "page fetched");
         }
-        Ok(all)
+        Ok((all, began))
     }
 
     /// A list that is not paginated (groups, roles).

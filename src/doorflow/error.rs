@@ -1,10 +1,10 @@
 //! One error type for every DoorFlow call, and its classification per DESIGN.md's retry table.
 //! Bodies come in several styles; all parse, and nothing unknown crashes anything.
 
-use jiff::Timestamp;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::Instant;
 
 pub use super::operation::Operation;
 
@@ -85,8 +85,9 @@ pub enum ApiError {
         operation: Operation,
         status: u16,
         body: ErrorBody,
-        /// When the server said to come back (429/408).
-        retry_at: Option<Timestamp>,
+        /// When the server said to come back (monotonic): `Retry-After` on any status, and
+        /// for 408/429 also `X-RateLimit-Reset` or the body's `retry_in`.
+        retry_at: Option<Instant>,
     },
     Transport {
         operation: Operation,
@@ -118,12 +119,12 @@ pub enum RetryClass {
     Done,
     RefreshAuth,
     DeadLetter { reason: &'static str },
-    RateLimited { retry_at: Option<Timestamp> },
+    RateLimited { retry_at: Option<Instant> },
     Backoff,
 }
 
 /// Classifies an HTTP status.
-pub fn classify_status(status: u16, retry_at: Option<Timestamp>) -> RetryClass {
+pub fn classify_status(status: u16, retry_at: Option<Instant>) -> RetryClass {
     match status {
         200..=299 => RetryClass::Done,
         401 => RetryClass::RefreshAuth,
@@ -147,6 +148,14 @@ impl ApiError {
             | ApiError::Decode { .. }
             | ApiError::TooLarge { .. }
             | ApiError::Redirect { .. } => RetryClass::Backoff,
+        }
+    }
+
+    /// When the server said to come back, if it did.
+    pub fn retry_at(&self) -> Option<Instant> {
+        match self {
+            ApiError::Status { retry_at, .. } => *retry_at,
+            _ => None,
         }
     }
 
@@ -188,10 +197,14 @@ impl fmt::Display for ApiError {
                         Forbidden::Unknown => write!(f, " (forbidden)")?,
                     },
                     408 | 429 => match retry_at {
-                        Some(at) => write!(f, " (rate limited until {at})")?,
+                        Some(at) => write!(f, " (rate limited for {} s)", seconds_left(*at))?,
                         None => write!(f, " (rate limited)")?,
                     },
-                    _ => {}
+                    _ => {
+                        if let Some(at) = retry_at {
+                            write!(f, " (retry after {} s)", seconds_left(*at))?;
+                        }
+                    }
                 }
                 if !body.fields.is_empty() {
                     let fields: Vec<String> = body
@@ -242,6 +255,13 @@ impl fmt::Display for ApiError {
 }
 
 impl std::error::Error for ApiError {}
+
+/// Whole seconds from now until `at`, rounded up.
+fn seconds_left(at: Instant) -> u64 {
+    at.saturating_duration_since(Instant::now())
+        .as_millis()
+        .div_ceil(1000) as u64
+}
 
 /// Why DoorFlow answered 403.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
