@@ -16,7 +16,7 @@ use doorflow_agent::testing::config::{demo_config, write_config};
 use doorflow_agent::testing::faketime::FakeClock;
 use doorflow_agent::testing::mock_control::control;
 use doorflow_agent::testing::process::{wait_until, AgentProcess};
-use jiff::SignedDuration;
+use jiff::{SignedDuration, Timestamp};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -140,6 +140,20 @@ impl Site {
             .iter()
             .filter(|(at, p, s)| *at > since && p == path && *s == status)
             .count()
+    }
+
+    /// Waits for a sync that began after `since` to finish (its people page, then its sites).
+    fn synced_whole_after(&self, since: Instant) -> bool {
+        wait_until(SETTLE, || {
+            let log = self.sim.request_log();
+            let began = log
+                .iter()
+                .find(|(at, path, status)| *at > since && path == "/api/3/people" && *status == 200);
+            began.is_some_and(|(began, _, _)| {
+                log.iter()
+                    .any(|(at, path, status)| at > began && path == "/api/3/sites" && *status == 200)
+            })
+        })
     }
 
     /// The longest time without a request to the simulator between `from` and `to`.
@@ -268,6 +282,61 @@ fn the_clock_set_forward_2_hours_during_sync_and_drain() {
 #[test]
 fn the_clock_set_forward_2_days_during_sync_and_drain() {
     steps_during_sync_and_drain(SignedDuration::from_hours(48));
+}
+
+/// Issue 15 item 4: a board whose clock is an hour slow decides validity windows on DoorFlow's
+/// time (the floor from its `Date`): a person whose access ended half an hour ago is denied, not
+/// let in on the board's stale clock, and events carry DoorFlow's time, not the stale one.
+#[test]
+fn a_slow_clock_never_extends_a_validity_window() {
+    if skipped_in_a_cross_run() {
+        return;
+    }
+    let site = Site::new(|_| {});
+    let agent = site.start_synced();
+    site.clock.set_offset(SignedDuration::from_hours(-1));
+    site.sim
+        .set_valid_to(21, Timestamp::now() - SignedDuration::from_mins(30));
+    assert!(
+        site.synced_whole_after(Instant::now()),
+        "no sync after the change\n{}",
+        agent.log()
+    );
+    site.swipe(21);
+    std::thread::sleep(Duration::from_millis(300));
+    site.swipe(22);
+    let decided = wait_until(SETTLE, || {
+        site.sim
+            .received_events()
+            .iter()
+            .filter(|r| r.body["person_id"] == 21 || r.body["person_id"] == 22)
+            .count()
+            >= 2
+    });
+    assert!(decided, "{}", agent.log());
+    for event in site.sim.received_events() {
+        let person = event.body["person_id"].as_u64();
+        if person == Some(21) {
+            assert_eq!(
+                event.body["event_code"], 20,
+                "access ended 30 min ago: {}",
+                event.body
+            );
+        }
+        if person == Some(22) {
+            assert_eq!(event.body["event_code"], 10, "{}", event.body);
+        }
+        if person.is_some_and(|p| p == 21 || p == 22) {
+            let stamped: Timestamp = event.body["created_at"].as_str().unwrap().parse().unwrap();
+            let off = Timestamp::now().duration_since(stamped).abs();
+            assert!(
+                off < SignedDuration::from_mins(1),
+                "event stamped {stamped}: {off:?} off"
+            );
+        }
+    }
+    assert!(!site.admitted_people().contains(&21));
+    assert_eq!(agent.status()["clock"]["behind_floor"], true);
 }
 
 /// A running agent with `admit_ttl_s` whose admit for person 17 is queued while DoorFlow is

@@ -192,7 +192,7 @@ impl Client {
                 let mut token = self.token.lock().await;
                 let fresh = token
                     .as_ref()
-                    .is_some_and(|t| Instant::now() + REFRESH_AHEAD < t.expires_at);
+                    .is_some_and(|t| !needs_refresh(t.expires_at, Instant::now()));
                 if !fresh {
                     *token = Some(self.refresh(oauth, operation).await?);
                 }
@@ -393,6 +393,12 @@ impl Client {
     }
 }
 
+/// Whether an access token expiring at `expires_at` must be refreshed at `now` (both monotonic:
+/// a wall clock step neither expires a token early nor keeps one too long).
+pub fn needs_refresh(expires_at: Instant, now: Instant) -> bool {
+    now + REFRESH_AHEAD >= expires_at
+}
+
 /// Whether to follow a redirect to `next` (reqwest's policy callback): only within the origin
 /// the request was made to (scheme, host and port, so never https to http and never to another
 /// server, and the credentials stay where they were configured), only when the method and body
@@ -446,6 +452,16 @@ mod tests {
 
     fn url(text: &str) -> Url {
         Url::parse(text).unwrap()
+    }
+
+    #[test]
+    fn tokens_are_refreshed_five_minutes_ahead_on_the_monotonic_clock() {
+        let issued = Instant::now();
+        let expires_at = issued + Duration::from_secs(3600);
+        assert!(!needs_refresh(expires_at, issued));
+        assert!(!needs_refresh(expires_at, issued + Duration::from_secs(3299)));
+        assert!(needs_refresh(expires_at, issued + Duration::from_secs(3300)));
+        assert!(needs_refresh(expires_at, issued + Duration::from_secs(7200)));
     }
 
     #[test]

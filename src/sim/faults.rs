@@ -38,6 +38,9 @@ pub enum Fault {
     Delay(Duration),
     /// The connection is closed without any response.
     Drop,
+    /// This status with a current-style error body and `Retry-After: value` (seconds or an
+    /// HTTP date, in whichever form the test writes it).
+    RetryAfter { status: u16, value: String },
     /// A redirect (`Location: location`, which may be relative) with an empty body.
     Redirect { status: u16, location: String },
     /// 200 with a valid JSON array `bytes` long (mostly whitespace), produced only as fast as
@@ -59,6 +62,7 @@ impl Fault {
             Fault::Delay(_) => "slow".into(),
             Fault::Drop => "drop".into(),
             Fault::Redirect { status, .. } => format!("redirect_{status}"),
+            Fault::RetryAfter { status, .. } => format!("{status}_retry_after"),
             Fault::Huge { .. } => "huge".into(),
         }
     }
@@ -85,6 +89,14 @@ impl Fault {
                 .into_response(),
             // Never delivered: the connection is cut first.
             Fault::Drop => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+            Fault::RetryAfter { status, ref value } => {
+                let (code, description) = error_code(status);
+                let mut response = error(status, code, description);
+                if let Ok(value) = HeaderValue::from_str(value) {
+                    response.headers_mut().insert("retry-after", value);
+                }
+                response
+            }
             Fault::Redirect { status, ref location } => {
                 (status_code(status), [("location", location.as_str())]).into_response()
             }

@@ -272,6 +272,11 @@ impl Simulator {
         self.lock().data.touch_person(id, Some(enabled));
     }
 
+    /// Ends a person's access at `valid_to` (updated_at = now), as DoorFlow's dashboard would.
+    pub fn set_valid_to(&self, id: u64, valid_to: jiff::Timestamp) {
+        self.lock().data.set_valid_to(id, valid_to);
+    }
+
     /// Removes a person and their credentials from every list.
     pub fn delete_person(&self, id: u64) {
         self.lock().data.delete_person(id);
