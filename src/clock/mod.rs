@@ -24,6 +24,9 @@ use trusted::{TimeKeeper, OFFSET_WARN};
 
 /// Where the kernel publishes this boot's random id.
 const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
+/// The same id from the environment: the unit sets it from systemd's `%b`, because its
+/// `ProcSubset=pid` hides /proc/sys from the service.
+const BOOT_ID_ENV: &str = "DOORFLOW_BOOT_ID";
 /// systemd-timesyncd's flag file: present once it has synchronised the clock.
 const TIMESYNCD_SYNCHRONISED: &str = "/run/systemd/timesync/synchronized";
 
