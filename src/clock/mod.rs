@@ -83,28 +83,36 @@ impl std::ops::Add<Duration> for BootInstant {
     }
 }
 
-/// This boot's id, read once.
+/// This boot's id, read once: `$DOORFLOW_BOOT_ID`, else the kernel's file, else a random value
+/// for this process (then a restart counts as a reboot: the wall clock decides, erring towards
+/// expiry).
 pub fn boot_id() -> u64 {
     static BOOT_ID: OnceLock<u64> = OnceLock::new();
-    *BOOT_ID.get_or_init(|| match read_boot_id(BOOT_ID_PATH) {
-        Some(id) => id,
-        None => {
+    *BOOT_ID.get_or_init(|| {
+        let from_env = std::env::var(BOOT_ID_ENV).ok().and_then(|id| parse_boot_id(&id));
+        let from_file = || {
+            std::fs::read_to_string(BOOT_ID_PATH)
+                .ok()
+                .and_then(|id| parse_boot_id(&id))
+        };
+        from_env.or_else(from_file).unwrap_or_else(|| {
             tracing::warn!(
                 path = BOOT_ID_PATH,
-                "boot id unreadable; elapsed times (the admit TTL, backoff) restart from the wall clock after an agent restart"
+                "boot id unreadable (and {BOOT_ID_ENV} unset); after an agent restart the admit TTL and backoff fall back to the wall clock"
             );
             fastrand::u64(..)
-        }
+        })
     })
 }
 
-/// The first 64 bits of a boot_id file (`xxxxxxxx-xxxx-…`).
-fn read_boot_id(path: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let hex: String = text.trim().chars().filter(|c| *c != '-').take(16).collect();
-    (hex.len() == 16)
-        .then(|| u64::from_str_radix(&hex, 16).ok())
-        .flatten()
+/// The first 64 bits of a boot id, with dashes (`xxxxxxxx-xxxx-…`, the kernel's form) or
+/// without (systemd's `%b`).
+fn parse_boot_id(text: &str) -> Option<u64> {
+    let hex: String = text.trim().chars().filter(|c| *c != '-').collect();
+    if hex.len() != 32 {
+        return None;
+    }
+    u64::from_str_radix(&hex[..16], 16).ok()
 }
 
 /// One reading of every clock, taken together: what the schedulers are given, so each can be
@@ -218,12 +226,19 @@ mod tests {
 
     #[test]
     fn boot_ids_read_as_their_first_64_bits() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("boot_id");
-        std::fs::write(&path, "5f3c2e1a-9b8d-4c7e-a6f5-0123456789ab\n").unwrap();
-        assert_eq!(read_boot_id(path.to_str().unwrap()), Some(0x5f3c_2e1a_9b8d_4c7e));
-        std::fs::write(&path, "garbage").unwrap();
-        assert_eq!(read_boot_id(path.to_str().unwrap()), None);
-        assert_eq!(read_boot_id("/nonexistent/boot_id"), None);
+        let id = Some(0x5f3c_2e1a_9b8d_4c7e);
+        assert_eq!(parse_boot_id("5f3c2e1a-9b8d-4c7e-a6f5-0123456789ab\n"), id);
+        assert_eq!(
+            parse_boot_id("5f3c2e1a9b8d4c7ea6f50123456789ab"),
+            id,
+            "systemd's %b"
+        );
+        assert_eq!(parse_boot_id("garbage"), None);
+        assert_eq!(parse_boot_id("5f3c2e1a9b8d4c7e"), None, "too short");
+        // This machine's own: the file and the clock agree on it.
+        let kernel = std::fs::read_to_string(BOOT_ID_PATH).ok();
+        if let Some(kernel) = kernel.filter(|_| std::env::var_os(BOOT_ID_ENV).is_none()) {
+            assert_eq!(parse_boot_id(&kernel), Some(boot_id()));
+        }
     }
 }
