@@ -15,7 +15,6 @@ use crate::mutex::lock;
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
-use std::time::Duration;
 
 /// A wall clock moving this much against the boot clock between two checks was stepped (NTP
 /// slews at most 0.5 ms/s, far below this).
@@ -197,11 +196,6 @@ impl TimeKeeper {
             last_step_at: state.last_step.map(|s| s.seen_at),
         }
     }
-}
-
-/// `elapsed` as a signed duration.
-pub fn signed(elapsed: Duration) -> SignedDuration {
-    SignedDuration::try_from(elapsed).unwrap_or(SignedDuration::MAX)
 }
 
 #[cfg(test)]

@@ -84,11 +84,6 @@ impl ServiceUrl {
         self.0.origin()
     }
 
-    /// `scheme://host:port`, for logs and per-server budgets.
-    pub fn origin_text(&self) -> String {
-        format!("{}://{}:{}", self.0.scheme(), self.host(), self.port())
-    }
-
     /// `host:port`, for a TCP connect (IPv6 in brackets).
     pub fn host_port(&self) -> String {
         format!("{}:{}", self.host(), self.port())
@@ -268,7 +263,6 @@ mod tests {
             bare.join_path("/oauth/token").as_str(),
             "http://127.0.0.1:8080/oauth/token"
         );
-        assert_eq!(bare.origin_text(), "http://127.0.0.1:8080");
         assert_eq!(
             ServiceUrl::parse("https://api.doorflow.com").unwrap().host_port(),
             "api.doorflow.com:443"

@@ -160,11 +160,6 @@ impl Client {
         self
     }
 
-    /// The origin (`scheme://host:port`) requests go to, for logs.
-    pub fn origin(&self) -> String {
-        self.base_url.origin_text()
-    }
-
     /// The configured URL: the API root, or the event sink itself.
     pub fn base_url(&self) -> &ServiceUrl {
         &self.base_url
