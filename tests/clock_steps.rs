@@ -14,6 +14,7 @@ use doorflow_agent::config::Config;
 use doorflow_agent::sim::{SimConfig, Simulator};
 use doorflow_agent::testing::config::{demo_config, write_config};
 use doorflow_agent::testing::faketime::FakeClock;
+use doorflow_agent::testing::harness::simulator_on_own_runtime;
 use doorflow_agent::testing::mock_control::control;
 use doorflow_agent::testing::process::{wait_until, AgentProcess};
 use jiff::{SignedDuration, Timestamp};
@@ -53,18 +54,11 @@ impl Site {
     /// DoorFlow's real limit (120 requests a minute, shared by sync and uplink), the demo's
     /// 10 s sync, and quick retries.
     fn new(configure: impl FnOnce(&mut Config)) -> Site {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let sim = runtime
-            .block_on(Simulator::start(SimConfig {
-                people: 200,
-                requests_per_window: 120,
-                ..Default::default()
-            }))
-            .unwrap();
+        let (runtime, sim) = simulator_on_own_runtime(SimConfig {
+            people: 200,
+            requests_per_window: 120,
+            ..Default::default()
+        });
         let dir = tempfile::tempdir().unwrap();
         let mut config = demo_config(dir.path(), sim.base_url());
         config.uplink.retry_base_ms = Ranged::new(200);

@@ -2,8 +2,9 @@
 //! the agent's resident memory by 52 MB) is refused as a sync error without being buffered:
 //! the agent's peak resident memory hardly moves, and the previous snapshot stays.
 
-use doorflow_agent::sim::{Fault, SimConfig, Simulator};
+use doorflow_agent::sim::{Fault, SimConfig};
 use doorflow_agent::testing::config::{demo_config, write_config};
+use doorflow_agent::testing::harness::simulator_on_own_runtime;
 use doorflow_agent::testing::process::{wait_until, AgentProcess};
 use std::time::Duration;
 
@@ -18,14 +19,11 @@ fn a_50_mb_page_fails_the_sync_without_raising_memory() {
         eprintln!("skipped under DOORFLOW_TEST_RUNNER: the agent's memory cannot be read through qemu-user");
         return;
     }
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let sim = runtime
-        .block_on(Simulator::start(SimConfig {
-            people: 200,
-            requests_per_window: 10_000,
-            ..Default::default()
-        }))
-        .unwrap();
+    let (_runtime, sim) = simulator_on_own_runtime(SimConfig {
+        people: 200,
+        requests_per_window: 10_000,
+        ..Default::default()
+    });
     let dir = tempfile::tempdir().unwrap();
     let config = demo_config(dir.path(), sim.base_url());
     let path = write_config(&config, dir.path());
