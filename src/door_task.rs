@@ -8,6 +8,7 @@
 
 use crate::access::{decide, DoorPolicy, Reason};
 use crate::audit::{new_event_id, AuditEvent};
+use crate::clock::trusted::TimeKeeper;
 use crate::config::DoorConfig;
 use crate::credential::{mask, CardFormat, Presented};
 use crate::door::{DoorEvent, DoorMachine, DoorMode, Effects};
@@ -18,7 +19,6 @@ use crate::reader::{FeedbackSink, ReaderAlarm, ReaderInput, ReaderLink, ReaderSt
 use crate::snapshot::{CredentialKind, SharedSnapshot};
 use crate::supervisor::Heartbeat;
 use crate::wiegand::{self, Edge, EdgeKind, FrameOutcome, PinEntry, WiegandDecoder, WiegandLine};
-use jiff::Timestamp;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -77,6 +77,8 @@ pub struct DoorTask {
     audit: mpsc::UnboundedSender<AuditEvent>,
     timings: Option<mpsc::UnboundedSender<SwipeTiming>>,
     heartbeat: Option<Heartbeat>,
+    /// Wall time for rules and event times, never below DoorFlow's last `Date`.
+    clock: Arc<TimeKeeper>,
     relay_failed: bool,
     /// Inputs and feedback of a non-GPIO reader (OSDP).
     reader_inputs: Option<mpsc::Receiver<ReaderInput>>,
@@ -115,6 +117,7 @@ impl DoorTask {
             audit,
             timings: None,
             heartbeat: None,
+            clock: Arc::default(),
             relay_failed: false,
             reader_inputs: None,
             feedback: None,
@@ -138,6 +141,13 @@ impl DoorTask {
     /// Reports liveness to the systemd watchdog on every pass of the loop.
     pub fn with_heartbeat(mut self, heartbeat: Heartbeat) -> DoorTask {
         self.heartbeat = Some(heartbeat);
+        self
+    }
+
+    /// Decides validity windows and shifts with the agent's trusted time (never earlier than
+    /// DoorFlow's last `Date`), not the bare wall clock.
+    pub fn with_clock(mut self, clock: Arc<TimeKeeper>) -> DoorTask {
+        self.clock = clock;
         self
     }
 
@@ -317,7 +327,7 @@ impl DoorTask {
     fn on_presented(&mut self, presented: Presented, last_edge_ns: u64) {
         let frame_seen_ns = monotonic_ns();
         let snapshot = self.snapshot.current();
-        let decision = decide(&snapshot, &self.policy, &presented, Timestamp::now());
+        let decision = decide(&snapshot, &self.policy, &presented, self.clock.rules_time());
         let decided_ns = monotonic_ns();
         let mut relay_ns = None;
         if decision.granted {
@@ -362,7 +372,7 @@ impl DoorTask {
                 CredentialKind::Pin => mask(""),
                 _ => mask(&decision.value),
             }),
-            created_at: Timestamp::now(),
+            created_at: self.clock.rules_time(),
             admit: decision.granted && self.admit_via_api && decision.person_id.is_some(),
         };
         self.send_audit(event);
@@ -408,7 +418,7 @@ impl DoorTask {
             channel_id: self.policy.channel_id,
             person_id: None,
             credential: None,
-            created_at: Timestamp::now(),
+            created_at: self.clock.rules_time(),
             admit: false,
         });
     }
@@ -428,7 +438,7 @@ impl DoorTask {
         let mode = DoorMode::from(
             self.snapshot
                 .current()
-                .channel_state(self.policy.channel_id, Timestamp::now()),
+                .channel_state(self.policy.channel_id, self.clock.rules_time()),
         );
         if mode != self.machine.mode() {
             tracing::info!(door = %self.name, ?mode, "door mode changed");
