@@ -149,6 +149,7 @@ async fn measure_swipes(config: &Config, label: &str) {
     let state = Arc::new(Mutex::new(DoorState {
         relay_released: false,
         contact_open: Some(false),
+        inputs_failed: false,
     }));
     let (audit_tx, mut audit_rx) = tokio::sync::mpsc::unbounded_channel();
     let (timing_tx, mut timing_rx) = tokio::sync::mpsc::unbounded_channel::<SwipeTiming>();

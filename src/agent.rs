@@ -39,6 +39,8 @@ pub struct DoorState {
     pub relay_released: bool,
     /// `None` when no door contact is wired.
     pub contact_open: Option<bool>,
+    /// The door's input lines failed and are being requested again.
+    pub inputs_failed: bool,
 }
 
 /// Everything the agent's tasks share.
@@ -84,8 +86,9 @@ impl Agent {
             .iter()
             .map(|door| {
                 Arc::new(Mutex::new(DoorState {
-                    relay_released: false,
+                    relay_released: hw::RELAY_REQUEST_RELEASED,
                     contact_open: door.contact.as_ref().map(|_| false),
+                    inputs_failed: false,
                 }))
             })
             .collect();
@@ -140,6 +143,11 @@ impl Agent {
                         }
                         .into(),
                         mode: status::door_mode(&snapshot, door.channel_id, now).into(),
+                        reader: if state.inputs_failed {
+                            status::READER_FAULT.into()
+                        } else {
+                            "ok".into()
+                        },
                     }
                 })
                 .collect(),

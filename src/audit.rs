@@ -59,6 +59,8 @@ impl AuditEvent {
             31 => "Door back to normal",
             32 => "Door forced open",
             33 => "Door held open",
+            90 => "Door inputs failed",
+            91 => "Door inputs restored",
             _ => "Door event",
         };
         format!("{what} at {} ({})", self.door, self.reason)
@@ -73,7 +75,7 @@ impl AuditEvent {
             20..=29 => "access denied",
             _ => "door event",
         };
-        let warning = matches!(self.event_code, 20..=29 | 32 | 33 | 90 | 91);
+        let warning = matches!(self.event_code, 20..=29 | 32 | 33 | 90);
         macro_rules! emit {
             ($level:ident) => {
                 tracing::$level!(

@@ -50,6 +50,7 @@ pub struct DoorTask {
     timings: Option<mpsc::UnboundedSender<SwipeTiming>>,
     heartbeat: Option<Heartbeat>,
     relay_failed: bool,
+    inputs_failed: bool,
 }
 
 impl DoorTask {
@@ -85,6 +86,7 @@ impl DoorTask {
             timings: None,
             heartbeat: None,
             relay_failed: false,
+            inputs_failed: false,
         }
     }
 
@@ -102,6 +104,9 @@ impl DoorTask {
 
     /// Runs until `shutdown` turns true, then leaves the relay in the configured fail state.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        // The door machine's starting state, written by the door itself whatever the line was
+        // requested with: the fail state is only for stopping.
+        self.drive_relay(Some(self.machine.relay_released()));
         self.apply_mode(monotonic_ns());
         self.publish_state();
         let mut mode_check = tokio::time::interval(MODE_CHECK);
@@ -178,7 +183,28 @@ impl DoorTask {
                 let effects = self.machine.rex_level(event.active, now);
                 self.apply(effects);
             }
+            DoorInput::EdgesLost => self.decoder.edges_lost(),
+            DoorInput::LinesFault => self.on_inputs_fault(event.active),
         }
+    }
+
+    /// The backend lost the door's input lines (`failed`) or has them back: a door fault event
+    /// and `status` say so; the backend requests the lines again by itself.
+    fn on_inputs_fault(&mut self, failed: bool) {
+        if failed == self.inputs_failed {
+            return;
+        }
+        self.inputs_failed = failed;
+        lock(&self.state).inputs_failed = failed;
+        // The relay's line may have gone with the inputs' chip: writing its state again lets
+        // the backend request it again (and drop a stale request meanwhile).
+        self.drive_relay(Some(self.machine.relay_released()));
+        let event = if failed {
+            DoorEvent::LinesFault
+        } else {
+            DoorEvent::LinesRestored
+        };
+        self.emit_door_events(&[event]);
     }
 
     fn on_tick(&mut self, now: u64) {

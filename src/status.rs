@@ -74,7 +74,18 @@ pub struct DoorStatus {
     pub contact: String,
     /// `normal`, `unlock` or `lockdown`, from the channel in the snapshot.
     pub mode: String,
+    /// The door's input lines (reader, contact, REX): `ok`, `fault: …` while they are being
+    /// requested again after a failed read (the journal has the error), or `unknown`.
+    #[serde(default = "unknown")]
+    pub reader: String,
 }
+
+fn unknown() -> String {
+    "unknown".into()
+}
+
+/// `reader` for a door whose input lines failed.
+pub const READER_FAULT: &str = "fault: input lines failed; requesting them again (the journal has the error)";
 
 impl QueueStatus {
     /// Queue depth from the store, with the uplink state supplied by the caller.
@@ -161,6 +172,7 @@ pub fn from_store(config: &Config, store: &Store) -> Result<StatusReport, StoreE
                 relay: "unknown".into(),
                 contact: "unknown".into(),
                 mode: door_mode(&snapshot, door.channel_id, now).into(),
+                reader: unknown(),
             })
             .collect(),
     })
@@ -213,8 +225,8 @@ pub fn render(report: &StatusReport) -> String {
             .map(|c| format!(" (channel {c})"))
             .unwrap_or_default();
         out.push_str(&format!(
-            "door {}{channel}: relay {}, contact {}, mode {}\n",
-            door.name, door.relay, door.contact, door.mode
+            "door {}{channel}: relay {}, contact {}, mode {}, reader {}\n",
+            door.name, door.relay, door.contact, door.mode, door.reader
         ));
     }
     out

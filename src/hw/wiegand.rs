@@ -140,10 +140,23 @@ pub struct Frame {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameError {
-    PulseTooClose { bits: usize },
-    BothLinesLow { bits: usize },
-    TooManyBits { bits: usize },
-    TimeWentBackwards { bits: usize },
+    PulseTooClose {
+        bits: usize,
+    },
+    BothLinesLow {
+        bits: usize,
+    },
+    TooManyBits {
+        bits: usize,
+    },
+    TimeWentBackwards {
+        bits: usize,
+    },
+    /// The kernel dropped edges (its event sequence numbers skipped) in or just before the
+    /// frame.
+    EdgesLost {
+        bits: usize,
+    },
 }
 
 impl FrameError {
@@ -153,6 +166,7 @@ impl FrameError {
             FrameError::BothLinesLow { .. } => "both_lines_low",
             FrameError::TooManyBits { .. } => "too_many_bits",
             FrameError::TimeWentBackwards { .. } => "time_went_backwards",
+            FrameError::EdgesLost { .. } => "edges_lost",
         }
     }
 }
@@ -169,6 +183,8 @@ pub struct WiegandDecoder {
     last_fall_ns: Option<u64>,
     low: [bool; 2],
     error: Option<FrameError>,
+    /// Edges were lost before the next edge: the frame it belongs to is rejected.
+    lost_before_next: bool,
 }
 
 impl WiegandDecoder {
@@ -184,7 +200,20 @@ impl WiegandDecoder {
             last_fall_ns: None,
             low: [false; 2],
             error: None,
+            lost_before_next: false,
         }
+    }
+
+    /// The source lost edges (the kernel's event buffer overflowed) between the last edge fed
+    /// and the next: the frame in progress and the frame of the next edge are rejected with
+    /// `edges_lost`, since the missing edges may belong to either.
+    pub fn edges_lost(&mut self) {
+        if self.last_edge_ns.is_some() {
+            self.fail(FrameError::EdgesLost {
+                bits: self.bits.len(),
+            });
+        }
+        self.lost_before_next = true;
     }
 
     /// Feeds one edge. Returns the previous frame if this edge came after the frame gap.
@@ -222,6 +251,11 @@ impl WiegandDecoder {
         };
         if self.last_edge_ns.is_none() {
             self.first_edge_ns = edge.timestamp_ns;
+        }
+        if std::mem::take(&mut self.lost_before_next) {
+            self.fail(FrameError::EdgesLost {
+                bits: self.bits.len(),
+            });
         }
         if self.last_edge_ns.is_some_and(|last| edge.timestamp_ns < last) {
             self.fail(FrameError::TimeWentBackwards {
@@ -779,6 +813,40 @@ mod tests {
         assert_eq!(
             decode_edges(&backwards)[0].unwrap_err().reason(),
             "time_went_backwards"
+        );
+    }
+
+    #[test]
+    fn lost_edges_reject_the_open_frame_and_the_next() {
+        let card = encode_card(CardFormat::H10301, 1, 17).unwrap();
+        let timing = PulseTiming::default();
+        let mut decoder = WiegandDecoder::new(DecoderConfig::default());
+        let first = edges_for(&card, 0, &timing);
+        let (head, tail) = first.split_at(20);
+        for edge in head {
+            assert_eq!(decoder.push(*edge), None);
+        }
+        decoder.edges_lost();
+        let mut outcomes: Vec<FrameOutcome> = tail.iter().filter_map(|e| decoder.push(*e)).collect();
+        // A whole, intact frame after the gap still decodes.
+        let later = edges_for(&card, 1_000_000_000, &timing);
+        outcomes.extend(later.iter().filter_map(|e| decoder.push(*e)));
+        outcomes.extend(decoder.poll(2_000_000_000));
+        assert!(
+            matches!(outcomes[0], Err(FrameError::EdgesLost { .. })),
+            "{outcomes:?}"
+        );
+        assert_eq!(outcomes[0].unwrap_err().reason(), "edges_lost");
+        assert_eq!(outcomes[1].map(|f| f.bits), Ok(card));
+
+        // Lost between frames: the next frame is the one rejected.
+        let mut decoder = WiegandDecoder::new(DecoderConfig::default());
+        decoder.edges_lost();
+        let mut outcomes: Vec<FrameOutcome> = first.iter().filter_map(|e| decoder.push(*e)).collect();
+        outcomes.extend(decoder.poll(1_000_000_000));
+        assert!(
+            matches!(outcomes[..], [Err(FrameError::EdgesLost { bits: 0 })]),
+            "{outcomes:?}"
         );
     }
 

@@ -45,8 +45,31 @@ expect_log() { # REASON: the agent logged a rejection with this reason
 
 watch_ms() { awk "BEGIN { printf \"%d\", $UNLOCK_S * 1000 + $LATE_MS + 300 }"; }
 
+# present WATCH_MS TOKEN...: send_frames, presented again (up to 3 times, as a person would
+# swipe again) when the agent rejected the frame for a reason the scenario did not provoke:
+# on an emulated CPU a host hiccup can stall the guest mid-frame (a frame split by a silence,
+# or edges the kernel's sequence numbers show lost). EXPECT_REJECT names the reason the
+# scenario wants (empty: the frame is valid). Each retry is noted.
+EXPECT_REJECT=
+present() {
+    local attempt=1 before rejected
+    while :; do
+        before=$(grep -c rejected "$W/agent.log" 2>/dev/null)
+        send_frames "$@" || return 1
+        usleep 200000
+        rejected=$(grep rejected "$W/agent.log" 2>/dev/null | tail -n +$((before + 1)) | grep -o 'reason="[a-z_]*"' | tr '\n' ' ')
+        if [ -z "$rejected" ] || { [ -n "$EXPECT_REJECT" ] && echo "$rejected" | grep -q "$EXPECT_REJECT"; }; then
+            return 0
+        fi
+        note "attempt $attempt disturbed (agent rejected: $rejected); presenting again"
+        attempt=$((attempt + 1))
+        [ $attempt -gt 3 ] && return 0
+        usleep 300000
+    done
+}
+
 card_granted() { # FORMAT FACILITY NUMBER
-    send_frames "$(watch_ms)" "$(doorbench card "$1" "$2" "$3")" || return 1
+    present "$(watch_ms)" "$(doorbench card "$1" "$2" "$3")" || return 1
     expect_pulse || return 1
     wait_event 10 || fail "no event 10 (admitted)"
 }
@@ -57,14 +80,14 @@ scenario_grant_37() { door_up && card_granted h10304 1 17; }
 
 scenario_deny_unknown() {
     door_up || return 1
-    send_frames 1500 "$(doorbench card h10301 1 4242)" || return 1
+    present 1500 "$(doorbench card h10301 1 4242)" || return 1
     expect_no_relay_change || return 1
     wait_event 20 || fail "no event 20 (unauthorised card)"
 }
 
 scenario_deny_disabled() {
     door_up || return 1
-    send_frames 1500 "$(doorbench card h10301 1 50)" || return 1 # every 50th person is disabled
+    present 1500 "$(doorbench card h10301 1 50)" || return 1 # every 50th person is disabled
     expect_no_relay_change || return 1
     wait_event 20 || fail "no event 20"
     [ "$(event_count 10)" = 0 ] || fail "a disabled person was admitted"
@@ -79,24 +102,26 @@ pin_tokens() {
 
 scenario_pin_granted() {
     door_up || return 1
-    send_frames "$(watch_ms)" $(pin_tokens "500005#") || return 1
+    present "$(watch_ms)" $(pin_tokens "500005#") || return 1
     expect_pulse || return 1
     wait_event 11 || fail "no event 11 (admitted by PIN)"
 }
 
 scenario_pin_wrong() {
     door_up || return 1
-    send_frames 1500 $(pin_tokens "123456#") || return 1
+    present 1500 $(pin_tokens "123456#") || return 1
     expect_no_relay_change || return 1
     wait_event 24 || fail "no event 24 (unauthorised PIN)"
 }
 
-# A noise pulse 100 us after a bit (closer than any reader sends) rejects the whole frame.
+# A noise pulse right after a bit's pulse (closer than the 200 us any reader keeps between
+# bits) rejects the whole frame.
 scenario_noise_pulse() {
     door_up || return 1
     local bits
     bits=$(doorbench card h10301 1 17)
-    send_frames 1500 "$(echo "$bits" | cut -c1-10)" glitch:D1:100 "$(echo "$bits" | cut -c11-)" || return 1
+    EXPECT_REJECT=pulse_too_close
+    present 1500 "$(echo "$bits" | cut -c1-10)" glitch:D1:0 "$(echo "$bits" | cut -c11-)" || return 1
     expect_no_relay_change || return 1
     expect_log pulse_too_close || return 1
     [ "$(event_count 10)" = 0 ] || fail "granted despite the noise"
@@ -104,7 +129,8 @@ scenario_noise_pulse() {
 
 scenario_frame_cut_short() {
     door_up || return 1
-    send_frames 1500 "$(doorbench card h10301 1 17 | cut -c1-20)" || return 1
+    EXPECT_REJECT=unsupported_length
+    present 1500 "$(doorbench card h10301 1 17 | cut -c1-20)" || return 1
     expect_no_relay_change || return 1
     expect_log unsupported_length
 }
@@ -114,7 +140,8 @@ scenario_parity_error() {
     local bits
     bits=$(doorbench card h10301 1 17)
     bits="$(echo "$bits" | cut -c1-12)$(echo "$bits" | cut -c13 | tr 01 10)$(echo "$bits" | cut -c14-)"
-    send_frames 1500 "$bits" || return 1
+    EXPECT_REJECT=parity
+    present 1500 "$bits" || return 1
     expect_no_relay_change || return 1
     expect_log parity
 }
@@ -124,7 +151,8 @@ scenario_both_lines_low() {
     door_up || return 1
     local bits
     bits=$(doorbench card h10301 1 17)
-    send_frames 1500 "$(echo "$bits" | cut -c1-10)" both "$(echo "$bits" | cut -c11-)" || return 1
+    EXPECT_REJECT='both_lines_low\|pulse_too_close'
+    present 1500 "$(echo "$bits" | cut -c1-10)" both "$(echo "$bits" | cut -c11-)" || return 1
     expect_no_relay_change || return 1
     grep -q -e both_lines_low -e pulse_too_close "$W/agent.log" || fail "no rejection logged"
 }
@@ -171,7 +199,7 @@ scenario_lockdown() {
     local mode
     mode=$(status_field mode)
     [ "$mode" = lockdown ] || fail "status mode is '$mode'" || { stop_simulator 18081; return 1; }
-    send_frames 1500 "$(doorbench card h10301 1 17)"
+    present 1500 "$(doorbench card h10301 1 17)"
     expect_no_relay_change || { stop_simulator 18081; return 1; }
     wait_event 22 || fail "no event 22 (lockdown)" || { stop_simulator 18081; return 1; }
     pull $REX down
@@ -184,20 +212,36 @@ scenario_lockdown() {
     [ "$(value $RELAY)" = "$(locked_level)" ] || fail "relay released during a lockdown"
 }
 
-# SIGTERM leaves the relay line in the fail state: locked (secure) or released (safe), for
-# both polarities. Checked after a grant, so the line is released when the signal comes.
+# SIGTERM: the agent writes the fail state, locked (secure) or released (safe), for both
+# polarities. Checked after a grant (the line released when the signal comes) by sampling the
+# line through the shutdown. Once the process has exited the kernel releases the line and the
+# driver decides its level: gpio-sim returns it to its pull, as a board's pull resistor
+# would, so the relay's pull is set to the fail state here, as the README tells integrators.
 stop_leaves() { # FAIL_MODE ACTIVE_LOW
     FAIL_MODE=$1 RELAY_ACTIVE_LOW=$2
-    door_up || return 1
-    send_frames 100 "$(doorbench card h10301 1 17)"
-    wait_value $RELAY "$(released_level)" 1000 || fail "no grant" || return 1
-    stop_agent TERM
-    [ "$AGENT_EXIT" = 0 ] || fail "agent exit status $AGENT_EXIT after SIGTERM" || return 1
     local want
     [ "$1" = safe ] && want=$(released_level) || want=$(locked_level)
-    note "fail_mode=$1 active_low=$2: line $(value $RELAY) after SIGTERM (want $want)"
-    [ "$(value $RELAY)" = "$want" ] || fail "line $(value $RELAY) after SIGTERM"
-    gpiosim_down bench
+    gpiosim_up bench 16 || return 1
+    idle_lines
+    [ "$want" = 1 ] && pull $RELAY up || pull $RELAY down
+    write_config
+    start_agent || return 1
+    send_frames 100 "$(doorbench card h10301 1 17)"
+    wait_value $RELAY "$(released_level)" 1000 || fail "no grant" || return 1
+    doorbench sample "$(line $RELAY)" 3000 200 >"$W/stop.txt" &
+    local sampler=$!
+    usleep 100000
+    stop_agent TERM
+    wait $sampler
+    local seen after
+    seen=$(grep '^change' "$W/stop.txt" | tail -1 | sed 's/.*value=//')
+    [ -n "$seen" ] || seen=$(sed -n 's/^value=//p' "$W/stop.txt")
+    after=$(value $RELAY)
+    note "fail_mode=$1 active_low=$2: agent exit $AGENT_EXIT; line $seen after SIGTERM, $after after exit (fail state $want)"
+    [ "$AGENT_EXIT" = 0 ] || fail "agent exit status $AGENT_EXIT after SIGTERM" || return 1
+    [ "$seen" = "$want" ] || fail "the agent left the line at $seen" || return 1
+    [ "$after" = "$want" ] || fail "line $after after exit" || return 1
+    chip_done
 }
 
 scenario_stop_fail_secure() { stop_leaves secure false && stop_leaves secure true; }
@@ -214,17 +258,16 @@ starts_locked() { # FAIL_MODE ACTIVE_LOW
     doorbench sample "$(line $RELAY)" 4000 200 >"$W/startup.txt" &
     local sampler=$!
     start_agent || return 1
-    local relay
+    local relay changes
     relay=$(status_field relay)
     wait $sampler
-    local changes
     changes=$(grep -c '^change' "$W/startup.txt")
     note "fail_mode=$1 active_low=$2: line $(value $RELAY) at start, $changes changes, status relay $relay"
     [ "$changes" = 0 ] || fail "the relay line moved during start-up: $(grep '^change' "$W/startup.txt" | tr '\n' ' ')" || return 1
     [ "$(value $RELAY)" = "$(locked_level)" ] || fail "line not locked after start" || return 1
-    [ "$relay" = locked ] || fail "status says relay $relay"
+    [ "$relay" = locked ] || fail "status says relay $relay" || return 1
     stop_agent TERM
-    gpiosim_down bench
+    chip_done
 }
 
 scenario_startup_locked() {
@@ -242,14 +285,12 @@ killed_with_pull() { # up|down
     send_frames 100 "$(doorbench card h10301 1 17)"
     wait_value $RELAY 1 1000 || fail "no grant" || return 1
     stop_agent KILL
-    usleep 100000
-    local after
+    local after want=0
     after=$(value $RELAY)
-    note "relay line active high, released (1) when SIGKILL came; pull-$1: line $after afterwards ($([ "$after" = 1 ] && echo released || echo locked))"
-    local want=0
+    note "active-high relay released (1) when SIGKILL came; with pull-$1 the line is $after afterwards ($([ "$after" = 1 ] && echo released || echo locked))"
     [ "$1" = up ] && want=1
-    [ "$after" = "$want" ] || fail "line $after, expected the pull's level $want"
-    gpiosim_down bench
+    [ "$after" = "$want" ] || fail "line $after, expected the pull's level $want" || return 1
+    chip_done
 }
 
 scenario_kill_relay_level() { killed_with_pull down && killed_with_pull up; }
@@ -274,11 +315,18 @@ scenario_bad_offset() {
     grep -q 'doors\[0\].reader.d1' "$W/agent.log" || fail "run does not name doors[0].reader.d1"
 }
 
-# The chip disappears under the running agent (the driver unbinds): the door reports a reader
-# fault (event and status) and recovers by itself once the chip is back.
+# The chip disappears under the running agent (its driver unbinds): the door reports the fault
+# (event 90, `status` reader) and recovers by itself once the chip is back (event 91), relay
+# included. The config names the chip by a symlink, as a udev rule would give a stable name,
+# since a chip that comes back may get another number.
 scenario_reader_fault() {
-    door_up || return 1
-    echo 0 >"$CONFIGFS/bench/live"
+    gpiosim_up bench 16 || return 1
+    idle_lines
+    ln -sf "/dev/$CHIP" "$W/gpiochip-bench"
+    CHIP_PATH=$W/gpiochip-bench
+    write_config
+    start_agent || return 1
+    echo 0 >"$CONFIGFS/bench/live" || fail "cannot tear the chip down" || return 1
     local i=0 reader
     while :; do
         reader=$(status_field reader)
@@ -290,7 +338,9 @@ scenario_reader_fault() {
     note "chip removed: status reader '$reader'"
     wait_event 90 || fail "no door fault event (90)" || return 1
     echo 1 >"$CONFIGFS/bench/live"
-    LINES=/sys/devices/platform/$(cat "$CONFIGFS/bench/dev_name")/$(cat "$CONFIGFS/bench/bank0/chip_name")
+    CHIP=$(cat "$CONFIGFS/bench/bank0/chip_name")
+    LINES=/sys/devices/platform/$(cat "$CONFIGFS/bench/dev_name")/$CHIP
+    ln -sf "/dev/$CHIP" "$W/gpiochip-bench"
     idle_lines
     i=0
     until [ "$(status_field reader)" = ok ]; do
@@ -298,7 +348,8 @@ scenario_reader_fault() {
         [ $i -gt 150 ] && { fail "the reader did not recover within 15 s"; return 1; }
         usleep 100000
     done
-    note "chip back: reader ok after about $((i / 10)) s"
+    note "chip back as $CHIP: reader ok after about $((i / 10)) s"
+    wait_event 91 || fail "no event 91 (inputs restored)" || return 1
     card_granted h10301 1 17
 }
 
@@ -337,8 +388,15 @@ check_clock() {
     echo "clocksource $clock"
 }
 
-# Linux 6.1 cannot remove a gpio-sim chip while a process holds its lines: the write to
-# `live` blocks for good (uninterruptible). So the chip goes only once the agent has exited.
+# Between two chips in one scenario: the agent has exited (stop_agent waited for it).
+chip_done() {
+    [ -n "${WATCH_PID:-}" ] && kill "$WATCH_PID" 2>/dev/null
+    WATCH_PID=
+    gpiosim_down bench
+}
+
+# A gpio-sim chip is removed only once the agent has exited (a chip torn down under a process
+# that holds its lines is the reader-fault scenario's business).
 cleanup_scenario() {
     [ -n "${WATCH_PID:-}" ] && kill "$WATCH_PID" 2>/dev/null
     [ -n "${AGENT_PID:-}" ] || { gpiosim_down bench 2>/dev/null; return 0; }

@@ -67,7 +67,7 @@ D0=0 D1=1 RELAY=2 CONTACT=3 REX=4
 
 # write_config: the agent's config for the current scenario, from these variables.
 FAIL_MODE=secure RELAY_ACTIVE_LOW=false UNLOCK_S=1 HELD_OPEN_S=2 READER_D1=$D1 API_PORT=$SIM_PORT
-EVENTS_URL= STORE=$W/db
+EVENTS_URL= STORE=$W/db CHIP_PATH=
 write_config() {
     mkdir -p "$W"
     (umask 077 && echo sim-api-key >"$W/api_key")
@@ -91,7 +91,7 @@ queue_max_records = 1000000
 
 [gpio]
 backend = "gpiod"
-chip = "$CHIP"
+chip = "${CHIP_PATH:-$CHIP}"
 
 [admin]
 socket = "$W/admin.sock"
@@ -142,6 +142,8 @@ agent() { "$AGENT" --config "$W/config.toml" "$@"; }
 # start_agent: runs the agent (log in $W/agent.log), waits until status answers with a
 # snapshot, and starts the event watcher ($W/events.log).
 start_agent() {
+    # A socket left by a killed agent would let `status` below open the store itself.
+    rm -f "$W/admin.sock"
     # Not through agent(): a backgrounded function is a subshell, and $! must be the agent.
     "$AGENT" --config "$W/config.toml" run >>"$W/agent.log" 2>&1 &
     AGENT_PID=$!

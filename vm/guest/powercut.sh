@@ -20,7 +20,7 @@ powercut_boot() {
     fi
     umount /mnt/disk
     local rc=0
-    e2fsck -fn /dev/vda >"$OUT/fsck-$cycle.txt" 2>&1 || rc=$?
+    /sbin/e2fsck -fn /dev/vda >"$OUT/fsck-$cycle.txt" 2>&1 || rc=$?
     echo "fsck_exit=$rc" >"$check"
     mount -t ext4 /dev/vda /mnt/disk || { echo "mount_exit=1" >>"$check"; return 1; }
     STORE=/mnt/disk/db

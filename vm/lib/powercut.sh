@@ -9,6 +9,13 @@
 # acknowledgements happened before the cut. Every one of them must be in the store at every
 # later check; any that is not was acknowledged and then lost.
 
+# event_ids: the ids of the events in JSON lines on stdin (`queue list` entries or
+# `watch_events` lines), sorted; only whole lines count (a line cut by the kill is not an
+# acknowledgement).
+event_ids() {
+    grep -a '}$' | grep -o '"event":{[^}]*}' | grep -o '"id":[0-9]*' | cut -d: -f2 | sort -u || true
+}
+
 powercut_run() {
     local cycles=10 expect_loss=0 seed=$$ min_ms=300 max_ms=3000
     while [ $# -gt 0 ]; do
@@ -24,7 +31,9 @@ powercut_run() {
     local disk=$RUN_DIR/disk.img acked=$RUN_DIR/acked.txt report=$RUN_DIR/report.txt
     truncate -s 256M "$disk"
     mkfs.ext4 -q -F "$disk"
+    local lost_all=$RUN_DIR/lost.txt
     : >"$acked"
+    : >"$lost_all"
     : >"$report"
     local cycle lossy_cuts=0 lost_total=0 acked_total=0 bad_fs=0 bad_store=0 started=$SECONDS
     log "powercut: $cycles cuts (seed $seed, kill $min_ms-$max_ms ms into the load); $RUN_DIR"
@@ -68,13 +77,15 @@ powercut_run() {
         local fsck queue stored missing
         fsck=$(sed -n 's/^fsck_exit=//p' "$check")
         queue=$(sed -n 's/^queue_exit=//p' "$check")
-        grep -o '"event":{"id":[0-9]*' "$SHARE/out/queued-$cycle.txt" | grep -o '[0-9]*$' | sort -u >"$RUN_DIR/stored-$cycle.txt"
+        event_ids <"$SHARE/out/queued-$cycle.txt" >"$RUN_DIR/stored-$cycle.txt"
         stored=$(wc -l <"$RUN_DIR/stored-$cycle.txt")
-        comm -23 "$acked" "$RUN_DIR/stored-$cycle.txt" >"$RUN_DIR/missing-$cycle.txt"
-        missing=$(wc -l <"$RUN_DIR/missing-$cycle.txt")
+        # Lost at this cut: acknowledged before it, absent now, and not already lost earlier.
+        comm -23 "$acked" "$RUN_DIR/stored-$cycle.txt" | comm -23 - "$lost_all" >"$RUN_DIR/lost-$cycle.txt"
+        missing=$(wc -l <"$RUN_DIR/lost-$cycle.txt")
+        sort -u "$lost_all" "$RUN_DIR/lost-$cycle.txt" -o "$lost_all"
         if [ "$cycle" -gt 1 ]; then
             local line
-            line=$(printf 'cut %3d (%5s ms into the load): acknowledged so far %6d, in the store %6d, lost %4d, e2fsck exit %s, store open exit %s' \
+            line=$(printf 'cut %3d (%5s ms into the load): acknowledged so far %6d, in the store %6d, lost here %4d, e2fsck exit %s, store open exit %s' \
                 $((cycle - 1)) "${previous_cut:-?}" "$(wc -l <"$acked")" "$stored" "$missing" "${fsck:-?}" "${queue:-?}")
             echo "$line" | tee -a "$report"
             [ "$missing" -gt 0 ] && lossy_cuts=$((lossy_cuts + 1)) && lost_total=$((lost_total + missing))
@@ -84,13 +95,13 @@ powercut_run() {
         previous_cut=$cut_after
         # The acknowledgements this boot's load made (partial last line: not acknowledged).
         if [ -f "$acks" ]; then
-            grep -o '^{"event":{"id":[0-9]*' "$acks" | grep -o '[0-9]*$' | sort -u |
-                sort -u - "$acked" >"$acked.new" && mv "$acked.new" "$acked"
+            event_ids <"$acks" | sort -u - "$acked" >"$acked.new"
+            mv "$acked.new" "$acked"
         fi
     done
     acked_total=$(wc -l <"$acked")
     local summary
-    summary="powercut: $cycles cuts in $((SECONDS - started)) s, $acked_total events acknowledged; $lossy_cuts cuts lost acknowledged events ($lost_total lost in all); e2fsck failed after $bad_fs; the store failed to open after $bad_store"
+    summary="powercut: $cycles cuts in $((SECONDS - started)) s, $acked_total events acknowledged; $lossy_cuts cuts lost acknowledged events ($lost_total lost in all, ids in lost.txt); e2fsck failed after $bad_fs; the store failed to open after $bad_store"
     echo "$summary" | tee -a "$report"
     if [ $expect_loss = 1 ]; then
         if [ $lossy_cuts -gt 0 ]; then
