@@ -1,5 +1,5 @@
 /*
- * doorbench: the guest-side helper of the doorflow-agent VM bench (vm/README.md).
+ * doorbench: the guest-side helper of the doorflow-agent VM bench (README.md, "The VM bench").
  *
  * It plays a card reader and a keypad on gpio-sim lines, samples the relay line the agent
  * drives, and relays the agent's acknowledgement stream to the host. Independent of the

@@ -53,7 +53,7 @@ powercut_run() {
         "${cmd[@]}" </dev/null >"$console" 2>&1 &
         local qemu=$! waited=0 cut_after=
         if [ $final = 0 ]; then
-            until grep -q "BENCH: LOAD RUNNING" "$console"; do
+            until grep -q "BENCH: LOAD RUNNING" "$console" 2>/dev/null; do
                 if ! kill -0 $qemu 2>/dev/null || [ $waited -gt 1800 ]; then
                     kill -KILL $qemu 2>/dev/null
                     tail -20 "$console" >&2
