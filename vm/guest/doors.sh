@@ -327,28 +327,17 @@ scenario_reader_fault() {
     write_config
     start_agent || return 1
     echo 0 >"$CONFIGFS/bench/live" || fail "cannot tear the chip down" || return 1
-    local i=0 reader
-    while :; do
-        reader=$(status_field reader)
-        case $reader in fault*) break ;; esac
-        i=$((i + 1))
-        [ $i -gt 100 ] && { fail "status reader is '$reader' 10 s after the chip went away"; return 1; }
-        usleep 100000
-    done
-    note "chip removed: status reader '$reader'"
+    wait_until 10000 reader_is 'fault*' || fail "status reader is '$READER' 10 s after the chip went away" || return 1
+    note "chip removed: status reader '$READER'"
     wait_event 90 || fail "no door fault event (90)" || return 1
     echo 1 >"$CONFIGFS/bench/live"
     CHIP=$(cat "$CONFIGFS/bench/bank0/chip_name")
     LINES=/sys/devices/platform/$(cat "$CONFIGFS/bench/dev_name")/$CHIP
     ln -sf "/dev/$CHIP" "$W/gpiochip-bench"
     idle_lines
-    i=0
-    until [ "$(status_field reader)" = ok ]; do
-        i=$((i + 1))
-        [ $i -gt 150 ] && { fail "the reader did not recover within 15 s"; return 1; }
-        usleep 100000
-    done
-    note "chip back as $CHIP: reader ok after about $((i / 10)) s"
+    local back=$(now_ms)
+    wait_until 15000 reader_is ok || fail "the reader did not recover within 15 s" || return 1
+    note "chip back as $CHIP: reader ok after $(($(now_ms) - back)) ms"
     wait_event 91 || fail "no event 91 (inputs restored)" || return 1
     card_granted h10301 1 17
 }

@@ -163,16 +163,17 @@ start_agent() {
     watch_events
 }
 
+# watch_events [OUT]: the agent's `watch_events` stream, appended to $W/events.log or copied to
+# OUT (a tty is drained line by line: the power-cut test's acknowledgement channel).
 watch_events() {
     rm -f "$W/watch.err"
-    doorbench watch-events "$W/admin.sock" >>"$W/events.log" 2>"$W/watch.err" &
+    if [ -n "${1:-}" ]; then
+        doorbench watch-events "$W/admin.sock" "$1" 2>"$W/watch.err" &
+    else
+        doorbench watch-events "$W/admin.sock" >>"$W/events.log" 2>"$W/watch.err" &
+    fi
     WATCH_PID=$!
-    local i=0
-    until grep -q watching "$W/watch.err" 2>/dev/null; do
-        i=$((i + 1))
-        [ $i -gt 100 ] && { echo "event watcher did not connect"; return 1; }
-        usleep 50000
-    done
+    wait_until 5000 grep -q watching "$W/watch.err" || { echo "event watcher did not connect"; return 1; }
 }
 
 stop_agent() { # [SIGNAL]
@@ -191,24 +192,32 @@ status_field() { # KEY: the first "KEY":value in a fresh `status --json`
 }
 
 # ---- observations ----------------------------------------------------------------------
-# wait_event CODE [TIMEOUT_MS]: until the event stream has an event with that DoorFlow code.
-wait_event() {
-    local deadline=$(($(now_ms) + ${2:-3000}))
-    until grep -q "\"event_code\":$1," "$W/events.log" 2>/dev/null; do
+# wait_until TIMEOUT_MS COMMAND...: runs COMMAND every 50 ms until it succeeds (0) or the
+# time is up (1).
+wait_until() {
+    local deadline=$(($(now_ms) + $1))
+    shift
+    until "$@" 2>/dev/null; do
         [ "$(now_ms)" -gt $deadline ] && return 1
         usleep 50000
     done
 }
 
+# wait_event CODE [TIMEOUT_MS]: until the event stream has an event with that DoorFlow code.
+wait_event() { wait_until "${2:-3000}" grep -q "\"event_code\":$1," "$W/events.log"; }
+
 event_count() { grep -c "\"event_code\":$1," "$W/events.log" 2>/dev/null || true; }
 
+line_is() { [ "$(value "$1")" = "$2" ]; }
+
 # wait_value LINE VALUE [TIMEOUT_MS]
-wait_value() {
-    local deadline=$(($(now_ms) + ${3:-3000}))
-    until [ "$(value "$1")" = "$2" ]; do
-        [ "$(now_ms)" -gt $deadline ] && return 1
-        usleep 10000
-    done
+wait_value() { wait_until "${3:-3000}" line_is "$1" "$2"; }
+
+# reader_is PATTERN: the door's `reader` in `status` matches (case pattern).
+reader_is() {
+    READER=$(status_field reader)
+    case $READER in $1) return 0 ;; esac
+    return 1
 }
 
 # send_frames WATCH_MS TOKEN...: plays the tokens on D0/D1 and samples the relay line for

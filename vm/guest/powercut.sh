@@ -43,13 +43,7 @@ powercut_boot() {
 
     start_simulator $SIM_PORT || return 1
     start_agent || return 1
-    doorbench watch-events "$W/admin.sock" /dev/ttyS1 2>"$W/acks.err" &
-    local i=0
-    until grep -q watching "$W/acks.err" 2>/dev/null; do
-        i=$((i + 1))
-        [ $i -gt 100 ] && { echo "acknowledgement relay did not connect"; return 1; }
-        usleep 50000
-    done
+    watch_events /dev/ttyS1 || return 1
     echo "BENCH: LOAD RUNNING"
     # Swipes until the power goes: granted and denied cards, now and then the exit button.
     local n=0
