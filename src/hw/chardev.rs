@@ -546,3 +546,51 @@ mod linux {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(chip: &str) -> Config {
+        let text = include_str!("../../config/demo.toml").replace(
+            "backend = \"mock\"",
+            &format!("backend = \"gpiod\"\nchip = \"{chip}\""),
+        );
+        Config::parse(&text, "demo.toml").unwrap()
+    }
+
+    #[test]
+    fn every_line_of_a_door_is_named_by_its_key() {
+        let lines = door_lines(&config("gpiochip9"), 0);
+        let keys: Vec<&str> = lines.iter().map(|(_, _, key)| key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "doors[0].reader.d0",
+                "doors[0].reader.d1",
+                "doors[0].relay.line",
+                "doors[0].contact.line",
+                "doors[0].rex.line"
+            ]
+        );
+        assert_eq!(
+            lines[1],
+            ("gpiochip9".to_string(), 1, "doors[0].reader.d1".to_string())
+        );
+    }
+
+    #[test]
+    fn chips_that_are_not_present_are_reported_unchecked() {
+        let (problem, unchecked) = check_offsets(&config("/nonexistent/gpiochip-door"));
+        assert_eq!(problem, None);
+        assert_eq!(unchecked, ["/nonexistent/gpiochip-door"]);
+    }
+
+    #[test]
+    fn an_offset_beyond_the_chip_says_how_many_lines_it_has() {
+        assert_eq!(
+            offset_message("gpiochip2", 40, 32),
+            "GPIO line 40 does not exist on /dev/gpiochip2, which has 32 lines (0 to 31)"
+        );
+    }
+}
