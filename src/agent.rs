@@ -157,6 +157,11 @@ impl Agent {
                         .into(),
                         mode: status::door_mode(&snapshot, door.channel_id, now).into(),
                         reader: state.reader,
+                        inputs: if state.inputs_failed {
+                            status::INPUTS_FAULT.into()
+                        } else {
+                            "ok".into()
+                        },
                     }
                 })
                 .collect(),

@@ -49,15 +49,18 @@ pub struct DoorState {
     pub contact_open: Option<bool>,
     /// The reader's link, kept up to date by its port thread (OSDP).
     pub reader: ReaderStatus,
+    /// The door's GPIO input lines failed and are being requested again.
+    pub inputs_failed: bool,
 }
 
 impl DoorState {
     /// A door at start: locked, contact closed (when wired), reader not yet heard from.
     pub fn new(door: &DoorConfig) -> DoorState {
         DoorState {
-            relay_released: false,
+            relay_released: DoorMachine::STARTS_RELEASED,
             contact_open: door.contact.as_ref().map(|_| false),
             reader: door.reader.initial_status(true),
+            inputs_failed: false,
         }
     }
 }
@@ -83,6 +86,8 @@ pub struct DoorTask {
     /// Inputs and feedback of a non-GPIO reader (OSDP).
     reader_inputs: Option<mpsc::Receiver<ReaderInput>>,
     feedback: Option<Box<dyn FeedbackSink>>,
+    /// The door's GPIO input lines failed and are being requested again.
+    inputs_failed: bool,
 }
 
 impl DoorTask {
@@ -121,6 +126,7 @@ impl DoorTask {
             relay_failed: false,
             reader_inputs: None,
             feedback: None,
+            inputs_failed: false,
         }
     }
 
@@ -153,6 +159,9 @@ impl DoorTask {
 
     /// Runs until `stop` is cancelled, then leaves the relay in the configured fail state.
     pub async fn run(mut self, stop: CancellationToken) {
+        // The door machine's starting state, written by the door itself whatever the line was
+        // requested with: the fail state is only for stopping.
+        self.drive_relay(Some(self.machine.relay_released()));
         self.apply_mode(monotonic_ns());
         self.publish_state();
         let mut mode_check = tokio::time::interval(MODE_CHECK);
@@ -237,7 +246,28 @@ impl DoorTask {
                 let effects = self.machine.rex_level(event.active, now);
                 self.apply(effects);
             }
+            DoorInput::EdgesLost => self.decoder.edges_lost(),
+            DoorInput::LinesFault => self.on_inputs_fault(event.active),
         }
+    }
+
+    /// The backend lost the door's input lines (`failed`) or has them back: a door fault event
+    /// and `status` say so; the backend requests the lines again by itself.
+    fn on_inputs_fault(&mut self, failed: bool) {
+        if failed == self.inputs_failed {
+            return;
+        }
+        self.inputs_failed = failed;
+        lock(&self.state).inputs_failed = failed;
+        // The relay's line may have gone with the inputs' chip: writing its state again lets
+        // the backend request it again (and drop a stale request meanwhile).
+        self.drive_relay(Some(self.machine.relay_released()));
+        let event = if failed {
+            DoorEvent::LinesFault
+        } else {
+            DoorEvent::LinesRestored
+        };
+        self.emit_door_events(&[event]);
     }
 
     fn on_tick(&mut self, now: u64) {

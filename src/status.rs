@@ -130,7 +130,18 @@ pub struct DoorStatus {
     pub mode: String,
     /// The door's reader and, for OSDP, its link (`online`, `offline`, …).
     pub reader: ReaderStatus,
+    /// The door's GPIO input lines (reader, contact, REX): `ok`, a fault while they are being
+    /// requested again after a failed read (the journal has the error), or `unknown`.
+    #[serde(default = "unknown")]
+    pub inputs: String,
 }
+
+fn unknown() -> String {
+    "unknown".into()
+}
+
+/// `inputs` for a door whose GPIO input lines failed.
+pub const INPUTS_FAULT: &str = "fault: input lines failed; requesting them again (the journal has the error)";
 
 impl QueueStatus {
     /// Queue depth from the store, with the uplink state supplied by the caller (`store_error`
@@ -234,6 +245,7 @@ pub fn from_store(config: &Config, store: &Store) -> Result<StatusReport, StoreE
                 contact: "unknown".into(),
                 mode: door_mode(&snapshot, door.channel_id, now).into(),
                 reader: door.reader.initial_status(false),
+                inputs: unknown(),
             })
             .collect(),
         store: StoreStatus::of(store),
@@ -336,12 +348,16 @@ pub fn render(report: &StatusReport) -> String {
             .map(|c| format!(" (channel {c})"))
             .unwrap_or_default();
         out.push_str(&format!(
-            "door {}{channel}: relay {}, contact {}, mode {}, reader {}\n",
+            "door {}{channel}: relay {}, contact {}, mode {}, reader {}{}\n",
             door.name,
             door.relay,
             door.contact,
             door.mode,
-            door.reader.describe()
+            door.reader.describe(),
+            match door.inputs.as_str() {
+                "ok" | "unknown" => String::new(),
+                fault => format!(", inputs {fault}"),
+            }
         ));
     }
     out

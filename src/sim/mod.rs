@@ -146,8 +146,13 @@ impl Simulator {
         })
     }
 
-    /// Runs until Ctrl-C/SIGTERM for manual testing (`doorflow-agent simulate`).
-    pub async fn run_standalone(config: SimConfig, chaos: Option<Chaos>) -> std::io::Result<()> {
+    /// Runs until Ctrl-C/SIGTERM for manual testing (`doorflow-agent simulate`), with the
+    /// `lockdowns` channels in lockdown from the start (scripts that test a lockdown).
+    pub async fn run_standalone(
+        config: SimConfig,
+        chaos: Option<Chaos>,
+        lockdowns: &[u64],
+    ) -> std::io::Result<()> {
         let api_key = config.api_key.clone();
         let sink_token = config.sink_token.is_some();
         let sim = Simulator::start(config).await?;
@@ -165,6 +170,10 @@ impl Simulator {
             }
         );
         println!("  received admits and events: {base}/_sim/received");
+        for &channel_id in lockdowns {
+            sim.set_lockdown(channel_id, true);
+            println!("  channel {channel_id} in lockdown (cards and exit buttons)");
+        }
         if let Some(chaos) = &chaos {
             println!(
                 "  chaos: {:.0} % of requests fail (seed {}, slow answers after {} s)",
