@@ -316,7 +316,7 @@ scenario_bad_offset() {
 }
 
 # The chip disappears under the running agent (its driver unbinds): the door reports the fault
-# (event 90, `status` reader) and recovers by itself once the chip is back (event 91), relay
+# (event 90, `status` inputs) and recovers by itself once the chip is back (event 91), relay
 # included. The config names the chip by a symlink, as a udev rule would give a stable name,
 # since a chip that comes back may get another number.
 scenario_reader_fault() {
@@ -327,8 +327,8 @@ scenario_reader_fault() {
     write_config
     start_agent || return 1
     echo 0 >"$CONFIGFS/bench/live" || fail "cannot tear the chip down" || return 1
-    wait_until 10000 reader_is 'fault*' || fail "status reader is '$READER' 10 s after the chip went away" || return 1
-    note "chip removed: status reader '$READER'"
+    wait_until 10000 inputs_are 'fault*' || fail "status inputs is '$INPUTS' 10 s after the chip went away" || return 1
+    note "chip removed: status inputs '$INPUTS'"
     wait_event 90 || fail "no door fault event (90)" || return 1
     echo 1 >"$CONFIGFS/bench/live"
     CHIP=$(cat "$CONFIGFS/bench/bank0/chip_name")
@@ -336,8 +336,8 @@ scenario_reader_fault() {
     ln -sf "/dev/$CHIP" "$W/gpiochip-bench"
     idle_lines
     local back=$(now_ms)
-    wait_until 15000 reader_is ok || fail "the reader did not recover within 15 s" || return 1
-    note "chip back as $CHIP: reader ok after $(($(now_ms) - back)) ms"
+    wait_until 15000 inputs_are ok || fail "the inputs did not recover within 15 s" || return 1
+    note "chip back as $CHIP: inputs ok after $(($(now_ms) - back)) ms"
     wait_event 91 || fail "no event 91 (inputs restored)" || return 1
     card_granted h10301 1 17
 }

@@ -215,10 +215,11 @@ line_is() { [ "$(value "$1")" = "$2" ]; }
 # wait_value LINE VALUE [TIMEOUT_MS]
 wait_value() { wait_until "${3:-3000}" line_is "$1" "$2"; }
 
-# reader_is PATTERN: the door's `reader` in `status` matches (case pattern).
-reader_is() {
-    READER=$(status_field reader)
-    case $READER in $1) return 0 ;; esac
+# inputs_are PATTERN: the door's `inputs` (its GPIO input lines) in `status` matches (case
+# pattern).
+inputs_are() {
+    INPUTS=$(status_field inputs)
+    case $INPUTS in $1) return 0 ;; esac
     return 1
 }
 
