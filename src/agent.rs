@@ -33,8 +33,9 @@ const STOP_DEADLINE: Duration = Duration::from_secs(10);
 pub enum AgentError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The admin or mock GPIO control socket.
     #[error(transparent)]
-    AdminSocket(#[from] admin::BindError),
+    Socket(#[from] crate::line_server::BindError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error(transparent)]
@@ -247,13 +248,13 @@ pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Res
     loop_names.extend(Lane::ALL.map(|lane| format!("uplink {}", lane.as_str())));
     let (liveness, mut heartbeats) = supervisor::Liveness::new(&loop_names);
     let uplink_beats = heartbeats.split_off(agent.config.doors.len());
-    let door_tasks = match start_doors(&agent, &tasks, &stop, audit_tx, heartbeats) {
+    let door_tasks = match start_doors(&agent, &tasks, &stop, audit_tx, heartbeats).await {
         Ok(doors) => doors,
         Err(error) => {
+            // The sockets' servers remove their files as they stop.
             stop.cancel();
             tasks.close();
             tasks.wait().await;
-            let _ = std::fs::remove_file(&agent.config.admin.socket);
             return Err(error);
         }
     };
@@ -321,7 +322,6 @@ pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Res
         }
         tasks.wait().await;
     }
-    let _ = std::fs::remove_file(&agent.config.admin.socket);
     agent.store.flush()?;
     tracing::info!("store flushed; stopped");
     Ok(())
@@ -390,7 +390,7 @@ fn uplink_lanes(
 
 /// Opens every door's GPIO lines (failing start-up with a clear message if a chip or line is
 /// unavailable) and spawns its task; with the mock backend, its control socket too.
-fn start_doors(
+async fn start_doors(
     agent: &Arc<Agent>,
     tasks: &TaskTracker,
     stop: &CancellationToken,
@@ -400,13 +400,8 @@ fn start_doors(
     let config = &agent.config;
     let backend = hw::Backend::open(config);
     if let hw::Backend::Mock(mock) = &backend {
-        let listener = hw::mock::bind_control_socket(&config.gpio.mock_socket).map_err(|e| {
-            AgentError::Gpio(hw::GpioError::Chip {
-                chip: config.gpio.mock_socket.display().to_string(),
-                reason: format!("mock control socket: {e}"),
-            })
-        })?;
-        tasks.spawn(Arc::clone(mock).serve(listener, tasks.clone(), stop.clone()));
+        let socket = hw::mock::bind_control_socket(&config.gpio.mock_socket).await?;
+        tasks.spawn(Arc::clone(mock).serve(socket, tasks.clone(), stop.clone()));
         tracing::info!(socket = %config.gpio.mock_socket.display(), "mock GPIO backend; control socket ready");
     }
     let mut doors = Vec::new();

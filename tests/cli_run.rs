@@ -135,6 +135,10 @@ fn run_serves_status_and_stops_cleanly_on_sigterm() {
     assert!(log.contains("ready"), "{log}");
     assert!(log.contains("store flushed"), "{log}");
     assert!(!socket.exists(), "admin socket left behind");
+    assert!(
+        !dir.path().join("mock-gpio.sock").exists(),
+        "mock control socket left behind after SIGTERM"
+    );
 
     let stopped = status_json(&config);
     assert_eq!(stopped["agent_running"], false);
