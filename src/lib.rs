@@ -16,6 +16,7 @@ pub mod hw;
 pub mod line_server;
 pub mod mutex;
 pub mod outbox;
+pub mod preflight;
 pub mod secrets;
 pub mod shutdown;
 #[cfg(feature = "simulator")]

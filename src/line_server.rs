@@ -35,8 +35,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Longest Unix socket path: `sun_path` is 108 bytes on Linux, including the terminating NUL.
-pub const MAX_SOCKET_PATH: usize = 107;
+pub use crate::config::MAX_SOCKET_PATH;
 
 /// What one socket allows its clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

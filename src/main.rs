@@ -1,9 +1,12 @@
 //! Command-line entry point: `doorflow-agent run | check-config | status | queue | demo`.
 
 use clap::{Parser, Subcommand};
-use doorflow_agent::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
+use doorflow_agent::config::{
+    line_of_key, template_placeholders, Config, ConfigError, DEFAULT_CONFIG_PATH, PLACEHOLDER,
+};
+use doorflow_agent::preflight::{self, Severity};
 use doorflow_agent::{admin, agent, status, store, telemetry};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Exit code for an invalid configuration (as `check-config` promises).
@@ -30,8 +33,16 @@ struct Cli {
 enum Command {
     /// Run the agent: load the snapshot, open the admin socket, serve the doors until SIGTERM.
     Run,
-    /// Validate the configuration file; exit 0 with a summary, or 2 naming the key at fault.
-    CheckConfig,
+    /// Validate the configuration and what it points at (secret files readable, GPIO chips
+    /// present): exit 0 with a summary, or 2 naming each key at fault and its line. Everything
+    /// `run` would refuse is refused here first.
+    CheckConfig {
+        /// For the unit's ExecCondition=: exit 0 unless the file still holds the template's
+        /// placeholders (REPLACE-WITH-…), then exit 1 so systemd skips the start without a
+        /// failure. Every other problem is left to `run`, which reports it.
+        #[arg(long)]
+        unit_condition: bool,
+    },
     /// Show snapshot counts, last sync, queue depth and door states (from the running agent
     /// through its admin socket, or from the store when the agent is stopped).
     Status {
@@ -77,14 +88,13 @@ enum QueueAction {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig => match Config::load(&cli.config) {
-            Ok(config) => {
-                println!("{}: ok", cli.config.display());
-                println!("{}", config.summary());
-                ExitCode::SUCCESS
+        Command::CheckConfig { unit_condition } => {
+            if unit_condition {
+                site_config_condition(&cli.config)
+            } else {
+                check_config(&cli.config)
             }
-            Err(error) => config_failure(&error),
-        },
+        }
         Command::Run => {
             telemetry::init();
             let config = match Config::load(&cli.config) {
@@ -141,6 +151,65 @@ fn main() -> ExitCode {
             Err(error) => config_failure(&error),
         },
     }
+}
+
+/// `check-config`: the file's own rules, then what it points at (`preflight`).
+fn check_config(path: &Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(error) => return config_failure(&error),
+    };
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut failed = false;
+    for finding in preflight::check(&config) {
+        let line = line_of_key(&text, &finding.key);
+        let location = line.map(|l| format!(" line {l}:")).unwrap_or_default();
+        let (label, verb) = match finding.severity {
+            Severity::Error => ("error", "invalid value for "),
+            Severity::Warning => ("warning", ""),
+            Severity::Note => ("note", ""),
+        };
+        failed |= finding.severity == Severity::Error;
+        eprintln!(
+            "{label}: {}:{location} {verb}`{}`: {}",
+            path.display(),
+            finding.key,
+            finding.message
+        );
+    }
+    if failed {
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    println!("{}: ok", path.display());
+    println!("{}", config.summary());
+    ExitCode::SUCCESS
+}
+
+/// `check-config --unit-condition`: whether the config has been made the site's own.
+fn site_config_condition(path: &Path) -> ExitCode {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        // `run` says why it cannot read it.
+        return ExitCode::SUCCESS;
+    };
+    let keys = template_placeholders(&text);
+    if keys.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    for key in &keys {
+        let location = line_of_key(&text, key)
+            .map(|l| format!(" line {l}:"))
+            .unwrap_or_default();
+        eprintln!(
+            "{}:{location} `{key}` still holds the template's placeholder ({PLACEHOLDER}…)",
+            path.display()
+        );
+    }
+    eprintln!(
+        "not starting: {} is still the installed template; edit it for this site, check it with \
+         `doorflow-agent check-config`, then `systemctl start doorflow-agent`",
+        path.display()
+    );
+    ExitCode::FAILURE
 }
 
 /// Asks the running agent; falls back to the store when none is listening.

@@ -30,7 +30,17 @@ fn assert_mentions(message: &str, needles: &[&str]) {
 fn shipped_configs_are_valid() {
     let demo = Config::parse(DEMO, "demo.toml").unwrap();
     assert_eq!(demo.doors.len(), 2);
-    let production = Config::parse(PRODUCTION, "doorflow-agent.toml").unwrap();
+    // The production template is refused until its placeholder is replaced, so an installed
+    // package never runs (and drives GPIO lines) on it.
+    let message = Config::parse(PRODUCTION, "doorflow-agent.toml")
+        .unwrap_err()
+        .to_string();
+    assert_mentions(
+        &message,
+        &["line 18", "api.auth.client_id", "template's placeholder"],
+    );
+    let edited = PRODUCTION.replace("REPLACE-WITH-YOUR-OAUTH-CLIENT-ID", "site-client-id");
+    let production = Config::parse(&edited, "doorflow-agent.toml").unwrap();
     assert_eq!(production.doors[0].channel_id, Some(1340));
 }
 

@@ -15,6 +15,7 @@ mod gpio;
 mod shifts;
 mod source;
 mod store;
+mod strings;
 mod sync;
 mod uplink;
 pub mod values;
@@ -26,6 +27,7 @@ pub use gpio::{Bias, GpioBackend, GpioConfig};
 pub use shifts::{ShiftConfig, ShiftTimeConfig};
 pub use source::line_of_key;
 pub use store::StoreConfig;
+pub use strings::{template_placeholders, PLACEHOLDER};
 pub use sync::SyncConfig;
 pub use uplink::UplinkConfig;
 
@@ -35,6 +37,9 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/doorflow-agent/config.toml";
+
+/// Longest Unix socket path: `sun_path` holds 108 bytes on Linux, the terminating NUL included.
+pub const MAX_SOCKET_PATH: usize = 107;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -119,9 +124,14 @@ impl Config {
         self.store.validate(&mut report);
         self.sync.validate(&mut report);
         self.uplink.validate(&mut report);
+        self.admin.validate(&mut report);
         self.gpio.validate(&mut report);
         self.validate_doors(&mut report);
         self.validate_shifts(&mut report);
+        match serde_json::to_value(self) {
+            Ok(value) => strings::validate(&value, &mut report),
+            Err(error) => report(String::new(), format!("cannot be checked: {error}")),
+        }
         problems
     }
 

@@ -1,0 +1,220 @@
+//! What `check-config` checks beyond the file itself: the things the config points at. Each
+//! finding names the key it comes from, so the message can carry the key's line.
+//!
+//! - Secrets (`api.auth.api_key`, `client_secret`, `refresh_token_file`, `uplink.events_token`)
+//!   must exist, be readable and not be empty: without them the agent cannot talk to DoorFlow
+//!   (it would run on its stored snapshot, degraded). A secret readable by group or others is
+//!   a warning. A `systemd-credential:NAME` source can only be checked where systemd provides
+//!   it (`CREDENTIALS_DIRECTORY`, i.e. inside the unit); elsewhere that is a note.
+//! - GPIO chips (backend `gpiod`) must exist and be GPIO character devices, as `run` will
+//!   request lines on them.
+//!
+//! The config's own rules (ranges, URLs, socket path lengths, NUL bytes, template
+//! placeholders) are in `config` and apply to `run` as well.
+
+use crate::config::{AuthMethod, Config, GpioBackend, SecretSource};
+use crate::hw::chardev::chip_path;
+use std::collections::BTreeSet;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    /// Shown, does not fail the check.
+    Note,
+    /// Shown, does not fail the check (`check-config` still exits 0).
+    Warning,
+    /// Fails the check (`check-config` exits 2).
+    Error,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub severity: Severity,
+    /// The dotted config key the finding is about.
+    pub key: String,
+    pub message: String,
+}
+
+/// Every finding for `config`, errors first.
+pub fn check(config: &Config) -> Vec<Finding> {
+    let mut findings = secrets(config);
+    findings.extend(gpio_chips(config));
+    findings.sort_by(|a, b| b.severity.cmp(&a.severity));
+    findings
+}
+
+/// The secret sources the config uses, with their keys.
+fn secret_sources(config: &Config) -> Vec<(&'static str, SecretSource)> {
+    let auth = &config.api.auth;
+    let mut sources = Vec::new();
+    match auth.method {
+        AuthMethod::ApiKey => sources.extend(auth.api_key.clone().map(|s| ("api.auth.api_key", s))),
+        AuthMethod::Oauth => {
+            sources.extend(auth.client_secret.clone().map(|s| ("api.auth.client_secret", s)));
+            sources.extend(
+                auth.refresh_token_file
+                    .clone()
+                    .map(|path| ("api.auth.refresh_token_file", SecretSource::File(path))),
+            );
+        }
+    }
+    if config.uplink.events_url.is_some() {
+        sources.extend(
+            config
+                .uplink
+                .events_token
+                .clone()
+                .map(|s| ("uplink.events_token", s)),
+        );
+    }
+    sources
+}
+
+/// Whether each secret can be read, is not empty and is private.
+pub fn secrets(config: &Config) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    for (key, source) in secret_sources(config) {
+        let finding = |severity, message: String| Finding {
+            severity,
+            key: key.to_string(),
+            message,
+        };
+        if let SecretSource::SystemdCredential(name) = &source {
+            if std::env::var_os("CREDENTIALS_DIRECTORY").is_none() {
+                findings.push(finding(
+                    Severity::Note,
+                    format!(
+                        "systemd credential `{name}` is provided by the unit (LoadCredential=); \
+                         it is checked when the service starts"
+                    ),
+                ));
+                continue;
+            }
+        }
+        let path = match source.path() {
+            Ok(path) => path,
+            Err(reason) => {
+                findings.push(finding(Severity::Error, reason));
+                continue;
+            }
+        };
+        findings.extend(secret_file(&path).map(|(severity, message)| finding(severity, message)));
+    }
+    findings
+}
+
+/// A secret file's problem, if it has one.
+fn secret_file(path: &Path) -> Option<(Severity, String)> {
+    let shown = path.display();
+    let text = match std::fs::read(path) {
+        Ok(text) => text,
+        Err(error) => return Some((Severity::Error, format!("secret file {shown}: {error}"))),
+    };
+    if String::from_utf8_lossy(&text).trim().is_empty() {
+        return Some((Severity::Error, format!("secret file {shown} is empty")));
+    }
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o077 != 0).then(|| {
+        (
+            Severity::Warning,
+            format!("secret file {shown} is readable by group or others (mode {mode:o}); chmod 600 it"),
+        )
+    })
+}
+
+/// Each GPIO chip a door uses, with the key it comes from (the line's own `chip`, else
+/// `gpio.chip`), must be a GPIO character device.
+fn gpio_chips(config: &Config) -> Vec<Finding> {
+    if config.gpio.backend != GpioBackend::Gpiod {
+        return Vec::new();
+    }
+    let mut chips = Vec::new();
+    for (index, door) in config.doors.iter().enumerate() {
+        let mut uses = vec![("reader", &door.reader.chip), ("relay", &door.relay.chip)];
+        uses.extend(door.contact.as_ref().map(|c| ("contact", &c.chip)));
+        uses.extend(door.rex.as_ref().map(|r| ("rex", &r.chip)));
+        for (field, chip) in uses {
+            chips.push(match chip {
+                Some(chip) => (format!("doors[{index}].{field}.chip"), chip.clone()),
+                None => ("gpio.chip".to_string(), config.gpio.chip.clone()),
+            });
+        }
+    }
+    let mut seen = BTreeSet::new();
+    chips
+        .into_iter()
+        .filter(|(_, chip)| seen.insert(chip_path(chip)))
+        .filter_map(|(key, chip)| {
+            gpio_chip(&chip_path(&chip)).map(|message| Finding {
+                severity: Severity::Error,
+                key,
+                message,
+            })
+        })
+        .collect()
+}
+
+/// Why `path` is not a usable GPIO chip, if it is not.
+fn gpio_chip(path: &str) -> Option<String> {
+    let metadata = match std::fs::metadata(path) {
+        Ok(metadata) => metadata,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Some(format!("no such GPIO chip {path} (`gpiodetect` lists the chips)"))
+        }
+        Err(error) => return Some(format!("GPIO chip {path}: {error}")),
+    };
+    if !metadata.file_type().is_char_device() {
+        return Some(format!("{path} is not a character device, so not a GPIO chip"));
+    }
+    // sysfs names the device's subsystem; without sysfs the device type cannot be told.
+    let rdev = metadata.rdev();
+    let subsystem = format!(
+        "/sys/dev/char/{}:{}/subsystem",
+        libc::major(rdev),
+        libc::minor(rdev)
+    );
+    match std::fs::read_link(&subsystem) {
+        Ok(target) if target.file_name().is_some_and(|name| name != "gpio") => Some(format!(
+            "{path} is a character device of subsystem `{}`, not a GPIO chip",
+            target.file_name().unwrap_or_default().to_string_lossy()
+        )),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_regular_file_and_a_non_gpio_device_are_not_chips() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let message = gpio_chip(&file.path().display().to_string()).unwrap();
+        assert!(message.contains("not a character device"), "{message}");
+        assert!(gpio_chip("/dev/gpiochip-none")
+            .unwrap()
+            .contains("no such GPIO chip"));
+        if Path::new("/sys/dev/char").exists() {
+            let message = gpio_chip("/dev/null").unwrap();
+            assert!(message.contains("subsystem `mem`"), "{message}");
+        }
+    }
+
+    #[test]
+    fn secret_files_must_be_readable_non_empty_and_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        assert_eq!(secret_file(&key).unwrap().0, Severity::Error);
+        std::fs::write(&key, " \n").unwrap();
+        assert!(secret_file(&key).unwrap().1.contains("is empty"));
+        std::fs::write(&key, "k\n").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let (severity, message) = secret_file(&key).unwrap();
+        assert_eq!(severity, Severity::Warning);
+        assert!(message.contains("mode 640"), "{message}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(secret_file(&key), None);
+        assert_eq!(secret_file(dir.path()).unwrap().0, Severity::Error);
+    }
+}
