@@ -40,7 +40,7 @@ pub struct Finding {
 pub fn check(config: &Config) -> Vec<Finding> {
     let mut findings = secrets(config);
     findings.extend(gpio_chips(config));
-    findings.sort_by(|a, b| b.severity.cmp(&a.severity));
+    findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
     findings
 }
 
