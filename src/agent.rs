@@ -8,10 +8,11 @@ use crate::config::Config;
 use crate::door_task::{DoorState, DoorTask};
 use crate::doorflow::client::{self, Client};
 use crate::doorflow::ratelimit::RateBudget;
+use crate::error_chain::chain;
 use crate::hw;
 use crate::outbox;
 use crate::snapshot::{SharedSnapshot, Snapshot};
-use crate::status::{self, DoorStatus, QueueStatus, SnapshotStatus, StatusReport, SyncStatus};
+use crate::status::{self, ClockStatus, DoorStatus, QueueStatus, SnapshotStatus, StatusReport, SyncStatus};
 use crate::store::{Lane, Store, StoreError};
 use crate::supervisor;
 use crate::sync;
@@ -61,6 +62,8 @@ pub struct Agent {
     pub uplink: Arc<UplinkStatus>,
     /// Every audit event once it is durable (for the demo and live views).
     pub audit_feed: tokio::sync::broadcast::Sender<AuditEvent>,
+    /// Why a client could not be set up (a secret it cannot read), for `status`.
+    pub clients: Mutex<status::HealthInputs>,
 }
 
 impl Agent {
@@ -103,6 +106,7 @@ impl Agent {
             ))),
             uplink: Arc::new(UplinkStatus::default()),
             audit_feed: tokio::sync::broadcast::channel(4096).0,
+            clients: Mutex::new(status::HealthInputs::default()),
             config,
         }))
     }
@@ -113,12 +117,14 @@ impl Agent {
         let counts = snapshot.counts();
         let generation = self.store.snapshot_header().ok().flatten().map(|h| h.generation);
         let now = Timestamp::now();
-        StatusReport {
+        let sync = lock(&self.sync_status).clone();
+        let clock = ClockStatus::probe(now, sync.last_success);
+        let mut report = StatusReport {
             version: env!("CARGO_PKG_VERSION").to_string(),
             agent_running: true,
             online: self.online.load(Ordering::Relaxed),
             snapshot: SnapshotStatus::new(generation, &counts, snapshot.synced_at()),
-            sync: lock(&self.sync_status).clone(),
+            sync,
             queue: self.queue_status(),
             doors: self
                 .config
@@ -146,7 +152,11 @@ impl Agent {
                     }
                 })
                 .collect(),
-        }
+            degraded: Vec::new(),
+            clock,
+        };
+        report.degraded = status::degraded_reasons(&report, &lock(&self.clients));
+        report
     }
 
     /// Queue depth from the store, uplink state from the running lanes.
@@ -297,10 +307,12 @@ pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Res
         doors = agent.config.doors.len(),
         "ready: snapshot loaded, swipes are decided locally"
     );
-    supervisor::notify_ready(&format!(
-        "{} people, {} credentials",
-        counts.people, counts.credentials
-    ));
+    supervisor::notify_ready(&status::status_line(&agent.status(), Timestamp::now()));
+    aborts.push(
+        tasks
+            .spawn(report_health(Arc::clone(&agent), stop.clone()))
+            .abort_handle(),
+    );
 
     shutdown.await;
     tracing::info!("shutting down");
@@ -327,14 +339,71 @@ pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Res
     Ok(())
 }
 
+/// How often the unit's status line and the degraded state are refreshed.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Keeps systemd's status line (`systemctl status`) true: refreshed after each sync and every
+/// change of people, credentials, sync age, queue depth or degraded reasons. A change of the
+/// degraded reasons is also written to the journal, with the reasons in the message text.
+async fn report_health(agent: Arc<Agent>, stop: CancellationToken) {
+    let mut last_line = String::new();
+    let mut last_reasons: Vec<String> = Vec::new();
+    loop {
+        let store = Arc::clone(&agent);
+        // Reading queue heads is a store read: off the async workers.
+        let Ok(report) = tokio::task::spawn_blocking(move || store.status()).await else {
+            return;
+        };
+        if report.degraded != last_reasons {
+            if report.degraded.is_empty() {
+                tracing::info!(
+                    "no longer degraded: {}",
+                    status::status_line(&report, Timestamp::now())
+                );
+            } else {
+                tracing::warn!(reasons = ?report.degraded, "degraded: {}", report.degraded.join("; "));
+            }
+            last_reasons = report.degraded.clone();
+        }
+        let line = status::status_line(&report, Timestamp::now());
+        if line != last_line {
+            supervisor::notify_status(&line);
+            last_line = line;
+        }
+        if stop
+            .run_until_cancelled(tokio::time::sleep(HEALTH_INTERVAL))
+            .await
+            .is_none()
+        {
+            return;
+        }
+    }
+}
+
+/// Why a client could not be set up, naming the config key when a secret is at fault.
+fn client_problem(agent: &Agent, keys: &[&str], error: &(dyn std::error::Error + 'static)) -> String {
+    crate::preflight::secrets(&agent.config)
+        .into_iter()
+        .find(|f| f.severity == crate::preflight::Severity::Error && keys.contains(&f.key.as_str()))
+        .map(|f| format!("{}: {}", f.key, f.message))
+        .unwrap_or_else(|| chain(error))
+}
+
 /// The one DoorFlow client (shared by sync and the admit lane, so a rotated refresh token is
-/// used by both), unless it cannot be set up (a missing secret file): then the agent runs
-/// offline on its stored snapshot and says why.
+/// used by both), unless it cannot be set up (a missing secret file, no CA trust store): then
+/// the agent runs offline on its stored snapshot, degraded, and says why.
 fn doorflow_client(agent: &Arc<Agent>) -> Option<Arc<Client>> {
     match Client::new(&agent.config.api, Arc::clone(&agent.budget)) {
         Ok(client) => Some(Arc::new(client)),
         Err(error) => {
-            tracing::error!(%error, "DoorFlow client not available; running offline on the stored snapshot");
+            let keys = [
+                "api.auth.api_key",
+                "api.auth.client_secret",
+                "api.auth.refresh_token_file",
+            ];
+            let why = client_problem(agent, &keys, &error);
+            tracing::error!(error = %why, "DoorFlow client not available ({why}); running offline on the stored snapshot");
+            lock(&agent.clients).doorflow_unavailable = Some(why);
             None
         }
     }
@@ -355,7 +424,9 @@ fn sink_client(agent: &Arc<Agent>) -> Option<Arc<Client>> {
     match Client::event_sink(api, url, uplink.events_token.as_ref(), budget) {
         Ok(client) => Some(Arc::new(client)),
         Err(error) => {
-            tracing::error!(%error, "event sink client not available; events stay queued");
+            let why = client_problem(agent, &["uplink.events_token"], &error);
+            tracing::error!(error = %why, "event sink client not available ({why}); events stay queued");
+            lock(&agent.clients).sink_unavailable = Some(why);
             None
         }
     }

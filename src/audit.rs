@@ -64,15 +64,44 @@ impl AuditEvent {
         format!("{what} at {} ({})", self.door, self.reason)
     }
 
-    /// Writes the event to the log with structured fields (journald keeps them as DOOR,
-    /// EVENT_CODE, REASON, …). Denials and door alarms are warnings; the rest is info.
+    /// The event as one log line, e.g. `front: denied card ****21 (person 21): out_of_hours`
+    /// or `front: door forced open`: plain `journalctl` shows this text; the fields carry the
+    /// same facts for filtering.
+    pub fn summary(&self) -> String {
+        let door = &self.door;
+        let verdict = match self.event_code {
+            10..=18 => "granted",
+            20..=29 => "denied",
+            30 => return format!("{door}: exit button pressed"),
+            31 => return format!("{door}: door back to normal"),
+            32 => return format!("{door}: door forced open"),
+            33 => return format!("{door}: door held open"),
+            code => return format!("{door}: door event {code}: {}", self.reason),
+        };
+        // DoorFlow's codes tell a PIN (11, 24) from a card (10, 20); 16, 21 and 22 are either,
+        // but a PIN is always masked whole, so visible digits mean a card.
+        let presented = match (self.event_code, self.credential.as_deref()) {
+            (11 | 24, Some(masked)) => format!(" PIN {masked}"),
+            (16 | 21 | 22, Some(masked)) if masked.trim_start_matches('*').is_empty() => {
+                format!(" credential {masked}")
+            }
+            (_, Some(masked)) => format!(" card {masked}"),
+            (13, None) => " exit".to_string(),
+            (_, None) => String::new(),
+        };
+        let person = self
+            .person_id
+            .map(|id| format!(" (person {id})"))
+            .unwrap_or_default();
+        format!("{door}: {verdict}{presented}{person}: {}", self.reason)
+    }
+
+    /// Writes the event to the log: the summary as the message, and structured fields
+    /// (journald keeps them as DOOR, EVENT_CODE, REASON, …). Denials and door alarms are
+    /// warnings; the rest is info.
     pub fn log(&self) {
         let credential = self.credential.as_deref().unwrap_or("-");
-        let summary = match self.event_code {
-            10..=18 => "access granted",
-            20..=29 => "access denied",
-            _ => "door event",
-        };
+        let summary = self.summary();
         let warning = matches!(self.event_code, 20..=29 | 32 | 33 | 90 | 91);
         macro_rules! emit {
             ($level:ident) => {
@@ -92,6 +121,65 @@ impl AuditEvent {
             emit!(warn);
         } else {
             emit!(info);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(event_code: u16, reason: &str, person_id: Option<u64>, credential: Option<&str>) -> AuditEvent {
+        AuditEvent {
+            id: 1,
+            event_code,
+            reason: reason.into(),
+            door: "front".into(),
+            channel_id: Some(1340),
+            person_id,
+            credential: credential.map(str::to_string),
+            created_at: Timestamp::UNIX_EPOCH,
+            admit: false,
+        }
+    }
+
+    #[test]
+    fn the_summary_reads_as_a_log_line() {
+        let cases = [
+            (
+                event(20, "person_disabled", Some(50), Some("****50")),
+                "front: denied card ****50 (person 50): person_disabled",
+            ),
+            (
+                event(21, "out_of_hours", None, Some("****21")),
+                "front: denied card ****21: out_of_hours",
+            ),
+            (
+                event(22, "lockdown", None, Some("****")),
+                "front: denied credential ****: lockdown",
+            ),
+            (
+                event(10, "authorised", Some(17), Some("****17")),
+                "front: granted card ****17 (person 17): authorised",
+            ),
+            (
+                event(11, "authorised", Some(5), Some("****")),
+                "front: granted PIN **** (person 5): authorised",
+            ),
+            (
+                event(20, "unknown_credential", None, Some("****")),
+                "front: denied card ****: unknown_credential",
+            ),
+            (
+                event(13, "request_to_exit", None, None),
+                "front: granted exit: request_to_exit",
+            ),
+            (event(32, "forced_open", None, None), "front: door forced open"),
+            (event(30, "rex_pressed", None, None), "front: exit button pressed"),
+            (event(90, "tamper", None, None), "front: door event 90: tamper"),
+        ];
+        for (event, expected) in cases {
+            assert_eq!(event.summary(), expected);
         }
     }
 }

@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use doorflow_agent::config::{
     line_of_key, template_placeholders, Config, ConfigError, DEFAULT_CONFIG_PATH, PLACEHOLDER,
 };
+use doorflow_agent::error_chain::chain;
 use doorflow_agent::preflight::{self, Severity};
 use doorflow_agent::{admin, agent, status, store, telemetry};
 use std::path::{Path, PathBuf};
@@ -116,8 +117,9 @@ fn main() -> ExitCode {
             }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
-                    tracing::error!(%error, "agent stopped with an error");
-                    failure(&error.to_string())
+                    let why = chain(&error);
+                    tracing::error!(error = %why, "agent stopped with an error: {why}");
+                    failure(&why)
                 }
             }
         }
@@ -218,9 +220,9 @@ fn gather_status(config: &Config) -> Result<status::StatusReport, String> {
         Ok(reply) => serde_json::from_value(reply["status"].clone())
             .map_err(|e| format!("unreadable status reply: {e}")),
         Err(admin::ClientError::NotRunning(_)) => {
-            status::from_store(config, &open_store(config)?).map_err(|e| e.to_string())
+            status::from_store(config, &open_store(config)?).map_err(|e| chain(&e))
         }
-        Err(error) => Err(error.to_string()),
+        Err(error) => Err(chain(&error)),
     }
 }
 
@@ -237,7 +239,7 @@ fn queue_command(config: &Config, action: QueueAction) -> ExitCode {
         Err(admin::ClientError::NotRunning(_)) => {
             open_store(config).and_then(|store| admin::queue_reply(&store, &request))
         }
-        Err(error) => Err(error.to_string()),
+        Err(error) => Err(chain(&error)),
     };
     let reply = match reply {
         Ok(reply) => reply,
@@ -260,7 +262,7 @@ fn queue_command(config: &Config, action: QueueAction) -> ExitCode {
 }
 
 fn open_store(config: &Config) -> Result<store::Store, String> {
-    store::Store::open(&config.store.path, config.store.cache_capacity_bytes()).map_err(|e| e.to_string())
+    store::Store::open(&config.store.path, config.store.cache_capacity_bytes()).map_err(|e| chain(&e))
 }
 
 fn config_failure(error: &ConfigError) -> ExitCode {

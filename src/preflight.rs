@@ -39,6 +39,7 @@ pub struct Finding {
 /// Every finding for `config`, errors first.
 pub fn check(config: &Config) -> Vec<Finding> {
     let mut findings = secrets(config);
+    findings.extend(trust_store(config));
     findings.extend(gpio_chips(config));
     findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
     findings
@@ -120,6 +121,38 @@ fn secret_file(path: &Path) -> Option<(Severity, String)> {
             Severity::Warning,
             format!("secret file {shown} is readable by group or others (mode {mode:o}); chmod 600 it"),
         )
+    })
+}
+
+/// https needs CA certificates to verify the server: the system's bundle (the
+/// `ca-certificates` package) or `SSL_CERT_FILE` / `SSL_CERT_DIR`.
+fn trust_store(config: &Config) -> Option<Finding> {
+    let https = [Some(&config.api.base_url), config.uplink.events_url.as_ref()]
+        .into_iter()
+        .flatten()
+        .find(|url| url.starts_with("https://"))?;
+    let key = if https == &config.api.base_url {
+        "api.base_url"
+    } else {
+        "uplink.events_url"
+    };
+    let loaded = rustls_native_certs::load_native_certs();
+    if !loaded.certs.is_empty() {
+        return None;
+    }
+    let errors: Vec<String> = loaded.errors.iter().map(|e| e.to_string()).collect();
+    Some(Finding {
+        severity: Severity::Error,
+        key: key.into(),
+        message: format!(
+            "no CA trust store: no CA certificates could be loaded ({}), so {https} cannot be \
+             verified; install the ca-certificates package (or set SSL_CERT_FILE)",
+            if errors.is_empty() {
+                "none found".to_string()
+            } else {
+                errors.join("; ")
+            }
+        ),
     })
 }
 

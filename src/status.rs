@@ -19,6 +19,124 @@ pub struct StatusReport {
     pub sync: SyncStatus,
     pub queue: QueueStatus,
     pub doors: Vec<DoorStatus>,
+    /// Why the agent is not fully working, one sentence each (see `degraded_reasons`); empty
+    /// when it is.
+    #[serde(default)]
+    pub degraded: Vec<String>,
+    #[serde(default)]
+    pub clock: ClockStatus,
+}
+
+/// The wall clock as the agent sees it: shifts and validity windows are judged by it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClockStatus {
+    /// Whether the system clock is synchronised (NTP, from the kernel or systemd-timesyncd);
+    /// null when that cannot be told (e.g. inside the hardened unit without timesyncd).
+    pub synchronized: Option<bool>,
+    /// The clock reads earlier than the last successful sync: it went back (an RTC-less board
+    /// after a power cut), and time rules may be judged wrongly.
+    pub behind_last_sync: bool,
+}
+
+impl ClockStatus {
+    /// Probes the system clock; `last_known` is the latest time the agent knew to be right.
+    pub fn probe(now: Timestamp, last_known: Option<Timestamp>) -> ClockStatus {
+        ClockStatus {
+            synchronized: clock_synchronized(),
+            behind_last_sync: last_known.is_some_and(|known| now < known),
+        }
+    }
+}
+
+/// The kernel's NTP state (`adjtimex` read-only), else systemd-timesyncd's flag file; `None`
+/// when neither can say (the unit's system call filter refuses `adjtimex`).
+fn clock_synchronized() -> Option<bool> {
+    // SAFETY: adjtimex with `modes = 0` only reads the kernel's clock state into `timex`.
+    let mut timex: libc::timex = unsafe { std::mem::zeroed() };
+    let state = unsafe { libc::adjtimex(&mut timex) };
+    if state >= 0 {
+        return Some(state != libc::TIME_ERROR && timex.status & libc::STA_UNSYNC == 0);
+    }
+    std::path::Path::new("/run/systemd/timesync/synchronized")
+        .exists()
+        .then_some(true)
+}
+
+/// What `degraded_reasons` looks at besides the report.
+#[derive(Debug, Clone, Default)]
+pub struct HealthInputs {
+    /// Why the agent has no DoorFlow client (a secret it cannot read), if so.
+    pub doorflow_unavailable: Option<String>,
+    /// Why the event sink has no client, if so.
+    pub sink_unavailable: Option<String>,
+}
+
+/// Why the agent is degraded: it cannot talk to DoorFlow, its sync fails, it has no snapshot
+/// (every card is denied), its uplink is refused or its store fails, its clock went back. Each
+/// reason is a stable sentence (no ages or counts), so a change of the list is a change of
+/// state worth a journal line.
+pub fn degraded_reasons(report: &StatusReport, inputs: &HealthInputs) -> Vec<String> {
+    let mut reasons = Vec::new();
+    if let Some(why) = &inputs.doorflow_unavailable {
+        reasons.push(format!(
+            "cannot talk to DoorFlow ({why}); deciding from the stored snapshot. Fix it and restart the agent"
+        ));
+    }
+    if let Some(why) = &inputs.sink_unavailable {
+        reasons.push(format!("no event sink client ({why}); events stay queued"));
+    }
+    if report.snapshot.synced_at.is_none() && report.snapshot.people == 0 {
+        reasons.push("no snapshot yet: every card is denied until a sync succeeds".into());
+    }
+    if let Some(error) = &report.sync.last_error {
+        reasons.push(format!("sync failing: {error}"));
+    }
+    match report.queue.uplink.as_str() {
+        "auth_refused" | "store_error" => reasons.push(format!(
+            "uplink {}: {}",
+            report.queue.uplink,
+            report.queue.last_error.as_deref().unwrap_or("no detail")
+        )),
+        _ => {}
+    }
+    if report.clock.behind_last_sync {
+        reasons.push("the clock is behind the last successful sync: time rules may be judged wrongly".into());
+    }
+    reasons
+}
+
+/// "3 min ago"-style age for status lines: coarse, so the line changes only when it matters.
+pub fn age(seconds: i64) -> String {
+    match seconds.max(0) {
+        s if s < 60 => "<1 min ago".into(),
+        s if s < 3600 => format!("{} min ago", s / 60),
+        s if s < 86_400 => format!("{} h ago", s / 3600),
+        s => format!("{} d ago", s / 86_400),
+    }
+}
+
+/// The one-line summary systemd shows as the unit's status (`systemctl status`):
+/// `200 people, 260 credentials; synced 2 min ago; online; queue 0, 0 dead`, prefixed with
+/// `DEGRADED (reasons):` when there are reasons.
+pub fn status_line(report: &StatusReport, now: Timestamp) -> String {
+    let s = &report.snapshot;
+    let synced = report
+        .sync
+        .last_success
+        .or(s.synced_at)
+        .map(|t| format!("synced {}", age(now.duration_since(t).as_secs())))
+        .unwrap_or_else(|| "never synced".into());
+    let online = if report.online { "online" } else { "offline" };
+    let q = &report.queue;
+    let line = format!(
+        "{} people, {} credentials; {synced}; {online}; queue {}, {} dead",
+        s.people, s.credentials, q.pending, q.dead
+    );
+    if report.degraded.is_empty() {
+        line
+    } else {
+        format!("DEGRADED ({}): {line}", report.degraded.join("; "))
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -145,7 +263,8 @@ pub fn from_store(config: &Config, store: &Store) -> Result<StatusReport, StoreE
     let snapshot = Snapshot::new(channels, &config.sync.time_zone);
     let sync: SyncStatus = store.meta_get(SYNC_STATUS_KEY)?.unwrap_or_default();
     let now = Timestamp::now();
-    Ok(StatusReport {
+    let clock = ClockStatus::probe(now, sync.last_success);
+    let mut report = StatusReport {
         version: env!("CARGO_PKG_VERSION").to_string(),
         agent_running: false,
         online: false,
@@ -163,7 +282,11 @@ pub fn from_store(config: &Config, store: &Store) -> Result<StatusReport, StoreE
                 mode: door_mode(&snapshot, door.channel_id, now).into(),
             })
             .collect(),
-    })
+        degraded: Vec::new(),
+        clock,
+    };
+    report.degraded = degraded_reasons(&report, &HealthInputs::default());
+    Ok(report)
 }
 
 /// Meta key under which the last sync outcome is kept, so a stopped agent can report it.
@@ -182,6 +305,9 @@ pub fn render(report: &StatusReport) -> String {
         "doorflow-agent {} — {running}, {online}\n",
         report.version
     ));
+    for reason in &report.degraded {
+        out.push_str(&format!("DEGRADED: {reason}\n"));
+    }
     let s = &report.snapshot;
     let synced = s
         .synced_at

@@ -66,6 +66,11 @@ pub fn notify_ready(status: &str) {
     }
 }
 
+/// Replaces the status line systemd shows for the unit.
+pub fn notify_status(status: &str) {
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(status)]);
+}
+
 pub fn notify_stopping() {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
 }

@@ -374,8 +374,9 @@ pub async fn sync_once(target: &SyncTarget, client: &Client) -> Result<(), SyncE
             if matches!(error, SyncError::Api(ApiError::Transport { .. })) {
                 target.online.store(false, Ordering::Relaxed);
             }
-            tracing::warn!(%error, "sync failed; the previous snapshot stays in force");
-            status.last_error = Some(error.to_string());
+            let why = crate::error_chain::chain(error);
+            tracing::warn!(error = %why, "sync failed ({why}); the previous snapshot stays in force");
+            status.last_error = Some(why);
         }
     }
     *lock(&target.status) = status.clone();

@@ -30,6 +30,8 @@ struct Case {
     says: &'static [&'static str],
     /// Whether `run` refuses the config as well.
     run_refuses: bool,
+    /// Environment for both runs.
+    env: &'static [(&'static str, &'static str)],
 }
 
 fn long_socket(dir: &Path) -> PathBuf {
@@ -57,6 +59,7 @@ const CASES: &[Case] = &[
         line_with: Some("sssss.sock"),
         says: &["bytes long", "at most 107", "sun_path"],
         run_refuses: true,
+        env: &[],
     },
     Case {
         name: "mock socket path longer than sun_path",
@@ -66,6 +69,7 @@ const CASES: &[Case] = &[
         line_with: Some("sssss.sock"),
         says: &["at most 107"],
         run_refuses: true,
+        env: &[],
     },
     Case {
         name: "NUL byte in the store path",
@@ -75,6 +79,7 @@ const CASES: &[Case] = &[
         line_with: Some("\\u0000"),
         says: &["NUL byte"],
         run_refuses: true,
+        env: &[],
     },
     Case {
         name: "NUL byte in a secret path",
@@ -86,6 +91,7 @@ const CASES: &[Case] = &[
         line_with: Some("\\u0000"),
         says: &["NUL byte"],
         run_refuses: true,
+        env: &[],
     },
     Case {
         name: "template placeholder left in",
@@ -95,6 +101,7 @@ const CASES: &[Case] = &[
         line_with: Some("REPLACE-WITH-DOOR-NAME"),
         says: &["template's placeholder", "REPLACE-WITH-DOOR-NAME"],
         run_refuses: true,
+        env: &[],
     },
     Case {
         name: "API key file missing",
@@ -104,6 +111,7 @@ const CASES: &[Case] = &[
         line_with: Some("api_key = "),
         says: &["secret file", "No such file"],
         run_refuses: false,
+        env: &[],
     },
     Case {
         name: "API key path unreadable (a directory)",
@@ -117,6 +125,7 @@ const CASES: &[Case] = &[
         line_with: Some("key-dir"),
         says: &["secret file", "directory"],
         run_refuses: false,
+        env: &[],
     },
     Case {
         name: "API key file empty",
@@ -126,6 +135,7 @@ const CASES: &[Case] = &[
         line_with: Some("api_key = "),
         says: &["is empty"],
         run_refuses: false,
+        env: &[],
     },
     Case {
         name: "systemd credential missing from CREDENTIALS_DIRECTORY",
@@ -137,6 +147,7 @@ const CASES: &[Case] = &[
         line_with: Some("systemd-credential:doorflow-api-key"),
         says: &["credentials/doorflow-api-key", "No such file"],
         run_refuses: false,
+        env: &[],
     },
     Case {
         name: "event sink token missing",
@@ -148,6 +159,7 @@ const CASES: &[Case] = &[
         line_with: Some("sink-token"),
         says: &["secret file", "No such file"],
         run_refuses: false,
+        env: &[],
     },
     Case {
         name: "API key readable by others: a warning, not a refusal",
@@ -159,6 +171,7 @@ const CASES: &[Case] = &[
         line_with: Some("api_key = "),
         says: &["warning", "readable by group or others", "mode 644", "chmod 600"],
         run_refuses: false,
+        env: &[],
     },
     Case {
         name: "GPIO chip missing",
@@ -168,6 +181,7 @@ const CASES: &[Case] = &[
         line_with: Some("gpiochip-doorflow-test-none"),
         says: &["no such GPIO chip", "/dev/gpiochip-doorflow-test-none"],
         run_refuses: true,
+        env: &[],
     },
     Case {
         name: "GPIO chip is a regular file",
@@ -181,6 +195,7 @@ const CASES: &[Case] = &[
         line_with: Some("not-a-chip"),
         says: &["not a character device"],
         run_refuses: true,
+        env: &[],
     },
     Case {
         name: "GPIO chip is a character device of another kind",
@@ -190,6 +205,7 @@ const CASES: &[Case] = &[
         line_with: Some("/dev/null"),
         says: &["not a GPIO chip"],
         run_refuses: true,
+        env: &[],
     },
     Case {
         name: "a line's own chip override is checked under its own key",
@@ -204,6 +220,20 @@ const CASES: &[Case] = &[
         line_with: Some("relay-chip"),
         says: &["not a character device"],
         run_refuses: true,
+        env: &[],
+    },
+    Case {
+        name: "no CA trust store for an https API",
+        setup: |_, config| config.api.base_url = "https://api.doorflow.com".into(),
+        exit: 2,
+        key: "api.base_url",
+        line_with: Some("https://api.doorflow.com"),
+        says: &["no CA trust store", "ca-certificates"],
+        run_refuses: false,
+        env: &[
+            ("SSL_CERT_FILE", "/nonexistent/doorflow-test-ca.pem"),
+            ("SSL_CERT_DIR", "/nonexistent/doorflow-test-certs"),
+        ],
     },
 ];
 
@@ -216,13 +246,14 @@ fn write_raw(config: &Config, dir: &Path) -> (PathBuf, String) {
     (path, text)
 }
 
-fn run_binary(args: &[&str], config: &Path, credentials: &Path) -> Output {
+fn run_binary(case: &Case, args: &[&str], config: &Path, credentials: &Path) -> Output {
     agent()
         .args(args)
         .arg("--config")
         .arg(config)
         .env("CREDENTIALS_DIRECTORY", credentials)
         .env("DOORFLOW_LOG_TARGET", "stderr")
+        .envs(case.env.iter().copied())
         .output()
         .unwrap()
 }
@@ -235,7 +266,7 @@ fn check(case: &Case) -> Result<(), String> {
     std::fs::set_permissions(api_key(&config), std::fs::Permissions::from_mode(0o600)).unwrap();
     (case.setup)(dir.path(), &mut config);
     let (path, text) = write_raw(&config, dir.path());
-    let out = run_binary(&["check-config"], &path, &credentials);
+    let out = run_binary(case, &["check-config"], &path, &credentials);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let mut wrong = Vec::new();
     if out.status.code() != Some(case.exit) {
@@ -256,7 +287,7 @@ fn check(case: &Case) -> Result<(), String> {
         }
     }
     if case.run_refuses {
-        let run = run_binary(&["run"], &path, &credentials);
+        let run = run_binary(case, &["run"], &path, &credentials);
         let run_stderr = String::from_utf8_lossy(&run.stderr);
         if run.status.success() {
             wrong.push("`run` accepted it".into());

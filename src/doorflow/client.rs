@@ -108,7 +108,7 @@ impl Client {
             .timeout(config.request_timeout_s.secs())
             .https_only(!is_loopback_http(base_url))
             .build()
-            .map_err(|e| ClientSetupError::Http(e.to_string()))?;
+            .map_err(|e| ClientSetupError::Http(crate::error_chain::chain(&e)))?;
         Ok(Client {
             http,
             base_url: base_url.trim_end_matches('/').to_string(),

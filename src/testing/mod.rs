@@ -7,6 +7,7 @@
 //! - `events`: the one builder of queued audit events.
 //! - `harness`: a DoorFlow simulator and an agent (mock GPIO) in this process.
 //! - `mock_control`: a client for the mock GPIO control socket.
+//! - `notify`: a stand-in for systemd's notify socket (READY, STATUS, watchdog pings).
 //! - `process`: the real agent binary as a child process (log, status, `/proc` figures).
 //! - `openapi`: a small OpenAPI 3.0 schema checker against DoorFlow's published spec.
 
@@ -14,6 +15,7 @@ pub mod config;
 pub mod events;
 pub mod harness;
 pub mod mock_control;
+pub mod notify;
 pub mod openapi;
 pub mod process;
 
