@@ -256,7 +256,8 @@ pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Res
         .map(|d| format!("door {}", d.name))
         .collect();
     loop_names.extend(Lane::ALL.map(|lane| format!("uplink {}", lane.as_str())));
-    let (liveness, mut heartbeats) = supervisor::Liveness::new(&loop_names);
+    let (liveness, mut heartbeats) =
+        supervisor::Liveness::new(&loop_names, supervisor::WatchdogTiming::from_env());
     let uplink_beats = heartbeats.split_off(agent.config.doors.len());
     let door_tasks = match start_doors(&agent, &tasks, &stop, audit_tx, heartbeats).await {
         Ok(doors) => doors,

@@ -17,7 +17,8 @@ pub struct AgentProcess {
 
 impl AgentProcess {
     /// Starts `binary` (`env!("CARGO_BIN_EXE_doorflow-agent")`) with stderr logging;
-    /// `customise` adds environment variables or a `pre_exec` hook.
+    /// `customise` adds environment variables or a `pre_exec` hook, or replaces the command
+    /// with a wrapper that execs it.
     pub fn start(
         binary: &str,
         config: &Path,
@@ -27,14 +28,14 @@ impl AgentProcess {
         let log = config.with_file_name("agent.log");
         let log_file = std::fs::File::create(&log).expect("create the agent's log file");
         let mut command = super::agent_command(binary);
+        command.args(["run", "--config"]).arg(config);
+        // May replace the command (to start it through a wrapper); stdio and logging come after.
+        customise(&mut command);
         command
-            .args(["run", "--config"])
-            .arg(config)
             .env("DOORFLOW_LOG_TARGET", "stderr")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file);
-        customise(&mut command);
         AgentProcess {
             child: command.spawn().expect("the agent binary starts"),
             admin_socket: admin_socket.to_path_buf(),

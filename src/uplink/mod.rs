@@ -26,8 +26,6 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-/// How often a waiting lane shows it is alive (the watchdog allows half its interval).
-const HEARTBEAT: Duration = Duration::from_secs(2);
 /// How often an unreachable server is probed.
 const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -274,7 +272,7 @@ impl LaneDrain {
             }
         };
         tokio::pin!(request);
-        let mut ticks = tokio::time::interval(HEARTBEAT);
+        let mut ticks = tokio::time::interval(self.heartbeat.period());
         loop {
             tokio::select! {
                 result = &mut request => return result.map(|_| ()),
@@ -413,7 +411,7 @@ impl LaneDrain {
 
     /// Waits until new work is queued, beating the heartbeat.
     async fn wait_for_work(&mut self) {
-        let mut ticks = tokio::time::interval(HEARTBEAT);
+        let mut ticks = tokio::time::interval(self.heartbeat.period());
         ticks.tick().await;
         loop {
             tokio::select! {
@@ -441,7 +439,7 @@ impl LaneDrain {
             _ => None,
         };
         self.wakeups.reachable.mark_unchanged();
-        let mut ticks = tokio::time::interval(HEARTBEAT);
+        let mut ticks = tokio::time::interval(self.heartbeat.period());
         let mut probes = tokio::time::interval(PROBE_INTERVAL);
         probes.tick().await;
         loop {
@@ -474,7 +472,7 @@ impl LaneDrain {
         let end = tokio::time::Instant::now() + duration;
         while tokio::time::Instant::now() < end {
             self.beat();
-            tokio::time::sleep_until(end.min(tokio::time::Instant::now() + HEARTBEAT)).await;
+            tokio::time::sleep_until(end.min(tokio::time::Instant::now() + self.heartbeat.period())).await;
         }
     }
 }
