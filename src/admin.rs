@@ -22,6 +22,8 @@ use tokio_util::task::TaskTracker;
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     Status,
+    /// Metrics in the Prometheus text format (`status --prometheus`): `{"metrics": "..."}`.
+    Metrics,
     /// Queued calls, oldest first.
     QueueList {
         limit: usize,
@@ -44,7 +46,7 @@ pub enum Request {
 /// running) and the CLI's direct access (agent stopped).
 pub fn queue_reply(store: &crate::store::Store, request: &Request) -> Result<Value, String> {
     let reply = match request {
-        Request::Status | Request::WatchEvents => return Err("not a queue request".into()),
+        Request::Status | Request::Metrics | Request::WatchEvents => return Err("not a queue request".into()),
         Request::QueueList { limit } => {
             let entries = store.outbox_list(*limit).map_err(|e| e.to_string())?;
             json!({"ok": true, "queued": entries.into_iter().map(|e| json!({"key": e.key, "call": e.value})).collect::<Vec<_>>()})
@@ -70,6 +72,8 @@ pub fn queue_reply(store: &crate::store::Store, request: &Request) -> Result<Val
 pub trait RunningAgent: Send + Sync + 'static {
     /// The `status` report from live state.
     fn status(&self) -> StatusReport;
+    /// Metrics in the Prometheus text format.
+    fn metrics(&self) -> String;
     fn store(&self) -> Arc<Store>;
     /// Wakes the uplink after dead letters were requeued.
     fn kick_queue(&self);
@@ -118,6 +122,13 @@ impl<A: RunningAgent> Handler for Admin<A> {
         let agent = &self.agent;
         let reply = match serde_json::from_slice::<Request>(line) {
             Ok(Request::Status) => json!({"ok": true, "status": agent.status()}),
+            Ok(Request::Metrics) => {
+                let agent = Arc::clone(agent);
+                match tokio::task::spawn_blocking(move || agent.metrics()).await {
+                    Ok(text) => json!({"ok": true, "metrics": text}),
+                    Err(error) => json!({"ok": false, "error": error.to_string()}),
+                }
+            }
             Ok(Request::WatchEvents) => {
                 return Reply::Watch {
                     first: json!({"ok": true, "watching": "events"}),

@@ -10,6 +10,7 @@ use crate::doorflow::client::{self, Client};
 use crate::doorflow::ratelimit::RateBudget;
 use crate::error_chain::chain;
 use crate::hw;
+use crate::metrics;
 use crate::outbox;
 use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::status::{self, ClockStatus, DoorStatus, QueueStatus, SnapshotStatus, StatusReport, SyncStatus};
@@ -64,6 +65,8 @@ pub struct Agent {
     pub audit_feed: tokio::sync::broadcast::Sender<AuditEvent>,
     /// Why a client could not be set up (a secret it cannot read), for `status`.
     pub clients: Mutex<status::HealthInputs>,
+    /// Door events by door and code, for metrics.
+    pub door_events: metrics::DoorEventCounts,
 }
 
 impl Agent {
@@ -107,6 +110,7 @@ impl Agent {
             uplink: Arc::new(UplinkStatus::default()),
             audit_feed: tokio::sync::broadcast::channel(4096).0,
             clients: Mutex::new(status::HealthInputs::default()),
+            door_events: metrics::DoorEventCounts::default(),
             config,
         }))
     }
@@ -177,6 +181,31 @@ impl Agent {
         }
     }
 
+    /// The Prometheus text exposition of live state (`status --prometheus`, `metrics.textfile`).
+    pub fn metrics(&self) -> String {
+        let report = self.status();
+        self.metrics_of(&report)
+    }
+
+    fn metrics_of(&self, report: &StatusReport) -> String {
+        let now = Timestamp::now();
+        let mut lanes = metrics::lanes_from_store(&self.store, now);
+        for (figures, lane) in lanes.iter_mut().zip(Lane::ALL) {
+            let uplink = self.uplink.lane(lane);
+            figures.delivered = uplink.delivered;
+            figures.dead_lettered = uplink.dead_lettered;
+            figures.retries = uplink.retries;
+        }
+        metrics::render(&metrics::Figures {
+            report,
+            lanes,
+            door_events: self.door_events.snapshot(),
+            http_429: lock(&self.budget).rate_limited_total(),
+            store_errors: self.store.error_count(),
+            now,
+        })
+    }
+
     /// Wakes the uplink lanes after calls were queued or requeued.
     pub fn kick_queue(&self) {
         self.queue_changed.send_modify(|n| *n = n.wrapping_add(1));
@@ -205,6 +234,10 @@ impl admin::RunningAgent for Agent {
 
     fn store(&self) -> Arc<Store> {
         Arc::clone(&self.store)
+    }
+
+    fn metrics(&self) -> String {
+        Agent::metrics(self)
     }
 
     fn kick_queue(&self) {
@@ -248,7 +281,19 @@ pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Res
         .spawn(admin.serve(Arc::clone(&agent), tasks.clone(), stop.clone()))
         .abort_handle()];
 
-    let (audit_tx, audit_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (audit_tx, mut door_events) = tokio::sync::mpsc::unbounded_channel::<AuditEvent>();
+    let (counted_tx, audit_rx) = tokio::sync::mpsc::unbounded_channel();
+    // Counts each door event for metrics on its way to the audit writer; ends (and so lets the
+    // writer finish) when every door task has dropped its sender.
+    let counter = Arc::clone(&agent);
+    tasks.spawn(async move {
+        while let Some(event) = door_events.recv().await {
+            counter.door_events.count(&event);
+            if let Err(lost) = counted_tx.send(event) {
+                lost.0.log();
+            }
+        }
+    });
     let mut loop_names: Vec<String> = agent
         .config
         .doors
@@ -314,6 +359,13 @@ pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Res
             .spawn(report_health(Arc::clone(&agent), stop.clone()))
             .abort_handle(),
     );
+    if let Some(path) = agent.config.metrics.textfile.clone() {
+        aborts.push(
+            tasks
+                .spawn(write_metrics(Arc::clone(&agent), path, stop.clone()))
+                .abort_handle(),
+        );
+    }
 
     shutdown.await;
     tracing::info!("shutting down");
@@ -378,6 +430,39 @@ async fn report_health(agent: Arc<Agent>, stop: CancellationToken) {
         {
             return;
         }
+    }
+}
+
+/// Rewrites the metrics text file every `metrics.interval_s` until `stop`, then once more with
+/// `doorflow_agent_running 0`. A write that fails is reported once, until one succeeds again.
+async fn write_metrics(agent: Arc<Agent>, path: std::path::PathBuf, stop: CancellationToken) {
+    let interval = agent.config.metrics.interval_s.secs();
+    let mut failing = false;
+    loop {
+        let stopping = stop.is_cancelled();
+        let (source, target) = (Arc::clone(&agent), path.clone());
+        let written = tokio::task::spawn_blocking(move || {
+            let mut report = source.status();
+            report.agent_running = !stopping;
+            metrics::write_textfile(&target, &source.metrics_of(&report))
+        })
+        .await;
+        match written {
+            Ok(Ok(())) if failing => {
+                failing = false;
+                tracing::info!(path = %path.display(), "metrics file written again");
+            }
+            Ok(Err(error)) if !failing => {
+                failing = true;
+                tracing::warn!(path = %path.display(), %error, "cannot write the metrics file ({error}); is its directory writable by the agent (ReadWritePaths=)?");
+            }
+            _ => {}
+        }
+        if stopping {
+            return;
+        }
+        // Cancelled: one more pass writes the final figures.
+        let _ = stop.run_until_cancelled(tokio::time::sleep(interval)).await;
     }
 }
 

@@ -14,6 +14,7 @@ pub mod doorflow;
 pub mod error_chain;
 pub mod hw;
 pub mod line_server;
+pub mod metrics;
 pub mod mutex;
 pub mod outbox;
 pub mod preflight;

@@ -6,7 +6,7 @@ use doorflow_agent::config::{
 };
 use doorflow_agent::error_chain::chain;
 use doorflow_agent::preflight::{self, Severity};
-use doorflow_agent::{admin, agent, status, store, telemetry};
+use doorflow_agent::{admin, agent, metrics, status, store, telemetry};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -48,8 +48,11 @@ enum Command {
     /// through its admin socket, or from the store when the agent is stopped).
     Status {
         /// Print one JSON object instead of text.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "prometheus")]
         json: bool,
+        /// Print metrics in the Prometheus text format (what `metrics.textfile` holds).
+        #[arg(long)]
+        prometheus: bool,
     },
     #[cfg(feature = "demo")]
     /// Play the built-in demonstration: the agent with mock GPIO doors, a scripted scenario and
@@ -123,11 +126,20 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Status { json } => {
+        Command::Status { json, prometheus } => {
             let config = match Config::load(&cli.config) {
                 Ok(config) => config,
                 Err(error) => return config_failure(&error),
             };
+            if prometheus {
+                return match gather_metrics(&config) {
+                    Ok(text) => {
+                        print!("{text}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(message) => failure(&message),
+                };
+            }
             match gather_status(&config) {
                 Ok(report) => {
                     if json {
@@ -221,6 +233,22 @@ fn gather_status(config: &Config) -> Result<status::StatusReport, String> {
             .map_err(|e| format!("unreadable status reply: {e}")),
         Err(admin::ClientError::NotRunning(_)) => {
             status::from_store(config, &open_store(config)?).map_err(|e| chain(&e))
+        }
+        Err(error) => Err(chain(&error)),
+    }
+}
+
+/// Metrics from the running agent, or from the store when it is stopped.
+fn gather_metrics(config: &Config) -> Result<String, String> {
+    match admin::call(&config.admin.socket, &admin::Request::Metrics) {
+        Ok(reply) => reply["metrics"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| "unreadable metrics reply".to_string()),
+        Err(admin::ClientError::NotRunning(_)) => {
+            let store = open_store(config)?;
+            let report = status::from_store(config, &store).map_err(|e| chain(&e))?;
+            Ok(metrics::from_store(&report, &store))
         }
         Err(error) => Err(chain(&error)),
     }

@@ -41,6 +41,7 @@ pub fn check(config: &Config) -> Vec<Finding> {
     let mut findings = secrets(config);
     findings.extend(trust_store(config));
     findings.extend(gpio_chips(config));
+    findings.extend(metrics_directory(config));
     findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
     findings
 }
@@ -152,6 +153,20 @@ fn trust_store(config: &Config) -> Option<Finding> {
             } else {
                 errors.join("; ")
             }
+        ),
+    })
+}
+
+/// The metrics file's directory must exist for the agent to write there (it does not create
+/// node_exporter's directory).
+fn metrics_directory(config: &Config) -> Option<Finding> {
+    let dir = config.metrics.textfile.as_deref()?.parent()?;
+    (!dir.is_dir()).then(|| Finding {
+        severity: Severity::Warning,
+        key: "metrics.textfile".into(),
+        message: format!(
+            "directory {} does not exist; no metrics file is written until it does",
+            dir.display()
         ),
     })
 }

@@ -163,6 +163,9 @@ pub struct SyncStatus {
     /// When the last full reconcile succeeded.
     #[serde(default)]
     pub last_full: Option<Timestamp>,
+    /// How long the last sync attempt took (successful or not), ms.
+    #[serde(default)]
+    pub last_duration_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

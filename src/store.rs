@@ -64,6 +64,8 @@ pub struct Store {
     swap: RwLock<()>,
     /// Test seam: every write fails as on a full disk (see `simulate_disk_full`).
     disk_full: std::sync::atomic::AtomicBool,
+    /// Engine errors since the store was opened (for metrics).
+    errors: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -97,6 +99,7 @@ impl Store {
             meta,
             swap: RwLock::new(()),
             disk_full: std::sync::atomic::AtomicBool::new(false),
+            errors: std::sync::atomic::AtomicU64::new(0),
         };
         store.remove_orphan_snapshots()?;
         Ok(store)
@@ -123,7 +126,13 @@ impl Store {
         Ok(())
     }
 
+    /// Engine errors since the store was opened: reads and writes sled refused.
+    pub fn error_count(&self) -> u64 {
+        self.errors.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn engine(&self, source: sled::Error) -> StoreError {
+        self.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         StoreError::Engine {
             path: self.path.clone(),
             source,

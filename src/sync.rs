@@ -313,6 +313,7 @@ pub struct SyncTarget {
 
 pub async fn sync_once(target: &SyncTarget, client: &Client) -> Result<(), SyncError> {
     let started = Timestamp::now();
+    let timer = std::time::Instant::now();
     let cursor: Option<Cursor> = target.store.meta_get(CURSOR_KEY).ok().flatten();
     let current = target.snapshot.current();
     let full_interval = target.full_interval;
@@ -356,6 +357,7 @@ pub async fn sync_once(target: &SyncTarget, client: &Client) -> Result<(), SyncE
     }
     .await;
     let mut status = lock(&target.status).clone();
+    status.last_duration_ms = Some(timer.elapsed().as_millis() as u64);
     match &result {
         Ok(()) => {
             target.online.store(true, Ordering::Relaxed);

@@ -12,6 +12,7 @@ mod admin;
 mod api;
 mod doors;
 mod gpio;
+mod metrics;
 mod shifts;
 mod source;
 mod store;
@@ -24,6 +25,7 @@ pub use admin::AdminConfig;
 pub use api::{check_url, ApiConfig, AuthConfig, AuthMethod, SecretSource};
 pub use doors::{DoorConfig, FailMode, InputLineConfig, OutputLineConfig, ReaderConfig};
 pub use gpio::{Bias, GpioBackend, GpioConfig};
+pub use metrics::MetricsConfig;
 pub use shifts::{ShiftConfig, ShiftTimeConfig};
 pub use source::line_of_key;
 pub use store::StoreConfig;
@@ -55,6 +57,8 @@ pub struct Config {
     pub gpio: GpioConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     #[serde(default)]
     pub doors: Vec<DoorConfig>,
     /// Shift windows by DoorFlow shift id. The v3 API does not publish shifts, so roles with a
@@ -125,6 +129,7 @@ impl Config {
         self.sync.validate(&mut report);
         self.uplink.validate(&mut report);
         self.admin.validate(&mut report);
+        self.metrics.validate(&mut report);
         self.gpio.validate(&mut report);
         self.validate_doors(&mut report);
         self.validate_shifts(&mut report);

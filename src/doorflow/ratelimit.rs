@@ -71,6 +71,8 @@ pub struct RateBudget {
     window: SignedDuration,
     last_slot: Option<Timestamp>,
     paused_until: Option<Timestamp>,
+    /// 429 answers (pauses) since the budget was created, for metrics.
+    rate_limited: u64,
 }
 
 const CLOCK_MARGIN: SignedDuration = SignedDuration::from_secs(1);
@@ -85,6 +87,7 @@ impl RateBudget {
             window: SignedDuration::from_secs(60),
             last_slot: None,
             paused_until: None,
+            rate_limited: 0,
         }
     }
 
@@ -135,9 +138,15 @@ impl RateBudget {
 
     /// A 429: everyone waits until `until`.
     pub fn pause_until(&mut self, until: Timestamp) {
+        self.rate_limited += 1;
         self.paused_until = Some(self.paused_until.map_or(until, |p| p.max(until)));
         self.remaining = 0;
         self.reset = Some(until - CLOCK_MARGIN);
+    }
+
+    /// How many 429 answers paused this budget.
+    pub fn rate_limited_total(&self) -> u64 {
+        self.rate_limited
     }
 
     pub fn paused_until(&self, now: Timestamp) -> Option<Timestamp> {

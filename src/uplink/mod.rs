@@ -90,6 +90,9 @@ pub struct LaneStatus {
     pub delivered: u64,
     /// Calls moved to the dead letters since the agent started.
     pub dead_lettered: u64,
+    /// Failed attempts that will be retried, since the agent started.
+    #[serde(default)]
+    pub retries: u64,
 }
 
 /// Both lanes' status, shared with `status`.
@@ -366,6 +369,7 @@ impl LaneDrain {
                     tracing::warn!(lane, call_id, http_status, attempts, wait_s, queue_pending, state = state.as_str(), %error, "queued call not delivered; will retry");
                 }
                 self.set_state(state, Some(at), Some(error));
+                self.status.update(self.lane, |s| s.retries += 1);
             }
         }
     }
