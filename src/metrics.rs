@@ -107,6 +107,9 @@ fn flag(value: bool) -> u8 {
     u8::from(value)
 }
 
+/// A per-lane family: name, type, help, and the figure it shows.
+type LaneMetric = (&'static str, &'static str, &'static str, fn(&LaneFigures) -> u64);
+
 /// The text exposition of `figures`.
 pub fn render(figures: &Figures) -> String {
     let r = figures.report;
@@ -200,7 +203,7 @@ pub fn render(figures: &Figures) -> String {
     .sample(&[], flag(r.sync.last_error.is_some()));
 
     let lanes = &figures.lanes;
-    let per_lane: [(&str, &str, &str, fn(&LaneFigures) -> u64); 5] = [
+    let per_lane: [LaneMetric; 5] = [
         (
             "queue_pending",
             "gauge",
