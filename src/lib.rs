@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod mutex;
 pub mod outbox;
 pub mod preflight;
+pub mod queue_table;
 pub mod secrets;
 pub mod shutdown;
 #[cfg(feature = "simulator")]

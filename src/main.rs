@@ -6,7 +6,7 @@ use doorflow_agent::config::{
 };
 use doorflow_agent::error_chain::chain;
 use doorflow_agent::preflight::{self, Severity};
-use doorflow_agent::{admin, agent, metrics, status, store, telemetry};
+use doorflow_agent::{admin, agent, metrics, queue_table, status, store, telemetry};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -67,15 +67,22 @@ enum Command {
 
 #[derive(Subcommand)]
 enum QueueAction {
-    /// List queued calls, oldest first (JSON lines).
+    /// List queued calls, oldest first: a table, or JSON lines with --json.
     List {
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// One JSON object per line (`{"key", "call"}`) instead of a table.
+        #[arg(long)]
+        json: bool,
     },
-    /// List dead letters: calls DoorFlow refused or that expired (JSON lines).
+    /// List dead letters (calls DoorFlow refused, or admits that expired), oldest first: a
+    /// table, or JSON lines with --json.
     Dead {
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// One JSON object per line (`{"key", "letter"}`) instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Put dead letters back on the queue: one by id (or key), or all with --all.
     RetryDead {
@@ -256,9 +263,13 @@ fn gather_metrics(config: &Config) -> Result<String, String> {
 
 /// Runs a queue action through the running agent, or on the store when it is stopped.
 fn queue_command(config: &Config, action: QueueAction) -> ExitCode {
+    let json = matches!(
+        action,
+        QueueAction::List { json: true, .. } | QueueAction::Dead { json: true, .. }
+    );
     let request = match action {
-        QueueAction::List { limit } => admin::Request::QueueList { limit },
-        QueueAction::Dead { limit } => admin::Request::QueueDead { limit },
+        QueueAction::List { limit, .. } => admin::Request::QueueList { limit },
+        QueueAction::Dead { limit, .. } => admin::Request::QueueDead { limit },
         QueueAction::RetryDead { id, .. } => admin::Request::RetryDead { id },
         QueueAction::PurgeDead => admin::Request::PurgeDead,
     };
@@ -274,12 +285,20 @@ fn queue_command(config: &Config, action: QueueAction) -> ExitCode {
         Err(message) => return failure(&message),
     };
     for list in ["queued", "dead"] {
-        if let Some(items) = reply[list].as_array() {
+        let Some(items) = reply[list].as_array() else {
+            continue;
+        };
+        if json {
             for item in items {
                 println!("{item}");
             }
-            eprintln!("{} {list}", items.len());
+        } else {
+            match render_queue(list, items) {
+                Ok(table) => print!("{table}"),
+                Err(message) => return failure(&message),
+            }
         }
+        eprintln!("{} {list}", items.len());
     }
     for count in ["requeued", "purged"] {
         if let Some(n) = reply[count].as_u64() {
@@ -287,6 +306,28 @@ fn queue_command(config: &Config, action: QueueAction) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// The table for a `queued` or `dead` list of `{"key", "call"|"letter"}` items.
+fn render_queue(list: &str, items: &[serde_json::Value]) -> Result<String, String> {
+    fn entries<T: serde::de::DeserializeOwned>(
+        items: &[serde_json::Value],
+        field: &str,
+    ) -> Result<Vec<(u64, T)>, String> {
+        items
+            .iter()
+            .map(|item| {
+                let key = item["key"].as_u64().unwrap_or_default();
+                serde_json::from_value(item[field].clone())
+                    .map(|value| (key, value))
+                    .map_err(|e| format!("unreadable {field} {key}: {e} (try --json)"))
+            })
+            .collect()
+    }
+    Ok(match list {
+        "dead" => queue_table::dead_letters(&entries(items, "letter")?),
+        _ => queue_table::queued_calls(&entries(items, "call")?, jiff::Timestamp::now()),
+    })
 }
 
 fn open_store(config: &Config) -> Result<store::Store, String> {
