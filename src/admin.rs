@@ -5,6 +5,7 @@
 //! with `"ok": true|false`. The socket is mode 0660 (owner and group), never world-writable.
 
 use crate::audit::AuditEvent;
+use crate::error_chain::chain;
 use crate::line_server::{self, BroadcastFeed, Handler, Limits, LineServer, Reply};
 use crate::status::StatusReport;
 use crate::store::Store;
@@ -48,19 +49,19 @@ pub fn queue_reply(store: &crate::store::Store, request: &Request) -> Result<Val
     let reply = match request {
         Request::Status | Request::Metrics | Request::WatchEvents => return Err("not a queue request".into()),
         Request::QueueList { limit } => {
-            let entries = store.outbox_list(*limit).map_err(|e| e.to_string())?;
+            let entries = store.outbox_list(*limit).map_err(|e| chain(&e))?;
             json!({"ok": true, "queued": entries.into_iter().map(|e| json!({"key": e.key, "call": e.value})).collect::<Vec<_>>()})
         }
         Request::QueueDead { limit } => {
-            let entries = store.dead_list(*limit).map_err(|e| e.to_string())?;
+            let entries = store.dead_list(*limit).map_err(|e| chain(&e))?;
             json!({"ok": true, "dead": entries.into_iter().map(|e| json!({"key": e.key, "letter": e.value})).collect::<Vec<_>>()})
         }
         Request::RetryDead { id } => {
-            let requeued = store.dead_retry(id.as_deref()).map_err(|e| e.to_string())?;
+            let requeued = store.dead_retry(id.as_deref()).map_err(|e| chain(&e))?;
             json!({"ok": true, "requeued": requeued})
         }
         Request::PurgeDead => {
-            let purged = store.dead_purge().map_err(|e| e.to_string())?;
+            let purged = store.dead_purge().map_err(|e| chain(&e))?;
             json!({"ok": true, "purged": purged})
         }
     };
@@ -186,24 +187,18 @@ pub fn call(path: &Path, request: &Request) -> Result<Value, ClientError> {
         {
             return Err(ClientError::NotRunning(path.to_path_buf()))
         }
-        Err(e) => return Err(failed(e.to_string())),
+        Err(e) => return Err(failed(chain(&e))),
     };
     let timeout = Some(Duration::from_secs(10));
-    stream
-        .set_read_timeout(timeout)
-        .map_err(|e| failed(e.to_string()))?;
-    stream
-        .set_write_timeout(timeout)
-        .map_err(|e| failed(e.to_string()))?;
-    let mut line = serde_json::to_string(request).map_err(|e| failed(e.to_string()))?;
+    stream.set_read_timeout(timeout).map_err(|e| failed(chain(&e)))?;
+    stream.set_write_timeout(timeout).map_err(|e| failed(chain(&e)))?;
+    let mut line = serde_json::to_string(request).map_err(|e| failed(chain(&e)))?;
     line.push('\n');
-    stream
-        .write_all(line.as_bytes())
-        .map_err(|e| failed(e.to_string()))?;
+    stream.write_all(line.as_bytes()).map_err(|e| failed(chain(&e)))?;
     let mut reply = String::new();
     BufReader::new(&stream)
         .read_line(&mut reply)
-        .map_err(|e| failed(e.to_string()))?;
+        .map_err(|e| failed(chain(&e)))?;
     let value: Value = serde_json::from_str(&reply).map_err(|e| failed(format!("unreadable reply: {e}")))?;
     if value.get("ok") != Some(&Value::Bool(true)) {
         let message = value

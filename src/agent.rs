@@ -78,7 +78,8 @@ impl Agent {
         let parts = match store.load_snapshot() {
             Ok(parts) => parts.unwrap_or_default(),
             Err(error @ StoreError::Corrupt { .. }) => {
-                tracing::error!(%error, "stored snapshot is unusable; denying every card until the next sync");
+                let why = chain(&error);
+                tracing::error!(error = %why, "stored snapshot is unusable ({why}); denying every card until the next sync");
                 Default::default()
             }
             Err(error) => return Err(error.into()),

@@ -170,7 +170,7 @@ impl LineServer {
                 Ok((stream, _)) => stream,
                 Err(error) => {
                     // Out of descriptors (EMFILE) or a transient error: never spin on it.
-                    tracing::warn!(%error, socket = %self.path.display(), "{}: accept failed", self.what);
+                    tracing::warn!(%error, socket = %self.path.display(), "{}: accept failed ({error})", self.what);
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }

@@ -3,8 +3,9 @@
 //! thousand idle connections on each socket and keeps sending 200 MB lines, still grants
 //! swipes, answers `status`, syncs and delivers events, and its memory stays bounded.
 
-use doorflow_agent::sim::{SimConfig, Simulator};
+use doorflow_agent::sim::Simulator;
 use doorflow_agent::testing::config::{demo_config, write_config};
+use doorflow_agent::testing::harness::unlimited_simulator;
 use doorflow_agent::testing::mock_control::control;
 use doorflow_agent::testing::process::AgentProcess;
 use serde_json::{json, Value};
@@ -79,13 +80,7 @@ fn granted_events(sim: &Simulator) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_connections_and_huge_lines_never_stop_the_doors_status_sync_or_uplink() {
-    let sim = Simulator::start(SimConfig {
-        people: 50,
-        requests_per_window: 100_000,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let sim = unlimited_simulator(50).await;
     let dir = tempfile::tempdir().unwrap();
     let config = demo_config(dir.path(), sim.base_url());
     assert!(config.uplink.events_url.is_some(), "the demo config posts events");

@@ -4,8 +4,9 @@
 //! duration, 429s and retries.
 
 use doorflow_agent::config::values::Ranged;
-use doorflow_agent::sim::{Fault, SimConfig, Simulator};
+use doorflow_agent::sim::Fault;
 use doorflow_agent::testing::config::{demo_config, write_config};
+use doorflow_agent::testing::harness::unlimited_simulator;
 use doorflow_agent::testing::mock_control::control;
 use doorflow_agent::testing::process::AgentProcess;
 use serde_json::json;
@@ -30,13 +31,7 @@ fn prometheus(config: &Path) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_textfile_and_status_prometheus_carry_the_fleet_figures() {
-    let sim = Simulator::start(SimConfig {
-        people: 20,
-        requests_per_window: 100_000,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let sim = unlimited_simulator(20).await;
     // The event sink (on DoorFlow's server, so DoorFlow's budget) answers the first two posts
     // with 429: the event lane retries.
     for _ in 0..2 {

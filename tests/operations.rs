@@ -4,8 +4,8 @@
 //! status line follows syncs and the queue; a missing CA trust store is named at start-up; a
 //! door decision is logged as a readable sentence.
 
-use doorflow_agent::sim::{SimConfig, Simulator};
 use doorflow_agent::testing::config::{demo_config, write_config};
+use doorflow_agent::testing::harness::unlimited_simulator;
 use doorflow_agent::testing::mock_control::control;
 use doorflow_agent::testing::notify::NotifySocket;
 use doorflow_agent::testing::process::AgentProcess;
@@ -14,16 +14,6 @@ use std::path::Path;
 use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-async fn simulator(people: u64) -> Simulator {
-    Simulator::start(SimConfig {
-        people,
-        requests_per_window: 100_000,
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-}
 
 fn start(dir: &Path, config: &doorflow_agent::config::Config, notify: &NotifySocket) -> AgentProcess {
     let path = write_config(config, dir);
@@ -56,7 +46,7 @@ fn cli_status(config: &Path) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_secret_is_a_degraded_state_everywhere_an_operator_looks() {
-    let sim = simulator(20).await;
+    let sim = unlimited_simulator(20).await;
     let dir = tempfile::tempdir().unwrap();
     let config = demo_config(dir.path(), sim.base_url());
     std::fs::remove_file(dir.path().join("api_key")).unwrap();
@@ -107,7 +97,7 @@ async fn a_missing_secret_is_a_degraded_state_everywhere_an_operator_looks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_line_follows_syncs_outages_and_the_queue() {
-    let sim = simulator(30).await;
+    let sim = unlimited_simulator(30).await;
     let dir = tempfile::tempdir().unwrap();
     let config = demo_config(dir.path(), sim.base_url());
     let notify = NotifySocket::bind(dir.path());
@@ -175,7 +165,7 @@ async fn the_status_line_follows_syncs_outages_and_the_queue() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decisions_are_logged_as_sentences_with_their_fields() {
-    let sim = simulator(30).await;
+    let sim = unlimited_simulator(30).await;
     let dir = tempfile::tempdir().unwrap();
     let config = demo_config(dir.path(), sim.base_url());
     let notify = NotifySocket::bind(dir.path());

@@ -3,8 +3,9 @@
 //! and draining against the simulator, pings often enough that systemd's deadline is never
 //! missed, and never reports a loop as stuck.
 
-use doorflow_agent::sim::{SimConfig, Simulator};
+use doorflow_agent::sim::Simulator;
 use doorflow_agent::testing::config::{demo_config, write_config};
+use doorflow_agent::testing::harness::unlimited_simulator;
 use doorflow_agent::testing::notify::NotifySocket;
 use doorflow_agent::testing::process::AgentProcess;
 use serde_json::json;
@@ -75,13 +76,7 @@ async fn run_with_watchdog(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pings_keep_within_every_watchdog_interval() {
-    let sim = Simulator::start(SimConfig {
-        people: 30,
-        requests_per_window: 100_000,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let sim = unlimited_simulator(30).await;
     // 2 s is the drop-in that used to get a healthy agent reported as stuck.
     let intervals = [
         Duration::from_secs(1),
@@ -123,13 +118,7 @@ async fn pings_keep_within_every_watchdog_interval() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watchdog_meant_for_another_process_is_left_alone() {
-    let sim = Simulator::start(SimConfig {
-        people: 5,
-        requests_per_window: 100_000,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let sim = unlimited_simulator(5).await;
     let (pings, _, _) = run_with_watchdog(&sim, Duration::from_secs(1), 2, Some("1")).await;
     assert!(pings.is_empty(), "pinged a watchdog set for pid 1");
 }

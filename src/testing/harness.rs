@@ -60,6 +60,18 @@ impl Options {
     }
 }
 
+/// A simulator with `people` people and no practical rate limit, for tests that drive the real
+/// binary against it.
+pub async fn unlimited_simulator(people: u64) -> Simulator {
+    Simulator::start(SimConfig {
+        people,
+        requests_per_window: 100_000,
+        ..Default::default()
+    })
+    .await
+    .expect("simulator starts")
+}
+
 /// Writes `events` to `agent`'s outbox as the audit writer does (one group, one flush) and wakes
 /// the uplink.
 pub fn queue(agent: &Agent, events: &[AuditEvent]) {
