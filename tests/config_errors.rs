@@ -187,15 +187,24 @@ fn missing_file() {
 
 #[test]
 fn check_config_exit_codes() {
+    // The demo config with its API key file in place (check-config reads the secrets too).
+    let dir = tempfile::tempdir().unwrap();
+    let demo = doorflow_agent::testing::config::demo_config(dir.path(), "http://127.0.0.1:18080");
+    let path = doorflow_agent::testing::config::write_config(&demo, dir.path());
     let ok = agent()
-        .args(["check-config", "--config", "config/demo.toml"])
+        .args(["check-config", "--config"])
+        .arg(&path)
         .output()
         .unwrap();
-    assert_eq!(ok.status.code(), Some(0));
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     let stdout = String::from_utf8_lossy(&ok.stdout);
     assert_mentions(&stdout, &["ok", "2 door(s)", "front (channel 1340)"]);
 
-    let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, DEMO.replacen("d1 = 11", "d1 = 10", 1)).unwrap();
     let out = agent()
