@@ -359,7 +359,7 @@ fn the_unit_condition_holds_back_only_the_untouched_template() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "systemd's ExecCondition skips on 1");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("line 18: `api.auth.client_id`"), "{stderr}");
+    assert!(stderr.contains("line 19: `api.auth.client_id`"), "{stderr}");
     assert!(stderr.contains("systemctl start doorflow-agent"), "{stderr}");
     // `run` refuses the template too, so it never requests the template's GPIO lines.
     let run = agent()

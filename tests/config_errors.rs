@@ -37,7 +37,7 @@ fn shipped_configs_are_valid() {
         .to_string();
     assert_mentions(
         &message,
-        &["line 18", "api.auth.client_id", "template's placeholder"],
+        &["line 19", "api.auth.client_id", "template's placeholder"],
     );
     let edited = PRODUCTION.replace("REPLACE-WITH-YOUR-OAUTH-CLIENT-ID", "site-client-id");
     let production = Config::parse(&edited, "doorflow-agent.toml").unwrap();
