@@ -211,7 +211,7 @@ fn a_missing_gpio_chip_fails_start_up_with_a_clear_message() {
 fn the_standalone_simulator_serves_and_requires_auth() {
     use std::io::{BufRead, Read, Write};
     let mut sim = Agent(
-        Command::new(env!("CARGO_BIN_EXE_doorflow-sim"))
+        doorflow_agent::testing::agent_command(env!("CARGO_BIN_EXE_doorflow-sim"))
             .args(["--port", "0", "--people", "3"])
             .stdout(Stdio::piped())
             .spawn()
