@@ -53,6 +53,7 @@ fn decide_only() {
         allowed_roles: vec![1],
         allowed_groups: vec![],
         card_value: CardValueMapping::Number,
+        facility_codes: Some(vec![1]),
     };
     let now = jiff::Timestamp::now();
     let mut samples = Vec::new();
@@ -147,13 +148,10 @@ impl Background {
 }
 
 async fn measure_swipes(config: &Config, label: &str) {
-    let mock = MockGpio::new(config);
+    let mock = MockGpio::new(config, Default::default());
     let hardware = mock.open_door(0);
     let shared = Arc::new(SharedSnapshot::new(snapshot()));
-    let state = Arc::new(Mutex::new(DoorState {
-        relay_released: false,
-        contact_open: Some(false),
-    }));
+    let state = Arc::new(Mutex::new(DoorState::new(&config.doors[0])));
     let (audit_tx, mut audit_rx) = tokio::sync::mpsc::unbounded_channel();
     let (timing_tx, mut timing_rx) = tokio::sync::mpsc::unbounded_channel::<SwipeTiming>();
     let stop = tokio_util::sync::CancellationToken::new();
@@ -203,6 +201,10 @@ async fn measure_swipes(config: &Config, label: &str) {
     );
     println!(
         "frame-end silence (configured frame gap): {} ms",
-        config.doors[0].reader.frame_gap_ms
+        config.doors[0]
+            .reader
+            .wiegand()
+            .expect("the benchmark door reads Wiegand")
+            .frame_gap_ms
     );
 }

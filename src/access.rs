@@ -4,9 +4,11 @@
 //! valid_from/valid_to; the person's roles and groups (plus groups from current group
 //! reservations, plus per-channel reservations) against the door's allowed roles and groups;
 //! each role's shift in the site's time zone; the channel's mode and lockdown on top.
+//! Before any of that, a card must carry one of the door's facility codes: with `card_value =
+//! "number"` the card number alone would let a card from another site with the same number in.
 //! Anything uncertain (unknown type, unknown shift, unknown zone, ambiguous value) denies.
 
-use crate::credential::{CardValueMapping, Presented};
+use crate::credential::{CardRead, CardValueMapping, Presented};
 use crate::snapshot::{CredentialKind, ReservationState, Snapshot};
 use jiff::Timestamp;
 use serde::Serialize;
@@ -18,6 +20,20 @@ pub struct DoorPolicy {
     pub allowed_roles: Vec<u64>,
     pub allowed_groups: Vec<u64>,
     pub card_value: CardValueMapping,
+    /// Facility codes accepted on cards whose format carries one; `None` accepts any (only
+    /// allowed by the config where `card_value` includes the facility). Raw frames carry no
+    /// facility and are matched by their whole value.
+    pub facility_codes: Option<Vec<u32>>,
+}
+
+impl DoorPolicy {
+    /// Whether the card's facility code is one this door accepts.
+    pub fn accepts_facility(&self, card: &CardRead) -> bool {
+        match (&self.facility_codes, card.facility) {
+            (Some(codes), Some(facility)) => codes.contains(&facility),
+            _ => true,
+        }
+    }
 }
 
 /// Why a decision came out as it did. Each maps to a DoorFlow event code.
@@ -29,6 +45,9 @@ pub enum Reason {
     /// The channel is in unlock mode: DoorFlow admits anyone.
     ChannelUnlocked,
     UnknownCredential,
+    /// The card's facility code is not one this door accepts: a card of another site, whoever
+    /// holds the same number here.
+    WrongFacilityCode,
     /// The same value belongs to more than one person: refuse rather than guess.
     AmbiguousCredential,
     CredentialRevoked,
@@ -46,6 +65,7 @@ impl Reason {
             Reason::Authorised => "authorised",
             Reason::ChannelUnlocked => "channel_unlocked",
             Reason::UnknownCredential => "unknown_credential",
+            Reason::WrongFacilityCode => "wrong_facility_code",
             Reason::AmbiguousCredential => "ambiguous_credential",
             Reason::CredentialRevoked => "credential_revoked",
             Reason::PersonDisabled => "person_disabled",
@@ -71,7 +91,8 @@ pub struct Decision {
 
 impl Decision {
     /// DoorFlow event code: 10 card admitted, 11 PIN admitted, 16 admitted (unlocked),
-    /// 20 card rejected, 21 out of hours, 22 lockdown, 24 PIN rejected.
+    /// 20 card rejected (unknown, wrong facility code, expired, …), 21 out of hours, 22 lockdown,
+    /// 24 PIN rejected.
     pub fn event_code(&self) -> u16 {
         let pin = self.kind == CredentialKind::Pin;
         match self.reason {
@@ -93,7 +114,11 @@ pub fn decide(snapshot: &Snapshot, door: &DoorPolicy, presented: &Presented, now
         Presented::Card(card) => (CredentialKind::Card, door.card_value.value_of(card)),
         Presented::Pin(pin) => (CredentialKind::Pin, pin.clone()),
     };
-    let identified = identify(snapshot, kind, &value);
+    // A card of another site is nobody here: it is never looked up, so no person is named.
+    let identified = match presented {
+        Presented::Card(card) if !door.accepts_facility(card) => Err(Reason::WrongFacilityCode),
+        _ => identify(snapshot, kind, &value),
+    };
     let person_id = identified.as_ref().ok().copied();
     let verdict = |granted: bool, reason: Reason| Decision {
         granted,

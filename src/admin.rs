@@ -194,11 +194,19 @@ pub fn call(path: &Path, request: &Request) -> Result<Value, ClientError> {
     stream.set_write_timeout(timeout).map_err(|e| failed(chain(&e)))?;
     let mut line = serde_json::to_string(request).map_err(|e| failed(chain(&e)))?;
     line.push('\n');
-    stream.write_all(line.as_bytes()).map_err(|e| failed(chain(&e)))?;
+    // An agent that is stopping closes the socket mid-request: as good as not running.
+    let gone = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => {
+            ClientError::NotRunning(path.to_path_buf())
+        }
+        _ => failed(chain(&e)),
+    };
+    stream.write_all(line.as_bytes()).map_err(gone)?;
     let mut reply = String::new();
-    BufReader::new(&stream)
-        .read_line(&mut reply)
-        .map_err(|e| failed(chain(&e)))?;
+    let read = BufReader::new(&stream).read_line(&mut reply).map_err(gone)?;
+    if read == 0 {
+        return Err(ClientError::NotRunning(path.to_path_buf()));
+    }
     let value: Value = serde_json::from_str(&reply).map_err(|e| failed(format!("unreadable reply: {e}")))?;
     if value.get("ok") != Some(&Value::Bool(true)) {
         let message = value

@@ -4,17 +4,19 @@
 
 use crate::admin;
 use crate::audit::AuditEvent;
+use crate::audit_writer;
+use crate::clock::trusted::TimeKeeper;
 use crate::config::Config;
 use crate::door_task::{DoorState, DoorTask};
-use crate::doorflow::client::{self, Client};
+use crate::doorflow::client::Client;
 use crate::doorflow::ratelimit::RateBudget;
 use crate::error_chain::chain;
 use crate::hw;
 use crate::metrics;
-use crate::outbox;
+use crate::osdp;
 use crate::snapshot::{SharedSnapshot, Snapshot};
-use crate::status::{self, ClockStatus, DoorStatus, QueueStatus, SnapshotStatus, StatusReport, SyncStatus};
-use crate::store::{Lane, Store, StoreError};
+use crate::status::{self, DoorStatus, QueueStatus, SnapshotStatus, StatusReport, StoreStatus, SyncStatus};
+use crate::store::{Lane, SnapshotSource, Store, StoreError};
 use crate::supervisor;
 use crate::sync;
 use crate::uplink::policy::RetryPolicy;
@@ -42,7 +44,13 @@ pub enum AgentError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Gpio(#[from] hw::GpioError),
+    #[error(transparent)]
+    Osdp(#[from] osdp::OsdpStartError),
 }
+
+/// How long a start-up waits for a process that has the store briefly (a `status` or `queue`
+/// command reading it while the agent was stopped).
+const STORE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Everything the agent's tasks share.
 #[derive(Debug)]
@@ -63,6 +71,8 @@ pub struct Agent {
     pub uplink: Arc<UplinkStatus>,
     /// Every audit event once it is durable (for the demo and live views).
     pub audit_feed: tokio::sync::broadcast::Sender<AuditEvent>,
+    /// The trusted-time floor (from DoorFlow's `Date`) and the clock's health.
+    pub clock: Arc<TimeKeeper>,
     /// Why a client could not be set up (a secret it cannot read), for `status`.
     pub clients: Mutex<status::HealthInputs>,
     /// Door events by door and code, for metrics.
@@ -71,31 +81,33 @@ pub struct Agent {
 
 impl Agent {
     /// Opens the store and loads the last good snapshot, so swipes are decided offline from the
-    /// first moment. A snapshot that fails its checks is not used: the doors start empty (every
-    /// card denied) until the next sync, which is the fail-secure choice.
+    /// first moment. A store part that cannot be opened is moved aside and reported; a snapshot
+    /// that cannot be used falls back to the last good copy, or to an empty snapshot (every card
+    /// denied until the next sync), which is the fail-secure choice.
     pub fn start(config: Config) -> Result<Arc<Agent>, AgentError> {
-        let store = Store::open(&config.store.path, config.store.cache_capacity_bytes())?;
-        let parts = match store.load_snapshot() {
-            Ok(parts) => parts.unwrap_or_default(),
-            Err(error @ StoreError::Corrupt { .. }) => {
-                let why = chain(&error);
-                tracing::error!(error = %why, "stored snapshot is unusable ({why}); denying every card until the next sync");
-                Default::default()
-            }
-            Err(error) => return Err(error.into()),
-        };
-        let snapshot = Snapshot::with_shifts(parts, config.shifts(), &config.sync.time_zone);
+        let (store, starting) = Store::open_for_agent(
+            &config.store.path,
+            config.store.cache_capacity_bytes(),
+            STORE_WAIT,
+        )?;
+        if starting.source == SnapshotSource::LastGood {
+            // The cursor belongs to the snapshot that was lost: the next sync is a full one.
+            let _ = store.meta_remove(crate::sync::CURSOR_KEY);
+        }
+        let snapshot = Snapshot::with_shifts(starting.parts, config.shifts(), &config.sync.time_zone);
         release_freed_memory();
-        let sync_status = store.meta_get(status::SYNC_STATUS_KEY)?.unwrap_or_default();
+        let sync_status = store
+            .meta_get(status::SYNC_STATUS_KEY)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let clock = Arc::new(TimeKeeper::new(
+            store.meta_get(crate::clock::trusted::ANCHOR_KEY).ok().flatten(),
+        ));
         let doors = config
             .doors
             .iter()
-            .map(|door| {
-                Arc::new(Mutex::new(DoorState {
-                    relay_released: false,
-                    contact_open: door.contact.as_ref().map(|_| false),
-                }))
-            })
+            .map(|door| Arc::new(Mutex::new(DoorState::new(door))))
             .collect();
         Ok(Arc::new(Agent {
             store: Arc::new(store),
@@ -110,6 +122,7 @@ impl Agent {
             ))),
             uplink: Arc::new(UplinkStatus::default()),
             audit_feed: tokio::sync::broadcast::channel(4096).0,
+            clock,
             clients: Mutex::new(status::HealthInputs::default()),
             door_events: metrics::DoorEventCounts::default(),
             config,
@@ -121,16 +134,15 @@ impl Agent {
         let snapshot = self.snapshot.current();
         let counts = snapshot.counts();
         let generation = self.store.snapshot_header().ok().flatten().map(|h| h.generation);
-        let now = Timestamp::now();
-        let sync = lock(&self.sync_status).clone();
-        let clock = ClockStatus::probe(now, sync.last_success);
+        let now = self.clock.rules_time();
         let mut report = StatusReport {
             version: env!("CARGO_PKG_VERSION").to_string(),
             agent_running: true,
             online: self.online.load(Ordering::Relaxed),
             snapshot: SnapshotStatus::new(generation, &counts, snapshot.synced_at()),
-            sync,
+            sync: lock(&self.sync_status).clone(),
             queue: self.queue_status(),
+            clock: self.clock.status(&crate::clock::Now::read_raw()),
             doors: self
                 .config
                 .doors
@@ -154,14 +166,39 @@ impl Agent {
                         }
                         .into(),
                         mode: status::door_mode(&snapshot, door.channel_id, now).into(),
+                        reader: state.reader,
                     }
                 })
                 .collect(),
+            store: StoreStatus::of(&self.store),
             degraded: Vec::new(),
-            clock,
         };
         report.degraded = status::degraded_reasons(&report, &lock(&self.clients));
         report
+    }
+
+    /// The Prometheus text exposition of live state (`status --prometheus`, `metrics.textfile`).
+    pub fn metrics(&self) -> String {
+        let report = self.status();
+        self.metrics_of(&report)
+    }
+
+    fn metrics_of(&self, report: &StatusReport) -> String {
+        let mut lanes = metrics::lanes_from_store(&self.store);
+        for (figures, lane) in lanes.iter_mut().zip(Lane::ALL) {
+            let uplink = self.uplink.lane(lane);
+            figures.delivered = uplink.delivered;
+            figures.dead_lettered = uplink.dead_lettered;
+            figures.retries = uplink.retries;
+        }
+        metrics::render(&metrics::Figures {
+            report,
+            lanes,
+            door_events: self.door_events.snapshot(),
+            http_429: lock(&self.budget).rate_limited_total(),
+            store_errors: self.store.health().write_errors,
+            now: Timestamp::now(),
+        })
     }
 
     /// Queue depth from the store, uplink state from the running lanes.
@@ -182,31 +219,6 @@ impl Agent {
         }
     }
 
-    /// The Prometheus text exposition of live state (`status --prometheus`, `metrics.textfile`).
-    pub fn metrics(&self) -> String {
-        let report = self.status();
-        self.metrics_of(&report)
-    }
-
-    fn metrics_of(&self, report: &StatusReport) -> String {
-        let now = Timestamp::now();
-        let mut lanes = metrics::lanes_from_store(&self.store, now);
-        for (figures, lane) in lanes.iter_mut().zip(Lane::ALL) {
-            let uplink = self.uplink.lane(lane);
-            figures.delivered = uplink.delivered;
-            figures.dead_lettered = uplink.dead_lettered;
-            figures.retries = uplink.retries;
-        }
-        metrics::render(&metrics::Figures {
-            report,
-            lanes,
-            door_events: self.door_events.snapshot(),
-            http_429: lock(&self.budget).rate_limited_total(),
-            store_errors: self.store.error_count(),
-            now,
-        })
-    }
-
     /// Wakes the uplink lanes after calls were queued or requeued.
     pub fn kick_queue(&self) {
         self.queue_changed.send_modify(|n| *n = n.wrapping_add(1));
@@ -223,6 +235,7 @@ impl Agent {
             status: Arc::clone(&self.sync_status),
             online: Arc::clone(&self.online),
             reachable: Arc::clone(&self.reachable),
+            clock: Arc::clone(&self.clock),
             stop,
         }
     }
@@ -305,8 +318,8 @@ pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Res
     let (liveness, mut heartbeats) =
         supervisor::Liveness::new(&loop_names, supervisor::WatchdogTiming::from_env());
     let uplink_beats = heartbeats.split_off(agent.config.doors.len());
-    let door_tasks = match start_doors(&agent, &tasks, &stop, audit_tx, heartbeats).await {
-        Ok(doors) => doors,
+    let (door_tasks, osdp) = match start_doors(&agent, &tasks, &stop, audit_tx, heartbeats).await {
+        Ok(started) => started,
         Err(error) => {
             // The sockets' servers remove their files as they stop.
             stop.cancel();
@@ -318,6 +331,14 @@ pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Res
     aborts.push(
         tasks
             .spawn(supervisor::run_watchdog(liveness, stop.clone()))
+            .abort_handle(),
+    );
+    // Watches the wall clock for steps and for loss of synchronisation (journal, `status`).
+    let clock_watch = crate::clock::watch(Arc::clone(&agent.clock));
+    let stopping = stop.clone();
+    aborts.push(
+        tasks
+            .spawn(async move { stopping.run_until_cancelled(clock_watch).await })
             .abort_handle(),
     );
     let doorflow = doorflow_client(&agent);
@@ -333,7 +354,7 @@ pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Res
         aborts.push(tasks.spawn(drain.run(stop.clone())).abort_handle());
     }
     // Ends when every door task has dropped its sender, after writing what is left.
-    let audit_writer = tasks.spawn(outbox::run_writer(
+    let audit_writer = tasks.spawn(audit_writer::run_writer(
         Arc::clone(&agent.store),
         agent.config.uplink.clone(),
         audit_rx,
@@ -377,6 +398,8 @@ pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Res
     for door in door_tasks {
         let _ = door.await;
     }
+    // After the doors: their last decisions may still have feedback to play.
+    let _ = tokio::task::spawn_blocking(move || osdp.stop()).await;
     let _ = audit_writer.await;
     if tokio::time::timeout(STOP_DEADLINE, tasks.wait()).await.is_err() {
         tracing::error!(
@@ -403,9 +426,9 @@ async fn report_health(agent: Arc<Agent>, stop: CancellationToken) {
     let mut last_line = String::new();
     let mut last_reasons: Vec<String> = Vec::new();
     loop {
-        let store = Arc::clone(&agent);
+        let source = Arc::clone(&agent);
         // Reading queue heads is a store read: off the async workers.
-        let Ok(report) = tokio::task::spawn_blocking(move || store.status()).await else {
+        let Ok(report) = tokio::task::spawn_blocking(move || source.status()).await else {
             return;
         };
         if report.degraded != last_reasons {
@@ -481,7 +504,7 @@ fn client_problem(agent: &Agent, keys: &[&str], error: &(dyn std::error::Error +
 /// the agent runs offline on its stored snapshot, degraded, and says why.
 fn doorflow_client(agent: &Arc<Agent>) -> Option<Arc<Client>> {
     match Client::new(&agent.config.api, Arc::clone(&agent.budget)) {
-        Ok(client) => Some(Arc::new(client)),
+        Ok(client) => Some(Arc::new(client.with_clock(Arc::clone(&agent.clock)))),
         Err(error) => {
             let keys = [
                 "api.auth.api_key",
@@ -500,9 +523,9 @@ fn doorflow_client(agent: &Arc<Agent>) -> Option<Arc<Client>> {
 /// limit), its own budget otherwise.
 fn sink_client(agent: &Arc<Agent>) -> Option<Arc<Client>> {
     let uplink = &agent.config.uplink;
-    let url = uplink.events_url.as_deref()?;
+    let url = uplink.events_url.as_ref()?;
     let api = &agent.config.api;
-    let same_server = client::origin(url) == client::origin(&api.base_url);
+    let same_server = url.origin() == api.base_url.origin();
     let budget = if same_server {
         Arc::clone(&agent.budget)
     } else {
@@ -542,39 +565,60 @@ fn uplink_lanes(
             },
             heartbeat,
             online: Arc::clone(&agent.online),
+            clock: Arc::clone(&agent.clock),
         })
         .collect()
 }
 
 /// Opens every door's GPIO lines (failing start-up with a clear message if a chip or line is
-/// unavailable) and spawns its task; with the mock backend, its control socket too.
+/// unavailable), starts the OSDP buses, and spawns each door's task; with the mock backend,
+/// its control socket too.
 async fn start_doors(
     agent: &Arc<Agent>,
     tasks: &TaskTracker,
     stop: &CancellationToken,
     audit: tokio::sync::mpsc::UnboundedSender<AuditEvent>,
     heartbeats: Vec<supervisor::Heartbeat>,
-) -> Result<Vec<tokio::task::JoinHandle<()>>, AgentError> {
+) -> Result<(Vec<tokio::task::JoinHandle<()>>, osdp::OsdpReaders), AgentError> {
     let config = &agent.config;
-    let backend = hw::Backend::open(config);
-    if let hw::Backend::Mock(mock) = &backend {
-        let socket = hw::mock::bind_control_socket(&config.gpio.mock_socket).await?;
-        tasks.spawn(Arc::clone(mock).serve(socket, tasks.clone(), stop.clone()));
-        tracing::info!(socket = %config.gpio.mock_socket.display(), "mock GPIO backend; control socket ready");
-    }
+    let backend = hw::Backend::open(config, tasks);
+    // Bound first (a bad path fails start-up before anything runs), served once every door is
+    // open, so no request finds a door that is not there yet.
+    let mock_control = match &backend {
+        hw::Backend::Mock(mock) => {
+            let socket = hw::mock::bind_control_socket(&config.gpio.mock_socket).await?;
+            Some((Arc::clone(mock), socket))
+        }
+        hw::Backend::Chardev => None,
+    };
+    let mut osdp = osdp::start(config, &agent.doors)?;
     let mut doors = Vec::new();
     for ((index, door), heartbeat) in config.doors.iter().enumerate().zip(heartbeats) {
-        let hardware = backend.open_door(config, index)?;
-        let task = DoorTask::new(
+        let hardware = match backend.open_door(config, index) {
+            Ok(hardware) => hardware,
+            Err(error) => {
+                osdp.stop();
+                return Err(error.into());
+            }
+        };
+        let mut task = DoorTask::new(
             door,
             hardware,
             Arc::clone(&agent.snapshot),
             Arc::clone(&agent.doors[index]),
             audit.clone(),
         )
-        .with_heartbeat(heartbeat);
+        .with_heartbeat(heartbeat)
+        .with_clock(Arc::clone(&agent.clock));
+        if let Some(link) = osdp.take_link(index) {
+            task = task.with_reader(link);
+        }
         tracing::info!(door = %door.name, channel_id = door.channel_id, card_value = ?door.card_value, "door ready");
         doors.push(tasks.spawn(task.run(stop.clone())));
     }
-    Ok(doors)
+    if let Some((mock, listener)) = mock_control {
+        tasks.spawn(mock.serve(listener, tasks.clone(), stop.clone()));
+        tracing::info!(socket = %config.gpio.mock_socket.display(), "mock GPIO backend; control socket ready");
+    }
+    Ok((doors, osdp))
 }

@@ -52,16 +52,25 @@ impl AuditEvent {
 
     /// A human-readable line, e.g. `Access granted at front (authorised)`.
     pub fn label(&self) -> String {
-        let what = match self.event_code {
+        let what = self.what();
+        format!("{what} at {} ({})", self.door, self.reason)
+    }
+
+    /// What happened, in words (`Door forced open`).
+    fn what(&self) -> &'static str {
+        match self.event_code {
             10..=18 => "Access granted",
             20..=29 => "Access denied",
             30 => "Exit button pressed",
             31 => "Door back to normal",
             32 => "Door forced open",
             33 => "Door held open",
+            34 => "Reader offline",
+            35 => "Reader back online",
+            90 => "Reader tamper",
+            91 => "Reader tamper cleared",
             _ => "Door event",
-        };
-        format!("{what} at {} ({})", self.door, self.reason)
+        }
     }
 
     /// The event as one log line, e.g. `front: denied card ****21 (person 21): out_of_hours`
@@ -72,11 +81,15 @@ impl AuditEvent {
         let verdict = match self.event_code {
             10..=18 => "granted",
             20..=29 => "denied",
-            30 => return format!("{door}: exit button pressed"),
-            31 => return format!("{door}: door back to normal"),
-            32 => return format!("{door}: door forced open"),
-            33 => return format!("{door}: door held open"),
-            code => return format!("{door}: door event {code}: {}", self.reason),
+            // The word says it all for the door's own alarms.
+            30..=33 => return format!("{door}: {}", self.what().to_lowercase()),
+            code => {
+                let what = match self.what() {
+                    "Door event" => format!("door event {code}"),
+                    what => what.to_lowercase(),
+                };
+                return format!("{door}: {what}: {}", self.reason);
+            }
         };
         // DoorFlow's codes tell a PIN (11, 24) from a card (10, 20); 16, 21 and 22 are either,
         // but a PIN is always masked whole, so visible digits mean a card.
@@ -102,7 +115,7 @@ impl AuditEvent {
     pub fn log(&self) {
         let credential = self.credential.as_deref().unwrap_or("-");
         let summary = self.summary();
-        let warning = matches!(self.event_code, 20..=29 | 32 | 33 | 90 | 91);
+        let warning = matches!(self.event_code, 20..=29 | 32..=34 | 90 | 91);
         macro_rules! emit {
             ($level:ident) => {
                 tracing::$level!(
@@ -176,7 +189,11 @@ mod tests {
             ),
             (event(32, "forced_open", None, None), "front: door forced open"),
             (event(30, "rex_pressed", None, None), "front: exit button pressed"),
-            (event(90, "tamper", None, None), "front: door event 90: tamper"),
+            (
+                event(34, "no_answer", None, None),
+                "front: reader offline: no_answer",
+            ),
+            (event(99, "mystery", None, None), "front: door event 99: mystery"),
         ];
         for (event, expected) in cases {
             assert_eq!(event.summary(), expected);

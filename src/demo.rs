@@ -3,8 +3,9 @@
 
 use crate::agent::{self, Agent};
 use crate::audit::AuditEvent;
-use crate::config::Config;
+use crate::config::{Config, ReaderConfig};
 use crate::hw::mock::OutputChange;
+use crate::osdp::emulator::{EmulatedReader, Seen};
 use crate::status;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
@@ -127,12 +128,15 @@ async fn scenario(config: Config, timeline: Timeline) -> Result<(), String> {
         format!("simulator listening on {} (200 people)", sim.base_url()),
     );
     let mut config = config;
-    config.api.base_url = sim.base_url().to_string();
-    config.uplink.events_url = Some(format!("{}/events", sim.base_url()));
+    config.api.base_url = crate::config::ServiceUrl::parse(sim.base_url()).map_err(|e| e.to_string())?;
+    config.uplink.events_url = Some(
+        crate::config::ServiceUrl::parse(&format!("{}/events", sim.base_url())).map_err(|e| e.to_string())?,
+    );
     if let Some(crate::config::SecretSource::File(path)) = &config.api.auth.api_key {
         crate::secrets::write_atomic(path, &crate::secrets::Secret::new("sim-api-key"))
             .map_err(|e| e.to_string())?;
     }
+    let lobby_reader = start_emulated_reader(&mut config, &timeline)?;
     let agent = Agent::start(config.clone()).map_err(|e| e.to_string())?;
     let mut feed = agent.audit_feed.subscribe();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -198,6 +202,9 @@ async fn scenario(config: Config, timeline: Timeline) -> Result<(), String> {
     timeline.say("front", "card 97 presented (valid_to has passed)");
     control.send(card("front", 97))?;
     pause(600).await;
+    timeline.say("front", "card 17 of another site presented (facility code 2)");
+    control.send(json!({"op": "card", "door": "front", "format": "h10301", "facility": 2, "number": 17}))?;
+    pause(600).await;
     timeline.say("front", "PIN 500005 typed on the keypad, then #");
     control.send(json!({"op": "pin", "door": "front", "digits": "500005"}))?;
     pause(3600).await;
@@ -207,6 +214,7 @@ async fn scenario(config: Config, timeline: Timeline) -> Result<(), String> {
     );
     control.send(card("server-room", 3))?;
     pause(2600).await;
+    osdp_reader_scenario(&agent, &lobby_reader, &timeline).await?;
     timeline.say("front", "exit button pressed");
     control.send(json!({"op": "input", "door": "front", "line": "rex", "value": true}))?;
     pause(100).await;
@@ -264,6 +272,106 @@ async fn scenario(config: Config, timeline: Timeline) -> Result<(), String> {
         "demo",
         "agent stopped: doors left locked (fail-secure), store flushed",
     );
+    Ok(())
+}
+
+/// The lobby's OSDP reader: an emulated factory-fresh reader (LibOSDP in the PD role) on a
+/// pseudo-terminal, so the agent's real control panel code drives it as it would a reader on
+/// RS-485.
+fn start_emulated_reader(config: &mut Config, timeline: &Timeline) -> Result<EmulatedReader, String> {
+    let reader = EmulatedReader::start(0, None).map_err(|e| format!("emulated OSDP reader: {e}"))?;
+    for door in &mut config.doors {
+        if let ReaderConfig::Osdp(osdp) = &mut door.reader {
+            osdp.port = reader.port().clone();
+        }
+    }
+    timeline.say(
+        "lobby",
+        format!(
+            "emulated OSDP reader in install mode on {} (a pseudo-terminal standing in for RS-485)",
+            reader.port().display()
+        ),
+    );
+    Ok(reader)
+}
+
+fn describe_feedback(seen: &Seen) -> String {
+    match seen {
+        Seen::Led(led) => format!(
+            "reader LED {:?} for {:.1}s",
+            led.temporary.on_color,
+            f64::from(led.temporary.timer_count) / 10.0
+        ),
+        Seen::Buzzer(buzzer) => format!("reader beeps {}x", buzzer.rep_count),
+        Seen::KeySet => "reader received its own secure channel key (osdp_KEYSET)".into(),
+    }
+}
+
+/// Waits until the lobby reader's status satisfies `ready`, printing what the reader saw.
+async fn wait_for_lobby_reader(
+    agent: &Agent,
+    reader: &EmulatedReader,
+    timeline: &Timeline,
+    ready: impl Fn(&crate::reader::ReaderStatus) -> bool,
+) -> Result<crate::reader::ReaderStatus, String> {
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        for seen in reader.seen() {
+            timeline.say("lobby", describe_feedback(&seen));
+        }
+        let status = agent
+            .status()
+            .doors
+            .into_iter()
+            .find(|d| d.name == "lobby")
+            .map(|d| d.reader)
+            .ok_or("the demo config has no lobby door")?;
+        if ready(&status) {
+            return Ok(status);
+        }
+        if Instant::now() > end {
+            return Err(format!("lobby reader: {}", status.describe()));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The OSDP reader: its key installed, a grant and a denial with LED and buzzer, the reader
+/// unplugged (loss of communication is an event) and back.
+async fn osdp_reader_scenario(
+    agent: &Agent,
+    reader: &EmulatedReader,
+    timeline: &Timeline,
+) -> Result<(), String> {
+    let online = |s: &crate::reader::ReaderStatus| s.state == "online";
+    let status = wait_for_lobby_reader(agent, reader, timeline, online).await?;
+    timeline.say("lobby", format!("reader {}", status.describe()));
+    let bits =
+        |number| crate::hw::mock::reader::encode_card(crate::credential::CardFormat::H10301, 1, number);
+    for (number, who) in [(17, "staff, 24/7 role"), (4242, "not enrolled")] {
+        timeline.say(
+            "lobby",
+            format!("card {number} presented at the OSDP reader ({who})"),
+        );
+        reader.present_card(bits(number).map_err(|e| e.to_string())?);
+        // What the reader is told to show, as it arrives.
+        for _ in 0..30 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            for seen in reader.seen() {
+                timeline.say("lobby", describe_feedback(&seen));
+            }
+        }
+    }
+    timeline.say("lobby", "OSDP reader unplugged");
+    reader.set_power(false);
+    let offline = |s: &crate::reader::ReaderStatus| s.state == "offline";
+    let status = wait_for_lobby_reader(agent, reader, timeline, offline).await?;
+    timeline.say("lobby", format!("reader {}", status.describe()));
+    timeline.say("lobby", "OSDP reader plugged back in");
+    reader.set_power(true);
+    let status = wait_for_lobby_reader(agent, reader, timeline, online).await?;
+    timeline.say("lobby", format!("reader {}", status.describe()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
     Ok(())
 }
 

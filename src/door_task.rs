@@ -1,18 +1,24 @@
 //! The swipe pipeline for one door: reader edges → Wiegand frame → `access::decide` → relay →
 //! audit event. The relay is written before anything is logged, stored or sent; nothing here
 //! waits for the sync, the uplink or a disk flush.
+//!
+//! Other reader kinds (OSDP) join through a `ReaderLink`: their card frames and keys enter the
+//! same decoding and decision path, their link alarms become door events, and the reader's
+//! grant/deny feedback is signalled once the relay has been written.
 
-use crate::access::{decide, DoorPolicy};
+use crate::access::{decide, DoorPolicy, Reason};
 use crate::audit::{new_event_id, AuditEvent};
+use crate::clock::trusted::TimeKeeper;
 use crate::config::DoorConfig;
 use crate::credential::{mask, CardFormat, Presented};
 use crate::door::{DoorEvent, DoorMachine, DoorMode, Effects};
-use crate::hw::wiegand::{self, Edge, EdgeKind, FrameOutcome, PinEntry, WiegandDecoder, WiegandLine};
 use crate::hw::{monotonic_ns, DoorHardware, DoorInput, InputEvent};
 use crate::mutex::lock;
+use crate::reader::feedback::Outcome;
+use crate::reader::{FeedbackSink, ReaderAlarm, ReaderInput, ReaderLink, ReaderStatus};
 use crate::snapshot::{CredentialKind, SharedSnapshot};
 use crate::supervisor::Heartbeat;
-use jiff::Timestamp;
+use crate::wiegand::{self, Edge, EdgeKind, FrameOutcome, PinEntry, WiegandDecoder, WiegandLine};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -41,6 +47,19 @@ pub struct DoorState {
     pub relay_released: bool,
     /// `None` when no door contact is wired.
     pub contact_open: Option<bool>,
+    /// The reader's link, kept up to date by its port thread (OSDP).
+    pub reader: ReaderStatus,
+}
+
+impl DoorState {
+    /// A door at start: locked, contact closed (when wired), reader not yet heard from.
+    pub fn new(door: &DoorConfig) -> DoorState {
+        DoorState {
+            relay_released: false,
+            contact_open: door.contact.as_ref().map(|_| false),
+            reader: door.reader.initial_status(true),
+        }
+    }
 }
 
 pub struct DoorTask {
@@ -58,7 +77,12 @@ pub struct DoorTask {
     audit: mpsc::UnboundedSender<AuditEvent>,
     timings: Option<mpsc::UnboundedSender<SwipeTiming>>,
     heartbeat: Option<Heartbeat>,
+    /// Wall time for rules and event times, never below DoorFlow's last `Date`.
+    clock: Arc<TimeKeeper>,
     relay_failed: bool,
+    /// Inputs and feedback of a non-GPIO reader (OSDP).
+    reader_inputs: Option<mpsc::Receiver<ReaderInput>>,
+    feedback: Option<Box<dyn FeedbackSink>>,
 }
 
 impl DoorTask {
@@ -69,7 +93,11 @@ impl DoorTask {
         state: Arc<Mutex<DoorState>>,
         audit: mpsc::UnboundedSender<AuditEvent>,
     ) -> DoorTask {
-        let frame_gap_ns = config.reader.frame_gap_ms.millis().as_nanos() as u64;
+        // An OSDP door has no Wiegand lines; its decoder keeps the default gap and stays idle.
+        let frame_gap_ns = config
+            .reader
+            .wiegand()
+            .map_or(30_000_000, |w| w.frame_gap_ms.millis().as_nanos() as u64);
         let decoder = WiegandDecoder::new(wiegand::DecoderConfig {
             frame_gap_ns,
             ..Default::default()
@@ -77,7 +105,7 @@ impl DoorTask {
         DoorTask {
             name: config.name.clone(),
             policy: config.policy(),
-            formats: config.reader.formats.clone(),
+            formats: config.reader.formats().to_vec(),
             admit_via_api: config.admit_via_api,
             frame_gap_ns,
             machine: DoorMachine::new(config.timing(), hardware.contact_open, hardware.rex_pressed),
@@ -89,8 +117,18 @@ impl DoorTask {
             audit,
             timings: None,
             heartbeat: None,
+            clock: Arc::default(),
             relay_failed: false,
+            reader_inputs: None,
+            feedback: None,
         }
+    }
+
+    /// Takes card reads, keys and alarms from a non-GPIO reader, and signals it on decisions.
+    pub fn with_reader(mut self, link: ReaderLink) -> DoorTask {
+        self.reader_inputs = Some(link.inputs);
+        self.feedback = Some(link.feedback);
+        self
     }
 
     #[cfg(any(test, feature = "testing"))]
@@ -103,6 +141,13 @@ impl DoorTask {
     /// Reports liveness to the systemd watchdog on every pass of the loop.
     pub fn with_heartbeat(mut self, heartbeat: Heartbeat) -> DoorTask {
         self.heartbeat = Some(heartbeat);
+        self
+    }
+
+    /// Decides validity windows and shifts with the agent's trusted time (never earlier than
+    /// DoorFlow's last `Date`), not the bare wall clock.
+    pub fn with_clock(mut self, clock: Arc<TimeKeeper>) -> DoorTask {
+        self.clock = clock;
         self
     }
 
@@ -127,6 +172,13 @@ impl DoorTask {
                     None => {
                         tracing::error!(door = %self.name, "GPIO input stream ended; the reader is lost");
                         break;
+                    }
+                },
+                input = next_reader_input(&mut self.reader_inputs) => match input {
+                    Some(input) => self.on_reader_input(input),
+                    None => {
+                        tracing::error!(door = %self.name, "reader input stream ended; the reader is lost");
+                        self.reader_inputs = None;
                     }
                 },
                 _ = async { if let Some(s) = sleep { s.await } else { std::future::pending().await } } => {
@@ -177,7 +229,8 @@ impl DoorTask {
                     },
                     timestamp_ns: event.timestamp_ns,
                 };
-                if let Some(outcome) = self.decoder.push(edge) {
+                // The clock read now, after the edge was stamped: a stamp ahead of it is not real.
+                if let Some(outcome) = self.decoder.push(edge, monotonic_ns()) {
                     self.on_frame(outcome);
                 }
             }
@@ -205,36 +258,81 @@ impl DoorTask {
         let frame = match outcome {
             Ok(frame) => frame,
             Err(error) => {
-                tracing::warn!(door = %self.name, reason = error.reason(), "Wiegand frame rejected (noise)");
+                tracing::warn!(
+                    door = %self.name,
+                    reason = %error.reason(),
+                    discarded_edges = self.decoder.discarded_edges(),
+                    "Wiegand frame rejected"
+                );
                 return;
             }
         };
         if let Some(key) = wiegand::decode_key(&frame.bits) {
-            if let Some(pin) = self.pin.push_key(key, frame.last_edge_ns) {
-                match pin {
-                    Ok(presented) => self.on_presented(presented, frame.last_edge_ns),
-                    Err(error) => {
-                        tracing::warn!(door = %self.name, reason = error.reason(), "PIN entry rejected")
-                    }
-                }
-            }
+            self.on_key(key, frame.last_edge_ns);
             return;
         }
-        match wiegand::decode_card(&frame.bits, &self.formats) {
-            Ok(card) => self.on_presented(Presented::Card(card), frame.last_edge_ns),
-            Err(error) => tracing::warn!(
-                door = %self.name,
-                reason = error.reason(),
-                bits = frame.bits.len(),
-                "card frame rejected"
-            ),
+        // Wiegand has no checksum: a frame that fits no format is taken as line noise (logged).
+        self.on_card_bits(&frame.bits, frame.last_edge_ns);
+    }
+
+    fn on_key(&mut self, key: wiegand::Key, at_ns: u64) {
+        if let Some(pin) = self.pin.push_key(key, at_ns) {
+            match pin {
+                Ok(presented) => self.on_presented(presented, at_ns),
+                Err(error) => {
+                    tracing::warn!(door = %self.name, reason = %error.reason(), "PIN entry rejected")
+                }
+            }
+        }
+    }
+
+    /// Decodes a card frame with the door's formats and decides it; false when it fits none.
+    fn on_card_bits(&mut self, bits: &wiegand::Bits, at_ns: u64) -> bool {
+        match wiegand::decode_card(bits, &self.formats) {
+            Ok(card) => {
+                self.on_presented(Presented::Card(card), at_ns);
+                true
+            }
+            Err(error) => {
+                tracing::warn!(
+                    door = %self.name,
+                    reason = %error.reason(),
+                    bits = bits.len(),
+                    "card frame rejected"
+                );
+                false
+            }
+        }
+    }
+
+    fn on_reader_input(&mut self, input: ReaderInput) {
+        match input {
+            ReaderInput::Card { bits, at_ns } => {
+                // An OSDP frame is checksummed: one that fits no format is a card the door does
+                // not take, and the person at the reader is shown a denial.
+                if !self.on_card_bits(&bits, at_ns) {
+                    self.signal(Outcome::Denied);
+                }
+            }
+            ReaderInput::Keys { keys, at_ns } => {
+                for key in keys {
+                    self.on_key(key, at_ns);
+                }
+            }
+            ReaderInput::Alarm(alarm) => self.emit_reader_alarm(alarm),
+        }
+    }
+
+    fn signal(&mut self, outcome: Outcome) {
+        if let Some(feedback) = &mut self.feedback {
+            feedback.signal(outcome);
         }
     }
 
     fn on_presented(&mut self, presented: Presented, last_edge_ns: u64) {
         let frame_seen_ns = monotonic_ns();
         let snapshot = self.snapshot.current();
-        let decision = decide(&snapshot, &self.policy, &presented, Timestamp::now());
+        let decision = decide(&snapshot, &self.policy, &presented, self.clock.rules_time());
         let decided_ns = monotonic_ns();
         let mut relay_ns = None;
         if decision.granted {
@@ -243,6 +341,11 @@ impl DoorTask {
             self.emit_door_events(&effects.events);
         }
         // Everything below happens after the relay has been driven.
+        self.signal(if decision.granted {
+            Outcome::Granted
+        } else {
+            Outcome::Denied
+        });
         if let Some(timings) = &self.timings {
             let _ = timings.send(SwipeTiming {
                 last_edge_ns,
@@ -252,6 +355,15 @@ impl DoorTask {
                 relay_ns,
                 granted: decision.granted,
             });
+        }
+        if let (Reason::WrongFacilityCode, Presented::Card(card)) = (decision.reason, &presented) {
+            // Facility codes are per site, not per person: naming it helps set `facility_codes`.
+            tracing::warn!(
+                door = %self.name,
+                facility = card.facility,
+                format = %card.format,
+                "card from a facility code this door does not list in facility_codes"
+            );
         }
         let event = AuditEvent {
             id: new_event_id(),
@@ -265,7 +377,7 @@ impl DoorTask {
                 CredentialKind::Pin => mask(""),
                 _ => mask(&decision.value),
             }),
-            created_at: Timestamp::now(),
+            created_at: self.clock.rules_time(),
             admit: decision.granted && self.admit_via_api && decision.person_id.is_some(),
         };
         self.send_audit(event);
@@ -297,18 +409,27 @@ impl DoorTask {
 
     fn emit_door_events(&self, events: &[DoorEvent]) {
         for event in events {
-            self.send_audit(AuditEvent {
-                id: new_event_id(),
-                event_code: event.code(),
-                reason: event.reason().into(),
-                door: self.name.clone(),
-                channel_id: self.policy.channel_id,
-                person_id: None,
-                credential: None,
-                created_at: Timestamp::now(),
-                admit: false,
-            });
+            self.send_door_event(event.code(), event.reason());
         }
+    }
+
+    /// A door event without a person or credential (alarms, REX, reader conditions).
+    fn send_door_event(&self, event_code: u16, reason: &str) {
+        self.send_audit(AuditEvent {
+            id: new_event_id(),
+            event_code,
+            reason: reason.into(),
+            door: self.name.clone(),
+            channel_id: self.policy.channel_id,
+            person_id: None,
+            credential: None,
+            created_at: self.clock.rules_time(),
+            admit: false,
+        });
+    }
+
+    fn emit_reader_alarm(&self, alarm: ReaderAlarm) {
+        self.send_door_event(alarm.code(), alarm.reason());
     }
 
     fn send_audit(&self, event: AuditEvent) {
@@ -322,7 +443,7 @@ impl DoorTask {
         let mode = DoorMode::from(
             self.snapshot
                 .current()
-                .channel_state(self.policy.channel_id, Timestamp::now()),
+                .channel_state(self.policy.channel_id, self.clock.rules_time()),
         );
         if mode != self.machine.mode() {
             tracing::info!(door = %self.name, ?mode, "door mode changed");
@@ -335,6 +456,14 @@ impl DoorTask {
         let mut state = lock(&self.state);
         state.relay_released = self.machine.relay_released();
         state.contact_open = self.machine.contact_open();
+    }
+}
+
+/// The next input of a door's non-GPIO reader; never resolves for a door without one.
+async fn next_reader_input(inputs: &mut Option<mpsc::Receiver<ReaderInput>>) -> Option<ReaderInput> {
+    match inputs {
+        Some(inputs) => inputs.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -4,6 +4,8 @@ pub mod access;
 pub mod admin;
 pub mod agent;
 pub mod audit;
+pub mod audit_writer;
+pub mod clock;
 pub mod config;
 pub mod credential;
 #[cfg(feature = "demo")]
@@ -16,9 +18,10 @@ pub mod hw;
 pub mod line_server;
 pub mod metrics;
 pub mod mutex;
-pub mod outbox;
+pub mod osdp;
 pub mod preflight;
 pub mod queue_table;
+pub mod reader;
 pub mod secrets;
 pub mod shutdown;
 #[cfg(feature = "simulator")]
@@ -32,3 +35,4 @@ pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod uplink;
+pub mod wiegand;

@@ -161,7 +161,8 @@ fn main() -> ExitCode {
         }
         #[cfg(feature = "demo")]
         Command::Demo => {
-            telemetry::init_with_default("error");
+            // The emulated OSDP reader's own LibOSDP log (target libosdp::pd) is not the agent's.
+            telemetry::init_with_default("error,libosdp::pd=off");
             match doorflow_agent::demo::run() {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(message) => failure(&message),
@@ -233,31 +234,56 @@ fn site_config_condition(path: &Path) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// Asks the running agent; falls back to the store when none is listening.
-fn gather_status(config: &Config) -> Result<status::StatusReport, String> {
-    match admin::call(&config.admin.socket, &admin::Request::Status) {
-        Ok(reply) => serde_json::from_value(reply["status"].clone())
-            .map_err(|e| format!("unreadable status reply: {e}")),
-        Err(admin::ClientError::NotRunning(_)) => {
-            status::from_store(config, &open_store(config)?).map_err(|e| chain(&e))
+/// Who answers a CLI request: the running agent, or the store of a stopped one.
+enum Answerer {
+    Agent(serde_json::Value),
+    Store(Box<store::Store>),
+}
+
+/// How long the CLI waits for a starting agent's admin socket.
+const AGENT_START_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Asks the running agent; opens the store only when no agent has it. A starting agent holds
+/// the store before its admin socket is up: then the CLI waits for the socket instead, so it
+/// never takes the store from an agent (and an agent waits out a CLI that has it briefly).
+fn reach(config: &Config, request: &admin::Request) -> Result<Answerer, String> {
+    let deadline = std::time::Instant::now() + AGENT_START_WAIT;
+    loop {
+        match admin::call(&config.admin.socket, request) {
+            Ok(reply) => return Ok(Answerer::Agent(reply)),
+            Err(admin::ClientError::NotRunning(_)) => {}
+            Err(error) => return Err(chain(&error)),
         }
-        Err(error) => Err(chain(&error)),
+        match store::Store::open(&config.store.path, config.store.cache_capacity_bytes()) {
+            Ok(store) => return Ok(Answerer::Store(Box::new(store))),
+            Err(store::StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(error) => return Err(chain(&error)),
+        }
+    }
+}
+
+/// Asks the running agent; reads the store when it is stopped.
+fn gather_status(config: &Config) -> Result<status::StatusReport, String> {
+    match reach(config, &admin::Request::Status)? {
+        Answerer::Agent(reply) => serde_json::from_value(reply["status"].clone())
+            .map_err(|e| format!("unreadable status reply: {e}")),
+        Answerer::Store(store) => status::from_store(config, &store).map_err(|e| chain(&e)),
     }
 }
 
 /// Metrics from the running agent, or from the store when it is stopped.
 fn gather_metrics(config: &Config) -> Result<String, String> {
-    match admin::call(&config.admin.socket, &admin::Request::Metrics) {
-        Ok(reply) => reply["metrics"]
+    match reach(config, &admin::Request::Metrics)? {
+        Answerer::Agent(reply) => reply["metrics"]
             .as_str()
             .map(str::to_string)
             .ok_or_else(|| "unreadable metrics reply".to_string()),
-        Err(admin::ClientError::NotRunning(_)) => {
-            let store = open_store(config)?;
+        Answerer::Store(store) => {
             let report = status::from_store(config, &store).map_err(|e| chain(&e))?;
             Ok(metrics::from_store(&report, &store))
         }
-        Err(error) => Err(chain(&error)),
     }
 }
 
@@ -273,13 +299,10 @@ fn queue_command(config: &Config, action: QueueAction) -> ExitCode {
         QueueAction::RetryDead { id, .. } => admin::Request::RetryDead { id },
         QueueAction::PurgeDead => admin::Request::PurgeDead,
     };
-    let reply = match admin::call(&config.admin.socket, &request) {
-        Ok(reply) => Ok(reply),
-        Err(admin::ClientError::NotRunning(_)) => {
-            open_store(config).and_then(|store| admin::queue_reply(&store, &request))
-        }
-        Err(error) => Err(chain(&error)),
-    };
+    let reply = reach(config, &request).and_then(|answerer| match answerer {
+        Answerer::Agent(reply) => Ok(reply),
+        Answerer::Store(store) => admin::queue_reply(&store, &request),
+    });
     let reply = match reply {
         Ok(reply) => reply,
         Err(message) => return failure(&message),
@@ -326,12 +349,8 @@ fn render_queue(list: &str, items: &[serde_json::Value]) -> Result<String, Strin
     }
     Ok(match list {
         "dead" => queue_table::dead_letters(&entries(items, "letter")?),
-        _ => queue_table::queued_calls(&entries(items, "call")?, jiff::Timestamp::now()),
+        _ => queue_table::queued_calls(&entries(items, "call")?, &doorflow_agent::clock::Now::read_raw()),
     })
-}
-
-fn open_store(config: &Config) -> Result<store::Store, String> {
-    store::Store::open(&config.store.path, config.store.cache_capacity_bytes()).map_err(|e| chain(&e))
 }
 
 fn config_failure(error: &ConfigError) -> ExitCode {

@@ -62,7 +62,7 @@ pub struct Figures<'a> {
     pub door_events: Vec<(String, u16, u64)>,
     /// 429 answers from DoorFlow (sync and admits, and the sink when on DoorFlow's server).
     pub http_429: u64,
-    /// Errors the store's engine returned.
+    /// Queue and snapshot writes the store failed.
     pub store_errors: u64,
     pub now: Timestamp,
 }
@@ -266,26 +266,35 @@ pub fn render(figures: &Figures) -> String {
         &mut out,
         "store_errors_total",
         "counter",
-        "Errors from the store's engine (reads and writes refused).",
+        "Queue and snapshot writes the store failed.",
     )
     .sample(&[], figures.store_errors);
 
-    if let Some(synchronized) = r.clock.synchronized {
+    if let Some(synchronised) = r.clock.synchronised {
         family(
             &mut out,
             "clock_synchronized",
             "gauge",
             "1 when the system clock is NTP-synchronised.",
         )
-        .sample(&[], flag(synchronized));
+        .sample(&[], flag(synchronised));
+    }
+    if let Some(offset) = r.clock.doorflow_offset_s {
+        family(
+            &mut out,
+            "clock_doorflow_offset_seconds",
+            "gauge",
+            "Wall clock minus DoorFlow's time (from its Date header).",
+        )
+        .sample(&[], offset);
     }
     family(
         &mut out,
-        "clock_behind_last_sync",
+        "clock_behind_trusted_floor",
         "gauge",
-        "1 when the clock reads earlier than the last successful sync.",
+        "1 when the wall clock is behind DoorFlow's last known time (rules use that time).",
     )
-    .sample(&[], flag(r.clock.behind_last_sync));
+    .sample(&[], flag(r.clock.behind_floor));
 
     let mut relays = family(
         &mut out,
@@ -299,9 +308,11 @@ pub fn render(figures: &Figures) -> String {
     out
 }
 
-/// Each lane's depth and oldest age from the store (the counters are the running agent's).
-pub fn lanes_from_store(store: &Store, now: Timestamp) -> Vec<LaneFigures> {
+/// Each lane's depth and oldest age (on the boot clock, as `status` counts it) from the store;
+/// the counters are the running agent's.
+pub fn lanes_from_store(store: &Store) -> Vec<LaneFigures> {
     let stats = store.outbox_stats().unwrap_or_default();
+    let now = crate::clock::Now::read_raw();
     Lane::ALL
         .into_iter()
         .map(|lane| LaneFigures {
@@ -314,8 +325,8 @@ pub fn lanes_from_store(store: &Store, now: Timestamp) -> Vec<LaneFigures> {
                 .outbox_head(lane)
                 .ok()
                 .flatten()
-                .map(|e| now.duration_since(e.value.created_at).as_secs().max(0) as u64)
-                .unwrap_or(0),
+                .and_then(|e| crate::uplink::policy::age(&e.value, &now))
+                .map_or(0, |age| age.as_secs()),
             ..LaneFigures::default()
         })
         .collect()
@@ -324,14 +335,13 @@ pub fn lanes_from_store(store: &Store, now: Timestamp) -> Vec<LaneFigures> {
 /// The figures of a stopped agent, from its store (`status --prometheus` with no agent
 /// running): depths, dead letters, the last sync; no counters.
 pub fn from_store(report: &StatusReport, store: &Store) -> String {
-    let now = Timestamp::now();
     render(&Figures {
         report,
-        lanes: lanes_from_store(store, now),
+        lanes: lanes_from_store(store),
         door_events: Vec::new(),
         http_429: 0,
-        store_errors: store.error_count(),
-        now,
+        store_errors: store.health().write_errors,
+        now: Timestamp::now(),
     })
 }
 
@@ -389,9 +399,20 @@ mod tests {
                 relay: "released".into(),
                 contact: "closed".into(),
                 mode: "normal".into(),
+                reader: crate::reader::ReaderStatus {
+                    kind: "wiegand".into(),
+                    state: "unsupervised".into(),
+                    reason: None,
+                    port: None,
+                    address: None,
+                    secure_channel: None,
+                    tamper: None,
+                    since: None,
+                },
             }],
             degraded: vec![],
             clock: Default::default(),
+            store: Default::default(),
         }
     }
 
@@ -430,7 +451,7 @@ mod tests {
             "doorflow_agent_sync_duration_seconds 1.5",
             "doorflow_agent_http_429_total 4",
             "doorflow_agent_store_errors_total 0",
-            "doorflow_agent_clock_behind_last_sync 0",
+            "doorflow_agent_clock_behind_trusted_floor 0",
             "doorflow_agent_door_relay_released{door=\"fr\\\"ont\"} 1",
             "# TYPE doorflow_agent_door_events_total counter",
         ] {

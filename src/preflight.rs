@@ -128,15 +128,15 @@ fn secret_file(path: &Path) -> Option<(Severity, String)> {
 /// https needs CA certificates to verify the server: the system's bundle (the
 /// `ca-certificates` package) or `SSL_CERT_FILE` / `SSL_CERT_DIR`.
 fn trust_store(config: &Config) -> Option<Finding> {
-    let https = [Some(&config.api.base_url), config.uplink.events_url.as_ref()]
-        .into_iter()
-        .flatten()
-        .find(|url| url.starts_with("https://"))?;
-    let key = if https == &config.api.base_url {
-        "api.base_url"
-    } else {
-        "uplink.events_url"
-    };
+    let (key, https) = [
+        ("api.base_url", Some(&config.api.base_url)),
+        ("uplink.events_url", config.uplink.events_url.as_ref()),
+    ]
+    .into_iter()
+    .find_map(|(key, url)| {
+        url.filter(|u| u.url().scheme() == "https")
+            .map(|u| (key, u.url()))
+    })?;
     let loaded = rustls_native_certs::load_native_certs();
     if !loaded.certs.is_empty() {
         return None;
@@ -179,7 +179,8 @@ fn gpio_chips(config: &Config) -> Vec<Finding> {
     }
     let mut chips = Vec::new();
     for (index, door) in config.doors.iter().enumerate() {
-        let mut uses = vec![("reader", &door.reader.chip), ("relay", &door.relay.chip)];
+        let mut uses = vec![("relay", &door.relay.chip)];
+        uses.extend(door.reader.wiegand().map(|w| ("reader", &w.chip)));
         uses.extend(door.contact.as_ref().map(|c| ("contact", &c.chip)));
         uses.extend(door.rex.as_ref().map(|r| ("rex", &r.chip)));
         for (field, chip) in uses {

@@ -1,7 +1,9 @@
 //! Readable tables for `queue list` and `queue dead` (the JSON lines stay available with
 //! `--json`). Pure formatting of the store's records.
 
+use crate::clock::Now;
 use crate::store::{Call, DeadLetter, QueuedCall};
+use crate::uplink::policy;
 use jiff::{Timestamp, Unit};
 
 /// Longest detail or error text shown in a table cell; `--json` has the whole text.
@@ -86,8 +88,9 @@ pub fn dead_letters(letters: &[(u64, DeadLetter)]) -> String {
     )
 }
 
-/// `queue list`: one row per queued call, oldest first.
-pub fn queued_calls(calls: &[(u64, QueuedCall)], now: Timestamp) -> String {
+/// `queue list`: one row per queued call, oldest first; ages on the boot clock where the call
+/// has a boot stamp (as `status` counts them).
+pub fn queued_calls(calls: &[(u64, QueuedCall)], now: &Now) -> String {
     if calls.is_empty() {
         return "nothing queued\n".into();
     }
@@ -97,7 +100,7 @@ pub fn queued_calls(calls: &[(u64, QueuedCall)], now: Timestamp) -> String {
             vec![
                 key.to_string(),
                 call.call.lane().as_str().to_string(),
-                crate::status::age(now.duration_since(call.created_at).as_secs()),
+                policy::age(call, now).map_or("?".into(), |age| crate::status::age(age.as_secs() as i64)),
                 call.attempts.to_string(),
                 call.next_attempt_at.map_or("now".into(), time),
                 call.id.clone(),
@@ -130,8 +133,10 @@ mod tests {
             id: "6f1c2a4e-0000-4000-8000-000000000001".into(),
             call,
             created_at: Timestamp::from_second(1_700_000_000).unwrap(),
+            created_boot: None,
             attempts: 1,
             next_attempt_at: None,
+            next_attempt_boot: None,
             last_error: None,
             hold: None,
         }
@@ -174,8 +179,10 @@ mod tests {
             person_id: 2,
         });
         call.last_error = Some("HTTP 503\nservice unavailable".into());
-        let now = Timestamp::from_second(1_700_000_300).unwrap();
-        let text = queued_calls(&[(3, call)], now);
+        // No boot stamp on the call: its age comes from the wall clock.
+        let mut now = Now::read_raw();
+        now.wall = Timestamp::from_second(1_700_000_300).unwrap();
+        let text = queued_calls(&[(3, call)], &now);
         assert!(text.contains("5 min ago"), "{text}");
         assert!(text.contains("now"), "{text}");
         assert!(text.contains("HTTP 503 service unavailable"), "{text}");

@@ -1,10 +1,14 @@
-//! The `status` report: one JSON object (DESIGN.md's contract) built either from a running
-//! agent's memory (served over the admin socket) or, when the agent is stopped, from the store.
+//! The `status` report: one JSON object (the README's "status contract") built either from a
+//! running agent's memory (served over the admin socket) or, when the agent is stopped, from the
+//! store.
 
+use crate::clock::trusted::{ClockStatus, TimeKeeper, ANCHOR_KEY};
+use crate::clock::Now;
 use crate::config::Config;
 use crate::door::DoorMode;
+use crate::reader::ReaderStatus;
 use crate::snapshot::{Snapshot, SnapshotCounts, SnapshotParts};
-use crate::store::{Lane, SnapshotHeader, Store, StoreError};
+use crate::store::{DropNote, Lane, LossNote, OpenReport, SnapshotHeader, Store, StoreError};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
@@ -18,124 +22,47 @@ pub struct StatusReport {
     pub snapshot: SnapshotStatus,
     pub sync: SyncStatus,
     pub queue: QueueStatus,
+    /// Whether the wall clock can be trusted: synchronised, its offset from DoorFlow's time,
+    /// the trusted-time floor, the last step seen.
+    #[serde(default)]
+    pub clock: ClockStatus,
     pub doors: Vec<DoorStatus>,
+    /// Whether the store takes writes, and what its last opening found wrong.
+    #[serde(default)]
+    pub store: StoreStatus,
     /// Why the agent is not fully working, one sentence each (see `degraded_reasons`); empty
     /// when it is.
     #[serde(default)]
     pub degraded: Vec<String>,
-    #[serde(default)]
-    pub clock: ClockStatus,
 }
 
-/// The wall clock as the agent sees it: shifts and validity windows are judged by it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClockStatus {
-    /// Whether the system clock is synchronised (NTP, from the kernel or systemd-timesyncd);
-    /// null when that cannot be told (e.g. inside the hardened unit without timesyncd).
-    pub synchronized: Option<bool>,
-    /// The clock reads earlier than the last successful sync: it went back (an RTC-less board
-    /// after a power cut), and time rules may be judged wrongly.
-    pub behind_last_sync: bool,
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StoreStatus {
+    /// `ok`, or `store_error` while writes fail (a full disk, an I/O error).
+    pub state: String,
+    /// The failing write's error.
+    pub error: Option<String>,
+    /// What opening found wrong and did about it (parts moved aside, records lost, a snapshot
+    /// taken from the last good copy).
+    pub problems: Vec<String>,
+    /// Damaged parts kept for inspection.
+    pub moved_aside: Vec<String>,
 }
 
-impl ClockStatus {
-    /// Probes the system clock; `last_known` is the latest time the agent knew to be right.
-    pub fn probe(now: Timestamp, last_known: Option<Timestamp>) -> ClockStatus {
-        ClockStatus {
-            synchronized: clock_synchronized(),
-            behind_last_sync: last_known.is_some_and(|known| now < known),
+impl StoreStatus {
+    pub fn of(store: &Store) -> StoreStatus {
+        let health = store.health();
+        let OpenReport {
+            moved_aside,
+            problems,
+        } = store.open_report();
+        let error = health.queue_error.or(health.snapshot_error);
+        StoreStatus {
+            state: if error.is_some() { "store_error" } else { "ok" }.into(),
+            error,
+            problems,
+            moved_aside,
         }
-    }
-}
-
-/// The kernel's NTP state (`adjtimex` read-only), else systemd-timesyncd's flag file; `None`
-/// when neither can say (the unit's system call filter refuses `adjtimex`).
-fn clock_synchronized() -> Option<bool> {
-    // SAFETY: adjtimex with `modes = 0` only reads the kernel's clock state into `timex`.
-    let mut timex: libc::timex = unsafe { std::mem::zeroed() };
-    let state = unsafe { libc::adjtimex(&mut timex) };
-    if state >= 0 {
-        return Some(state != libc::TIME_ERROR && timex.status & libc::STA_UNSYNC == 0);
-    }
-    std::path::Path::new("/run/systemd/timesync/synchronized")
-        .exists()
-        .then_some(true)
-}
-
-/// What `degraded_reasons` looks at besides the report.
-#[derive(Debug, Clone, Default)]
-pub struct HealthInputs {
-    /// Why the agent has no DoorFlow client (a secret it cannot read), if so.
-    pub doorflow_unavailable: Option<String>,
-    /// Why the event sink has no client, if so.
-    pub sink_unavailable: Option<String>,
-}
-
-/// Why the agent is degraded: it cannot talk to DoorFlow, its sync fails, it has no snapshot
-/// (every card is denied), its uplink is refused or its store fails, its clock went back. Each
-/// reason is a stable sentence (no ages or counts), so a change of the list is a change of
-/// state worth a journal line.
-pub fn degraded_reasons(report: &StatusReport, inputs: &HealthInputs) -> Vec<String> {
-    let mut reasons = Vec::new();
-    if let Some(why) = &inputs.doorflow_unavailable {
-        reasons.push(format!(
-            "cannot talk to DoorFlow ({why}); deciding from the stored snapshot. Fix it and restart the agent"
-        ));
-    }
-    if let Some(why) = &inputs.sink_unavailable {
-        reasons.push(format!("no event sink client ({why}); events stay queued"));
-    }
-    if report.snapshot.synced_at.is_none() && report.snapshot.people == 0 {
-        reasons.push("no snapshot yet: every card is denied until a sync succeeds".into());
-    }
-    if let Some(error) = &report.sync.last_error {
-        reasons.push(format!("sync failing: {error}"));
-    }
-    match report.queue.uplink.as_str() {
-        "auth_refused" | "store_error" => reasons.push(format!(
-            "uplink {}: {}",
-            report.queue.uplink,
-            report.queue.last_error.as_deref().unwrap_or("no detail")
-        )),
-        _ => {}
-    }
-    if report.clock.behind_last_sync {
-        reasons.push("the clock is behind the last successful sync: time rules may be judged wrongly".into());
-    }
-    reasons
-}
-
-/// "3 min ago"-style age for status lines: coarse, so the line changes only when it matters.
-pub fn age(seconds: i64) -> String {
-    match seconds.max(0) {
-        s if s < 60 => "<1 min ago".into(),
-        s if s < 3600 => format!("{} min ago", s / 60),
-        s if s < 86_400 => format!("{} h ago", s / 3600),
-        s => format!("{} d ago", s / 86_400),
-    }
-}
-
-/// The one-line summary systemd shows as the unit's status (`systemctl status`):
-/// `200 people, 260 credentials; synced 2 min ago; online; queue 0, 0 dead`, prefixed with
-/// `DEGRADED (reasons):` when there are reasons.
-pub fn status_line(report: &StatusReport, now: Timestamp) -> String {
-    let s = &report.snapshot;
-    let synced = report
-        .sync
-        .last_success
-        .or(s.synced_at)
-        .map(|t| format!("synced {}", age(now.duration_since(t).as_secs())))
-        .unwrap_or_else(|| "never synced".into());
-    let online = if report.online { "online" } else { "offline" };
-    let q = &report.queue;
-    let line = format!(
-        "{} people, {} credentials; {synced}; {online}; queue {}, {} dead",
-        s.people, s.credentials, q.pending, q.dead
-    );
-    if report.degraded.is_empty() {
-        line
-    } else {
-        format!("DEGRADED ({}): {line}", report.degraded.join("; "))
     }
 }
 
@@ -176,6 +103,19 @@ pub struct QueueStatus {
     pub dead: u64,
     /// Events dropped because the queue was full (since the store was created).
     pub dropped_events: u64,
+    /// Admits dropped because `uplink.queue_max_admits` was reached.
+    #[serde(default)]
+    pub dropped_admits: u64,
+    /// The last drop: when, which lane, how many and which limit.
+    #[serde(default)]
+    pub last_drop: Option<DropNote>,
+    /// Acknowledged records found missing when the store was opened (damage).
+    #[serde(default)]
+    pub lost_records: u64,
+    #[serde(default)]
+    pub last_loss: Option<LossNote>,
+    /// Age of the oldest queued call, s, on the monotonic (boot) clock: a wall clock step does
+    /// not change it.
     pub oldest_age_s: Option<u64>,
     /// `online`, `paused` (rate limit), `backing_off`, `auth_refused`, `idle`, `disabled`,
     /// `store_error`, or `stopped` (agent not running): the lane most in need of attention.
@@ -195,31 +135,46 @@ pub struct DoorStatus {
     pub contact: String,
     /// `normal`, `unlock` or `lockdown`, from the channel in the snapshot.
     pub mode: String,
+    /// The door's reader and, for OSDP, its link (`online`, `offline`, …).
+    pub reader: ReaderStatus,
 }
 
 impl QueueStatus {
-    /// Queue depth from the store, with the uplink state supplied by the caller.
+    /// Queue depth from the store, with the uplink state supplied by the caller (`store_error`
+    /// instead while the queue refuses writes).
     pub fn from_store(store: &Store, uplink: &str) -> Result<QueueStatus, StoreError> {
         let stats = store.outbox_stats()?;
-        let mut oldest = None;
+        let now = Now::read_raw();
+        let mut oldest: Option<u64> = None;
         let mut last_error = None;
         for lane in Lane::ALL {
             if let Some(head) = store.outbox_head(lane)? {
-                oldest =
-                    Some(oldest.map_or(head.value.created_at, |o: Timestamp| o.min(head.value.created_at)));
+                // Unknown (queued in another boot, by a clock now set back): shown as 0.
+                let age = crate::uplink::policy::age(&head.value, &now).map_or(0, |a| a.as_secs());
+                oldest = Some(oldest.map_or(age, |o| o.max(age)));
                 last_error = last_error.or(head.value.last_error);
             }
         }
+        let store_error = store.health().queue_error;
         Ok(QueueStatus {
             pending: stats.pending,
             pending_admits: stats.pending_admits,
             pending_events: stats.pending_events,
             dead: stats.dead,
             dropped_events: stats.dropped_events,
-            oldest_age_s: oldest.map(|o| Timestamp::now().duration_since(o).as_secs().max(0) as u64),
-            uplink: uplink.to_string(),
+            dropped_admits: stats.dropped_admits,
+            last_drop: stats.last_drop,
+            lost_records: stats.lost_records,
+            last_loss: stats.last_loss,
+            oldest_age_s: oldest,
+            uplink: if store_error.is_some() {
+                "store_error"
+            } else {
+                uplink
+            }
+            .to_string(),
             uplink_until: None,
-            last_error,
+            last_error: store_error.or(last_error),
         })
     }
 }
@@ -265,8 +220,9 @@ pub fn from_store(config: &Config, store: &Store) -> Result<StatusReport, StoreE
     };
     let snapshot = Snapshot::new(channels, &config.sync.time_zone);
     let sync: SyncStatus = store.meta_get(SYNC_STATUS_KEY)?.unwrap_or_default();
-    let now = Timestamp::now();
-    let clock = ClockStatus::probe(now, sync.last_success);
+    let clock = TimeKeeper::new(store.meta_get(ANCHOR_KEY)?);
+    clock.set_synchronised(crate::clock::synchronised());
+    let now = clock.rules_time();
     let mut report = StatusReport {
         version: env!("CARGO_PKG_VERSION").to_string(),
         agent_running: false,
@@ -274,6 +230,7 @@ pub fn from_store(config: &Config, store: &Store) -> Result<StatusReport, StoreE
         snapshot: SnapshotStatus::from_header(header.as_ref()),
         sync,
         queue: QueueStatus::from_store(store, "stopped")?,
+        clock: clock.status(&Now::read_raw()),
         doors: config
             .doors
             .iter()
@@ -283,13 +240,94 @@ pub fn from_store(config: &Config, store: &Store) -> Result<StatusReport, StoreE
                 relay: "unknown".into(),
                 contact: "unknown".into(),
                 mode: door_mode(&snapshot, door.channel_id, now).into(),
+                reader: door.reader.initial_status(false),
             })
             .collect(),
+        store: StoreStatus::of(store),
         degraded: Vec::new(),
-        clock,
     };
     report.degraded = degraded_reasons(&report, &HealthInputs::default());
     Ok(report)
+}
+
+/// What `degraded_reasons` looks at besides the report.
+#[derive(Debug, Clone, Default)]
+pub struct HealthInputs {
+    /// Why the agent has no DoorFlow client (a secret it cannot read), if so.
+    pub doorflow_unavailable: Option<String>,
+    /// Why the event sink has no client, if so.
+    pub sink_unavailable: Option<String>,
+}
+
+/// Why the agent is degraded: it cannot talk to DoorFlow, its sync fails, it has no snapshot
+/// (every card is denied), its uplink is refused, its store refuses writes, its clock is behind
+/// DoorFlow's time. Each reason is a stable sentence (no ages or counts), so a change of the
+/// list is a change of state worth a journal line.
+pub fn degraded_reasons(report: &StatusReport, inputs: &HealthInputs) -> Vec<String> {
+    let mut reasons = Vec::new();
+    if let Some(why) = &inputs.doorflow_unavailable {
+        reasons.push(format!(
+            "cannot talk to DoorFlow ({why}); deciding from the stored snapshot. Fix it and restart the agent"
+        ));
+    }
+    if let Some(why) = &inputs.sink_unavailable {
+        reasons.push(format!("no event sink client ({why}); events stay queued"));
+    }
+    if report.snapshot.synced_at.is_none() && report.snapshot.people == 0 {
+        reasons.push("no snapshot yet: every card is denied until a sync succeeds".into());
+    }
+    if let Some(error) = &report.sync.last_error {
+        reasons.push(format!("sync failing: {error}"));
+    }
+    if let Some(error) = &report.store.error {
+        reasons.push(format!("the store refuses writes: {error}"));
+    }
+    if report.queue.uplink == "auth_refused" {
+        reasons.push(format!(
+            "uplink auth_refused: {}",
+            report.queue.last_error.as_deref().unwrap_or("no detail")
+        ));
+    }
+    if report.clock.behind_floor {
+        reasons.push(
+            "the wall clock is behind DoorFlow's last known time: time rules use DoorFlow's instead".into(),
+        );
+    }
+    reasons
+}
+
+/// "3 min ago"-style age for status lines: coarse, so the line changes only when it matters.
+pub fn age(seconds: i64) -> String {
+    match seconds.max(0) {
+        s if s < 60 => "<1 min ago".into(),
+        s if s < 3600 => format!("{} min ago", s / 60),
+        s if s < 86_400 => format!("{} h ago", s / 3600),
+        s => format!("{} d ago", s / 86_400),
+    }
+}
+
+/// The one-line summary systemd shows as the unit's status (`systemctl status`):
+/// `200 people, 260 credentials; synced 2 min ago; online; queue 0, 0 dead`, prefixed with
+/// `DEGRADED (reasons):` when there are reasons.
+pub fn status_line(report: &StatusReport, now: Timestamp) -> String {
+    let s = &report.snapshot;
+    let synced = report
+        .sync
+        .last_success
+        .or(s.synced_at)
+        .map(|t| format!("synced {}", age(now.duration_since(t).as_secs())))
+        .unwrap_or_else(|| "never synced".into());
+    let online = if report.online { "online" } else { "offline" };
+    let q = &report.queue;
+    let line = format!(
+        "{} people, {} credentials; {synced}; {online}; queue {}, {} dead",
+        s.people, s.credentials, q.pending, q.dead
+    );
+    if report.degraded.is_empty() {
+        line
+    } else {
+        format!("DEGRADED ({}): {line}", report.degraded.join("; "))
+    }
 }
 
 /// Meta key under which the last sync outcome is kept, so a stopped agent can report it.
@@ -331,19 +369,72 @@ pub fn render(report: &StatusReport) -> String {
     let until = q.uplink_until.map(|t| format!(" until {t}")).unwrap_or_default();
     out.push_str(&format!(
         "queue: {} pending ({} admits, {} events), {} dead, {} dropped{oldest}; uplink {}{until}\n",
-        q.pending, q.pending_admits, q.pending_events, q.dead, q.dropped_events, q.uplink
+        q.pending,
+        q.pending_admits,
+        q.pending_events,
+        q.dead,
+        q.dropped_events + q.dropped_admits,
+        q.uplink
     ));
+    if let Some(drop) = &q.last_drop {
+        out.push_str(&format!(
+            "last drop: {} {}s at {}: {}\n",
+            drop.count, drop.lane, drop.at, drop.reason
+        ));
+    }
+    if q.lost_records > 0 {
+        let detail = q
+            .last_loss
+            .as_ref()
+            .map(|l| format!(" (last: {})", l.detail))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "LOST: {} acknowledged queued records{detail}\n",
+            q.lost_records
+        ));
+    }
+    let store = &report.store;
+    if let Some(error) = &store.error {
+        out.push_str(&format!("STORE ERROR: {error}\n"));
+    }
+    for problem in &store.problems {
+        out.push_str(&format!("store at start: {problem}\n"));
+    }
     if let Some(error) = &q.last_error {
         out.push_str(&format!("last uplink error: {error}\n"));
     }
+    let c = &report.clock;
+    let synchronised = match c.synchronised {
+        Some(true) => "synchronised",
+        Some(false) => "NOT synchronised",
+        None => "synchronisation unknown",
+    };
+    let offset = c
+        .doorflow_offset_s
+        .map(|o| format!(", {o:+.1} s from DoorFlow"))
+        .unwrap_or_default();
+    let behind = if c.behind_floor {
+        " (behind DoorFlow's last time: rules use that instead)"
+    } else {
+        ""
+    };
+    let step = match (c.last_step_s, c.last_step_at) {
+        (Some(size), Some(at)) => format!("; stepped {size:+.1} s at {at}"),
+        _ => String::new(),
+    };
+    out.push_str(&format!("clock: {synchronised}{offset}{behind}{step}\n"));
     for door in &report.doors {
         let channel = door
             .channel_id
             .map(|c| format!(" (channel {c})"))
             .unwrap_or_default();
         out.push_str(&format!(
-            "door {}{channel}: relay {}, contact {}, mode {}\n",
-            door.name, door.relay, door.contact, door.mode
+            "door {}{channel}: relay {}, contact {}, mode {}, reader {}\n",
+            door.name,
+            door.relay,
+            door.contact,
+            door.mode,
+            door.reader.describe()
         ));
     }
     out

@@ -1,39 +1,68 @@
-//! All persistent state goes through this module, so the engine underneath (sled) could change
-//! without touching the rest of the agent.
+//! All persistent state goes through this module. It keeps two engines, each for what it is
+//! good at (see ARCHITECTURE.md, "Storage"):
 //!
-//! Snapshot layout: each snapshot is written into its own tree `snapshot.<generation>` and only
-//! then made current by flipping `meta["snapshot.active"]`, flushed to disk. A crash before the
-//! flip leaves the old snapshot in force and an orphan tree that the next open removes; a reader
-//! in this process holds a shared lock for its whole read, so it sees one generation or the
-//! other, never a mix.
+//! - **SQLite** (`queue`): the durable queue — both outbox lanes with their holds and attempt
+//!   counts, dead letters, the local event log, the queue counters. Every commit is fsynced
+//!   before it returns, so "acknowledged" means on stable storage.
+//! - **sled** (`snapshots`): the credential snapshot and the sync metadata, which a sync can
+//!   always rebuild. A copy of the last snapshot is also kept outside sled (`last_good`).
+//!
+//! On-disk shapes live in `format` (versioned, apart from the in-memory model), the directory
+//! and its permissions in `layout`, test-only crash points in `testing`.
+//!
+//! Opening never gives up on a damaged part: whatever cannot be opened is moved aside into
+//! `damaged/` (kept for inspection), reported plainly in the journal and in `status`, and
+//! started afresh, so the agent always comes up and its doors always decide.
 
-mod outbox;
+pub mod format;
+mod last_good;
+mod layout;
+mod queue;
+mod snapshots;
+pub mod testing;
 
-pub use outbox::{Call, Capacity, DeadLetter, Entry, Lane, OutboxStats, QueuedCall};
+pub use queue::{
+    Call, Capacity, DeadLetter, DropNote, Entry, Group, Hold, Lane, LossNote, OutboxStats, QueuedCall,
+};
+pub use snapshots::{LoadedSnapshot, SnapshotHeader};
 
-use crate::snapshot::{SnapshotCounts, SnapshotParts};
-use jiff::Timestamp;
+use crate::snapshot::SnapshotParts;
+use layout::{Layout, OpenAttempts, OwnerLock};
+use queue::QueueDb;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use snapshots::SnapshotDb;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-const META_TREE: &str = "meta";
-const ACTIVE_KEY: &[u8] = b"snapshot.active";
-const SNAPSHOT_PREFIX: &str = "snapshot.";
-const HEADER_KEY: &[u8] = b"header";
-/// Records per sled batch when writing a snapshot: bounds memory while keeping writes fast.
-const BATCH: usize = 4096;
+/// Start-ups that stopped while opening the store before the credential cache is moved aside
+/// (sled can abort on a damaged file; under `Restart=always` that would loop forever).
+const FAILED_OPENS_BEFORE_SNAPSHOT_ASIDE: u32 = 2;
+/// ... and before the queue database is moved aside as well.
+const FAILED_OPENS_BEFORE_QUEUE_ASIDE: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store {path} is in use by another process (is the agent running? use its admin socket)")]
     Locked { path: PathBuf },
-    #[error("store {path}: {source}")]
+    #[error("credential cache {path}: {source}")]
     Engine {
         path: PathBuf,
         #[source]
         source: sled::Error,
+    },
+    #[error("queue database {path}: {source}")]
+    Queue {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("store {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
     },
     #[error("store task did not finish: {0}")]
     Task(String),
@@ -43,332 +72,453 @@ pub enum StoreError {
         generation: u64,
         detail: String,
     },
+    #[error("store {path} was written in format {found} by a newer doorflow-agent; this one reads formats up to {supported}. Upgrade the agent, or let a sync rewrite the snapshot")]
+    NewerFormat {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error("store {path} is damaged: {detail}")]
+    Damaged { path: PathBuf, detail: String },
+    /// Not damage: a full disk or missing permissions. Nothing is moved aside.
+    #[error("store {path} cannot be opened now: {detail}")]
+    Unavailable { path: PathBuf, detail: String },
 }
 
-/// What is known about the current snapshot without loading it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SnapshotHeader {
-    pub generation: u64,
-    pub synced_at: Option<Timestamp>,
-    pub written_at: Timestamp,
-    pub counts: SnapshotCounts,
+impl StoreError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> StoreError {
+        StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Whether the store is accepting writes right now (a full disk, an I/O error), for `status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreHealth {
+    /// The last queue write failed with this error (cleared by the next that succeeds).
+    pub queue_error: Option<String>,
+    /// The last snapshot write failed with this error.
+    pub snapshot_error: Option<String>,
+    /// Queue and snapshot writes that failed since the store was opened (for metrics).
+    #[serde(default)]
+    pub write_errors: u64,
+}
+
+/// Where the snapshot the doors start with came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotSource {
+    /// sled's current snapshot.
+    Cache,
+    /// `snapshot.last-good`, because sled's was missing, older or unusable.
+    LastGood,
+    /// Nothing usable: every card is denied until a sync.
+    None,
+}
+
+/// The snapshot the agent starts with.
+#[derive(Debug)]
+pub struct StartingSnapshot {
+    pub parts: SnapshotParts,
+    pub source: SnapshotSource,
+    pub generation: Option<u64>,
+}
+
+/// Problems found while opening, for the journal (already logged) and `status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenReport {
+    /// Parts moved into `damaged/`.
+    pub moved_aside: Vec<String>,
+    /// Plain sentences: what was wrong and what was done.
+    pub problems: Vec<String>,
 }
 
 pub struct Store {
-    path: PathBuf,
-    /// Records and bytes in the outbox, `None` until first counted (see `outbox`).
-    outbox_tally: std::sync::Mutex<Option<outbox::Tally>>,
-    db: sled::Db,
-    meta: sled::Tree,
-    /// Shared by snapshot readers, exclusive for the flip that retires a generation.
-    swap: RwLock<()>,
-    /// Test seam: every write fails as on a full disk (see `simulate_disk_full`).
-    disk_full: std::sync::atomic::AtomicBool,
-    /// Engine errors since the store was opened (for metrics).
-    errors: std::sync::atomic::AtomicU64,
+    layout: Layout,
+    snapshots: SnapshotDb,
+    queue: QueueDb,
+    health: Mutex<StoreHealth>,
+    report: Mutex<OpenReport>,
+    /// Last: released after the engines are closed.
+    _lock: OwnerLock,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.path).finish()
+        f.debug_struct("Store")
+            .field("path", &self.layout.root())
+            .finish()
     }
 }
 
 impl Store {
-    /// Opens (or creates) the store with sled's page cache capped at `cache_capacity_bytes`,
-    /// and removes snapshot trees left behind by a crash mid-write.
+    /// Opens (or creates) the store at `path` with sled's page cache capped at
+    /// `cache_capacity_bytes`. Fails at once with `Locked` when another process has it.
     pub fn open(path: &Path, cache_capacity_bytes: u64) -> Result<Store, StoreError> {
-        if let Some(parent) = path.parent() {
-            // sled creates the directory itself; make the parent private first.
-            let _ = std::fs::create_dir_all(parent);
-        }
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(cache_capacity_bytes)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(|source| open_error(path, source))?;
-        let meta = db.open_tree(META_TREE).map_err(|source| StoreError::Engine {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let store = Store {
-            path: path.to_path_buf(),
-            outbox_tally: std::sync::Mutex::new(None),
-            db,
-            meta,
-            swap: RwLock::new(()),
-            disk_full: std::sync::atomic::AtomicBool::new(false),
-            errors: std::sync::atomic::AtomicU64::new(0),
+        let layout = Layout::new(path);
+        layout.create()?;
+        let lock = layout.try_lock()?;
+        layout.prepare()?;
+        Store::open_locked(layout, lock, cache_capacity_bytes, 0)
+    }
+
+    /// Opens the store as the agent does: waits up to `wait` for a process that has it briefly
+    /// (a `status` or `queue` command reading a stopped agent's store), moves aside what
+    /// cannot be opened, and loads the best snapshot there is.
+    pub fn open_for_agent(
+        path: &Path,
+        cache_capacity_bytes: u64,
+        wait: Duration,
+    ) -> Result<(Store, StartingSnapshot), StoreError> {
+        let layout = Layout::new(path);
+        layout.create()?;
+        let lock = lock_waiting(&layout, wait)?;
+        layout.prepare()?;
+        let (attempts, unfinished) = OpenAttempts::begin(&layout);
+        let store = match Store::open_locked(layout, lock, cache_capacity_bytes, unfinished) {
+            Ok(store) => store,
+            Err(error) => {
+                // An orderly failure (a full disk, permissions) is not a crash while opening.
+                attempts.finished();
+                return Err(error);
+            }
         };
-        store.remove_orphan_snapshots()?;
+        let starting = store.load_best_snapshot();
+        attempts.finished();
+        Ok((store, starting))
+    }
+
+    fn open_locked(
+        layout: Layout,
+        lock: OwnerLock,
+        cache_capacity_bytes: u64,
+        unfinished_opens: u32,
+    ) -> Result<Store, StoreError> {
+        let mut report = OpenReport::default();
+        let _ = std::fs::remove_file(format!("{}.tmp", layout.last_good().display()));
+        if unfinished_opens >= FAILED_OPENS_BEFORE_SNAPSHOT_ASIDE {
+            let why = format!("the last {unfinished_opens} start-ups stopped while opening the store");
+            move_aside(&layout, &layout.snapshot_db(), &why, &mut report)?;
+            if unfinished_opens >= FAILED_OPENS_BEFORE_QUEUE_ASIDE {
+                move_aside(&layout, &layout.queue_db(), &why, &mut report)?;
+            }
+        }
+        let snapshot_path = layout.snapshot_db();
+        let snapshots = match SnapshotDb::open(&snapshot_path, cache_capacity_bytes) {
+            Ok(snapshots) => snapshots,
+            Err(error) if is_transient(&error) => return Err(error),
+            Err(error) => {
+                move_aside(
+                    &layout,
+                    &snapshot_path,
+                    &format!("it cannot be opened: {error}"),
+                    &mut report,
+                )?;
+                SnapshotDb::open(&snapshot_path, cache_capacity_bytes)?
+            }
+        };
+        let (queue, opened) = QueueDb::open(&layout)?;
+        if let Some(moved) = opened.moved_to {
+            report.moved_aside.push(moved.display().to_string());
+            report.problems.push(format!(
+                "the queue database could not be used and was moved to {}; {} queued records were lost",
+                moved.display(),
+                opened.lost
+            ));
+        } else if opened.lost > 0 {
+            report.problems.push(format!(
+                "{} acknowledged queued records were missing from the queue database",
+                opened.lost
+            ));
+        }
+        let store = Store {
+            layout,
+            snapshots,
+            queue,
+            health: Mutex::new(StoreHealth::default()),
+            report: Mutex::new(report),
+            _lock: lock,
+        };
+        store.import_legacy_queue()?;
+        store.layout.tighten_new_files();
         Ok(store)
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Makes every write fail with ENOSPC until turned off, so the failure paths of everything
-    /// that writes (audit writer, uplink, sync) can be tested without filling a disk.
-    #[doc(hidden)]
-    #[cfg(any(test, feature = "testing"))]
-    pub fn simulate_disk_full(&self, full: bool) {
-        self.disk_full.store(full, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    /// Called first by every write, before anything changes.
-    fn writable(&self) -> Result<(), StoreError> {
-        if self.disk_full.load(std::sync::atomic::Ordering::SeqCst) {
-            let full = std::io::Error::from_raw_os_error(libc::ENOSPC);
-            return Err(self.engine(sled::Error::Io(full)));
+    /// Moves 0.1.0's queue (sled trees) into the queue database, once.
+    fn import_legacy_queue(&self) -> Result<(), StoreError> {
+        let legacy = self.snapshots.legacy_queue()?;
+        if legacy.is_empty() {
+            return Ok(());
+        }
+        if self.queue.import_legacy(&legacy)? {
+            tracing::info!(
+                queued = legacy.queued.len(),
+                dead = legacy.dead.len(),
+                event_log = legacy.event_log.len(),
+                "queue of an earlier version moved into the queue database"
+            );
+        }
+        testing::failpoint("legacy.imported");
+        if self.queue.legacy_imported()? {
+            self.snapshots.drop_legacy_queue()?;
         }
         Ok(())
     }
 
-    /// Engine errors since the store was opened: reads and writes sled refused.
-    pub fn error_count(&self) -> u64 {
-        self.errors.load(std::sync::atomic::Ordering::Relaxed)
+    pub fn path(&self) -> &Path {
+        self.layout.root()
     }
 
-    fn engine(&self, source: sled::Error) -> StoreError {
-        self.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        StoreError::Engine {
-            path: self.path.clone(),
-            source,
-        }
+    /// What opening found wrong (also logged when it happened).
+    pub fn open_report(&self) -> OpenReport {
+        lock(&self.report).clone()
     }
 
-    fn active_generation(&self) -> Result<Option<u64>, StoreError> {
-        let value = self.meta.get(ACTIVE_KEY).map_err(|e| self.engine(e))?;
-        Ok(value
-            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-            .map(u64::from_be_bytes))
+    pub fn health(&self) -> StoreHealth {
+        lock(&self.health).clone()
     }
 
-    fn remove_orphan_snapshots(&self) -> Result<(), StoreError> {
-        let active = self.active_generation()?.map(tree_name);
-        for name in self.db.tree_names() {
-            let name = String::from_utf8_lossy(&name).into_owned();
-            if name.starts_with(SNAPSHOT_PREFIX) && Some(&name) != active.as_ref() {
-                tracing::warn!(tree = %name, "removing a snapshot left incomplete by an earlier crash");
-                self.db.drop_tree(name.as_bytes()).map_err(|e| self.engine(e))?;
+    fn note_queue_write<T>(&self, result: &Result<T, StoreError>) {
+        let mut health = lock(&self.health);
+        match result {
+            Ok(_) if health.queue_error.is_some() => {
+                tracing::warn!("queue database writable again");
+                health.queue_error = None;
+            }
+            Ok(_) => {}
+            Err(error) => {
+                health.queue_error = Some(error.to_string());
+                health.write_errors += 1;
             }
         }
-        Ok(())
+    }
+
+    fn note_snapshot_write(&self, error: Option<&StoreError>) {
+        let mut health = lock(&self.health);
+        health.snapshot_error = error.map(|e| e.to_string());
+        health.write_errors += u64::from(error.is_some());
+    }
+
+    /// The snapshot the doors start with: sled's current one, or the last good copy when
+    /// sled's is missing, older or unusable, or nothing (deny every card until a sync). Every
+    /// fallback is logged and noted in the open report.
+    fn load_best_snapshot(&self) -> StartingSnapshot {
+        let copy = last_good::header(&self.layout.last_good());
+        let cached = self.snapshots.load();
+        let problem = match cached {
+            Ok(Some(loaded))
+                if copy
+                    .as_ref()
+                    .is_none_or(|c| c.generation <= loaded.header.generation) =>
+            {
+                return self.starting(loaded, SnapshotSource::Cache);
+            }
+            Ok(Some(loaded)) => {
+                let problem = format!(
+                    "the credential cache holds snapshot {} but the last good copy is the newer {}",
+                    loaded.header.generation,
+                    copy.as_ref().map_or(0, |c| c.generation)
+                );
+                match self.load_last_good(&problem) {
+                    Some(starting) => return starting,
+                    None => return self.starting(loaded, SnapshotSource::Cache),
+                }
+            }
+            Ok(None) if copy.is_none() => {
+                return StartingSnapshot {
+                    parts: SnapshotParts::default(),
+                    source: SnapshotSource::None,
+                    generation: None,
+                }
+            }
+            Ok(None) => "the credential cache has no snapshot".to_string(),
+            Err(error) => format!("the credential cache's snapshot is unusable: {error}"),
+        };
+        if let Some(starting) = self.load_last_good(&problem) {
+            return starting;
+        }
+        let sentence = format!(
+            "{problem}, and there is no usable last good copy: every card is denied until the next sync"
+        );
+        tracing::error!("{sentence}");
+        lock(&self.report).problems.push(sentence);
+        StartingSnapshot {
+            parts: SnapshotParts::default(),
+            source: SnapshotSource::None,
+            generation: None,
+        }
+    }
+
+    fn load_last_good(&self, problem: &str) -> Option<StartingSnapshot> {
+        match last_good::load(&self.layout.last_good()) {
+            Ok(Some(loaded)) => {
+                let sentence = format!(
+                    "{problem}; the doors decide from the last good copy (snapshot {}, synced {}) until the next sync",
+                    loaded.header.generation,
+                    loaded
+                        .header
+                        .synced_at
+                        .map_or_else(|| "never".to_string(), |t| t.to_string())
+                );
+                tracing::error!("{sentence}");
+                lock(&self.report).problems.push(sentence);
+                Some(self.starting(loaded, SnapshotSource::LastGood))
+            }
+            Ok(None) => None,
+            Err(error) => {
+                tracing::error!(%error, "the last good snapshot copy is unusable too");
+                None
+            }
+        }
+    }
+
+    fn starting(&self, loaded: LoadedSnapshot, source: SnapshotSource) -> StartingSnapshot {
+        for record in &loaded.unreadable {
+            tracing::error!(generation = loaded.header.generation, record = %record, "UNREADABLE SNAPSHOT RECORD left out: the person or credential it held is denied until the next sync");
+        }
+        if !loaded.unreadable.is_empty() {
+            lock(&self.report).problems.push(format!(
+                "{} snapshot records could not be read and were left out (denied until the next sync)",
+                loaded.unreadable.len()
+            ));
+        }
+        StartingSnapshot {
+            generation: Some(loaded.header.generation),
+            parts: loaded.parts,
+            source,
+        }
     }
 
     /// The current snapshot's header, cheap enough for `status`.
     pub fn snapshot_header(&self) -> Result<Option<SnapshotHeader>, StoreError> {
-        let _reading = self.swap.read().unwrap_or_else(|p| p.into_inner());
-        Ok(self.current_tree()?.map(|(_, header)| header))
+        self.snapshots.header()
     }
 
-    /// The current generation's tree and header. Callers hold the `swap` read lock.
-    fn current_tree(&self) -> Result<Option<(sled::Tree, SnapshotHeader)>, StoreError> {
-        let Some(generation) = self.active_generation()? else {
-            return Ok(None);
-        };
-        let tree = self
-            .db
-            .open_tree(tree_name(generation))
-            .map_err(|e| self.engine(e))?;
-        let header = tree.get(HEADER_KEY).map_err(|e| self.engine(e))?;
-        let header = header.ok_or_else(|| self.corrupt(generation, "header missing"))?;
-        let header = serde_json::from_slice(&header).map_err(|e| self.corrupt(generation, &e.to_string()))?;
-        Ok(Some((tree, header)))
-    }
-
-    /// Only the channels of the current snapshot: enough for `status` to show door modes
-    /// without loading 100,000 credentials.
+    /// Only the channels of the current snapshot (for `status`).
     pub fn load_channels(&self) -> Result<Vec<crate::snapshot::Channel>, StoreError> {
-        let _reading = self.swap.read().unwrap_or_else(|p| p.into_inner());
-        match self.current_tree()? {
-            Some((tree, header)) => self.read_records(&tree, header.generation, "channels"),
-            None => Ok(Vec::new()),
-        }
+        self.snapshots.load_channels()
     }
 
-    fn corrupt(&self, generation: u64, detail: &str) -> StoreError {
-        StoreError::Corrupt {
-            path: self.path.clone(),
-            generation,
-            detail: detail.to_string(),
-        }
-    }
-
-    /// Loads the current snapshot, checking every record count against the header.
+    /// Loads sled's current snapshot, checking every record count against the header.
+    /// Unreadable records are left out (and logged).
     pub fn load_snapshot(&self) -> Result<Option<SnapshotParts>, StoreError> {
-        let _reading = self.swap.read().unwrap_or_else(|p| p.into_inner());
-        let Some((tree, header)) = self.current_tree()? else {
-            return Ok(None);
-        };
-        let generation = header.generation;
-        let parts = SnapshotParts {
-            synced_at: header.synced_at,
-            people: self.read_records(&tree, generation, "people")?,
-            credentials: self.read_records(&tree, generation, "credentials")?,
-            credential_types: self.read_records(&tree, generation, "credential_types")?,
-            roles: self.read_records(&tree, generation, "roles")?,
-            groups: self.read_records(&tree, generation, "groups")?,
-            group_reservations: self.read_records(&tree, generation, "group_reservations")?,
-            reservations: self.read_records(&tree, generation, "reservations")?,
-            channels: self.read_records(&tree, generation, "channels")?,
-            sites: self.read_records(&tree, generation, "sites")?,
-            shifts: self.read_records(&tree, generation, "shifts")?,
-        };
-        if parts.counts() != header.counts {
-            let detail = format!(
-                "record counts {:?} differ from header {:?}",
-                parts.counts(),
-                header.counts
-            );
-            return Err(self.corrupt(generation, &detail));
-        }
-        Ok(Some(parts))
+        Ok(self.snapshots.load()?.map(|loaded| {
+            for record in &loaded.unreadable {
+                tracing::error!(record = %record, "unreadable snapshot record left out");
+            }
+            loaded.parts
+        }))
     }
 
-    fn read_records<T: DeserializeOwned>(
-        &self,
-        tree: &sled::Tree,
-        generation: u64,
-        kind: &str,
-    ) -> Result<Vec<T>, StoreError> {
-        let prefix = format!("{kind}/");
-        let mut records = Vec::new();
-        for entry in tree.scan_prefix(prefix.as_bytes()) {
-            let (key, value) = entry.map_err(|e| self.engine(e))?;
-            let record = serde_json::from_slice(&value)
-                .map_err(|e| self.corrupt(generation, &format!("{}: {e}", String::from_utf8_lossy(&key))))?;
-            records.push(record);
-        }
-        Ok(records)
-    }
-
-    /// Writes `parts` as the new current snapshot. Returns only once it is on disk and current;
-    /// on any error the previous snapshot stays current.
+    /// Writes `parts` as the new current snapshot, then replaces the last good copy. Returns
+    /// once sled's copy is current; on any error the previous snapshot stays current.
     pub fn save_snapshot(&self, parts: &SnapshotParts) -> Result<SnapshotHeader, StoreError> {
-        self.writable()?;
-        let previous = self.active_generation()?;
-        let generation = self.next_generation()?;
-        let tree = self
-            .db
-            .open_tree(tree_name(generation))
-            .map_err(|e| self.engine(e))?;
-        let written = (|| -> Result<SnapshotHeader, StoreError> {
-            self.write_records(&tree, "people", &parts.people)?;
-            self.write_records(&tree, "credentials", &parts.credentials)?;
-            self.write_records(&tree, "credential_types", &parts.credential_types)?;
-            self.write_records(&tree, "roles", &parts.roles)?;
-            self.write_records(&tree, "groups", &parts.groups)?;
-            self.write_records(&tree, "group_reservations", &parts.group_reservations)?;
-            self.write_records(&tree, "reservations", &parts.reservations)?;
-            self.write_records(&tree, "channels", &parts.channels)?;
-            self.write_records(&tree, "sites", &parts.sites)?;
-            self.write_records(&tree, "shifts", &parts.shifts)?;
-            let header = SnapshotHeader {
-                generation,
-                synced_at: parts.synced_at,
-                written_at: Timestamp::now(),
-                counts: parts.counts(),
-            };
-            tree.insert(HEADER_KEY, to_json(&header))
-                .map_err(|e| self.engine(e))?;
-            // The new tree must be durable before it becomes current.
-            self.db.flush().map_err(|e| self.engine(e))?;
-            Ok(header)
-        })();
-        let header = match written {
+        let at_least = last_good::header(&self.layout.last_good()).map_or(0, |h| h.generation + 1);
+        let header = match self.snapshots.save(parts, at_least) {
             Ok(header) => header,
             Err(error) => {
-                let _ = self.db.drop_tree(tree_name(generation).as_bytes());
+                self.note_snapshot_write(Some(&error));
                 return Err(error);
             }
         };
-        {
-            let _flipping = self.swap.write().unwrap_or_else(|p| p.into_inner());
-            self.meta
-                .insert(ACTIVE_KEY, &generation.to_be_bytes())
-                .map_err(|e| self.engine(e))?;
-            self.db.flush().map_err(|e| self.engine(e))?;
-            if let Some(old) = previous {
-                self.db
-                    .drop_tree(tree_name(old).as_bytes())
-                    .map_err(|e| self.engine(e))?;
+        match last_good::write(&self.layout.last_good(), &header, parts) {
+            Ok(()) => self.note_snapshot_write(None),
+            Err(error) => {
+                tracing::warn!(%error, "the last good snapshot copy was not updated; the previous copy stays");
+                self.note_snapshot_write(Some(&error));
             }
         }
         Ok(header)
     }
 
-    fn next_generation(&self) -> Result<u64, StoreError> {
-        // sled's id generator is monotonic across restarts.
-        self.db.generate_id().map_err(|e| self.engine(e))
-    }
-
-    fn write_records<T: Serialize>(
-        &self,
-        tree: &sled::Tree,
-        kind: &str,
-        records: &[T],
-    ) -> Result<(), StoreError> {
-        for (chunk_index, chunk) in records.chunks(BATCH).enumerate() {
-            let mut batch = sled::Batch::default();
-            for (offset, record) in chunk.iter().enumerate() {
-                let index = chunk_index * BATCH + offset;
-                batch.insert(format!("{kind}/{index:010}").into_bytes(), to_json(record));
-            }
-            tree.apply_batch(batch).map_err(|e| self.engine(e))?;
-        }
-        Ok(())
-    }
-
-    /// A small value in the meta tree (sync cursors and similar), JSON-encoded.
+    /// A small value kept with the snapshot (sync cursors and similar), JSON-encoded.
     pub fn meta_get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
-        let value = self.meta.get(key.as_bytes()).map_err(|e| self.engine(e))?;
-        Ok(value.and_then(|v| serde_json::from_slice(&v).ok()))
+        self.snapshots.meta_get(key)
     }
 
-    /// Stores and flushes a meta value.
+    /// Stores a meta value (with sled's flush, not an fsync: meta is rebuilt by a sync).
     pub fn meta_put<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
-        self.writable()?;
-        self.meta
-            .insert(key.as_bytes(), to_json(value))
-            .map_err(|e| self.engine(e))?;
-        self.flush()
+        self.snapshots.meta_put(key, value)
     }
 
-    /// Flushes everything written so far to disk.
+    pub fn meta_remove(&self, key: &str) -> Result<(), StoreError> {
+        self.snapshots.meta_remove(key)
+    }
+
+    /// Writes sled's buffers out (queue commits are already on disk).
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush().map(|_| ()).map_err(|e| self.engine(e))
+        self.snapshots.flush()
     }
 }
 
-fn tree_name(generation: u64) -> String {
-    format!("{SNAPSHOT_PREFIX}{generation:020}")
+/// A sled error that says nothing about the files themselves (a full disk, permissions): the
+/// store must not be moved aside for it.
+fn is_transient(error: &StoreError) -> bool {
+    let StoreError::Engine {
+        source: sled::Error::Io(io),
+        ..
+    } = error
+    else {
+        return false;
+    };
+    matches!(
+        io.raw_os_error(),
+        Some(
+            libc::ENOSPC
+                | libc::EDQUOT
+                | libc::EACCES
+                | libc::EPERM
+                | libc::EROFS
+                | libc::EAGAIN
+                | libc::ENOMEM
+        )
+    )
 }
 
-fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
-    // Serialising our own plain structs cannot fail.
-    serde_json::to_vec(value).unwrap_or_default()
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn open_error(path: &Path, source: sled::Error) -> StoreError {
-    if let sled::Error::Io(io) = &source {
-        if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") {
-            return StoreError::Locked {
-                path: path.to_path_buf(),
-            };
+/// Takes the store lock, waiting up to `wait` for a process that holds it briefly.
+fn lock_waiting(layout: &Layout, wait: Duration) -> Result<OwnerLock, StoreError> {
+    let start = Instant::now();
+    let mut told = false;
+    loop {
+        match layout.try_lock() {
+            Err(StoreError::Locked { .. }) if start.elapsed() < wait => {
+                if !told && start.elapsed() > Duration::from_millis(500) {
+                    tracing::warn!(path = %layout.root().display(), "another process has the store (a `status` or `queue` command?); waiting for it");
+                    told = true;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
         }
     }
-    StoreError::Engine {
-        path: path.to_path_buf(),
-        source,
+}
+
+fn move_aside(layout: &Layout, part: &Path, why: &str, report: &mut OpenReport) -> Result<(), StoreError> {
+    if !part.exists() {
+        return Ok(());
     }
+    let moved = layout.move_aside(part).map_err(|e| StoreError::io(part, e))?;
+    let sentence = format!(
+        "{} moved to {} because {why}; a new one was started",
+        part.display(),
+        moved.display()
+    );
+    tracing::error!("STORE DAMAGED: {sentence}");
+    report.moved_aside.push(moved.display().to_string());
+    report.problems.push(sentence);
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use jiff::Timestamp;
 
     fn parts(people: u64) -> SnapshotParts {
         SnapshotParts {
@@ -383,21 +533,20 @@ mod tests {
         let path = dir.path().join("db");
         {
             let store = Store::open(&path, 1 << 20).unwrap();
-            store.save_snapshot(&parts(3)).unwrap();
+            let header = store.save_snapshot(&parts(3)).unwrap();
             // What a crash between writing records and flipping the pointer leaves behind.
             let orphan = store
-                .db
-                .open_tree(tree_name(store.next_generation().unwrap()))
-                .unwrap();
+                .snapshots
+                .raw_tree(&snapshots::tree_name(header.generation + 5));
             orphan.insert("people/0000000000", b"{}".as_slice()).unwrap();
             store.flush().unwrap();
         }
         let store = Store::open(&path, 1 << 20).unwrap();
         let snapshot_trees = store
-            .db
+            .snapshots
             .tree_names()
             .iter()
-            .filter(|n| n.starts_with(SNAPSHOT_PREFIX.as_bytes()))
+            .filter(|n| n.starts_with("snapshot."))
             .count();
         assert_eq!(snapshot_trees, 1);
         assert_eq!(store.load_snapshot().unwrap().unwrap().people.len(), 3);
@@ -408,7 +557,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db"), 1 << 20).unwrap();
         let header = store.save_snapshot(&parts(5)).unwrap();
-        let tree = store.db.open_tree(tree_name(header.generation)).unwrap();
+        let tree = store.snapshots.raw_tree(&snapshots::tree_name(header.generation));
         tree.remove("people/0000000002").unwrap();
         let error = store.load_snapshot().unwrap_err();
         assert!(matches!(error, StoreError::Corrupt { .. }), "{error}");
@@ -416,14 +565,46 @@ mod tests {
     }
 
     #[test]
-    fn an_unreadable_record_is_reported_as_corrupt() {
+    fn an_unreadable_record_denies_only_its_own_person() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), 1 << 20).unwrap();
+        let header = store.save_snapshot(&parts(4)).unwrap();
+        let tree = store.snapshots.raw_tree(&snapshots::tree_name(header.generation));
+        tree.insert("people/0000000001", b"{not json".as_slice()).unwrap();
+        let loaded = store.snapshots.load().unwrap().unwrap();
+        assert_eq!(loaded.unreadable.len(), 1);
+        assert!(
+            loaded.unreadable[0].starts_with("people/0000000001"),
+            "{:?}",
+            loaded.unreadable
+        );
+        let ids: Vec<u64> = loaded.parts.people.iter().map(|p| p.id).collect();
+        assert_eq!(ids, [1, 3, 4], "person 2 is left out, everyone else stays");
+        assert_eq!(loaded.parts.credentials.len(), 4);
+    }
+
+    #[test]
+    fn a_newer_format_is_refused_with_a_message_that_says_so() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db"), 1 << 20).unwrap();
         let header = store.save_snapshot(&parts(2)).unwrap();
-        let tree = store.db.open_tree(tree_name(header.generation)).unwrap();
-        tree.insert("people/0000000001", b"{not json".as_slice()).unwrap();
+        let tree = store.snapshots.raw_tree(&snapshots::tree_name(header.generation));
+        let mut disk = header.to_disk();
+        disk.format = format::FORMAT + 1;
+        tree.insert("header", serde_json::to_vec(&disk).unwrap()).unwrap();
         let error = store.load_snapshot().unwrap_err();
-        assert!(error.to_string().contains("people/0000000001"), "{error}");
+        assert!(
+            matches!(
+                error,
+                StoreError::NewerFormat {
+                    found: 2,
+                    supported: 1,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        assert!(error.to_string().contains("newer doorflow-agent"), "{error}");
     }
 
     #[test]
@@ -433,10 +614,8 @@ mod tests {
         let first = store.save_snapshot(&parts(2)).unwrap();
         let second = store.save_snapshot(&parts(4)).unwrap();
         assert!(second.generation > first.generation);
-        let names = store.db.tree_names();
-        assert!(!names
-            .iter()
-            .any(|n| n.as_ref() == tree_name(first.generation).as_bytes()));
+        let names = store.snapshots.tree_names();
+        assert!(!names.contains(&snapshots::tree_name(first.generation)));
         assert_eq!(store.snapshot_header().unwrap().unwrap().counts.people, 4);
     }
 }

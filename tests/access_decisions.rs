@@ -225,6 +225,7 @@ fn door(channel_id: u64) -> DoorPolicy {
         allowed_roles: vec![1, 2, 3],
         allowed_groups: vec![100],
         card_value: CardValueMapping::Number,
+        facility_codes: Some(vec![12]),
     }
 }
 
@@ -641,6 +642,7 @@ fn door_without_channel_ignores_channel_rules() {
         allowed_roles: vec![1],
         allowed_groups: vec![],
         card_value: CardValueMapping::Number,
+        facility_codes: Some(vec![12]),
     };
     let decision = decide(&snapshot, &policy, &card(1001), ts(NOW));
     assert!(decision.granted);
@@ -677,4 +679,89 @@ fn an_empty_snapshot_denies_everything() {
         (decision.granted, decision.reason),
         (false, Reason::UnknownCredential)
     );
+}
+
+fn card_at(format: CardFormat, facility: Option<u32>, number: u64) -> Presented {
+    Presented::Card(CardRead {
+        format,
+        facility,
+        number,
+        bit_count: 26,
+        raw: 0,
+    })
+}
+
+/// The kind "a card of another site": every other facility code a format can carry, with the
+/// number of a person who may pass here, is denied as wrong_facility_code (event 20), names
+/// nobody and is never looked up; the door's own facility code passes.
+#[test]
+fn only_the_doors_facility_codes_open_it() {
+    let snapshot = snapshot();
+    let policy = door(FRONT); // facility_codes = [12]
+    for facility in 0..=255u32 {
+        let decision = decide(
+            &snapshot,
+            &policy,
+            &card_at(CardFormat::H10301, Some(facility), 1001),
+            ts(NOW),
+        );
+        if facility == 12 {
+            assert!(decision.granted, "{decision:?}");
+            continue;
+        }
+        assert_eq!(
+            (
+                decision.granted,
+                decision.reason,
+                decision.event_code(),
+                decision.person_id
+            ),
+            (false, Reason::WrongFacilityCode, 20, None),
+            "facility {facility}"
+        );
+    }
+    for facility in [0u32, 11, 13, 256, 4108, 65_535] {
+        let decision = decide(
+            &snapshot,
+            &policy,
+            &card_at(CardFormat::H10306, Some(facility), 1001),
+            ts(NOW),
+        );
+        assert_eq!(
+            decision.reason,
+            Reason::WrongFacilityCode,
+            "H10306 facility {facility}"
+        );
+    }
+    assert_eq!(Reason::WrongFacilityCode.as_str(), "wrong_facility_code");
+}
+
+#[test]
+fn facility_codes_and_the_other_rules() {
+    let snapshot = snapshot();
+    let foreign = card_at(CardFormat::H10301, Some(99), 1001);
+    // Lockdown still wins, and still names nobody for a foreign card.
+    let locked = decide(&snapshot, &door(LOCKDOWN_AND_UNLOCKED), &foreign, ts(NOW));
+    assert_eq!((locked.reason, locked.person_id), (Reason::Lockdown, None));
+    // Unlock mode admits anyone, as DoorFlow's does; nobody is named.
+    let unlocked = decide(&snapshot, &door(UNLOCKED), &foreign, ts(NOW));
+    assert_eq!((unlocked.granted, unlocked.person_id), (true, None));
+    // Raw frames carry no facility: matched by their whole value only.
+    let raw = decide(
+        &snapshot,
+        &door(FRONT),
+        &card_at(CardFormat::Raw, None, 1001),
+        ts(NOW),
+    );
+    assert!(raw.granted, "{raw:?}");
+    // PINs have no facility.
+    assert!(decide(&snapshot, &door(FRONT), &pin("4711"), ts(NOW)).granted);
+    // No list (allowed by the config only where card_value holds the facility): any facility.
+    let mut any = door(FRONT);
+    any.facility_codes = None;
+    assert!(decide(&snapshot, &any, &foreign, ts(NOW)).granted);
+    // Several codes.
+    let mut two = door(FRONT);
+    two.facility_codes = Some(vec![12, 99]);
+    assert!(decide(&snapshot, &two, &foreign, ts(NOW)).granted);
 }

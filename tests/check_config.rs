@@ -224,7 +224,10 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "no CA trust store for an https API",
-        setup: |_, config| config.api.base_url = "https://api.doorflow.com".into(),
+        setup: |_, config| {
+            config.api.base_url =
+                doorflow_agent::config::ServiceUrl::parse("https://api.doorflow.com").unwrap()
+        },
         exit: 2,
         key: "api.base_url",
         line_with: Some("https://api.doorflow.com"),
@@ -359,7 +362,15 @@ fn the_unit_condition_holds_back_only_the_untouched_template() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "systemd's ExecCondition skips on 1");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("line 19: `api.auth.client_id`"), "{stderr}");
+    let line = include_str!("../config/doorflow-agent.toml")
+        .lines()
+        .position(|l| l.contains("REPLACE-WITH-YOUR-OAUTH-CLIENT-ID"))
+        .unwrap()
+        + 1;
+    assert!(
+        stderr.contains(&format!("line {line}: `api.auth.client_id`")),
+        "{stderr}"
+    );
     assert!(stderr.contains("systemctl start doorflow-agent"), "{stderr}");
     // `run` refuses the template too, so it never requests the template's GPIO lines.
     let run = agent()

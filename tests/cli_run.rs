@@ -170,7 +170,7 @@ fn status_of_a_fresh_install_has_no_snapshot() {
 fn run_with_an_invalid_config_exits_2() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
-    std::fs::write(&path, "[api]\nbase_url = \"http://example.com\"\n").unwrap();
+    std::fs::write(&path, "[api]\nbase_url = \"https://example.com\"\n").unwrap();
     let out = agent_binary()
         .args(["run", "--config"])
         .arg(&path)
@@ -254,14 +254,17 @@ fn queue_dead_prints_a_table_and_json_on_request() {
                 person_id: 17,
             },
             created_at: "2026-11-22T10:00:00Z".parse().unwrap(),
+            created_boot: None,
             attempts: 1,
             next_attempt_at: None,
+            next_attempt_boot: None,
             last_error: None,
             hold: None,
         };
         let capacity = Capacity {
             max_records: 100,
             max_bytes: 1 << 20,
+            max_admits: 50,
         };
         let key = store.enqueue(std::slice::from_ref(&queued), capacity).unwrap()[0];
         let dead = DeadLetter {

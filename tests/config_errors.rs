@@ -29,15 +29,31 @@ fn assert_mentions(message: &str, needles: &[&str]) {
 #[test]
 fn shipped_configs_are_valid() {
     let demo = Config::parse(DEMO, "demo.toml").unwrap();
-    assert_eq!(demo.doors.len(), 2);
+    assert_eq!(demo.doors.len(), 3);
+    assert!(
+        matches!(
+            demo.doors[2].reader,
+            doorflow_agent::config::ReaderConfig::Osdp(_)
+        ),
+        "the demo's lobby has an OSDP reader"
+    );
     // The production template is refused until its placeholder is replaced, so an installed
     // package never runs (and drives GPIO lines) on it.
     let message = Config::parse(PRODUCTION, "doorflow-agent.toml")
         .unwrap_err()
         .to_string();
+    let line = PRODUCTION
+        .lines()
+        .position(|l| l.contains("REPLACE-WITH-YOUR-OAUTH-CLIENT-ID"))
+        .unwrap()
+        + 1;
     assert_mentions(
         &message,
-        &["line 19", "api.auth.client_id", "template's placeholder"],
+        &[
+            &format!("line {line}:"),
+            "api.auth.client_id",
+            "template's placeholder",
+        ],
     );
     let edited = PRODUCTION.replace("REPLACE-WITH-YOUR-OAUTH-CLIENT-ID", "site-client-id");
     let production = Config::parse(&edited, "doorflow-agent.toml").unwrap();
@@ -98,7 +114,7 @@ fn inline_secret_is_refused() {
 #[test]
 fn out_of_range() {
     let message = error_after("unlock_s = 2", "unlock_s = 900");
-    assert_mentions(&message, &["line 60", "doors[1].unlock_s", "900", "out of range"]);
+    assert_mentions(&message, &["line 61", "doors[1].unlock_s", "900", "out of range"]);
     let message = error_after("admit_ttl_s = 120", "admit_ttl_s = 0");
     assert_mentions(&message, &["uplink.admit_ttl_s", "0 is out of range"]);
 }
@@ -203,7 +219,7 @@ fn check_config_exit_codes() {
         String::from_utf8_lossy(&ok.stderr)
     );
     let stdout = String::from_utf8_lossy(&ok.stdout);
-    assert_mentions(&stdout, &["ok", "2 door(s)", "front (channel 1340)"]);
+    assert_mentions(&stdout, &["ok", "3 door(s)", "front (channel 1340)"]);
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, DEMO.replacen("d1 = 11", "d1 = 10", 1)).unwrap();
@@ -217,4 +233,68 @@ fn check_config_exit_codes() {
         &String::from_utf8_lossy(&out.stderr),
         &["doors[1].reader.d1", "already used"],
     );
+}
+
+/// The demo's OSDP reader table, to edit in the tests below.
+const OSDP_READER: &str = "type = \"osdp\"\nport = \"/tmp/doorflow-agent-demo/osdp-bus\"\naddress = 0\n";
+
+#[test]
+fn osdp_reader_mistakes_name_their_key() {
+    let message = error_after("type = \"osdp\"", "type = \"rs485\"");
+    assert_mentions(&message, &["doors[2].reader", "unknown reader type `rs485`"]);
+    let message = error_after("port = \"/tmp", "prot = \"/tmp");
+    assert_mentions(&message, &["osdp reader", "unknown field `prot`"]);
+    let message = error_after("address = 0\n", "address = 0\nbaud = 9601\n");
+    assert_mentions(
+        &message,
+        &["doors[2].reader.baud", "9601", "not an OSDP baud rate"],
+    );
+    let message = error_after("address = 0\n", "address = 127\n");
+    assert_mentions(
+        &message,
+        &["doors[2].reader", "`address`", "127 is out of range (0 to 126)"],
+    );
+    let message = error_after("port = \"/tmp/doorflow-agent-demo/osdp-bus\"", "port = \"ttyS1\"");
+    assert_mentions(&message, &["doors[2].reader.port", "absolute device path"]);
+    let message = error_after(
+        "address = 0\n",
+        "address = 0\nsecure_channel = false\nkey_file = \"/etc/k\"\n",
+    );
+    assert_mentions(&message, &["doors[2].reader.key_file", "secure_channel = true"]);
+    let message = error_after("address = 0\n", "address = 0\nkey_file = \"inline-secret\"\n");
+    assert_mentions(&message, &["key_file", "absolute file path"]);
+    assert!(!message.contains("inline-secret"), "{message}");
+    let message = error_after(
+        "address = 0\n",
+        "address = 0\nfeedback = { grant = { beeps = 40 } }\n",
+    );
+    assert_mentions(&message, &["doors[2].reader.feedback.grant.beeps", "0 to 10"]);
+}
+
+#[test]
+fn readers_sharing_a_port_need_distinct_addresses_and_one_baud() {
+    // The server room's Wiegand reader becomes a second reader on the lobby's bus.
+    let second = DEMO.replacen("d0 = 10\nd1 = 11\n", OSDP_READER, 1);
+    let message = match Config::parse(&second, "demo.toml") {
+        Ok(_) => panic!("two readers at one address were accepted"),
+        Err(error) => error.to_string(),
+    };
+    assert_mentions(&message, &["doors[2].reader.address", "already used by doors[1]"]);
+    let other_baud = DEMO.replacen(
+        "d0 = 10\nd1 = 11\n",
+        &OSDP_READER.replace("address = 0", "address = 1\nbaud = 38400"),
+        1,
+    );
+    let message = Config::parse(&other_baud, "demo.toml").unwrap_err().to_string();
+    assert_mentions(
+        &message,
+        &["doors[2].reader.baud", "differs from doors[1] (38400)"],
+    );
+    let fine = DEMO.replacen(
+        "d0 = 10\nd1 = 11\n",
+        &OSDP_READER.replace("address = 0", "address = 1"),
+        1,
+    );
+    let config = Config::parse(&fine, "demo.toml").unwrap();
+    assert_eq!(config.doors.len(), 3);
 }

@@ -97,14 +97,11 @@ struct Door {
 impl Door {
     fn start(snapshot: Snapshot) -> Door {
         let config = config();
-        let mock = MockGpio::new(&config);
+        let mock = MockGpio::new(&config, Default::default());
         let changes = mock.watch();
         let hardware = mock.open_door(0);
         let shared = Arc::new(SharedSnapshot::new(snapshot));
-        let state = Arc::new(Mutex::new(DoorState {
-            relay_released: false,
-            contact_open: Some(false),
-        }));
+        let state = Arc::new(Mutex::new(DoorState::new(&config.doors[0])));
         let (audit_tx, audit) = mpsc::unbounded_channel();
         let stop = tokio_util::sync::CancellationToken::new();
         let task = DoorTask::new(&config.doors[0], hardware, Arc::clone(&shared), state, audit_tx);
@@ -161,6 +158,23 @@ impl Door {
     }
 }
 
+/// ARCHITECTURE.md's invariant: the relay is written before anything is logged, stored or
+/// sent. The mock publishes a relay change synchronously inside the write, so by the time the
+/// audit event reaches the writer's channel the change must already be there.
+#[tokio::test]
+async fn the_relay_is_written_before_the_event_is_handed_on() {
+    let mut door = Door::start(snapshot(ChannelMode::Normal, None));
+    door.swipe(17);
+    let event = door.event().await;
+    assert_eq!(event.event_code, 10);
+    let change = door
+        .changes
+        .try_recv()
+        .expect("the relay change was published before the audit event");
+    assert!(change.released);
+    assert!(!door.stop().await);
+}
+
 #[tokio::test]
 async fn valid_card_opens_then_relocks() {
     let mut door = Door::start(snapshot(ChannelMode::Normal, None));
@@ -213,7 +227,7 @@ async fn bad_parity_and_noise_never_grant() {
     let mut door = Door::start(snapshot(ChannelMode::Normal, None));
     // Facility 1 card 17 in H10301 with its trailing odd-parity bit flipped.
     let good =
-        doorflow_agent::hw::wiegand::encode_card(doorflow_agent::credential::CardFormat::H10301, 1, 17)
+        doorflow_agent::hw::mock::reader::encode_card(doorflow_agent::credential::CardFormat::H10301, 1, 17)
             .unwrap();
     let mut bad = good.to_string();
     let last = bad.pop().unwrap();
@@ -320,6 +334,7 @@ fn the_demo_runs_its_scenario() {
         "DENIED 20 (unknown_credential)",
         "DENIED 20 (person_disabled) person 50",
         "DENIED 20 (person_expired) person 97",
+        "DENIED 20 (wrong_facility_code) credential ****\n",
         "GRANTED 11 (authorised) person 5 credential ****\n",
         "GRANTED 13 (request_to_exit)",
         "event 32 (forced_open)",
@@ -332,10 +347,138 @@ fn the_demo_runs_its_scenario() {
         "duplicate deliveries), 5 admits accepted by DoorFlow, 0 pending, 0 dead, 0 dropped",
         "front door mode is now lockdown",
         "doors left locked",
+        // The lobby's emulated OSDP reader: key installed, feedback, loss and return.
+        "reader received its own secure channel key (osdp_KEYSET)",
+        "reader osdp /dev/pts/",
+        "reader LED Green for 2.0s",
+        "reader beeps 2x",
+        "event 34 (reader_no_answer)",
+        "event 35 (reader_online)",
     ] {
         assert!(
             stdout.contains(needle),
             "`{needle}` missing from the demo output:\n{stdout}"
         );
     }
+}
+
+/// A relay that only records what it was told.
+struct RecordingRelay(Arc<Mutex<Vec<bool>>>);
+
+impl doorflow_agent::hw::RelayOutput for RecordingRelay {
+    fn set_released(&mut self, released: bool) -> Result<(), doorflow_agent::hw::GpioError> {
+        self.0.lock().unwrap().push(released);
+        Ok(())
+    }
+}
+
+/// The kind "implausible edge timestamps", through a real door task: edges stamped a minute
+/// ahead (what a 600-digit PIN used to produce), edges going backwards, a lone edge from boot
+/// time, and floods. After each, the next valid card is granted: the decoder resynchronised.
+#[tokio::test]
+async fn no_edge_timestamp_deafens_the_door() {
+    use doorflow_agent::credential::CardFormat;
+    use doorflow_agent::hw::mock::reader::{edges_for, encode_card, PulseTiming};
+    use doorflow_agent::hw::{monotonic_ns, DoorHardware, DoorInput, InputEvent, EVENT_BUFFER};
+    use doorflow_agent::wiegand::{Bits, Edge, EdgeKind, WiegandLine};
+    const MS: u64 = 1_000_000;
+
+    let config = config();
+    let (edges_tx, events) = mpsc::channel(EVENT_BUFFER);
+    let relay = Arc::new(Mutex::new(Vec::new()));
+    let hardware = DoorHardware {
+        events,
+        relay: Box::new(RecordingRelay(Arc::clone(&relay))),
+        contact_open: Some(false),
+        rex_pressed: Some(false),
+    };
+    let shared = Arc::new(SharedSnapshot::new(snapshot(ChannelMode::Normal, None)));
+    let state = Arc::new(Mutex::new(DoorState::new(&config.doors[0])));
+    let (audit_tx, mut audit) = mpsc::unbounded_channel();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = DoorTask::new(&config.doors[0], hardware, shared, state, audit_tx);
+    let task = tokio::spawn(task.run(stop.clone()));
+
+    let send = |edges: Vec<Edge>| {
+        let tx = edges_tx.clone();
+        async move {
+            for edge in edges {
+                let event = InputEvent {
+                    input: if edge.line == WiegandLine::D0 {
+                        DoorInput::D0
+                    } else {
+                        DoorInput::D1
+                    },
+                    active: edge.kind == EdgeKind::Falling,
+                    timestamp_ns: edge.timestamp_ns,
+                };
+                tx.send(event).await.unwrap();
+            }
+        }
+    };
+    fn bit(line: WiegandLine, timestamp_ns: u64) -> Edge {
+        Edge {
+            line,
+            kind: EdgeKind::Falling,
+            timestamp_ns,
+        }
+    }
+    let card = encode_card(CardFormat::H10301, 1, 17).unwrap();
+    let ones = Bits::from_value(u128::MAX, 100);
+    let timing = PulseTiming::default();
+    /// Hostile edges, given the monotonic clock's reading.
+    type Hostile = Box<dyn Fn(u64) -> Vec<Edge>>;
+    let cases: Vec<(&str, Hostile)> = vec![
+        (
+            "a long PIN stamped up to a minute ahead",
+            Box::new(|now| {
+                (0..6_000u64)
+                    .map(|i| bit(WiegandLine::D1, now + 1_000 * MS + i * 10 * MS))
+                    .collect()
+            }),
+        ),
+        (
+            "a card whose stamps go backwards mid-frame",
+            Box::new(move |now| {
+                let mut edges = edges_for(&card, now - 60 * MS, &timing);
+                edges.insert(20, bit(WiegandLine::D0, now - 5_000 * MS));
+                edges
+            }),
+        ),
+        (
+            "a lone edge stamped at boot",
+            Box::new(|_| vec![bit(WiegandLine::D0, 1)]),
+        ),
+        (
+            "a stamp at the end of time",
+            Box::new(|_| vec![bit(WiegandLine::D0, u64::MAX)]),
+        ),
+        (
+            "a flood of 4,000 edges 10 µs apart",
+            Box::new(|now| {
+                (0..4_000u64)
+                    .map(|i| bit(WiegandLine::D0, now - 60 * MS + i * 10_000))
+                    .collect()
+            }),
+        ),
+        (
+            "100 bits of noise",
+            Box::new(move |now| edges_for(&ones, now - 250 * MS, &timing)),
+        ),
+    ];
+    for (what, hostile) in cases {
+        send(hostile(monotonic_ns())).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The card, its whole frame already in the past: as a real reader's edges arrive.
+        send(edges_for(&card, monotonic_ns() - 60 * MS, &timing)).await;
+        let event = tokio::time::timeout(WAIT, audit.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{what}: the next card got no decision"))
+            .unwrap();
+        assert_eq!((event.event_code, event.person_id), (10, Some(17)), "{what}");
+        while audit.try_recv().is_ok() {}
+    }
+    assert!(relay.lock().unwrap().contains(&true));
+    stop.cancel();
+    task.await.unwrap();
 }

@@ -86,7 +86,7 @@ async fn many_connections_and_huge_lines_never_stop_the_doors_status_sync_or_upl
     assert!(config.uplink.events_url.is_some(), "the demo config posts events");
     let (admin_socket, mock_socket) = (config.admin.socket.clone(), config.gpio.mock_socket.clone());
     let config_path = write_config(&config, dir.path());
-    let mut agent = AgentProcess::start(
+    let mut agent = AgentProcess::start_with(
         env!("CARGO_BIN_EXE_doorflow-agent"),
         &config_path,
         &admin_socket,
@@ -169,5 +169,5 @@ async fn many_connections_and_huge_lines_never_stop_the_doors_status_sync_or_upl
     );
     assert!(fds < 200, "{fds} descriptors open: connections are not capped");
     drop(held);
-    assert_eq!(agent.terminate(Duration::from_secs(30)).code(), Some(0));
+    assert_eq!(agent.stop().code(), Some(0));
 }

@@ -44,7 +44,7 @@ async fn the_textfile_and_status_prometheus_carry_the_fleet_figures() {
     config.metrics.textfile = Some(textfile.clone());
     config.metrics.interval_s = Ranged::new(1);
     let config_path = write_config(&config, dir.path());
-    let mut agent = AgentProcess::start(
+    let mut agent = AgentProcess::start_with(
         env!("CARGO_BIN_EXE_doorflow-agent"),
         &config_path,
         &config.admin.socket,
@@ -90,7 +90,7 @@ async fn the_textfile_and_status_prometheus_carry_the_fleet_figures() {
         "doorflow_agent_uplink_retries_total{lane=\"event\"}",
         "doorflow_agent_dead_letters",
         "doorflow_agent_store_errors_total",
-        "doorflow_agent_clock_behind_last_sync",
+        "doorflow_agent_clock_behind_trusted_floor",
         "doorflow_agent_snapshot_people",
     ] {
         assert!(sample(&text, family).is_some(), "no {family} in:\n{text}");
@@ -116,7 +116,7 @@ async fn the_textfile_and_status_prometheus_carry_the_fleet_figures() {
     assert!(sample(&text, "doorflow_agent_sync_duration_seconds").is_some_and(|s| s > 0.0));
     assert_eq!(sample(&text, "doorflow_agent_snapshot_people"), Some(20.0));
 
-    assert_eq!(agent.terminate(Duration::from_secs(30)).code(), Some(0));
+    assert_eq!(agent.stop().code(), Some(0));
     let last = std::fs::read_to_string(&textfile).unwrap();
     assert_eq!(sample(&last, "doorflow_agent_running"), Some(0.0), "{last}");
     // Stopped: from the store, without counters.

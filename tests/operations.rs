@@ -18,7 +18,7 @@ const LIMIT: Duration = Duration::from_secs(60);
 fn start(dir: &Path, config: &doorflow_agent::config::Config, notify: &NotifySocket) -> AgentProcess {
     let path = write_config(config, dir);
     let socket = notify.path().to_path_buf();
-    AgentProcess::start(
+    AgentProcess::start_with(
         env!("CARGO_BIN_EXE_doorflow-agent"),
         &path,
         &config.admin.socket,
@@ -92,7 +92,7 @@ async fn a_missing_secret_is_a_degraded_state_everywhere_an_operator_looks() {
         "{log}"
     );
     assert!(sim.request_log().is_empty(), "no request without a key");
-    assert_eq!(agent.terminate(LIMIT).code(), Some(0));
+    assert_eq!(agent.stop().code(), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,7 +160,7 @@ async fn the_status_line_follows_syncs_outages_and_the_queue() {
         notify.values("STATUS")
     );
     assert!(agent.log().contains("no longer degraded"));
-    assert_eq!(agent.terminate(LIMIT).code(), Some(0));
+    assert_eq!(agent.stop().code(), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,7 +200,7 @@ async fn decisions_are_logged_as_sentences_with_their_fields() {
     for field in ["door=front", "event_code=10", "reason=authorised", "person_id=17"] {
         assert!(grant.contains(field), "field {field} missing: {grant}");
     }
-    assert_eq!(agent.terminate(LIMIT).code(), Some(0));
+    assert_eq!(agent.stop().code(), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -211,7 +211,7 @@ async fn a_missing_ca_trust_store_is_named_at_start_up() {
     let notify = NotifySocket::bind(dir.path());
     let path = write_config(&config, dir.path());
     let socket = notify.path().to_path_buf();
-    let mut agent = AgentProcess::start(
+    let mut agent = AgentProcess::start_with(
         env!("CARGO_BIN_EXE_doorflow-agent"),
         &path,
         &config.admin.socket,
@@ -233,5 +233,5 @@ async fn a_missing_ca_trust_store_is_named_at_start_up() {
         "the root cause is kept: {reason}"
     );
     assert!(agent.log().contains("No CA certificates were loaded"));
-    assert_eq!(agent.terminate(LIMIT).code(), Some(0));
+    assert_eq!(agent.stop().code(), Some(0));
 }

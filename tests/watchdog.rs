@@ -28,7 +28,7 @@ async fn run_with_watchdog(
     // `WATCHDOG_PID` must be the agent's own pid: a shell exports its pid, then execs the agent
     // (same pid). `None` exports a pid that is not the agent's.
     let binary = env!("CARGO_BIN_EXE_doorflow-agent");
-    let mut agent = AgentProcess::start(binary, &path, &config.admin.socket, move |command| {
+    let mut agent = AgentProcess::start_with(binary, &path, &config.admin.socket, move |command| {
         let program = command.get_program().to_os_string();
         let args: Vec<_> = command.get_args().map(|a| a.to_os_string()).collect();
         let export = match watchdog_pid {
@@ -70,7 +70,7 @@ async fn run_with_watchdog(
     .unwrap();
     let pings = notify.watchdog_pings();
     let log = agent.log();
-    assert_eq!(agent.terminate(Duration::from_secs(30)).code(), Some(0));
+    assert_eq!(agent.stop().code(), Some(0));
     (pings, ready_at, log)
 }
 

@@ -3,11 +3,13 @@
 //! types, so `access` and `door` never see the config.
 
 use super::gpio::{normalise_chip, Bias};
+use super::reader::ReaderConfig;
 use super::values::{Ranged, Seconds};
 use super::Config;
 use crate::access::DoorPolicy;
 use crate::credential::{CardFormat, CardValueMapping};
 use crate::door::DoorTiming;
+use crate::wiegand;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -41,6 +43,12 @@ pub struct DoorConfig {
     pub fail_mode: FailMode,
     #[serde(default)]
     pub card_value: CardValueMapping,
+    /// Facility codes accepted on cards (`[1]`), or `"any"`. Required when `card_value` is
+    /// `number`, which ignores the facility; absent otherwise means any (the enrolled value
+    /// already contains the facility). Cards with another facility code are denied as
+    /// `wrong_facility_code`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub facility_codes: Option<FacilityCodes>,
     /// Role ids that open this door (within each role's shift).
     #[serde(default)]
     pub allowed_roles: Vec<u64>,
@@ -56,9 +64,53 @@ pub struct DoorConfig {
     pub rex: Option<InputLineConfig>,
 }
 
+/// `facility_codes`: a non-empty list of codes, or `"any"` to accept every facility code (a
+/// deliberate choice, written in the file, never a default).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "FacilityCodesToml", into = "FacilityCodesToml")]
+pub enum FacilityCodes {
+    Any,
+    Only(Vec<u32>),
+}
+
+/// How `facility_codes` is written in TOML.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+enum FacilityCodesToml {
+    List(Vec<u32>),
+    Word(String),
+}
+
+impl TryFrom<FacilityCodesToml> for FacilityCodes {
+    type Error = String;
+    fn try_from(value: FacilityCodesToml) -> Result<Self, Self::Error> {
+        match value {
+            FacilityCodesToml::Word(word) if word == "any" => Ok(FacilityCodes::Any),
+            FacilityCodesToml::List(codes) if !codes.is_empty() => Ok(FacilityCodes::Only(codes)),
+            FacilityCodesToml::List(_) => Err(
+                "an empty list would deny every card: list this site's facility codes, e.g. [1], or write \"any\""
+                    .into(),
+            ),
+            FacilityCodesToml::Word(word) => Err(format!(
+                "`{word}` is neither a list of facility codes (e.g. [1]) nor \"any\""
+            )),
+        }
+    }
+}
+
+impl From<FacilityCodes> for FacilityCodesToml {
+    fn from(value: FacilityCodes) -> Self {
+        match value {
+            FacilityCodes::Any => FacilityCodesToml::Word("any".into()),
+            FacilityCodes::Only(codes) => FacilityCodesToml::List(codes),
+        }
+    }
+}
+
+/// A Wiegand reader on two GPIO lines (`[doors.reader]` with no `type`, or `type = "wiegand"`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ReaderConfig {
+pub struct WiegandReaderConfig {
     pub chip: Option<String>,
     pub d0: u32,
     pub d1: u32,
@@ -71,7 +123,7 @@ pub struct ReaderConfig {
     pub bias: Bias,
 }
 
-fn default_card_formats() -> Vec<CardFormat> {
+pub(super) fn default_card_formats() -> Vec<CardFormat> {
     vec![CardFormat::H10301, CardFormat::H10306, CardFormat::H10304]
 }
 
@@ -107,6 +159,10 @@ impl DoorConfig {
             allowed_roles: self.allowed_roles.clone(),
             allowed_groups: self.allowed_groups.clone(),
             card_value: self.card_value,
+            facility_codes: match &self.facility_codes {
+                Some(FacilityCodes::Only(codes)) => Some(codes.clone()),
+                Some(FacilityCodes::Any) | None => None,
+            },
         }
     }
 
@@ -124,6 +180,49 @@ impl DoorConfig {
             rex_debounce_ns: debounce_ns(&self.rex),
             rex_in_lockdown: self.rex_in_lockdown,
             fail_released: self.fail_mode == FailMode::Safe,
+        }
+    }
+}
+
+impl DoorConfig {
+    /// `facility_codes` against `card_value` and the reader's formats.
+    fn validate_facility_codes(&self, report: &mut impl FnMut(&str, String)) {
+        let facility_formats: Vec<_> = self
+            .reader
+            .formats()
+            .iter()
+            .filter_map(|format| wiegand::layout(*format))
+            .collect();
+        match &self.facility_codes {
+            None if self.card_value == CardValueMapping::Number && !facility_formats.is_empty() => report(
+                "facility_codes",
+                format!(
+                    "door `{}` has none; required with card_value = \"number\": the card number \
+                     alone would let a card from another site with the same number in. Add this \
+                     site's facility codes to the door, e.g. facility_codes = [1] (or \"any\" to \
+                     accept every site's cards)",
+                    self.name
+                ),
+            ),
+            Some(FacilityCodes::Only(_)) if facility_formats.is_empty() => report(
+                "facility_codes",
+                "the reader only reads raw frames, which carry no facility code".into(),
+            ),
+            Some(FacilityCodes::Only(codes)) => {
+                let widest = facility_formats
+                    .iter()
+                    .map(|layout| layout.field_widths().0)
+                    .max()
+                    .unwrap_or(0);
+                let max = (1u64 << widest) - 1;
+                if let Some(code) = codes.iter().find(|c| **c as u64 > max) {
+                    report(
+                        "facility_codes",
+                        format!("{code} cannot occur in the reader's formats (facility codes up to {max})"),
+                    );
+                }
+            }
+            _ => {}
         }
     }
 }
@@ -158,9 +257,15 @@ impl Config {
             } else if door.admit_via_api {
                 report(at("admit_via_api"), "needs channel_id to be set".into());
             }
-            if door.reader.formats.is_empty() {
+            if door.reader.formats().is_empty() {
                 report(at("reader.formats"), "must list at least one card format".into());
             }
+            if let ReaderConfig::Osdp(reader) = &door.reader {
+                for (field, message) in reader.problems() {
+                    report(at(&format!("reader.{field}")), message);
+                }
+            }
+            door.validate_facility_codes(&mut |field, message| report(at(field), message));
             let mut claim = |key: String, chip: &Option<String>, line: u32| {
                 let chip = normalise_chip(self.chip_for(chip));
                 match lines.get(&(chip.clone(), line)) {
@@ -174,11 +279,12 @@ impl Config {
                     }
                 }
             };
-            let mut clashes = vec![
-                claim(at("reader.d0"), &door.reader.chip, door.reader.d0),
-                claim(at("reader.d1"), &door.reader.chip, door.reader.d1),
-                claim(at("relay.line"), &door.relay.chip, door.relay.line),
-            ];
+            let mut clashes = Vec::new();
+            if let ReaderConfig::Wiegand(reader) = &door.reader {
+                clashes.push(claim(at("reader.d0"), &reader.chip, reader.d0));
+                clashes.push(claim(at("reader.d1"), &reader.chip, reader.d1));
+            }
+            clashes.push(claim(at("relay.line"), &door.relay.chip, door.relay.line));
             for (field, input) in [("contact", &door.contact), ("rex", &door.rex)] {
                 if let Some(input) = input {
                     clashes.push(claim(at(&format!("{field}.line")), &input.chip, input.line));

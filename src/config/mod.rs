@@ -13,6 +13,8 @@ mod api;
 mod doors;
 mod gpio;
 mod metrics;
+mod reader;
+mod service_url;
 mod shifts;
 mod source;
 mod store;
@@ -22,10 +24,14 @@ mod uplink;
 pub mod values;
 
 pub use admin::AdminConfig;
-pub use api::{check_url, ApiConfig, AuthConfig, AuthMethod, SecretSource};
-pub use doors::{DoorConfig, FailMode, InputLineConfig, OutputLineConfig, ReaderConfig};
+pub use api::{ApiConfig, AuthConfig, AuthMethod, SecretSource};
+pub use doors::{
+    DoorConfig, FacilityCodes, FailMode, InputLineConfig, OutputLineConfig, WiegandReaderConfig,
+};
 pub use gpio::{Bias, GpioBackend, GpioConfig};
 pub use metrics::MetricsConfig;
+pub use reader::{OsdpReaderConfig, ReaderConfig, OSDP_BAUD_RATES};
+pub use service_url::ServiceUrl;
 pub use shifts::{ShiftConfig, ShiftTimeConfig};
 pub use source::line_of_key;
 pub use store::StoreConfig;
@@ -121,9 +127,6 @@ impl Config {
     pub fn validate(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
         let mut report = |key: String, message: String| problems.push(Problem { key, message });
-        if let Err(message) = check_url(&self.api.base_url) {
-            report("api.base_url".into(), message);
-        }
         self.api.auth.validate(&mut report);
         self.store.validate(&mut report);
         self.sync.validate(&mut report);
@@ -132,6 +135,9 @@ impl Config {
         self.metrics.validate(&mut report);
         self.gpio.validate(&mut report);
         self.validate_doors(&mut report);
+        for (key, message) in reader::bus_problems(&self.doors) {
+            report(key, message);
+        }
         self.validate_shifts(&mut report);
         match serde_json::to_value(self) {
             Ok(value) => strings::validate(&value, &mut report),
@@ -192,10 +198,10 @@ impl Config {
             self.doors.len(),
             doors.join(", "),
             self.shifts.len(),
-            self.uplink
-                .events_url
-                .as_deref()
-                .unwrap_or("kept locally (no uplink.events_url)"),
+            self.uplink.events_url.as_ref().map_or_else(
+                || "kept locally (no uplink.events_url)".into(),
+                ToString::to_string
+            ),
         )
     }
 }

@@ -1,6 +1,7 @@
 //! `[uplink]`: where door events go, and how queued calls are retried, expired and bounded.
 
-use super::api::{check_url, SecretSource};
+use super::api::SecretSource;
+use super::service_url::ServiceUrl;
 use super::values::Ranged;
 use serde::{Deserialize, Serialize};
 
@@ -9,7 +10,7 @@ use serde::{Deserialize, Serialize};
 pub struct UplinkConfig {
     /// HTTPS sink for events. DoorFlow's public API has no event ingestion endpoint; without a
     /// sink, events are journaled and kept in a bounded local log.
-    pub events_url: Option<String>,
+    pub events_url: Option<ServiceUrl>,
     /// Bearer token for the event sink (a file path or `systemd-credential:NAME`). DoorFlow's
     /// own credentials are never sent to the sink.
     pub events_token: Option<SecretSource>,
@@ -29,16 +30,35 @@ pub struct UplinkConfig {
     /// Most bytes the outbox holds (both lanes).
     #[serde(default)]
     pub queue_max_bytes: Ranged<{ 64 * 1024 }, { 4 * 1024 * 1024 * 1024 }, { 64 * 1024 * 1024 }>,
+    /// Most queued admits (default: a tenth of `queue_max_records`, at most 1,000). Below
+    /// `queue_max_records`, so admits alone can never fill the queue and a new event (a
+    /// forced-open alarm) always fits; beyond it the oldest admits are dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_max_admits: Option<Ranged<1, 10_000_000, 1>>,
     /// Events kept locally when no sink is configured.
     #[serde(default)]
     pub local_event_log_max: Ranged<0, 10_000_000, 10_000>,
 }
 
 impl UplinkConfig {
+    /// `queue_max_admits`, or its default.
+    pub fn effective_queue_max_admits(&self) -> u64 {
+        self.queue_max_admits.map_or_else(
+            || (self.queue_max_records.get() / 10).clamp(1, 1_000),
+            |admits| admits.get(),
+        )
+    }
+
     pub(super) fn validate(&self, report: &mut impl FnMut(String, String)) {
-        if let Some(url) = &self.events_url {
-            if let Err(message) = check_url(url) {
-                report("uplink.events_url".into(), message);
+        if let Some(admits) = self.queue_max_admits {
+            if admits.get() >= self.queue_max_records.get() {
+                report(
+                    "uplink.queue_max_admits".into(),
+                    format!(
+                        "{admits} must be below uplink.queue_max_records ({}), so admits alone never fill the queue",
+                        self.queue_max_records
+                    ),
+                );
             }
         }
     }

@@ -36,22 +36,22 @@ pub fn open_door(config: &Config, index: usize) -> Result<DoorHardware, GpioErro
     let (tx, rx) = mpsc::channel(EVENT_BUFFER);
     let at = |field: &str| format!("doors[{index}].{field}");
 
-    let reader_chip = config.chip_for(&door.reader.chip);
-    let reader = request_inputs(
-        reader_chip,
-        &[
-            (door.reader.d0, at("reader.d0")),
-            (door.reader.d1, at("reader.d1")),
-        ],
-        false,
-        door.reader.bias,
-    )?;
-    spawn_reader(
-        reader,
-        vec![DoorInput::D0, DoorInput::D1],
-        tx.clone(),
-        door.name.clone(),
-    );
+    // An OSDP reader is on a serial port, not on GPIO lines (see crate::osdp).
+    if let Some(wiegand) = door.reader.wiegand() {
+        let reader_chip = config.chip_for(&wiegand.chip);
+        let reader = request_inputs(
+            reader_chip,
+            &[(wiegand.d0, at("reader.d0")), (wiegand.d1, at("reader.d1"))],
+            false,
+            wiegand.bias,
+        )?;
+        spawn_reader(
+            reader,
+            vec![DoorInput::D0, DoorInput::D1],
+            tx.clone(),
+            door.name.clone(),
+        );
+    }
 
     let mut levels = [None, None];
     for (slot, (input, line_config, key)) in [

@@ -1,5 +1,6 @@
 //! The mock GPIO backend: in-memory lines for x86, tests and the demo, driven through a control
-//! socket that speaks JSON lines (DESIGN.md's contract). Every reply is one line with `"ok"`.
+//! socket that speaks JSON lines (the contract is in the README, "Mock GPIO control socket").
+//! Every reply is one line with `"ok"`.
 //!
 //! ```text
 //! {"op":"card","door":"front","format":"h10301","facility":1,"number":17}
@@ -10,15 +11,19 @@
 //! {"op":"watch"}                       → a stream of output changes with timestamps
 //! ```
 //!
-//! Card and Wiegand requests become real edge sequences with standard timing (50 µs pulses,
-//! 2 ms apart), stamped on the monotonic clock, so the same decoder path runs as on hardware.
+//! Card, Wiegand and PIN requests become real edge sequences with standard timing (50 µs pulses,
+//! 2 ms apart) that the door's simulated reader (`reader`) sends in real time, stamped on the
+//! monotonic clock and never ahead of it, so the same decoder path runs as on hardware. Request
+//! sizes are capped before anything is generated: `bits` at 128, `digits` at `MAX_PIN_KEYS`.
 
-use super::wiegand::{self, Bits, EdgeKind, PulseTiming, WiegandLine};
+pub mod reader;
+
 use super::{monotonic_ns, DoorHardware, DoorInput, GpioError, InputEvent, RelayOutput, EVENT_BUFFER};
 use crate::config::Config;
 use crate::credential::CardFormat;
 use crate::line_server::{BindError, BroadcastFeed, Handler, Limits, LineServer, Reply};
 use crate::mutex::lock;
+use crate::wiegand::{Bits, Key};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::path::Path;
@@ -27,9 +32,10 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Gap between keypad bursts: longer than any frame gap, so each key is its own frame.
-const KEY_GAP_NS: u64 = 100_000_000;
 const MAX_REQUEST: usize = 16 * 1024;
+/// Keys one `pin` request may carry (`#` added): room for a PIN longer than any accepted one,
+/// so `pin_too_long` can be tried, and no more.
+pub const MAX_PIN_KEYS: usize = 16;
 
 /// One relay change, as `watch` reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,16 +61,23 @@ struct MockDoor {
     relay_active_low: bool,
     lines: Arc<Mutex<DoorLines>>,
     sender: Mutex<Option<mpsc::Sender<InputEvent>>>,
+    /// The simulated reader's queue (set when the door opens).
+    reader: Mutex<Option<mpsc::Sender<reader::Transmission>>>,
+    /// Silence between two frames from the reader: twice the door's frame gap, ns.
+    frame_silence_ns: u64,
 }
 
 /// The simulated lines of every configured door.
 pub struct MockGpio {
     doors: Vec<MockDoor>,
     changes: broadcast::Sender<OutputChange>,
+    /// Where the simulated readers run (the agent's tracker, so every task is accounted for).
+    tasks: TaskTracker,
 }
 
 impl MockGpio {
-    pub fn new(config: &Config) -> Arc<MockGpio> {
+    /// The doors of `config`; their simulated readers will be spawned on `tasks`.
+    pub fn new(config: &Config, tasks: TaskTracker) -> Arc<MockGpio> {
         let (changes, _) = broadcast::channel(1024);
         let doors = config
             .doors
@@ -78,14 +91,29 @@ impl MockGpio {
                     rex: door.rex.as_ref().map(|_| false),
                 })),
                 sender: Mutex::new(None),
+                reader: Mutex::new(None),
+                frame_silence_ns: 2 * door
+                    .reader
+                    .wiegand()
+                    .map_or(30_000_000, |w| w.frame_gap_ms.millis().as_nanos() as u64),
             })
             .collect();
-        Arc::new(MockGpio { doors, changes })
+        Arc::new(MockGpio {
+            doors,
+            changes,
+            tasks,
+        })
     }
 
+    /// The door's lines, and its simulated reader started (call inside a tokio runtime).
     pub fn open_door(self: &Arc<Self>, index: usize) -> DoorHardware {
         let door = &self.doors[index];
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+        let (queue, queued) = mpsc::channel(reader::QUEUED_TRANSMISSIONS);
+        // Ends when the door task drops its end of the events channel.
+        self.tasks
+            .spawn(reader::transmit(queued, tx.clone(), door.frame_silence_ns));
+        *lock(&door.reader) = Some(queue);
         *lock(&door.sender) = Some(tx);
         let lines = lock(&door.lines).clone();
         DoorHardware {
@@ -132,22 +160,18 @@ impl MockGpio {
         Ok(())
     }
 
-    fn send_bits(&self, index: usize, bits: &Bits, start_ns: u64) -> Result<u64, String> {
-        let edges = wiegand::edges_for(bits, start_ns, &PulseTiming::default());
-        let end = edges.last().map_or(start_ns, |e| e.timestamp_ns);
-        let events = edges
-            .into_iter()
-            .map(|edge| InputEvent {
-                input: match edge.line {
-                    WiegandLine::D0 => DoorInput::D0,
-                    WiegandLine::D1 => DoorInput::D1,
-                },
-                active: edge.kind == EdgeKind::Falling,
-                timestamp_ns: edge.timestamp_ns,
-            })
-            .collect();
-        self.send(index, events)?;
-        Ok(end)
+    /// Queues frames for the door's reader; refused when the door is not running or its reader
+    /// already holds `QUEUED_TRANSMISSIONS` requests.
+    fn transmit(&self, index: usize, frames: reader::Transmission) -> Result<(), String> {
+        let queue = lock(&self.doors[index].reader).clone();
+        let queue = queue.ok_or("the door is not running yet")?;
+        queue.try_send(frames).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => format!(
+                "the reader is busy: {} requests are still being sent",
+                reader::QUEUED_TRANSMISSIONS
+            ),
+            mpsc::error::TrySendError::Closed(_) => "the door has stopped".to_string(),
+        })
     }
 
     /// Handles one control request and returns its reply.
@@ -168,27 +192,38 @@ impl MockGpio {
                 let facility = request["facility"].as_u64().unwrap_or(0);
                 let number = request["number"].as_u64().ok_or("missing `number`")?;
                 let facility = u32::try_from(facility).map_err(|_| "`facility` is too large")?;
-                let bits = wiegand::encode_card(format, facility, number).map_err(|e| e.to_string())?;
-                self.send_bits(index, &bits, monotonic_ns())?;
+                let bits = reader::encode_card(format, facility, number).map_err(|e| e.to_string())?;
+                self.transmit(index, vec![bits])?;
                 Ok(json!({"ok": true, "bits": bits.to_string()}))
             }
             "wiegand" => {
                 let index = self.find(&request["door"])?;
                 let text = request["bits"].as_str().ok_or("missing `bits`")?;
                 let bits = Bits::from_str(text).ok_or("`bits` must be 1 to 128 characters of 0 and 1")?;
-                self.send_bits(index, &bits, monotonic_ns())?;
+                self.transmit(index, vec![bits])?;
                 Ok(json!({"ok": true, "bits": bits.len()}))
             }
             "pin" => {
                 let index = self.find(&request["door"])?;
                 let digits = request["digits"].as_str().ok_or("missing `digits`")?;
                 let eight_bit = request["eight_bit"].as_bool().unwrap_or(false);
-                let mut at = monotonic_ns();
-                for key in digits.chars().chain(std::iter::once('#')) {
-                    let key = wiegand::Key::from_char(key).ok_or(format!("`{key}` is not a keypad key"))?;
-                    at = self.send_bits(index, &wiegand::encode_key(key, eight_bit), at)? + KEY_GAP_NS;
+                // Checked on the text's length first: nothing is generated for an oversized request.
+                if digits.len() >= MAX_PIN_KEYS {
+                    return Err(format!(
+                        "`digits` may hold at most {} keys (`#` is added)",
+                        MAX_PIN_KEYS - 1
+                    ));
                 }
-                Ok(json!({"ok": true}))
+                let frames = digits
+                    .chars()
+                    .chain(std::iter::once('#'))
+                    .map(|c| {
+                        let key = Key::from_char(c).ok_or(format!("`{c}` is not a keypad key"))?;
+                        Ok(reader::encode_key(key, eight_bit))
+                    })
+                    .collect::<Result<Vec<Bits>, String>>()?;
+                self.transmit(index, frames)?;
+                Ok(json!({"ok": true, "keys": digits.len() + 1}))
             }
             "input" => {
                 let index = self.find(&request["door"])?;

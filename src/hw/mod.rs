@@ -7,7 +7,6 @@
 
 pub mod chardev;
 pub mod mock;
-pub mod wiegand;
 
 use crate::config::{Config, GpioBackend};
 use std::sync::Arc;
@@ -83,10 +82,11 @@ pub enum Backend {
 }
 
 impl Backend {
-    pub fn open(config: &Config) -> Backend {
+    /// The backend `gpio.backend` names; the mock's simulated readers run on `tasks`.
+    pub fn open(config: &Config, tasks: &tokio_util::task::TaskTracker) -> Backend {
         match config.gpio.backend {
             GpioBackend::Gpiod => Backend::Chardev,
-            GpioBackend::Mock => Backend::Mock(mock::MockGpio::new(config)),
+            GpioBackend::Mock => Backend::Mock(mock::MockGpio::new(config, tasks.clone())),
         }
     }
 

@@ -80,6 +80,8 @@ pub struct Received {
 struct Shared {
     inner: Mutex<Inner>,
     connections: Arc<server::Connections>,
+    /// Bytes of `Fault::Huge` answers handed to connections.
+    huge_sent: Arc<std::sync::atomic::AtomicU64>,
 }
 
 struct Inner {
@@ -133,6 +135,7 @@ impl Simulator {
                 events: Vec::new(),
             }),
             connections: Arc::clone(&connections),
+            huge_sent: Arc::default(),
         });
         let server = server::Server::start(port, app(Arc::clone(&shared)), connections)?;
         let base_url = format!("http://{}", server.addr());
@@ -213,6 +216,12 @@ impl Simulator {
         }
     }
 
+    /// Bytes of `Fault::Huge` answers that left the server so far (a client that stops reading
+    /// stops this count, give or take the socket buffers).
+    pub fn huge_bytes_sent(&self) -> u64 {
+        self.shared.huge_sent.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Requests that reached the server (not counting `/_sim/...`).
     pub fn requests(&self) -> u64 {
         self.lock().log.len() as u64
@@ -261,6 +270,11 @@ impl Simulator {
     /// Sets a person's `enabled` (updated_at = now). Absent people are ignored.
     pub fn update_person(&self, id: u64, enabled: bool) {
         self.lock().data.touch_person(id, Some(enabled));
+    }
+
+    /// Ends a person's access at `valid_to` (updated_at = now), as DoorFlow's dashboard would.
+    pub fn set_valid_to(&self, id: u64, valid_to: jiff::Timestamp) {
+        self.lock().data.set_valid_to(id, valid_to);
     }
 
     /// Removes a person and their credentials from every list.

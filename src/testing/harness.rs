@@ -48,6 +48,7 @@ impl Options {
     /// options say.
     pub fn config(&self, dir: &std::path::Path, base_url: &str) -> Config {
         let mut config = demo_config(dir, base_url);
+        super::config::without_osdp_doors(&mut config);
         std::fs::write(dir.join("api_key"), format!("{}\n", self.api_key)).expect("API key file");
         config.api.requests_per_minute = Ranged::new(self.requests_per_minute);
         config.api.request_timeout_s = Ranged::new(self.request_timeout_s);
@@ -72,12 +73,27 @@ pub async fn unlimited_simulator(people: u64) -> Simulator {
     .expect("simulator starts")
 }
 
+/// A simulator for a test that is not async (one that drives the real binary): it serves on a
+/// runtime of its own, returned with it, which must live as long as the simulator is used.
+pub fn simulator_on_own_runtime(config: SimConfig) -> (tokio::runtime::Runtime, Simulator) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a runtime for the simulator");
+    let sim = runtime
+        .block_on(Simulator::start(config))
+        .expect("simulator starts");
+    (runtime, sim)
+}
+
 /// Writes `events` to `agent`'s outbox as the audit writer does (one group, one flush) and wakes
 /// the uplink.
 pub fn queue(agent: &Agent, events: &[AuditEvent]) {
     let uplink = &agent.config.uplink;
-    let capacity = crate::outbox::queue_capacity(uplink);
-    crate::outbox::write_group(&agent.store, uplink, capacity, events).expect("queued events are written");
+    let capacity = crate::store::Capacity::from_config(uplink);
+    crate::audit_writer::write_group(&agent.store, uplink, capacity, events)
+        .expect("queued events are written");
     agent.kick_queue();
 }
 
@@ -110,8 +126,16 @@ impl Harness {
 
     /// An agent against an existing simulator (a fresh state directory).
     pub async fn start_with(sim: Simulator, options: Options) -> Harness {
+        Harness::start_edited(sim, options, |_| {}).await
+    }
+
+    /// Like `start_with`, with the config changed by `edit` first (e.g. the store moved onto a
+    /// small filesystem).
+    pub async fn start_edited(sim: Simulator, options: Options, edit: impl FnOnce(&mut Config)) -> Harness {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let config = options.config(dir.path(), sim.base_url());
+        let mut config = options.config(dir.path(), sim.base_url());
+        edit(&mut config);
+        super::config::assert_valid(&config);
         Harness::assemble(sim, dir, config).await
     }
 

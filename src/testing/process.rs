@@ -1,65 +1,194 @@
-//! The real agent binary as a child process, for tests that must see what an operator sees:
-//! exit codes, the log on stderr, the admin socket, `/proc` figures.
+//! The real `doorflow-agent run` as a child process, for tests that go through the binary.
+//! `RunningAgent`: started on a `Config`, its log (stderr) collected line by line, its mock GPIO
+//! control socket. `AgentProcess`: started on a config file with extra environment (a restart,
+//! signals, a wall clock moved by libfaketime, a stand-in notify socket) or through a wrapper,
+//! asked for `status --json` or its live status, measured in `/proc`, stopped with SIGTERM.
+//! Both are killed on drop.
 
-use crate::admin::{self, Request};
+use super::{agent_command, mock_control};
+use crate::config::Config;
 use serde_json::Value;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// `doorflow-agent run --config CONFIG`, its stderr in `CONFIG`'s directory (`agent.log`),
-/// killed when dropped.
-pub struct AgentProcess {
+/// A running agent. Dropping it kills the process.
+pub struct RunningAgent {
     child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+    mock_socket: PathBuf,
+}
+
+impl RunningAgent {
+    /// Writes `config` to `dir/config.toml` and starts `binary run` on it (log to stderr), then
+    /// waits (up to 30 s) until the mock GPIO control socket answers.
+    pub fn start(binary: &str, config: &Config, dir: &Path) -> RunningAgent {
+        let path = super::config::write_config(config, dir);
+        let mut child = agent_command(binary)
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("DOORFLOW_LOG_TARGET", "stderr")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the agent binary");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let lines = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                lines.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            }
+        });
+        let agent = RunningAgent {
+            child,
+            log,
+            mock_socket: config.gpio.mock_socket.clone(),
+        };
+        let ready = agent.wait_until(Duration::from_secs(30), || {
+            std::os::unix::net::UnixStream::connect(&agent.mock_socket).is_ok()
+        });
+        assert!(
+            ready,
+            "the mock control socket never answered; log:\n{}",
+            agent.log_text()
+        );
+        agent
+    }
+
+    /// One request to the mock GPIO control socket, its reply.
+    pub fn control(&self, request: Value) -> Value {
+        mock_control::control(&self.mock_socket, request)
+    }
+
+    /// Everything the agent has logged so far.
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).join("\n")
+    }
+
+    /// Log lines containing every one of `needles`.
+    pub fn log_lines_with(&self, needles: &[&str]) -> Vec<String> {
+        let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        log.iter()
+            .filter(|line| needles.iter().all(|n| line.contains(n)))
+            .cloned()
+            .collect()
+    }
+
+    /// Waits (a generous bound, not a timing assertion) until `count` log lines contain every
+    /// one of `needles`; panics with the log otherwise.
+    pub fn wait_for_log(&self, needles: &[&str], count: usize) -> Vec<String> {
+        let found = self.wait_until(Duration::from_secs(30), || {
+            self.log_lines_with(needles).len() >= count
+        });
+        assert!(
+            found,
+            "{count} log lines with {needles:?} never appeared; log:\n{}",
+            self.log_text()
+        );
+        self.log_lines_with(needles)
+    }
+
+    fn wait_until(&self, limit: Duration, condition: impl FnMut() -> bool) -> bool {
+        wait_until(limit, condition)
+    }
+}
+
+impl Drop for RunningAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `doorflow-agent run`; its stderr goes to `log_path`.
+pub struct AgentProcess {
+    binary: String,
+    config: PathBuf,
     admin_socket: PathBuf,
-    log: PathBuf,
+    log_path: PathBuf,
+    child: Child,
 }
 
 impl AgentProcess {
-    /// Starts `binary` (`env!("CARGO_BIN_EXE_doorflow-agent")`) with stderr logging;
-    /// `customise` adds environment variables or a `pre_exec` hook, or replaces the command
-    /// with a wrapper that execs it.
-    pub fn start(
+    /// Starts `binary run --config config` with `env` added, logging to stderr (kept in a file
+    /// beside the config), and waits for its admin socket.
+    pub fn start(binary: &str, config: &Path, admin_socket: &Path, env: &[(String, String)]) -> AgentProcess {
+        let env = env.to_vec();
+        AgentProcess::start_with(binary, config, admin_socket, move |command| {
+            command.envs(env);
+        })
+    }
+
+    /// As `start`; `customise` adds environment variables or a `pre_exec` hook, or replaces
+    /// the command with a wrapper that execs it (logging and stdio are set after it).
+    pub fn start_with(
         binary: &str,
         config: &Path,
         admin_socket: &Path,
         customise: impl FnOnce(&mut Command),
     ) -> AgentProcess {
-        let log = config.with_file_name("agent.log");
-        let log_file = std::fs::File::create(&log).expect("create the agent's log file");
-        let mut command = super::agent_command(binary);
+        let dir = config.parent().expect("the config is in a directory");
+        let log_path = dir.join(format!("agent-{}.log", std::process::id()));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("open the agent log");
+        let mut command = agent_command(binary);
         command.args(["run", "--config"]).arg(config);
-        // May replace the command (to start it through a wrapper); stdio and logging come after.
         customise(&mut command);
-        command
+        let child = command
             .env("DOORFLOW_LOG_TARGET", "stderr")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log_file);
-        AgentProcess {
-            child: command.spawn().expect("the agent binary starts"),
+            .stderr(log)
+            .spawn()
+            .expect("start the agent");
+        let agent = AgentProcess {
+            binary: binary.to_string(),
+            config: config.to_path_buf(),
             admin_socket: admin_socket.to_path_buf(),
-            log,
-        }
+            log_path,
+            child,
+        };
+        let started = wait_until(Duration::from_secs(30), || admin_socket.exists());
+        assert!(
+            started,
+            "the agent did not open its admin socket:\n{}",
+            agent.log()
+        );
+        agent
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
+    /// `status --json`, from the running agent through its admin socket (the status command
+    /// itself runs with the test's own clock).
+    pub fn status(&self) -> Value {
+        let out = agent_command(&self.binary)
+            .args(["status", "--json", "--config"])
+            .arg(&self.config)
+            .output()
+            .expect("run status");
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status --json prints one JSON object")
     }
 
-    /// What the agent wrote to stderr so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The `status` report through the admin socket, `None` while it does not answer.
-    pub fn status(&self) -> Option<Value> {
-        let reply = admin::call(&self.admin_socket, &Request::Status).ok()?;
+    /// The status report straight from the admin socket, `None` while it does not answer.
+    pub fn live_status(&self) -> Option<Value> {
+        let reply = crate::admin::call(&self.admin_socket, &crate::admin::Request::Status).ok()?;
         Some(reply["status"].clone())
     }
 
-    /// Polls `condition` on the status report until it holds (panics after `limit`, or when the
-    /// agent exits, with its log).
+    /// Polls the live status until `condition` holds (panics after `limit`, or when the agent
+    /// exits, with its log).
     pub fn wait_for_status(
         &mut self,
         what: &str,
@@ -71,7 +200,7 @@ impl AgentProcess {
             if let Some(exit) = self.child.try_wait().expect("poll the agent") {
                 panic!("the agent exited ({exit}) waiting for {what}:\n{}", self.log());
             }
-            if let Some(status) = self.status().filter(|s| condition(s)) {
+            if let Some(status) = self.live_status().filter(|s| condition(s)) {
                 return status;
             }
             assert!(
@@ -81,6 +210,10 @@ impl AgentProcess {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// A `/proc/PID/status` figure in kB (`VmRSS`, `VmHWM`).
@@ -95,19 +228,40 @@ impl AgentProcess {
             .unwrap_or(0)
     }
 
-    /// Sends SIGTERM and waits (up to `limit`) for the exit.
-    pub fn terminate(&mut self, limit: Duration) -> ExitStatus {
-        // SAFETY: kill(2) on our own child's pid; no memory is touched.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let end = Instant::now() + limit;
+    /// `queue dead --json`: the dead letters, one JSON object each.
+    pub fn dead_letters(&self) -> Vec<Value> {
+        let out = agent_command(&self.binary)
+            .args(["queue", "dead", "--json", "--config"])
+            .arg(&self.config)
+            .output()
+            .expect("run queue dead");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("a dead letter as JSON"))
+            .collect()
+    }
+
+    /// The process's peak resident memory (`VmHWM` in /proc/PID/status), KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        self.memory_kb("VmHWM")
+    }
+
+    /// What the agent logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits (up to 30 s) for the exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(exit) = self.child.try_wait().expect("poll the agent") {
-                return exit;
+            if let Some(status) = self.child.try_wait().expect("wait for the agent") {
+                return status;
             }
             assert!(
-                Instant::now() < end,
+                Instant::now() < deadline,
                 "the agent did not stop on SIGTERM:\n{}",
                 self.log()
             );
@@ -121,6 +275,19 @@ impl Drop for AgentProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Polls `condition` every 50 ms until it holds or `limit` passes (a generous bound, not a
+/// timing assertion). Returns whether it held. For blocking tests; async ones use `eventually`.
+pub fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    condition()
 }
 
 /// A `/proc/PID/status` line's value in kB.

@@ -1,20 +1,22 @@
 //! The audit writer: takes audit events from the door tasks, journals them, and makes them
-//! durable — as queued calls in the outbox (events to the sink, admits to DoorFlow) or, with no
-//! event sink configured, in the bounded local event log.
+//! durable — as queued calls in the store's outbox (events to the sink, admits to DoorFlow)
+//! and, with no event sink configured, in the bounded local event log.
 //!
-//! It commits in groups: whatever has arrived while the previous flush ran is written with one
-//! flush, so a burst of swipes costs one fsync, and the door tasks never wait for the disk.
+//! It commits in groups: whatever has arrived while the previous commit ran is written in one
+//! transaction with one fsync, so a burst of swipes costs one fsync, and the door tasks never
+//! wait for the disk. Everything one decision produces (its admit, its event, its log entry) is
+//! in the same transaction: a crash keeps all of it or none.
 
 use crate::audit::AuditEvent;
 use crate::config::UplinkConfig;
-use crate::store::{Call, Capacity, QueuedCall, Store, StoreError};
+use crate::store::{Call, Capacity, Group, QueuedCall, Store, StoreError};
 use jiff::Timestamp;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-/// Most records written per flush; bounds the latency of one group.
+/// Most events written per commit; bounds the latency of one group.
 const MAX_GROUP: usize = 512;
 
 /// A fresh random id in UUID v4 text form, sent as `Idempotency-Key`.
@@ -39,8 +41,10 @@ pub fn calls_for(event: &AuditEvent, uplink: &UplinkConfig, now: Timestamp) -> V
         id: new_call_id(),
         call,
         created_at: now,
+        created_boot: Some(crate::clock::BootInstant::now()),
         attempts: 0,
         next_attempt_at: None,
+        next_attempt_boot: None,
         last_error: None,
         hold: None,
     };
@@ -75,7 +79,7 @@ pub async fn run_writer(
     feed: broadcast::Sender<AuditEvent>,
     stopping: CancellationToken,
 ) {
-    let capacity = queue_capacity(&uplink);
+    let capacity = Capacity::from_config(&uplink);
     let mut group = Vec::new();
     while events.recv_many(&mut group, MAX_GROUP).await > 0 {
         for event in &group {
@@ -90,14 +94,10 @@ pub async fn run_writer(
             // Nobody listening is fine.
             let _ = feed.send(event);
         }
-    }
-}
-
-/// The outbox bounds set in `[uplink]`.
-pub fn queue_capacity(uplink: &UplinkConfig) -> Capacity {
-    Capacity {
-        max_records: uplink.queue_max_records.get(),
-        max_bytes: uplink.queue_max_bytes.get(),
+        if events.is_empty() {
+            let store = Arc::clone(&store);
+            let _ = tokio::task::spawn_blocking(move || store.checkpoint_when_idle()).await;
+        }
     }
 }
 
@@ -114,7 +114,7 @@ async fn write_until_durable(
     let mut failures = 0u32;
     loop {
         let (store, uplink) = (Arc::clone(store), uplink.clone());
-        // sled's flush blocks; keep it off the async workers the doors run on.
+        // The commit's fsync blocks; keep it off the async workers the doors run on.
         let attempt = tokio::task::spawn_blocking(move || {
             let result = pending.write(&store, &uplink, capacity);
             (pending, result)
@@ -154,14 +154,13 @@ async fn write_until_durable(
 }
 
 /// One group of audit events on its way to disk, with the queued calls they become (built
-/// once, so a retry queues the same calls with the same ids) and which writes are done (so a
-/// retry never queues a call twice).
+/// once, so a retry after a refused commit queues the same calls with the same ids).
 #[derive(Debug)]
 pub struct PendingGroup {
     pub events: Vec<AuditEvent>,
     calls: Vec<QueuedCall>,
-    queued: bool,
-    logged: bool,
+    /// Without an event sink the events go to the local log.
+    log_locally: bool,
 }
 
 impl PendingGroup {
@@ -170,30 +169,26 @@ impl PendingGroup {
         PendingGroup {
             events,
             calls,
-            queued: false,
-            logged: uplink.events_url.is_some(),
+            log_locally: uplink.events_url.is_none(),
         }
     }
 
-    /// Queued calls to the outbox and, without a sink, events to the local log; each step at
-    /// most once.
-    pub fn write(
-        &mut self,
-        store: &Store,
-        uplink: &UplinkConfig,
-        capacity: Capacity,
-    ) -> Result<(), StoreError> {
-        if !self.queued {
-            if !self.calls.is_empty() {
-                store.enqueue(&self.calls, capacity)?;
-            }
-            self.queued = true;
+    /// Writes the group in one transaction (fsynced before it returns): the queued calls and,
+    /// without a sink, the local log entries. A refused commit leaves nothing behind, so the
+    /// same group can be written again.
+    pub fn write(&self, store: &Store, uplink: &UplinkConfig, capacity: Capacity) -> Result<(), StoreError> {
+        let log: &[AuditEvent] = if self.log_locally { &self.events } else { &[] };
+        if self.calls.is_empty() && log.is_empty() {
+            return Ok(());
         }
-        if !self.logged {
-            store.event_log_append(&self.events, uplink.local_event_log_max.get())?;
-            self.logged = true;
-        }
-        Ok(())
+        store
+            .commit_group(Group {
+                calls: &self.calls,
+                log,
+                log_max: uplink.local_event_log_max.get(),
+                capacity,
+            })
+            .map(|_| ())
     }
 }
 
@@ -238,7 +233,7 @@ mod tests {
     #[test]
     fn a_granted_admit_becomes_an_admit_and_an_event() {
         let uplink = UplinkConfig {
-            events_url: Some("https://sink.example".into()),
+            events_url: Some(crate::config::ServiceUrl::parse("https://sink.example").unwrap()),
             ..Default::default()
         };
         let calls = calls_for(&event(true), &uplink, Timestamp::now());
@@ -259,10 +254,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db"), 1 << 20).unwrap();
         let uplink = UplinkConfig::default();
-        let capacity = Capacity {
-            max_records: 100,
-            max_bytes: 1 << 20,
-        };
+        let capacity = Capacity::from_config(&uplink);
         write_group(&store, &uplink, capacity, &[event(false), event(true)]).unwrap();
         let stats = store.outbox_stats().unwrap();
         assert_eq!(stats.pending, 1, "only the admit is queued");
