@@ -12,7 +12,7 @@
 //! The config's own rules (ranges, URLs, socket path lengths, NUL bytes, template
 //! placeholders) are in `config` and apply to `run` as well.
 
-use crate::config::{AuthMethod, Config, GpioBackend, SecretSource};
+use crate::config::{AuthMethod, Config, GpioBackend, ReaderConfig, SecretSource};
 use crate::hw::chardev::chip_path;
 use std::collections::BTreeSet;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -46,29 +46,41 @@ pub fn check(config: &Config) -> Vec<Finding> {
     findings
 }
 
+/// What a secret holds, for the checks beyond "readable and not empty".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SecretKind {
+    Credential,
+    /// An OSDP secure channel base key (32 hex digits); a bad one stops `run`.
+    OsdpKey,
+}
+
 /// The secret sources the config uses, with their keys.
-fn secret_sources(config: &Config) -> Vec<(&'static str, SecretSource)> {
+fn secret_sources(config: &Config) -> Vec<(String, SecretSource, SecretKind)> {
     let auth = &config.api.auth;
-    let mut sources = Vec::new();
+    let mut sources: Vec<(String, SecretSource, SecretKind)> = Vec::new();
+    let mut add = |key: &str, source: Option<SecretSource>| {
+        sources.extend(source.map(|s| (key.to_string(), s, SecretKind::Credential)));
+    };
     match auth.method {
-        AuthMethod::ApiKey => sources.extend(auth.api_key.clone().map(|s| ("api.auth.api_key", s))),
+        AuthMethod::ApiKey => add("api.auth.api_key", auth.api_key.clone()),
         AuthMethod::Oauth => {
-            sources.extend(auth.client_secret.clone().map(|s| ("api.auth.client_secret", s)));
-            sources.extend(
-                auth.refresh_token_file
-                    .clone()
-                    .map(|path| ("api.auth.refresh_token_file", SecretSource::File(path))),
+            add("api.auth.client_secret", auth.client_secret.clone());
+            add(
+                "api.auth.refresh_token_file",
+                auth.refresh_token_file.clone().map(SecretSource::File),
             );
         }
     }
     if config.uplink.events_url.is_some() {
-        sources.extend(
-            config
-                .uplink
-                .events_token
-                .clone()
-                .map(|s| ("uplink.events_token", s)),
-        );
+        add("uplink.events_token", config.uplink.events_token.clone());
+    }
+    for (index, door) in config.doors.iter().enumerate() {
+        if let ReaderConfig::Osdp(reader) = &door.reader {
+            if let (true, Some(source)) = (reader.secure_channel, &reader.key_file) {
+                let key = format!("doors[{index}].reader.key_file");
+                sources.push((key, source.clone(), SecretKind::OsdpKey));
+            }
+        }
     }
     sources
 }
@@ -76,10 +88,10 @@ fn secret_sources(config: &Config) -> Vec<(&'static str, SecretSource)> {
 /// Whether each secret can be read, is not empty and is private.
 pub fn secrets(config: &Config) -> Vec<Finding> {
     let mut findings = Vec::new();
-    for (key, source) in secret_sources(config) {
+    for (key, source, kind) in secret_sources(config) {
         let finding = |severity, message: String| Finding {
             severity,
-            key: key.to_string(),
+            key: key.clone(),
             message,
         };
         if let SecretSource::SystemdCredential(name) = &source {
@@ -101,9 +113,27 @@ pub fn secrets(config: &Config) -> Vec<Finding> {
                 continue;
             }
         };
-        findings.extend(secret_file(&path).map(|(severity, message)| finding(severity, message)));
+        match secret_file(&path) {
+            Some((Severity::Error, message)) => findings.push(finding(Severity::Error, message)),
+            warning => {
+                findings.extend(warning.map(|(severity, message)| finding(severity, message)));
+                if kind == SecretKind::OsdpKey {
+                    if let Err(reason) = osdp_key(&path) {
+                        findings.push(finding(Severity::Error, reason));
+                    }
+                }
+            }
+        }
     }
     findings
+}
+
+/// Whether an OSDP key file holds a key `run` accepts.
+fn osdp_key(path: &Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    crate::osdp::keys::Scbk::from_hex(text.trim())
+        .map(|_| ())
+        .map_err(|reason| format!("OSDP key file {}: {reason}", path.display()))
 }
 
 /// A secret file's problem, if it has one.

@@ -4,7 +4,7 @@
 //! the service will not start with). A secret `run` cannot read does not stop the doors (the
 //! agent runs degraded on its stored snapshot), but `check-config` refuses it.
 
-use doorflow_agent::config::{Config, GpioBackend, SecretSource};
+use doorflow_agent::config::{Config, GpioBackend, ReaderConfig, SecretSource};
 use doorflow_agent::testing::config::demo_config;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -223,6 +223,25 @@ const CASES: &[Case] = &[
         env: &[],
     },
     Case {
+        name: "OSDP key file that holds no key",
+        setup: |dir, config| {
+            let path = dir.join("lobby-osdp.key");
+            std::fs::write(&path, "not-a-key\n").unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            let ReaderConfig::Osdp(reader) = &mut config.doors[2].reader else {
+                panic!("the demo's lobby has an OSDP reader");
+            };
+            reader.secure_channel = true;
+            reader.key_file = Some(SecretSource::File(path));
+        },
+        exit: 2,
+        key: "doors[2].reader.key_file",
+        line_with: Some("lobby-osdp.key"),
+        says: &["OSDP key file", "lobby-osdp.key"],
+        run_refuses: true,
+        env: &[],
+    },
+    Case {
         name: "no CA trust store for an https API",
         setup: |_, config| {
             config.api.base_url =
@@ -295,8 +314,9 @@ fn check(case: &Case) -> Result<(), String> {
         if run.status.success() {
             wrong.push("`run` accepted it".into());
         }
-        // A config rule names the key; a GPIO failure names the chip.
-        if !run_stderr.contains(case.key) && !run_stderr.contains("GPIO chip") {
+        // A config rule names the key; a GPIO or OSDP failure names the chip or the key file.
+        let named = [case.key, "GPIO chip", "OSDP key file"];
+        if !named.iter().any(|n| run_stderr.contains(n)) {
             wrong.push(format!("`run` refused it without saying why: {run_stderr}"));
         }
     }
