@@ -82,11 +82,12 @@ async fn a_missing_secret_is_a_degraded_state_everywhere_an_operator_looks() {
         "{line}"
     );
     assert!(line.contains("0 people, 0 credentials; never synced"), "{line}");
-    let log = agent.log();
-    assert!(
-        log.contains("degraded: cannot talk to DoorFlow (api.auth.api_key: secret file"),
-        "the journal's message text carries the reason:\n{log}"
+    // The journal line comes from the same report as the status line, written just after it.
+    agent.wait_for_log(
+        &["degraded: cannot talk to DoorFlow (api.auth.api_key: secret file"],
+        1,
     );
+    let log = agent.log();
     assert!(
         log.contains("DoorFlow client not available (api.auth.api_key"),
         "{log}"
