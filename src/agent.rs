@@ -6,7 +6,7 @@ use crate::admin;
 use crate::audit::AuditEvent;
 use crate::audit_writer;
 use crate::config::Config;
-use crate::door_task::{DoorState, DoorTask};
+use crate::door_task::{DoorState, DoorTask, DoorThread};
 use crate::doorflow::client::{self, Client};
 use crate::doorflow::ratelimit::RateBudget;
 use crate::hw;
@@ -256,11 +256,14 @@ pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Res
     loop_names.extend(Lane::ALL.map(|lane| format!("uplink {}", lane.as_str())));
     let (liveness, mut heartbeats) = supervisor::Liveness::new(&loop_names);
     let uplink_beats = heartbeats.split_off(agent.config.doors.len());
-    let (door_tasks, osdp) = match start_doors(&agent, &tasks, &stop, audit_tx, heartbeats) {
+    let door_thread = DoorThread::start()?;
+    let started = start_doors(&agent, &tasks, &stop, audit_tx, heartbeats, &door_thread);
+    let (door_tasks, osdp) = match started {
         Ok(started) => started,
         Err(error) => {
             stop.cancel();
             tasks.close();
+            let _ = tokio::task::spawn_blocking(move || door_thread.stop()).await;
             tasks.wait().await;
             let _ = std::fs::remove_file(&agent.config.admin.socket);
             return Err(error);
@@ -321,6 +324,8 @@ pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Res
     }
     // After the doors: their last decisions may still have feedback to play.
     let _ = tokio::task::spawn_blocking(move || osdp.stop()).await;
+    // The doors' own thread, and what is left on it (the mock's simulated readers).
+    let _ = tokio::task::spawn_blocking(move || door_thread.stop()).await;
     let _ = audit_writer.await;
     if tokio::time::timeout(STOP_DEADLINE, tasks.wait()).await.is_err() {
         tracing::error!(
@@ -400,14 +405,15 @@ fn uplink_lanes(
 }
 
 /// Opens every door's GPIO lines (failing start-up with a clear message if a chip or line is
-/// unavailable), starts the OSDP buses, and spawns each door's task; with the mock backend,
-/// its control socket too.
+/// unavailable), starts the OSDP buses, and spawns each door's task on the doors' own thread;
+/// with the mock backend, its control socket too (on the shared workers).
 fn start_doors(
     agent: &Arc<Agent>,
     tasks: &TaskTracker,
     stop: &CancellationToken,
     audit: tokio::sync::mpsc::UnboundedSender<AuditEvent>,
     heartbeats: Vec<supervisor::Heartbeat>,
+    door_thread: &DoorThread,
 ) -> Result<(Vec<tokio::task::JoinHandle<()>>, osdp::OsdpReaders), AgentError> {
     let config = &agent.config;
     let backend = hw::Backend::open(config, tasks);
@@ -428,7 +434,12 @@ fn start_doors(
     let mut osdp = osdp::start(config, &agent.doors)?;
     let mut doors = Vec::new();
     for ((index, door), heartbeat) in config.doors.iter().enumerate().zip(heartbeats) {
-        let hardware = match backend.open_door(config, index) {
+        // Entered so that a backend's per-door tasks (the mock's simulated reader) run there too.
+        let opened = {
+            let _doors = door_thread.handle().enter();
+            backend.open_door(config, index)
+        };
+        let hardware = match opened {
             Ok(hardware) => hardware,
             Err(error) => {
                 osdp.stop();
@@ -436,7 +447,8 @@ fn start_doors(
             }
         };
         let mut task = DoorTask::new(
-            door,
+            config,
+            index,
             hardware,
             Arc::clone(&agent.snapshot),
             Arc::clone(&agent.doors[index]),
@@ -447,7 +459,7 @@ fn start_doors(
             task = task.with_reader(link);
         }
         tracing::info!(door = %door.name, channel_id = door.channel_id, card_value = ?door.card_value, "door ready");
-        doors.push(tasks.spawn(task.run(stop.clone())));
+        doors.push(tasks.spawn_on(task.run(stop.clone()), door_thread.handle()));
     }
     if let Some((mock, listener)) = mock_control {
         tasks.spawn(mock.serve(listener, tasks.clone(), stop.clone()));

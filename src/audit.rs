@@ -21,6 +21,14 @@ pub struct AuditEvent {
     pub created_at: Timestamp,
     /// Whether DoorFlow should also be asked to admit this person on the channel.
     pub admit: bool,
+    /// Further reads of the same credential folded into this event while the door was released
+    /// for it (`door::RepeatedReads`). 0 for the event as first sent; when there were repeats,
+    /// the same event (same `id`) is sent once more with the count and `updated_at`.
+    #[serde(default)]
+    pub repeats: u32,
+    /// When the event was last updated (the last repeated read); `None` when never.
+    #[serde(default)]
+    pub updated_at: Option<Timestamp>,
 }
 
 /// A fresh event id: random, non-zero, below 2^53.
@@ -31,7 +39,9 @@ pub fn new_event_id() -> u64 {
 impl AuditEvent {
     /// The event as posted to the event sink, in DoorFlow's `Event` schema: the door is the
     /// channel (`door_controller_*` and its `channel_*` aliases) and the credential is already
-    /// masked. `updated_at` equals `created_at`: the agent never edits an event.
+    /// masked. `updated_at` is `created_at`, except on the update of an event with repeated
+    /// reads: the last read's time, and the count in `event_label` (DoorFlow's schema has no
+    /// field for it). A sink keeps the latest record per `id`.
     pub fn to_doorflow(&self) -> serde_json::Value {
         serde_json::json!({
             "id": self.id,
@@ -46,7 +56,7 @@ impl AuditEvent {
             "person_name": null,
             "credentials_number": self.credential,
             "created_at": self.created_at,
-            "updated_at": self.created_at,
+            "updated_at": self.updated_at.unwrap_or(self.created_at),
         })
     }
 
@@ -65,7 +75,13 @@ impl AuditEvent {
             91 => "Reader tamper cleared",
             _ => "Door event",
         };
-        format!("{what} at {} ({})", self.door, self.reason)
+        match self.repeats {
+            0 => format!("{what} at {} ({})", self.door, self.reason),
+            n => format!(
+                "{what} at {} ({}), read {} more times while released",
+                self.door, self.reason, n
+            ),
+        }
     }
 
     /// Writes the event to the log with structured fields (journald keeps them as DOOR,
@@ -88,6 +104,7 @@ impl AuditEvent {
                     person_id = self.person_id,
                     channel_id = self.channel_id,
                     credential,
+                    repeats = (self.repeats > 0).then_some(self.repeats),
                     "{summary}"
                 )
             };

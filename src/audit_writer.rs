@@ -215,6 +215,8 @@ mod tests {
             credential: Some("****17".into()),
             created_at: Timestamp::now(),
             admit,
+            repeats: 0,
+            updated_at: None,
         }
     }
 

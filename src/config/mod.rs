@@ -11,6 +11,7 @@
 mod admin;
 mod api;
 mod doors;
+mod formats;
 mod gpio;
 mod reader;
 mod shifts;
@@ -25,6 +26,7 @@ pub use api::{check_url, ApiConfig, AuthConfig, AuthMethod, SecretSource};
 pub use doors::{
     DoorConfig, FacilityCodes, FailMode, InputLineConfig, OutputLineConfig, WiegandReaderConfig,
 };
+pub use formats::{CardFormatConfig, ParityConfig};
 pub use gpio::{Bias, GpioBackend, GpioConfig};
 pub use reader::{OsdpReaderConfig, ReaderConfig, OSDP_BAUD_RATES};
 pub use shifts::{ShiftConfig, ShiftTimeConfig};
@@ -56,6 +58,9 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default)]
     pub doors: Vec<DoorConfig>,
+    /// Wiegand card formats defined by field map, listed by name in `doors.reader.formats`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub card_formats: Vec<CardFormatConfig>,
     /// Shift windows by DoorFlow shift id. The v3 API does not publish shifts, so roles with a
     /// `shift_id` are evaluated against these.
     #[serde(default)]
@@ -125,6 +130,7 @@ impl Config {
         self.uplink.validate(&mut report);
         self.gpio.validate(&mut report);
         self.validate_doors(&mut report);
+        self.validate_card_formats(&mut report);
         for (key, message) in reader::bus_problems(&self.doors) {
             report(key, message);
         }

@@ -5,8 +5,10 @@
 //! events into the door's channel. Lines in one request share bias and polarity, hence one
 //! request for the reader's D0/D1 and one each for contact and REX.
 
-use super::{DoorHardware, DoorInput, GpioError, InputEvent, RelayOutput, EVENT_BUFFER};
-use crate::config::{Bias, Config};
+use super::{
+    DoorHardware, DoorInput, FeedbackLines, GpioError, InputEvent, OutputLine, RelayOutput, EVENT_BUFFER,
+};
+use crate::config::{Bias, Config, OutputLineConfig, WiegandReaderConfig};
 #[cfg(target_os = "linux")]
 use gpiod::{Active, Chip, EdgeDetect, Lines, Options, Output};
 use tokio::sync::mpsc;
@@ -71,28 +73,65 @@ pub fn open_door(config: &Config, index: usize) -> Result<DoorHardware, GpioErro
         spawn_reader(lines, vec![input], tx.clone(), door.name.clone());
     }
 
-    let relay_chip = config.chip_for(&door.relay.chip);
-    let key = at("relay.line");
     let fail_released = door.fail_mode == crate::config::FailMode::Safe;
-    let chip = open_chip(relay_chip)?;
-    let options = Options::output([door.relay.line])
-        .consumer(CONSUMER)
-        .active(if door.relay.active_low {
-            Active::Low
-        } else {
-            Active::High
-        })
-        .values([fail_released]);
-    let relay = chip
-        .request_lines(options)
-        .map_err(|e| request_error(&chip, relay_chip, door.relay.line, &key, e))?;
+    let relay = request_output(config, &door.relay, &at("relay.line"), fail_released)?;
+    let feedback = match door.reader.wiegand() {
+        Some(wiegand) => feedback_lines(config, wiegand, &at)?,
+        None => FeedbackLines::default(),
+    };
 
     Ok(DoorHardware {
         events: rx,
         relay: Box::new(ChardevRelay { lines: relay }),
         contact_open: levels[0],
         rex_pressed: levels[1],
+        feedback,
     })
+}
+
+/// Requests one output line, driven to `initial` (logical, before polarity) from the start.
+#[cfg(target_os = "linux")]
+fn request_output(
+    config: &Config,
+    output: &OutputLineConfig,
+    key: &str,
+    initial: bool,
+) -> Result<Lines<Output>, GpioError> {
+    let chip_name = config.chip_for(&output.chip);
+    let chip = open_chip(chip_name)?;
+    let options = Options::output([output.line])
+        .consumer(CONSUMER)
+        .active(if output.active_low {
+            Active::Low
+        } else {
+            Active::High
+        })
+        .values([initial]);
+    chip.request_lines(options)
+        .map_err(|e| request_error(&chip, chip_name, output.line, key, e))
+}
+
+/// A Wiegand reader's LED and beeper inputs, each its own output request, idle (released) from
+/// the start.
+#[cfg(target_os = "linux")]
+fn feedback_lines(
+    config: &Config,
+    reader: &WiegandReaderConfig,
+    at: &dyn Fn(&str) -> String,
+) -> Result<FeedbackLines, GpioError> {
+    let line = |output: &Option<OutputLineConfig>, field: &str| -> Result<_, GpioError> {
+        Ok(match output {
+            Some(output) => {
+                let lines = request_output(config, output, &at(field), false)?;
+                Some(Box::new(ChardevRelay { lines }) as Box<dyn OutputLine>)
+            }
+            None => None,
+        })
+    };
+    Ok(FeedbackLines::new(
+        line(&reader.led, "reader.led.line")?,
+        line(&reader.beeper, "reader.beeper.line")?,
+    ))
 }
 
 #[cfg(target_os = "linux")]
@@ -224,5 +263,13 @@ impl RelayOutput for ChardevRelay {
         self.lines
             .set_values([released])
             .map_err(|e| GpioError::Write(e.to_string()))
+    }
+}
+
+/// The same one-line output request drives a reader's LED or beeper.
+#[cfg(target_os = "linux")]
+impl OutputLine for ChardevRelay {
+    fn set_active(&mut self, active: bool) -> Result<(), GpioError> {
+        self.set_released(active)
     }
 }
