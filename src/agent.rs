@@ -241,6 +241,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
+    // The doors' own thread first: should anything below fail, dropping it ends it.
+    let door_thread = DoorThread::start()?;
     let admin = admin::Server::bind(&agent.config.admin.socket).await?;
     let mut aborts = vec![tasks
         .spawn(admin.serve(Arc::clone(&agent), tasks.clone(), stop.clone()))
@@ -256,7 +258,6 @@ pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Res
     loop_names.extend(Lane::ALL.map(|lane| format!("uplink {}", lane.as_str())));
     let (liveness, mut heartbeats) = supervisor::Liveness::new(&loop_names);
     let uplink_beats = heartbeats.split_off(agent.config.doors.len());
-    let door_thread = DoorThread::start()?;
     let started = start_doors(&agent, &tasks, &stop, audit_tx, heartbeats, &door_thread);
     let (door_tasks, osdp) = match started {
         Ok(started) => started,

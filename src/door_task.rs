@@ -8,7 +8,7 @@
 
 use crate::access::{decide, DoorPolicy, Reason};
 use crate::audit::{new_event_id, AuditEvent};
-use crate::config::{Config, DoorConfig};
+use crate::config::{Config, DoorConfig, WiegandReaderConfig};
 use crate::credential::{mask, Presented};
 use crate::door::{DoorEvent, DoorMachine, DoorMode, Effects, RepeatedReads};
 use crate::hw::timer::MonotonicTimer;
@@ -111,7 +111,7 @@ impl DoorTask {
     pub fn new(
         config: &Config,
         index: usize,
-        hardware: DoorHardware,
+        mut hardware: DoorHardware,
         snapshot: Arc<SharedSnapshot>,
         state: Arc<Mutex<DoorState>>,
         audit: mpsc::UnboundedSender<AuditEvent>,
@@ -120,12 +120,7 @@ impl DoorTask {
         let config = &config.doors[index];
         // An OSDP door has no Wiegand lines; its decoder keeps the defaults and stays idle.
         let wiegand = config.reader.wiegand();
-        let mut decoder_config = wiegand::DecoderConfig::default();
-        if let Some(reader) = wiegand {
-            decoder_config.frame_gap_ns = reader.frame_gap_ms.millis().as_nanos() as u64;
-            decoder_config.learn_frame_end = reader.learn_frame_end;
-        }
-        let mut hardware = hardware;
+        let decoder = wiegand.map_or_else(Default::default, WiegandReaderConfig::decoder);
         let feedback_lines = FeedbackPlayer::new(
             &config.name,
             std::mem::take(&mut hardware.feedback),
@@ -140,7 +135,7 @@ impl DoorTask {
             machine: DoorMachine::new(timing, hardware.contact_open, hardware.rex_pressed),
             repeats: RepeatedReads::new(&timing),
             frame: FrameSpan::default(),
-            decoder: WiegandDecoder::new(decoder_config),
+            decoder: WiegandDecoder::new(decoder),
             pin: PinEntry::default(),
             hardware,
             snapshot,
@@ -231,7 +226,7 @@ impl DoorTask {
             lines.idle();
         }
         if let Some(record) = self.repeats.finish() {
-            self.send_repeats(record);
+            self.send_update(record);
         }
         tracing::info!(door = %self.name, released = fail_released, "door stopped in its fail state");
     }
@@ -292,7 +287,7 @@ impl DoorTask {
         let effects = self.machine.tick(now);
         self.apply(effects);
         if let Some(record) = self.repeats.poll(now) {
-            self.send_repeats(record);
+            self.send_update(record);
         }
         if let Some(lines) = &mut self.feedback_lines {
             lines.poll(now);
@@ -414,11 +409,17 @@ impl DoorTask {
         let decision = decide(&snapshot, &self.policy, &presented, Timestamp::now());
         let decided_ns = monotonic_ns();
         let credential = (decision.kind, decision.value.clone());
+        let released = self.machine.relay_released();
+        // A repeat is counted on the grant's event (in memory: sent when the reads stop).
         let repeat = decision.granted
-            && self
-                .repeats
-                .repeat(&credential, decided_ns, self.machine.relay_released())
-                .is_some();
+            && match self.repeats.repeat(&credential, decided_ns, released) {
+                Some(record) => {
+                    record.repeats += 1;
+                    record.updated_at = Some(Timestamp::now());
+                    true
+                }
+                None => false,
+            };
         let mut relay_ns = None;
         if decision.granted {
             let effects = self.machine.grant(decided_ns);
@@ -428,12 +429,7 @@ impl DoorTask {
         // Everything below happens after the relay has been driven.
         self.report_timing(frame_seen_ns, decided_ns, relay_ns, decision.granted, repeat);
         if repeat {
-            // Counted on the grant's event (sent again when the run ends); no new event, no
-            // admit, and the reader's feedback from the grant is left to play out.
-            if let Some(record) = self.repeats.repeat(&credential, decided_ns, true) {
-                record.repeats += 1;
-                record.updated_at = Some(Timestamp::now());
-            }
+            // No new event, no admit, and the grant's feedback is left to play out.
             return;
         }
         self.signal(if decision.granted {
@@ -473,7 +469,7 @@ impl DoorTask {
                 ..event.clone()
             };
             if let Some(ended) = self.repeats.start(credential, decided_ns, record) {
-                self.send_repeats(ended);
+                self.send_update(ended);
             }
         }
         self.send_audit(event);
@@ -481,7 +477,7 @@ impl DoorTask {
 
     /// The event of a grant whose credential kept being read, sent again with the count (only
     /// when there were repeats).
-    fn send_repeats(&self, record: AuditEvent) {
+    fn send_update(&self, record: AuditEvent) {
         if record.repeats > 0 {
             self.send_audit(record);
         }
@@ -614,6 +610,18 @@ impl DoorThread {
         let handle = runtime.handle().clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new().name("doors".into()).spawn(move || {
+            match raise_priority() {
+                Ok(()) => tracing::info!(
+                    priority = DOOR_THREAD_PRIORITY,
+                    "door tasks run on their own thread at real-time priority (SCHED_FIFO)"
+                ),
+                Err(error) => tracing::warn!(
+                    %error,
+                    "door tasks run on their own thread at normal priority: real-time priority \
+                     was refused (give the service LimitRTPRIO=10 or CAP_SYS_NICE); on a busy \
+                     board a frame's end may be noticed late"
+                ),
+            }
             runtime.block_on(async {
                 let _ = stopped.await;
             });
@@ -653,6 +661,31 @@ impl Drop for DoorThread {
     fn drop(&mut self) {
         self.signal_stop();
     }
+}
+
+/// The doors thread's SCHED_FIFO priority: above every ordinary thread (the sync's decoding, the
+/// uplink, other processes), so a frame's end is noticed when it comes; low among real-time
+/// ones, so kernel threads that run at real-time priority keep theirs. The thread sleeps between
+/// edges and spends microseconds per decision; the kernel's real-time throttling still leaves
+/// the rest of the system 5 % of each second should it ever spin.
+pub const DOOR_THREAD_PRIORITY: i32 = 10;
+
+/// Asks for `DOOR_THREAD_PRIORITY` under SCHED_FIFO for the calling thread.
+fn raise_priority() -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param {
+            sched_priority: DOOR_THREAD_PRIORITY,
+        };
+        // SAFETY: pthread_self() is the calling thread; `param` is a valid sched_param.
+        let refused = unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &param) };
+        if refused != 0 {
+            return Err(std::io::Error::from_raw_os_error(refused));
+        }
+        Ok(())
+    }
+    #[cfg(not(target_os = "linux"))]
+    Err(std::io::ErrorKind::Unsupported.into())
 }
 
 /// The next input of a door's non-GPIO reader; never resolves for a door without one.

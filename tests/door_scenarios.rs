@@ -90,6 +90,7 @@ fn snapshot(front_mode: ChannelMode, lockdown: Option<Lockdown>) -> Snapshot {
 struct Door {
     mock: Arc<MockGpio>,
     snapshot: Arc<SharedSnapshot>,
+    state: Arc<Mutex<DoorState>>,
     audit: mpsc::UnboundedReceiver<AuditEvent>,
     changes: broadcast::Receiver<OutputChange>,
     timings: mpsc::UnboundedReceiver<SwipeTiming>,
@@ -111,12 +112,20 @@ impl Door {
         let (audit_tx, audit) = mpsc::unbounded_channel();
         let (timings_tx, timings) = mpsc::unbounded_channel();
         let stop = tokio_util::sync::CancellationToken::new();
-        let task = DoorTask::new(&config, 0, hardware, Arc::clone(&shared), state, audit_tx)
-            .with_timings(timings_tx);
+        let task = DoorTask::new(
+            &config,
+            0,
+            hardware,
+            Arc::clone(&shared),
+            Arc::clone(&state),
+            audit_tx,
+        )
+        .with_timings(timings_tx);
         let task = tokio::spawn(task.run(stop.clone()));
         Door {
             mock,
             snapshot: shared,
+            state,
             audit,
             changes,
             timings,
@@ -259,6 +268,22 @@ async fn bad_parity_and_noise_never_grant() {
     door.send(json!({"op": "wiegand", "door": "front", "bits": "101"}));
     door.no_event_for(Duration::from_millis(400)).await;
     assert!(!door.relay_released());
+    // `status` shows what the reader sent that was refused, and the learned frame end.
+    let rejected = doorflow_agent::testing::eventually(WAIT, || {
+        door.state.lock().unwrap().reader.rejected_frames == Some(2)
+    })
+    .await;
+    let reader = door.state.lock().unwrap().reader.clone();
+    assert!(rejected, "{reader:?}");
+    assert_eq!(reader.last_rejected.as_deref(), Some("unsupported_length"));
+    assert_eq!(
+        reader.frame_end_us,
+        Some(8_000),
+        "4 × the mock's 2 ms bit interval"
+    );
+    assert!(reader
+        .describe()
+        .contains("2 frames rejected (last: unsupported_length)"));
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use crate::access::DoorPolicy;
 use crate::credential::{CardFormat, CardValueMapping};
 use crate::door::DoorTiming;
 use crate::reader::feedback::ReaderFeedback;
-use crate::wiegand::CardFormats;
+use crate::wiegand::{self, CardFormats};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -173,6 +173,17 @@ pub struct InputLineConfig {
     /// Software debounce: a level must hold this long to count, ms.
     #[serde(default)]
     pub debounce_ms: Ranged<0, 1000, 20>,
+}
+
+impl WiegandReaderConfig {
+    /// Frame assembly settings for the decoder (`wiegand::WiegandDecoder`).
+    pub fn decoder(&self) -> wiegand::DecoderConfig {
+        wiegand::DecoderConfig {
+            frame_gap_ns: self.frame_gap_ms.millis().as_nanos() as u64,
+            learn_frame_end: self.learn_frame_end,
+            ..Default::default()
+        }
+    }
 }
 
 impl DoorConfig {
