@@ -270,6 +270,50 @@ mod tests {
         assert!(layout.unchecked_bits().is_empty());
     }
 
+    /// Formats as a site would define them from a reader manual, decoding the manual's own
+    /// example frames (CIVINTEC CN56X0B-X Reader User Manual 6.4.7 Wiegand42 and 6.4.8 Wiegand50:
+    /// the data between an even parity bit over its first half and an odd one over its second),
+    /// with every single-bit flip refused.
+    #[test]
+    fn site_formats_decode_published_frames_and_refuse_every_flip() {
+        use crate::wiegand::{decode_card, Bits, DecodeError};
+        let cases = [
+            (
+                "name = \"w42\"\nbits = 42\nnumber = \"1-40\"\nparity = [{ bit = 0, kind = \"even\", over = \"1-20\" }, { bit = 41, kind = \"odd\", over = \"21-40\" }]",
+                "0 00000000 10001001 11010100 00011011 10000001 0",
+                0x00_89D4_1B81u64,
+            ),
+            (
+                "name = \"w50\"\nbits = 50\nnumber = \"1-48\"\nparity = [{ bit = 0, kind = \"even\", over = \"1-24\" }, { bit = 49, kind = \"odd\", over = \"25-48\" }]",
+                "0 00000001 00000000 10001001 11010100 00011011 10000001 1",
+                0x0100_89D4_1B81,
+            ),
+        ];
+        for (definition, output, number) in cases {
+            let format = parse(definition).unwrap();
+            assert!(format.problems().is_empty());
+            let layout = format.layout();
+            assert!(layout.unchecked_bits().is_empty());
+            let formats = CardFormats::new(vec![layout.clone()], false, &[]);
+            let frame = Bits::from_str(&output.replace(' ', "")).unwrap();
+            let card = decode_card(&frame, &formats).unwrap();
+            assert_eq!(
+                (card.number, card.format.as_str()),
+                (number, format.name.as_str())
+            );
+            for i in 0..frame.len() {
+                assert_eq!(
+                    decode_card(&frame.flipped(i), &formats),
+                    Err(DecodeError::Parity {
+                        format: layout.format.clone()
+                    }),
+                    "{} bit {i}",
+                    format.name
+                );
+            }
+        }
+    }
+
     #[test]
     fn bad_definitions_name_the_field() {
         for (text, field, needle) in [
