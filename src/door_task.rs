@@ -261,10 +261,18 @@ impl DoorTask {
                     },
                     timestamp_ns: event.timestamp_ns,
                 };
+                let (frame_end_ns, splits) = (self.decoder.frame_end_ns(), self.decoder.splits());
                 // The clock read now, after the edge was stamped: a stamp ahead of it is not real.
-                let frame_end_ns = self.decoder.frame_end_ns();
                 if let Some(outcome) = self.decoder.push(edge, monotonic_ns()) {
                     self.on_frame(outcome, frame_end_ns);
+                }
+                if self.decoder.splits() > splits {
+                    tracing::warn!(
+                        door = %self.name,
+                        frame_end_ms = self.decoder.frame_end_ns() as f64 / 1e6,
+                        "the reader paused inside a frame for longer than its learned frame end; \
+                         waiting longer from now on"
+                    );
                 }
             }
             DoorInput::Contact => {
@@ -296,7 +304,6 @@ impl DoorTask {
 
     /// A completed frame; `frame_end_ns`: the silence that ended it.
     fn on_frame(&mut self, outcome: FrameOutcome, frame_end_ns: u64) {
-        let splits = self.decoder.splits();
         let frame = match outcome {
             Ok(frame) => frame,
             Err(error) => {
@@ -315,14 +322,6 @@ impl DoorTask {
             last_edge_ns: frame.last_edge_ns,
             end_ns: frame.last_edge_ns + frame_end_ns,
         };
-        if self.decoder.splits() > splits {
-            tracing::warn!(
-                door = %self.name,
-                frame_end_ms = self.decoder.frame_end_ns() as f64 / 1e6,
-                "the reader paused inside a frame for longer than its learned frame end; \
-                 waiting longer from now on"
-            );
-        }
         if let Some(key) = wiegand::decode_key(&frame.bits) {
             self.on_key(key, frame.last_edge_ns);
             return;

@@ -685,3 +685,102 @@ async fn no_edge_timestamp_deafens_the_door() {
     stop.cancel();
     task.await.unwrap();
 }
+
+/// A reader that pauses 12 ms inside a frame once its 2 ms bit interval is learned (8 ms frame
+/// end): that one frame is split and both halves refused (never read as a card), the pause is
+/// learned (status shows the longer frame end), and the same paused frame is then read whole.
+#[tokio::test]
+async fn a_pause_inside_a_frame_splits_it_once_then_is_learned() {
+    use doorflow_agent::credential::CardFormat;
+    use doorflow_agent::hw::mock::reader::{edges_for, encode_card, PulseTiming};
+    use doorflow_agent::hw::{monotonic_ns, DoorHardware, DoorInput, InputEvent, EVENT_BUFFER};
+    use doorflow_agent::wiegand::{Edge, EdgeKind, WiegandLine};
+    const MS: u64 = 1_000_000;
+
+    let config = config();
+    let (edges_tx, events) = mpsc::channel(EVENT_BUFFER);
+    let hardware = DoorHardware {
+        events,
+        relay: Box::new(RecordingRelay(Arc::new(Mutex::new(Vec::new())))),
+        contact_open: Some(false),
+        rex_pressed: Some(false),
+        feedback: Default::default(),
+    };
+    let shared = Arc::new(SharedSnapshot::new(snapshot(ChannelMode::Normal, None)));
+    let state = Arc::new(Mutex::new(DoorState::new(&config.doors[0])));
+    let (audit_tx, mut audit) = mpsc::unbounded_channel();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = DoorTask::new(&config, 0, hardware, shared, Arc::clone(&state), audit_tx);
+    let task = tokio::spawn(task.run(stop.clone()));
+    let send = |edges: Vec<Edge>| {
+        let tx = edges_tx.clone();
+        async move {
+            for edge in edges {
+                let input = if edge.line == WiegandLine::D0 {
+                    DoorInput::D0
+                } else {
+                    DoorInput::D1
+                };
+                let active = edge.kind == EdgeKind::Falling;
+                let timestamp_ns = edge.timestamp_ns;
+                tx.send(InputEvent {
+                    input,
+                    active,
+                    timestamp_ns,
+                })
+                .await
+                .unwrap();
+            }
+        }
+    };
+    let card = encode_card(CardFormat::H10301, 1, 17).unwrap();
+    let timing = PulseTiming::default();
+    // A card's edges, its bits 13 on coming 10 ms late, the whole frame already past.
+    let paused = |card: &doorflow_agent::wiegand::Bits| {
+        let start = monotonic_ns() - 100 * MS;
+        edges_for(card, start, &timing)
+            .into_iter()
+            .map(|mut edge| {
+                if edge.timestamp_ns >= start + 26 * MS {
+                    edge.timestamp_ns += 10 * MS;
+                }
+                edge
+            })
+            .collect::<Vec<_>>()
+    };
+    let grant = |audit: &mut mpsc::UnboundedReceiver<AuditEvent>| {
+        let event = audit.try_recv();
+        event.map(|e| (e.event_code, e.person_id))
+    };
+
+    send(edges_for(&card, monotonic_ns() - 60 * MS, &timing)).await;
+    let first = tokio::time::timeout(WAIT, audit.recv()).await.unwrap().unwrap();
+    assert_eq!(
+        (first.event_code, first.person_id),
+        (10, Some(17)),
+        "learned 2 ms"
+    );
+
+    send(paused(&card)).await;
+    let reader = |state: &Arc<Mutex<DoorState>>| state.lock().unwrap().reader.clone();
+    let split = doorflow_agent::testing::eventually(WAIT, || reader(&state).rejected_frames == Some(2)).await;
+    assert!(split, "{:?}", reader(&state));
+    assert_eq!(
+        reader(&state).frame_end_us,
+        Some(30_000),
+        "4 × 12 ms, capped at 30 ms"
+    );
+    assert!(grant(&mut audit).is_err(), "no half of the frame is a card");
+
+    // Another card (17's would be a repeated read while the door is still released).
+    send(paused(&encode_card(CardFormat::H10301, 1, 18).unwrap())).await;
+    let whole = tokio::time::timeout(WAIT, audit.recv()).await.unwrap().unwrap();
+    assert_eq!(
+        (whole.event_code, whole.person_id),
+        (20, Some(18)),
+        "read whole, decided"
+    );
+    assert_eq!(reader(&state).rejected_frames, Some(2));
+    stop.cancel();
+    task.await.unwrap();
+}

@@ -54,12 +54,12 @@ impl BitSet {
         BitSet(ones << from)
     }
 
-    /// The positions `from..=to` whose index, counted from `from`, is not a multiple of `skip`
-    /// plus `offset`: Corporate 1000's "two of every three bits" masks.
-    fn pairs(from: usize, to: usize, skip_every: usize, offset: usize) -> BitSet {
+    /// The positions `from..=to` except `from + skip`, `from + skip + every`, … (Corporate
+    /// 1000's masks cover two bits of every three).
+    fn pairs(from: usize, to: usize, every: usize, skip: usize) -> BitSet {
         BitSet(
             (from..=to)
-                .filter(|i| (i - from) % skip_every != offset)
+                .filter(|i| (i - from) % every != skip)
                 .fold(0, |acc, i| acc | 1 << i),
         )
     }
@@ -343,7 +343,7 @@ impl Layout {
     }
 }
 
-/// The formats the agent knows without config, in the order `builtin_layouts` lists them.
+/// The formats the agent knows without config (their sources are in the module docs).
 pub fn builtin_layouts() -> &'static [Layout] {
     static BUILTIN: LazyLock<Vec<Layout>> = LazyLock::new(|| {
         use Parity::{Even, Odd};
