@@ -8,6 +8,7 @@
 
 use crate::access::{decide, DoorPolicy, Reason};
 use crate::audit::{new_event_id, AuditEvent};
+use crate::clock::trusted::TimeKeeper;
 use crate::config::{Config, DoorConfig, WiegandReaderConfig};
 use crate::credential::{mask, Presented};
 use crate::door::{DoorEvent, DoorMachine, DoorMode, Effects, RepeatedReads};
@@ -19,7 +20,6 @@ use crate::reader::{FeedbackSink, ReaderAlarm, ReaderInput, ReaderLink, ReaderSt
 use crate::snapshot::{CredentialKind, SharedSnapshot};
 use crate::supervisor::Heartbeat;
 use crate::wiegand::{self, Edge, EdgeKind, FrameOutcome, PinEntry, WiegandDecoder, WiegandLine};
-use jiff::Timestamp;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -63,15 +63,18 @@ pub struct DoorState {
     pub contact_open: Option<bool>,
     /// The reader's link, kept up to date by its port thread (OSDP).
     pub reader: ReaderStatus,
+    /// The door's GPIO input lines failed and are being requested again.
+    pub inputs_failed: bool,
 }
 
 impl DoorState {
     /// A door at start: locked, contact closed (when wired), reader not yet heard from.
     pub fn new(door: &DoorConfig) -> DoorState {
         DoorState {
-            relay_released: false,
+            relay_released: DoorMachine::STARTS_RELEASED,
             contact_open: door.contact.as_ref().map(|_| false),
             reader: door.reader.initial_status(true),
+            inputs_failed: false,
         }
     }
 }
@@ -94,6 +97,8 @@ pub struct DoorTask {
     audit: mpsc::UnboundedSender<AuditEvent>,
     timings: Option<mpsc::UnboundedSender<SwipeTiming>>,
     heartbeat: Option<Heartbeat>,
+    /// Wall time for rules and event times, never below DoorFlow's last `Date`.
+    clock: Arc<TimeKeeper>,
     relay_failed: bool,
     /// Inputs and feedback of a non-GPIO reader (OSDP).
     reader_inputs: Option<mpsc::Receiver<ReaderInput>>,
@@ -104,6 +109,8 @@ pub struct DoorTask {
     wiegand: bool,
     rejected_frames: u64,
     last_rejected: Option<&'static str>,
+    /// The door's GPIO input lines failed and are being requested again.
+    inputs_failed: bool,
 }
 
 impl DoorTask {
@@ -143,6 +150,7 @@ impl DoorTask {
             audit,
             timings: None,
             heartbeat: None,
+            clock: Arc::default(),
             relay_failed: false,
             reader_inputs: None,
             feedback: None,
@@ -150,6 +158,7 @@ impl DoorTask {
             wiegand: wiegand.is_some(),
             rejected_frames: 0,
             last_rejected: None,
+            inputs_failed: false,
         }
     }
 
@@ -173,8 +182,18 @@ impl DoorTask {
         self
     }
 
+    /// Decides validity windows and shifts with the agent's trusted time (never earlier than
+    /// DoorFlow's last `Date`), not the bare wall clock.
+    pub fn with_clock(mut self, clock: Arc<TimeKeeper>) -> DoorTask {
+        self.clock = clock;
+        self
+    }
+
     /// Runs until `stop` is cancelled, then leaves the relay in the configured fail state.
     pub async fn run(mut self, stop: CancellationToken) {
+        // The door machine's starting state, written by the door itself whatever the line was
+        // requested with: the fail state is only for stopping.
+        self.drive_relay(Some(self.machine.relay_released()));
         self.apply_mode(monotonic_ns());
         self.publish_state();
         let mut mode_check = tokio::time::interval(MODE_CHECK);
@@ -283,7 +302,28 @@ impl DoorTask {
                 let effects = self.machine.rex_level(event.active, now);
                 self.apply(effects);
             }
+            DoorInput::EdgesLost => self.decoder.edges_lost(),
+            DoorInput::LinesFault => self.on_inputs_fault(event.active),
         }
+    }
+
+    /// The backend lost the door's input lines (`failed`) or has them back: a door fault event
+    /// and `status` say so; the backend requests the lines again by itself.
+    fn on_inputs_fault(&mut self, failed: bool) {
+        if failed == self.inputs_failed {
+            return;
+        }
+        self.inputs_failed = failed;
+        lock(&self.state).inputs_failed = failed;
+        // The relay's line may have gone with the inputs' chip: writing its state again lets
+        // the backend request it again (and drop a stale request meanwhile).
+        self.drive_relay(Some(self.machine.relay_released()));
+        let event = if failed {
+            DoorEvent::LinesFault
+        } else {
+            DoorEvent::LinesRestored
+        };
+        self.emit_door_events(&[event]);
     }
 
     fn on_tick(&mut self, now: u64) {
@@ -405,7 +445,8 @@ impl DoorTask {
     fn on_presented(&mut self, presented: Presented) {
         let frame_seen_ns = monotonic_ns();
         let snapshot = self.snapshot.current();
-        let decision = decide(&snapshot, &self.policy, &presented, Timestamp::now());
+        let rules_now = self.clock.rules_time();
+        let decision = decide(&snapshot, &self.policy, &presented, rules_now);
         let decided_ns = monotonic_ns();
         let credential = (decision.kind, decision.value.clone());
         let released = self.machine.relay_released();
@@ -414,7 +455,7 @@ impl DoorTask {
             && match self.repeats.repeat(&credential, decided_ns, released) {
                 Some(record) => {
                     record.repeats += 1;
-                    record.updated_at = Some(Timestamp::now());
+                    record.updated_at = Some(rules_now);
                     true
                 }
                 None => false,
@@ -457,7 +498,7 @@ impl DoorTask {
                 CredentialKind::Pin => mask(""),
                 _ => mask(&decision.value),
             }),
-            created_at: Timestamp::now(),
+            created_at: self.clock.rules_time(),
             admit: decision.granted && self.admit_via_api && decision.person_id.is_some(),
             repeats: 0,
             updated_at: None,
@@ -544,7 +585,7 @@ impl DoorTask {
             channel_id: self.policy.channel_id,
             person_id: None,
             credential: None,
-            created_at: Timestamp::now(),
+            created_at: self.clock.rules_time(),
             admit: false,
             repeats: 0,
             updated_at: None,
@@ -566,7 +607,7 @@ impl DoorTask {
         let mode = DoorMode::from(
             self.snapshot
                 .current()
-                .channel_state(self.policy.channel_id, Timestamp::now()),
+                .channel_state(self.policy.channel_id, self.clock.rules_time()),
         );
         if mode != self.machine.mode() {
             tracing::info!(door = %self.name, ?mode, "door mode changed");

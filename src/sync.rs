@@ -11,10 +11,13 @@
 //!   whenever the doors hold no snapshot): everything,
 //!   replacing the snapshot, which also drops people DoorFlow deleted (it keeps no tombstones).
 //!
-//! The cursor is the start of the last successful pull minus `CURSOR_OVERLAP`, so a record
-//! updated while a pull ran, or stamped by a server clock a little behind ours, is fetched
-//! again rather than missed.
+//! The cursor is DoorFlow's time when the last successful pull began (the `Date` of its first
+//! people page; without one, the newest `updated_at` it saw) minus `CURSOR_OVERLAP`, so a record
+//! updated while a pull ran is fetched again rather than missed. It is never the board's own
+//! clock: a board running fast would skip the people changed in between. The full reconcile's
+//! due date is kept and compared in DoorFlow's time as well.
 
+use crate::clock::trusted::{TimeKeeper, ANCHOR_KEY};
 use crate::doorflow::client::Client;
 use crate::doorflow::error::{ApiError, Operation};
 use crate::doorflow::models as api;
@@ -32,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 /// Per-endpoint page sizes: the API's maximums.
 const PEOPLE_PER_PAGE: u32 = 100;
 const LIST_PER_PAGE: u32 = 500;
-/// Re-fetch window behind the cursor (clock skew between agent and server, in-flight edits).
+/// Re-fetch window behind the cursor (edits in flight while a pull runs).
 const CURSOR_OVERLAP: SignedDuration = SignedDuration::from_secs(300);
 /// Meta key of the sync cursor.
 pub const CURSOR_KEY: &str = "sync.cursor";
@@ -41,10 +44,35 @@ pub const CURSOR_KEY: &str = "sync.cursor";
 /// pull of every person before the next reconcile is due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cursor {
-    /// People and group reservations changed since this instant are pulled.
+    /// People and group reservations changed since this instant (DoorFlow's time) are pulled.
     pub since: Timestamp,
-    /// When the last full sync started.
+    /// When the last full sync started, in DoorFlow's time.
     pub last_full: Timestamp,
+}
+
+impl Cursor {
+    /// The cursor after a successful pull of `kind` that began at `began` (DoorFlow's `Date`)
+    /// and saw people updated up to `newest_updated`; `doorflow_now` is the keeper's estimate of
+    /// DoorFlow's time, for a pull that gave neither.
+    pub fn after(
+        previous: Option<Cursor>,
+        kind: SyncKind,
+        began: Option<Timestamp>,
+        newest_updated: Option<Timestamp>,
+        doorflow_now: Timestamp,
+    ) -> Cursor {
+        let since = match (began, newest_updated, previous) {
+            (Some(date), _, _) => date - CURSOR_OVERLAP,
+            (None, Some(updated), _) => updated - CURSOR_OVERLAP,
+            (None, None, Some(previous)) if kind != SyncKind::Full => previous.since,
+            (None, None, _) => doorflow_now - CURSOR_OVERLAP,
+        };
+        let last_full = match (kind, previous) {
+            (SyncKind::Incremental { .. }, Some(previous)) => previous.last_full,
+            _ => began.unwrap_or(doorflow_now),
+        };
+        Cursor { since, last_full }
+    }
 }
 
 /// How much a sync pulls.
@@ -55,7 +83,8 @@ pub enum SyncKind {
 }
 
 impl SyncKind {
-    /// Full when there is no cursor, the reconcile is due, or the doors hold no snapshot.
+    /// Full when there is no cursor, the reconcile is due (`now` is DoorFlow's time), or the
+    /// doors hold no snapshot.
     pub fn choose(
         cursor: Option<Cursor>,
         have_snapshot: bool,
@@ -78,60 +107,47 @@ impl SyncKind {
     }
 }
 
-/// Pulls what `kind` asks for. For an incremental pull, `people` and `group_reservations` hold
-/// only the changed records (see `merge`).
-pub async fn pull(client: &Client, kind: SyncKind) -> Result<SnapshotParts, ApiError> {
+/// What a pull brought.
+pub struct Pulled {
+    /// For an incremental pull, `people` and `group_reservations` hold only the changed records
+    /// (see `merge`).
+    pub parts: SnapshotParts,
+    /// DoorFlow's time when the people listing began (its first page's `Date`).
+    pub began: Option<Timestamp>,
+    /// The newest `updated_at` among the people pulled.
+    pub newest_updated: Option<Timestamp>,
+}
+
+/// Pulls what `kind` asks for; the snapshot is stamped with DoorFlow's time from `clock`.
+pub async fn pull(client: &Client, kind: SyncKind, clock: &TimeKeeper) -> Result<Pulled, ApiError> {
     let since: Vec<(&str, String)> = match kind {
         SyncKind::Full => Vec::new(),
         SyncKind::Incremental { since } => vec![("since_utc", since.to_string())],
     };
-    let people: Vec<api::Person> = client
-        .list(Operation::ListPeople, "/api/3/people", PEOPLE_PER_PAGE, &since)
+    let (people, began): (Vec<api::Person>, _) = client
+        .list_dated(Operation::ListPeople, PEOPLE_PER_PAGE, &since)
         .await?;
+    let newest_updated = people.iter().filter_map(|p| p.updated_at).max();
     tracing::info!(people = people.len(), kind = kind.as_str(), "sync: people pulled");
     let credentials: Vec<api::Credential> = client
-        .list(
-            Operation::ListCredentials,
-            "/api/3/credentials",
-            LIST_PER_PAGE,
-            &[],
-        )
+        .list(Operation::ListCredentials, LIST_PER_PAGE, &[])
         .await?;
     tracing::info!(credentials = credentials.len(), "sync: credentials pulled");
     let types: Vec<api::CredentialType> = client
-        .list(
-            Operation::ListCredentialTypes,
-            "/api/3/credential_types",
-            LIST_PER_PAGE,
-            &[],
-        )
+        .list(Operation::ListCredentialTypes, LIST_PER_PAGE, &[])
         .await?;
-    let groups: Vec<api::Group> = client.get_all(Operation::ListGroups, "/api/3/groups").await?;
-    let roles: Vec<api::Role> = client.get_all(Operation::ListRoles, "/api/3/roles").await?;
+    let groups: Vec<api::Group> = client.get_all(Operation::ListGroups).await?;
+    let roles: Vec<api::Role> = client.get_all(Operation::ListRoles).await?;
     let group_reservations: Vec<api::GroupReservation> = client
-        .list(
-            Operation::ListGroupReservations,
-            "/api/3/group_reservations",
-            LIST_PER_PAGE,
-            &since,
-        )
+        .list(Operation::ListGroupReservations, LIST_PER_PAGE, &since)
         .await?;
     let reservations: Vec<api::Reservation> = client
-        .list(
-            Operation::ListReservations,
-            "/api/3/reservations",
-            LIST_PER_PAGE,
-            &[],
-        )
+        .list(Operation::ListReservations, LIST_PER_PAGE, &[])
         .await?;
-    let channels: Vec<api::Channel> = client
-        .list(Operation::ListChannels, "/api/3/channels", LIST_PER_PAGE, &[])
-        .await?;
-    let sites: Vec<api::Site> = client
-        .list(Operation::ListSites, "/api/3/sites", LIST_PER_PAGE, &[])
-        .await?;
-    Ok(build_parts(
-        Timestamp::now(),
+    let channels: Vec<api::Channel> = client.list(Operation::ListChannels, LIST_PER_PAGE, &[]).await?;
+    let sites: Vec<api::Site> = client.list(Operation::ListSites, LIST_PER_PAGE, &[]).await?;
+    let parts = build_parts(
+        clock.doorflow_time(&clock.now()),
         people,
         credentials,
         types,
@@ -141,7 +157,12 @@ pub async fn pull(client: &Client, kind: SyncKind) -> Result<SnapshotParts, ApiE
         reservations,
         channels,
         sites,
-    ))
+    );
+    Ok(Pulled {
+        parts,
+        began,
+        newest_updated,
+    })
 }
 
 /// Turns API records into the snapshot's decision fields.
@@ -307,26 +328,35 @@ pub struct SyncTarget {
     pub online: Arc<AtomicBool>,
     /// Bumped when a sync succeeds, so a backing-off uplink retries at once.
     pub reachable: Arc<watch::Sender<u64>>,
+    /// DoorFlow's time and the trusted-time floor: the cursor and the reconcile's due date come
+    /// from DoorFlow's clock, not the board's.
+    pub clock: Arc<TimeKeeper>,
     /// Cancelled when the agent stops: a sync in progress ends before its next request.
     pub stop: CancellationToken,
 }
 
 pub async fn sync_once(target: &SyncTarget, client: &Client) -> Result<(), SyncError> {
-    let started = Timestamp::now();
+    let clock = &target.clock;
+    let doorflow_now = clock.doorflow_time(&clock.now());
     let cursor: Option<Cursor> = target.store.meta_get(CURSOR_KEY).ok().flatten();
     let current = target.snapshot.current();
-    let full_interval = target.full_interval;
-    let kind = SyncKind::choose(cursor, current.synced_at().is_some(), full_interval, started);
+    let kind = SyncKind::choose(
+        cursor,
+        current.synced_at().is_some(),
+        target.full_interval,
+        doorflow_now,
+    );
     let result = async {
         // Stopping ends a sync between requests, never inside the store write below.
         let pulled = target
             .stop
-            .run_until_cancelled(pull(client, kind))
+            .run_until_cancelled(pull(client, kind, clock))
             .await
             .ok_or(SyncError::Stopped)??;
+        let next = Cursor::after(cursor, kind, pulled.began, pulled.newest_updated, doorflow_now);
         let mut parts = match kind {
-            SyncKind::Full => pulled,
-            SyncKind::Incremental { .. } => merge(current.parts(), pulled),
+            SyncKind::Full => pulled.parts,
+            SyncKind::Incremental { .. } => merge(current.parts(), pulled.parts),
         };
         parts.shifts = target.shifts.clone();
         let store = Arc::clone(&target.store);
@@ -337,14 +367,11 @@ pub async fn sync_once(target: &SyncTarget, client: &Client) -> Result<(), SyncE
         target
             .snapshot
             .replace(Arc::new(Snapshot::new(parts, &target.time_zone)));
-        let next = Cursor {
-            since: started - CURSOR_OVERLAP,
-            last_full: match (kind, cursor) {
-                (SyncKind::Incremental { .. }, Some(cursor)) => cursor.last_full,
-                _ => started,
-            },
-        };
         target.store.meta_put(CURSOR_KEY, &next)?;
+        // The trusted-time floor survives a restart.
+        if let Some(anchor) = clock.anchor() {
+            target.store.meta_put(ANCHOR_KEY, &anchor)?;
+        }
         tracing::info!(
             kind = kind.as_str(),
             generation = header.generation,
@@ -360,7 +387,7 @@ pub async fn sync_once(target: &SyncTarget, client: &Client) -> Result<(), SyncE
         Ok(()) => {
             target.online.store(true, Ordering::Relaxed);
             target.reachable.send_modify(|n| *n = n.wrapping_add(1));
-            status.last_success = Some(Timestamp::now());
+            status.last_success = Some(clock.rules_time());
             status.last_error = None;
             status.last_kind = Some(kind.as_str().to_string());
             if kind == SyncKind::Full {
@@ -426,6 +453,49 @@ mod tests {
         assert_eq!(
             SyncKind::choose(Some(cursor), true, hour, t(8_000 + 3600)),
             SyncKind::Full
+        );
+    }
+
+    /// Issue 15: the cursor is DoorFlow's time (its `Date`, else the newest `updated_at`), never
+    /// the board's clock, which here runs an hour fast.
+    #[test]
+    fn the_cursor_comes_from_doorflows_clock() {
+        let board_fast = t(20_000 + 3600);
+        let previous = Cursor {
+            since: t(9_000),
+            last_full: t(8_000),
+        };
+        let incremental = SyncKind::Incremental { since: t(9_000) };
+        let dated = Cursor::after(
+            Some(previous),
+            incremental,
+            Some(t(20_000)),
+            Some(t(15_000)),
+            board_fast,
+        );
+        assert_eq!(dated.since, t(20_000) - CURSOR_OVERLAP, "the Date header wins");
+        assert_eq!(
+            dated.last_full,
+            t(8_000),
+            "an incremental pull keeps the reconcile's time"
+        );
+        let undated = Cursor::after(Some(previous), incremental, None, Some(t(15_000)), board_fast);
+        assert_eq!(
+            undated.since,
+            t(15_000) - CURSOR_OVERLAP,
+            "then the newest change seen"
+        );
+        let nothing = Cursor::after(Some(previous), incremental, None, None, board_fast);
+        assert_eq!(nothing.since, t(9_000), "with neither, the cursor stays");
+        let full = Cursor::after(Some(previous), SyncKind::Full, Some(t(20_000)), None, board_fast);
+        assert_eq!(
+            (full.since, full.last_full),
+            (t(20_000) - CURSOR_OVERLAP, t(20_000))
+        );
+        let first = Cursor::after(None, SyncKind::Full, None, None, t(20_000));
+        assert_eq!(
+            (first.since, first.last_full),
+            (t(20_000) - CURSOR_OVERLAP, t(20_000))
         );
     }
 

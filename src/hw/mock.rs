@@ -145,8 +145,16 @@ impl MockGpio {
         })
     }
 
-    /// The door's lines, and its simulated reader started (call inside a tokio runtime).
+    /// Opens a door's lines as the agent does (the relay requested holding
+    /// [`super::RELAY_REQUEST_RELEASED`]) and starts its simulated reader (call inside a tokio
+    /// runtime).
     pub fn open_door(self: &Arc<Self>, index: usize) -> DoorHardware {
+        self.open_door_with_relay(index, super::RELAY_REQUEST_RELEASED)
+    }
+
+    /// Opens a door's lines with the relay requested holding `relay_released`, as a kernel
+    /// line request sets the output at once (tests use it to check who writes what first).
+    pub fn open_door_with_relay(self: &Arc<Self>, index: usize, relay_released: bool) -> DoorHardware {
         let door = &self.doors[index];
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
         let (queue, queued) = mpsc::channel(reader::QUEUED_TRANSMISSIONS);
@@ -155,7 +163,11 @@ impl MockGpio {
             .spawn(reader::transmit(queued, tx.clone(), door.frame_silence_ns));
         *lock(&door.reader) = Some(queue);
         *lock(&door.sender) = Some(tx);
-        let lines = lock(&door.lines).clone();
+        let lines = {
+            let mut lines = lock(&door.lines);
+            lines.relay_released = relay_released;
+            lines.clone()
+        };
         let output = |line: Output| MockOutput {
             gpio: Arc::clone(self),
             index,
@@ -422,23 +434,20 @@ struct MockOutput {
 impl MockOutput {
     fn set(&self, active: bool) {
         let door = &self.gpio.doors[self.index];
-        let active_low = {
+        let (previous, active_low) = {
             let mut lines = lock(&door.lines);
             match self.line {
-                Output::Relay => {
-                    lines.relay_released = active;
-                    door.relay_active_low
-                }
-                Output::Led => {
-                    lines.led = Some(active);
-                    door.led_active_low
-                }
-                Output::Beeper => {
-                    lines.beeper = Some(active);
-                    door.beeper_active_low
-                }
+                Output::Relay => (
+                    Some(std::mem::replace(&mut lines.relay_released, active)),
+                    door.relay_active_low,
+                ),
+                Output::Led => (lines.led.replace(active), door.led_active_low),
+                Output::Beeper => (lines.beeper.replace(active), door.beeper_active_low),
             }
         };
+        if previous == Some(active) {
+            return; // the line did not change: nothing to report
+        }
         // Nobody watching is fine: a send error only means no subscribers.
         let _ = self.gpio.changes.send(OutputChange {
             door: door.name.clone(),

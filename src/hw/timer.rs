@@ -86,13 +86,18 @@ mod timerfd {
                 tv_nsec: (deadline_ns % 1_000_000_000) as libc::c_long,
             },
         };
+        // The system call itself, not libc's wrapper: a preloaded library that fakes the wall
+        // clock (libfaketime, as the clock-step tests run the agent) wraps timerfd_settime and
+        // moves absolute deadlines by its wall-clock offset even on CLOCK_MONOTONIC, so a clock
+        // set back 40 s held every frame's end 40 s. The deadline is on the kernel's clock.
         // SAFETY: `spec` is a valid itimerspec; the old value is not asked for (null).
         let armed = unsafe {
-            libc::timerfd_settime(
+            libc::syscall(
+                libc::SYS_timerfd_settime,
                 fd.as_raw_fd(),
                 libc::TFD_TIMER_ABSTIME,
-                &spec,
-                std::ptr::null_mut(),
+                &spec as *const libc::itimerspec,
+                std::ptr::null_mut::<libc::itimerspec>(),
             )
         };
         if armed < 0 {
