@@ -621,6 +621,73 @@ impl doorflow_agent::hw::RelayOutput for RecordingRelay {
     }
 }
 
+/// A door task fed raw edges, stamped as the test chooses (no mock reader pacing them).
+struct EdgeDoor {
+    edges: mpsc::Sender<doorflow_agent::hw::InputEvent>,
+    audit: mpsc::UnboundedReceiver<AuditEvent>,
+    relay: Arc<Mutex<Vec<bool>>>,
+    state: Arc<Mutex<DoorState>>,
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EdgeDoor {
+    fn start() -> EdgeDoor {
+        let config = config();
+        let (edges, events) = mpsc::channel(doorflow_agent::hw::EVENT_BUFFER);
+        let relay = Arc::new(Mutex::new(Vec::new()));
+        let hardware = DoorHardware {
+            events,
+            relay: Box::new(RecordingRelay(Arc::clone(&relay))),
+            contact_open: Some(false),
+            rex_pressed: Some(false),
+            feedback: Default::default(),
+        };
+        let shared = Arc::new(SharedSnapshot::new(snapshot(ChannelMode::Normal, None)));
+        let state = Arc::new(Mutex::new(DoorState::new(&config.doors[0])));
+        let (audit_tx, audit) = mpsc::unbounded_channel();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = DoorTask::new(&config, 0, hardware, shared, Arc::clone(&state), audit_tx);
+        let task = tokio::spawn(task.run(stop.clone()));
+        EdgeDoor {
+            edges,
+            audit,
+            relay,
+            state,
+            stop,
+            task,
+        }
+    }
+
+    /// Each edge as the GPIO backend reports it: a falling edge makes its line active.
+    async fn send(&self, edges: Vec<doorflow_agent::wiegand::Edge>) {
+        use doorflow_agent::hw::{DoorInput, InputEvent};
+        use doorflow_agent::wiegand::{EdgeKind, WiegandLine};
+        for edge in edges {
+            let event = InputEvent {
+                input: if edge.line == WiegandLine::D0 {
+                    DoorInput::D0
+                } else {
+                    DoorInput::D1
+                },
+                active: edge.kind == EdgeKind::Falling,
+                timestamp_ns: edge.timestamp_ns,
+            };
+            self.edges.send(event).await.unwrap();
+        }
+    }
+
+    /// The next audit event, within `WAIT`.
+    async fn event(&mut self) -> Option<AuditEvent> {
+        tokio::time::timeout(WAIT, self.audit.recv()).await.ok().flatten()
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap();
+    }
+}
+
 /// The kind "implausible edge timestamps", through a real door task: edges stamped a minute
 /// ahead (what a 600-digit PIN used to produce), edges going backwards, a lone edge from boot
 /// time, and floods. After each, the next valid card is granted: the decoder resynchronised.
@@ -628,44 +695,11 @@ impl doorflow_agent::hw::RelayOutput for RecordingRelay {
 async fn no_edge_timestamp_deafens_the_door() {
     use doorflow_agent::credential::CardFormat;
     use doorflow_agent::hw::mock::reader::{edges_for, encode_card, PulseTiming};
-    use doorflow_agent::hw::{monotonic_ns, DoorHardware, DoorInput, InputEvent, EVENT_BUFFER};
+    use doorflow_agent::hw::monotonic_ns;
     use doorflow_agent::wiegand::{Bits, Edge, EdgeKind, WiegandLine};
     const MS: u64 = 1_000_000;
 
-    let config = config();
-    let (edges_tx, events) = mpsc::channel(EVENT_BUFFER);
-    let relay = Arc::new(Mutex::new(Vec::new()));
-    let hardware = DoorHardware {
-        events,
-        relay: Box::new(RecordingRelay(Arc::clone(&relay))),
-        contact_open: Some(false),
-        rex_pressed: Some(false),
-        feedback: Default::default(),
-    };
-    let shared = Arc::new(SharedSnapshot::new(snapshot(ChannelMode::Normal, None)));
-    let state = Arc::new(Mutex::new(DoorState::new(&config.doors[0])));
-    let (audit_tx, mut audit) = mpsc::unbounded_channel();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let task = DoorTask::new(&config, 0, hardware, shared, state, audit_tx);
-    let task = tokio::spawn(task.run(stop.clone()));
-
-    let send = |edges: Vec<Edge>| {
-        let tx = edges_tx.clone();
-        async move {
-            for edge in edges {
-                let event = InputEvent {
-                    input: if edge.line == WiegandLine::D0 {
-                        DoorInput::D0
-                    } else {
-                        DoorInput::D1
-                    },
-                    active: edge.kind == EdgeKind::Falling,
-                    timestamp_ns: edge.timestamp_ns,
-                };
-                tx.send(event).await.unwrap();
-            }
-        }
-    };
+    let mut door = EdgeDoor::start();
     fn bit(line: WiegandLine, timestamp_ns: u64) -> Edge {
         Edge {
             line,
@@ -717,20 +751,20 @@ async fn no_edge_timestamp_deafens_the_door() {
         ),
     ];
     for (what, hostile) in cases {
-        send(hostile(monotonic_ns())).await;
+        door.send(hostile(monotonic_ns())).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
         // The card, its whole frame already in the past: as a real reader's edges arrive.
-        send(edges_for(&card, monotonic_ns() - 60 * MS, &timing)).await;
-        let event = tokio::time::timeout(WAIT, audit.recv())
+        door.send(edges_for(&card, monotonic_ns() - 60 * MS, &timing))
+            .await;
+        let event = door
+            .event()
             .await
-            .unwrap_or_else(|_| panic!("{what}: the next card got no decision"))
-            .unwrap();
+            .unwrap_or_else(|| panic!("{what}: the next card got no decision"));
         assert_eq!((event.event_code, event.person_id), (10, Some(17)), "{what}");
-        while audit.try_recv().is_ok() {}
+        while door.audit.try_recv().is_ok() {}
     }
-    assert!(relay.lock().unwrap().contains(&true));
-    stop.cancel();
-    task.await.unwrap();
+    assert!(door.relay.lock().unwrap().contains(&true));
+    door.stop().await;
 }
 
 /// A reader that pauses 12 ms inside a frame once its 2 ms bit interval is learned (8 ms frame
@@ -740,50 +774,15 @@ async fn no_edge_timestamp_deafens_the_door() {
 async fn a_pause_inside_a_frame_splits_it_once_then_is_learned() {
     use doorflow_agent::credential::CardFormat;
     use doorflow_agent::hw::mock::reader::{edges_for, encode_card, PulseTiming};
-    use doorflow_agent::hw::{monotonic_ns, DoorHardware, DoorInput, InputEvent, EVENT_BUFFER};
-    use doorflow_agent::wiegand::{Edge, EdgeKind, WiegandLine};
+    use doorflow_agent::hw::monotonic_ns;
+    use doorflow_agent::wiegand::Bits;
     const MS: u64 = 1_000_000;
 
-    let config = config();
-    let (edges_tx, events) = mpsc::channel(EVENT_BUFFER);
-    let hardware = DoorHardware {
-        events,
-        relay: Box::new(RecordingRelay(Arc::new(Mutex::new(Vec::new())))),
-        contact_open: Some(false),
-        rex_pressed: Some(false),
-        feedback: Default::default(),
-    };
-    let shared = Arc::new(SharedSnapshot::new(snapshot(ChannelMode::Normal, None)));
-    let state = Arc::new(Mutex::new(DoorState::new(&config.doors[0])));
-    let (audit_tx, mut audit) = mpsc::unbounded_channel();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let task = DoorTask::new(&config, 0, hardware, shared, Arc::clone(&state), audit_tx);
-    let task = tokio::spawn(task.run(stop.clone()));
-    let send = |edges: Vec<Edge>| {
-        let tx = edges_tx.clone();
-        async move {
-            for edge in edges {
-                let input = if edge.line == WiegandLine::D0 {
-                    DoorInput::D0
-                } else {
-                    DoorInput::D1
-                };
-                let active = edge.kind == EdgeKind::Falling;
-                let timestamp_ns = edge.timestamp_ns;
-                tx.send(InputEvent {
-                    input,
-                    active,
-                    timestamp_ns,
-                })
-                .await
-                .unwrap();
-            }
-        }
-    };
+    let mut door = EdgeDoor::start();
     let card = encode_card(CardFormat::H10301, 1, 17).unwrap();
     let timing = PulseTiming::default();
     // A card's edges, its bits 13 on coming 10 ms late, the whole frame already past.
-    let paused = |card: &doorflow_agent::wiegand::Bits| {
+    let paused = |card: &Bits| {
         let start = monotonic_ns() - 100 * MS;
         edges_for(card, start, &timing)
             .into_iter()
@@ -795,39 +794,37 @@ async fn a_pause_inside_a_frame_splits_it_once_then_is_learned() {
             })
             .collect::<Vec<_>>()
     };
-    let grant = |audit: &mut mpsc::UnboundedReceiver<AuditEvent>| {
-        let event = audit.try_recv();
-        event.map(|e| (e.event_code, e.person_id))
-    };
+    let reader = |door: &EdgeDoor| door.state.lock().unwrap().reader.clone();
 
-    send(edges_for(&card, monotonic_ns() - 60 * MS, &timing)).await;
-    let first = tokio::time::timeout(WAIT, audit.recv()).await.unwrap().unwrap();
+    door.send(edges_for(&card, monotonic_ns() - 60 * MS, &timing))
+        .await;
+    let first = door.event().await.expect("a decision");
     assert_eq!(
         (first.event_code, first.person_id),
         (10, Some(17)),
         "learned 2 ms"
     );
+    assert_eq!(reader(&door).frame_end_us, Some(8_000), "4 × 2 ms");
 
-    send(paused(&card)).await;
-    let reader = |state: &Arc<Mutex<DoorState>>| state.lock().unwrap().reader.clone();
-    let split = doorflow_agent::testing::eventually(WAIT, || reader(&state).rejected_frames == Some(2)).await;
-    assert!(split, "{:?}", reader(&state));
+    door.send(paused(&card)).await;
+    let split = doorflow_agent::testing::eventually(WAIT, || reader(&door).rejected_frames == Some(2)).await;
+    assert!(split, "{:?}", reader(&door));
     assert_eq!(
-        reader(&state).frame_end_us,
+        reader(&door).frame_end_us,
         Some(30_000),
         "4 × 12 ms, capped at 30 ms"
     );
-    assert!(grant(&mut audit).is_err(), "no half of the frame is a card");
+    assert!(door.audit.try_recv().is_err(), "no half of the frame is a card");
 
     // Another card (17's would be a repeated read while the door is still released).
-    send(paused(&encode_card(CardFormat::H10301, 1, 18).unwrap())).await;
-    let whole = tokio::time::timeout(WAIT, audit.recv()).await.unwrap().unwrap();
+    door.send(paused(&encode_card(CardFormat::H10301, 1, 18).unwrap()))
+        .await;
+    let whole = door.event().await.expect("a decision");
     assert_eq!(
         (whole.event_code, whole.person_id),
         (20, Some(18)),
         "read whole, decided"
     );
-    assert_eq!(reader(&state).rejected_frames, Some(2));
-    stop.cancel();
-    task.await.unwrap();
+    assert_eq!(reader(&door).rejected_frames, Some(2));
+    door.stop().await;
 }

@@ -629,6 +629,33 @@ mod tests {
     }
 
     #[test]
+    fn a_wiegand_readers_led_and_beeper_lines_are_checked_with_the_rest() {
+        let mut config = config("gpiochip9");
+        let crate::config::ReaderConfig::Wiegand(reader) = &mut config.doors[0].reader else {
+            panic!("the demo's first door reads Wiegand");
+        };
+        let output = |chip: Option<&str>, line| OutputLineConfig {
+            chip: chip.map(str::to_string),
+            line,
+            active_low: false,
+        };
+        reader.led = Some(output(None, 5));
+        reader.beeper = Some(output(Some("gpiochip3"), 6));
+        let lines = door_lines(&config, 0);
+        assert_eq!(
+            lines[2..4],
+            [
+                ("gpiochip9".to_string(), 5, "doors[0].reader.led.line".to_string()),
+                (
+                    "gpiochip3".to_string(),
+                    6,
+                    "doors[0].reader.beeper.line".to_string()
+                ),
+            ]
+        );
+    }
+
+    #[test]
     fn chips_that_are_not_present_are_reported_unchecked() {
         let (problem, unchecked) = check_offsets(&config("/nonexistent/gpiochip-door"));
         assert_eq!(problem, None);
