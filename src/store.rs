@@ -101,6 +101,9 @@ pub struct StoreHealth {
     pub queue_error: Option<String>,
     /// The last snapshot write failed with this error.
     pub snapshot_error: Option<String>,
+    /// Queue and snapshot writes that failed since the store was opened (for metrics).
+    #[serde(default)]
+    pub write_errors: u64,
 }
 
 /// Where the snapshot the doors start with came from.
@@ -285,12 +288,17 @@ impl Store {
                 health.queue_error = None;
             }
             Ok(_) => {}
-            Err(error) => health.queue_error = Some(error.to_string()),
+            Err(error) => {
+                health.queue_error = Some(error.to_string());
+                health.write_errors += 1;
+            }
         }
     }
 
     fn note_snapshot_write(&self, error: Option<&StoreError>) {
-        lock(&self.health).snapshot_error = error.map(|e| e.to_string());
+        let mut health = lock(&self.health);
+        health.snapshot_error = error.map(|e| e.to_string());
+        health.write_errors += u64::from(error.is_some());
     }
 
     /// The snapshot the doors start with: sled's current one, or the last good copy when

@@ -338,6 +338,7 @@ pub struct SyncTarget {
 pub async fn sync_once(target: &SyncTarget, client: &Client) -> Result<(), SyncError> {
     let clock = &target.clock;
     let doorflow_now = clock.doorflow_time(&clock.now());
+    let timer = std::time::Instant::now();
     let cursor: Option<Cursor> = target.store.meta_get(CURSOR_KEY).ok().flatten();
     let current = target.snapshot.current();
     let kind = SyncKind::choose(
@@ -383,6 +384,7 @@ pub async fn sync_once(target: &SyncTarget, client: &Client) -> Result<(), SyncE
     }
     .await;
     let mut status = lock(&target.status).clone();
+    status.last_duration_ms = Some(timer.elapsed().as_millis() as u64);
     match &result {
         Ok(()) => {
             target.online.store(true, Ordering::Relaxed);
@@ -401,8 +403,9 @@ pub async fn sync_once(target: &SyncTarget, client: &Client) -> Result<(), SyncE
             if matches!(error, SyncError::Api(ApiError::Transport { .. })) {
                 target.online.store(false, Ordering::Relaxed);
             }
-            tracing::warn!(%error, "sync failed; the previous snapshot stays in force");
-            status.last_error = Some(error.to_string());
+            let why = crate::error_chain::chain(error);
+            tracing::warn!(error = %why, "sync failed ({why}); the previous snapshot stays in force");
+            status.last_error = Some(why);
         }
     }
     *lock(&target.status) = status.clone();

@@ -134,6 +134,12 @@ async fn a_full_disk_heals_without_a_restart_and_loses_nothing() {
         .map(|r| r.body["event_code"].clone())
         .collect();
     assert_eq!(codes, [json!(10), json!(20), json!(10)], "every swipe, in order");
+    // The admit lane drains on its own schedule, beside the event lane.
+    assert!(
+        eventually(LIMIT, || h.sim.received_admits().len() >= 2).await,
+        "both grants' admits are delivered: {} received",
+        h.sim.received_admits().len()
+    );
     assert_eq!(
         h.sim.received_admits().len(),
         2,

@@ -13,11 +13,13 @@ mod api;
 mod doors;
 mod formats;
 mod gpio;
+mod metrics;
 mod reader;
 mod service_url;
 mod shifts;
 mod source;
 mod store;
+mod strings;
 mod sync;
 mod uplink;
 pub mod values;
@@ -29,11 +31,13 @@ pub use doors::{
 };
 pub use formats::{CardFormatConfig, ParityConfig};
 pub use gpio::{Bias, GpioBackend, GpioConfig};
+pub use metrics::MetricsConfig;
 pub use reader::{OsdpReaderConfig, ReaderConfig, OSDP_BAUD_RATES};
 pub use service_url::ServiceUrl;
 pub use shifts::{ShiftConfig, ShiftTimeConfig};
 pub use source::line_of_key;
 pub use store::StoreConfig;
+pub use strings::{template_placeholders, PLACEHOLDER};
 pub use sync::SyncConfig;
 pub use uplink::UplinkConfig;
 
@@ -43,6 +47,9 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/doorflow-agent/config.toml";
+
+/// Longest Unix socket path: `sun_path` holds 108 bytes on Linux, the terminating NUL included.
+pub const MAX_SOCKET_PATH: usize = 107;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -58,6 +65,8 @@ pub struct Config {
     pub gpio: GpioConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     #[serde(default)]
     pub doors: Vec<DoorConfig>,
     /// Wiegand card formats defined by field map, listed by name in `doors.reader.formats`.
@@ -127,6 +136,8 @@ impl Config {
         self.store.validate(&mut report);
         self.sync.validate(&mut report);
         self.uplink.validate(&mut report);
+        self.admin.validate(&mut report);
+        self.metrics.validate(&mut report);
         self.gpio.validate(&mut report);
         self.validate_doors(&mut report);
         self.validate_card_formats(&mut report);
@@ -134,6 +145,10 @@ impl Config {
             report(key, message);
         }
         self.validate_shifts(&mut report);
+        match serde_json::to_value(self) {
+            Ok(value) => strings::validate(&value, &mut report),
+            Err(error) => report(String::new(), format!("cannot be checked: {error}")),
+        }
         problems
     }
 

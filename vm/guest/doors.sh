@@ -61,7 +61,7 @@ present() {
         before=$(grep -c rejected "$W/agent.log" 2>/dev/null)
         send_frames "$@" || return 1
         usleep 200000
-        rejected=$(grep rejected "$W/agent.log" 2>/dev/null | tail -n +$((before + 1)) | grep -o 'reason="[a-z_]*"' | tr '\n' ' ')
+        rejected=$(grep rejected "$W/agent.log" 2>/dev/null | tail -n +$((before + 1)) | grep -o 'reason="\?[a-z_]*' | tr -d '"' | tr '\n' ' ')
         if [ -z "$rejected" ] || { [ -n "$EXPECT_REJECT" ] && echo "$rejected" | grep -q "$EXPECT_REJECT"; }; then
             return 0
         fi
@@ -354,7 +354,7 @@ killed_with_pull() { # up|down
     RELAY_ACTIVE_LOW=false
     door_up || return 1
     pull $RELAY "$1"
-    send_frames 100 "$(doorbench card h10301 1 17)"
+    present 100 "$(doorbench card h10301 1 17)" || return 1
     wait_value $RELAY 1 1000 || fail "no grant" || return 1
     stop_agent KILL
     local after want=0
