@@ -59,14 +59,8 @@ async fn measure(config: &Config, flood: bool) -> Vec<u64> {
     )));
     let state = Arc::new(Mutex::new(DoorState::new(&config.doors[0])));
     let (timing_tx, mut timing_rx) = tokio::sync::mpsc::unbounded_channel::<SwipeTiming>();
-    let task = DoorTask::new(
-        &config.doors[0],
-        mock.open_door(0),
-        shared,
-        state,
-        audit_tx.clone(),
-    )
-    .with_timings(timing_tx);
+    let task =
+        DoorTask::new(config, 0, mock.open_door(0), shared, state, audit_tx.clone()).with_timings(timing_tx);
     tokio::spawn(task.run(stopping.clone()));
     if flood {
         // Denied swipes from elsewhere, 2,000 a second, sharing the writer's commits.

@@ -1,19 +1,25 @@
-//! Swipe latency on the mock backend with 100,000 cached credentials: from the frame's end
-//! (last edge + frame gap) and from the frame reaching the decision, to the relay write.
-//! Measured twice: on an idle agent, and while a full sync of 10,000 people runs in a loop and
-//! the uplink drains 10,000 queued events to the simulator, all on the same two runtime workers.
-//! Run: `cargo bench --bench swipe_latency`. Prints p50/p99/max; asserts nothing.
+//! Swipe latency on the mock backend with 100,000 cached credentials: from the card's first
+//! edge, from the frame's end (last edge + the silence that ended it) and from the frame
+//! reaching the decision, to the relay write.
+//!
+//! Four phases: the door task on the shared runtime workers waiting the fixed 30 ms frame gap
+//! (how doors ran before they had their own thread), and on the doors' own thread
+//! (`DoorThread`, as `agent::serve` runs them) with the learned frame end; each on an idle
+//! agent, and while a full sync of 10,000 people runs in a loop and the uplink drains 10,000
+//! queued events to the simulator on the two shared workers.
+//! Run: `cargo bench --bench swipe_latency` (`SWIPES=n` per phase, default 500). Prints
+//! p50/p99/max; asserts nothing.
 
 use doorflow_agent::agent::{self, Agent};
 use doorflow_agent::config::values::Seconds;
 use doorflow_agent::config::Config;
-use doorflow_agent::door_task::{DoorState, DoorTask, SwipeTiming};
+use doorflow_agent::door_task::{DoorState, DoorTask, DoorThread, SwipeTiming};
 use doorflow_agent::doorflow::client::Client;
 use doorflow_agent::hw::mock::MockGpio;
 use doorflow_agent::sim::{SimConfig, Simulator};
 use doorflow_agent::snapshot::*;
 use doorflow_agent::sync;
-use doorflow_agent::testing::config::bench_config;
+use doorflow_agent::testing::config::{bench_config, wiegand_reader};
 use doorflow_agent::testing::harness::queue_denied_swipes;
 use serde_json::json;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,7 +27,31 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const CREDENTIALS: u64 = 100_000;
-const SWIPES: usize = 1_000;
+
+fn swipes() -> usize {
+    std::env::var("SWIPES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(500)
+}
+
+/// Where the measured door task runs, and how its frames end.
+#[derive(Clone, Copy)]
+enum Placement {
+    /// On the shared workers, waiting `frame_gap_ms` after every frame.
+    SharedFixedGap,
+    /// On the doors' own thread, with the learned frame end.
+    DoorThreadLearned,
+}
+
+impl Placement {
+    fn label(self) -> &'static str {
+        match self {
+            Placement::SharedFixedGap => "shared workers, fixed 30 ms gap",
+            Placement::DoorThreadLearned => "door thread, learned frame end",
+        }
+    }
+}
 
 fn snapshot() -> Snapshot {
     Snapshot::new(SnapshotParts::synthetic(CREDENTIALS), "UTC")
@@ -64,6 +94,7 @@ fn decide_only() {
             number: 1 + (i * 7919) % CREDENTIALS,
             bit_count: 26,
             raw: 0,
+            data: 0,
         });
         let start = std::time::Instant::now();
         let decision = decide(&snapshot, &policy, &card, now);
@@ -82,10 +113,15 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    let placements = [Placement::SharedFixedGap, Placement::DoorThreadLearned];
     runtime.block_on(async {
-        measure_swipes(&config, "idle").await;
+        for placement in placements {
+            measure_swipes(&config, placement, "idle").await;
+        }
         let load = Background::start().await;
-        measure_swipes(&config, "under load").await;
+        for placement in placements {
+            measure_swipes(&config, placement, "under load").await;
+        }
         load.report();
     });
 }
@@ -147,20 +183,33 @@ impl Background {
     }
 }
 
-async fn measure_swipes(config: &Config, label: &str) {
-    let mock = MockGpio::new(config, Default::default());
-    let hardware = mock.open_door(0);
+async fn measure_swipes(config: &Config, placement: Placement, label: &str) {
+    let mut config = config.clone();
+    wiegand_reader(&mut config.doors[0]).learn_frame_end = matches!(placement, Placement::DoorThreadLearned);
+    let mock = MockGpio::new(&config, Default::default());
+    let door_thread = DoorThread::start().unwrap();
+    let hardware = match placement {
+        Placement::SharedFixedGap => mock.open_door(0),
+        Placement::DoorThreadLearned => {
+            let _doors = door_thread.handle().enter();
+            mock.open_door(0)
+        }
+    };
     let shared = Arc::new(SharedSnapshot::new(snapshot()));
     let state = Arc::new(Mutex::new(DoorState::new(&config.doors[0])));
     let (audit_tx, mut audit_rx) = tokio::sync::mpsc::unbounded_channel();
     let (timing_tx, mut timing_rx) = tokio::sync::mpsc::unbounded_channel::<SwipeTiming>();
     let stop = tokio_util::sync::CancellationToken::new();
-    let task = DoorTask::new(&config.doors[0], hardware, shared, state, audit_tx).with_timings(timing_tx);
-    let door = tokio::spawn(task.run(stop.clone()));
+    let task = DoorTask::new(&config, 0, hardware, shared, state, audit_tx).with_timings(timing_tx);
+    let door = match placement {
+        Placement::SharedFixedGap => tokio::spawn(task.run(stop.clone())),
+        Placement::DoorThreadLearned => door_thread.handle().spawn(task.run(stop.clone())),
+    };
     tokio::spawn(async move { while audit_rx.recv().await.is_some() {} });
 
+    let swipes = swipes();
     let mut timings = Vec::new();
-    for i in 0..SWIPES {
+    for i in 0..swipes {
         let number = 1 + (i as u64 * 7919) % 65_000;
         let reply = mock
             .handle(&json!({"op": "card", "door": 0, "format": "h10301", "facility": 1, "number": number}));
@@ -176,20 +225,23 @@ async fn measure_swipes(config: &Config, label: &str) {
     }
     stop.cancel();
     let _ = door.await;
-    let granted: Vec<&SwipeTiming> = timings.iter().filter(|t| t.relay_ns.is_some()).collect();
-    println!("swipe latency ({label}), {CREDENTIALS} cached credentials, {SWIPES} swipes, mock GPIO");
+    let _ = tokio::task::spawn_blocking(move || door_thread.stop()).await;
+    // The first frame teaches the frame end: the learned figures are from the frames after it.
+    let granted: Vec<&SwipeTiming> = timings.iter().skip(1).filter(|t| t.relay_ns.is_some()).collect();
+    println!(
+        "swipe latency ({label}; {}), {CREDENTIALS} cached credentials, {swipes} swipes, mock GPIO",
+        placement.label()
+    );
+    let relay = |t: &&SwipeTiming| t.relay_ns.unwrap();
     report(
-        "decision + relay write",
-        granted
-            .iter()
-            .map(|t| t.relay_ns.unwrap() - t.frame_seen_ns)
-            .collect(),
+        "card start (first edge) → relay write",
+        granted.iter().map(|t| relay(t) - t.first_edge_ns).collect(),
     );
     report(
-        "frame end (last edge + gap) → relay write",
+        "frame end (last edge + silence) → relay write",
         granted
             .iter()
-            .map(|t| t.relay_ns.unwrap().saturating_sub(t.frame_end_ns))
+            .map(|t| relay(t).saturating_sub(t.frame_end_ns))
             .collect(),
     );
     report(
@@ -199,12 +251,14 @@ async fn measure_swipes(config: &Config, label: &str) {
             .map(|t| t.frame_seen_ns.saturating_sub(t.frame_end_ns))
             .collect(),
     );
+    report(
+        "decision + relay write",
+        granted.iter().map(|t| relay(t) - t.frame_seen_ns).collect(),
+    );
+    let silences: Vec<u64> = granted.iter().map(|t| t.frame_end_ns - t.last_edge_ns).collect();
     println!(
-        "frame-end silence (configured frame gap): {} ms",
-        config.doors[0]
-            .reader
-            .wiegand()
-            .expect("the benchmark door reads Wiegand")
-            .frame_gap_ms
+        "frame-end silence: {:.1} ms (frame gap {} ms; 26 bits every 2 ms: the frame itself is 50 ms)",
+        silences.iter().max().copied().unwrap_or(0) as f64 / 1e6,
+        wiegand_reader(&mut config.doors[0]).frame_gap_ms
     );
 }

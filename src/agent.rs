@@ -7,7 +7,7 @@ use crate::audit::AuditEvent;
 use crate::audit_writer;
 use crate::clock::trusted::TimeKeeper;
 use crate::config::Config;
-use crate::door_task::{DoorState, DoorTask};
+use crate::door_task::{DoorState, DoorTask, DoorThread};
 use crate::doorflow::client::Client;
 use crate::doorflow::ratelimit::RateBudget;
 use crate::error_chain::chain;
@@ -293,6 +293,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
+    // The doors' own thread first: should anything below fail, dropping it ends it.
+    let door_thread = DoorThread::start()?;
     let admin = admin::Server::bind(&agent.config.admin.socket).await?;
     let mut aborts = vec![tasks
         .spawn(admin.serve(Arc::clone(&agent), tasks.clone(), stop.clone()))
@@ -321,12 +323,14 @@ pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Res
     let (liveness, mut heartbeats) =
         supervisor::Liveness::new(&loop_names, supervisor::WatchdogTiming::from_env());
     let uplink_beats = heartbeats.split_off(agent.config.doors.len());
-    let (door_tasks, osdp) = match start_doors(&agent, &tasks, &stop, audit_tx, heartbeats).await {
+    let started = start_doors(&agent, &tasks, &stop, audit_tx, heartbeats, &door_thread).await;
+    let (door_tasks, osdp) = match started {
         Ok(started) => started,
         Err(error) => {
             // The sockets' servers remove their files as they stop.
             stop.cancel();
             tasks.close();
+            let _ = tokio::task::spawn_blocking(move || door_thread.stop()).await;
             tasks.wait().await;
             return Err(error);
         }
@@ -403,6 +407,8 @@ pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Res
     }
     // After the doors: their last decisions may still have feedback to play.
     let _ = tokio::task::spawn_blocking(move || osdp.stop()).await;
+    // The doors' own thread, and what is left on it (the mock's simulated readers).
+    let _ = tokio::task::spawn_blocking(move || door_thread.stop()).await;
     let _ = audit_writer.await;
     if tokio::time::timeout(STOP_DEADLINE, tasks.wait()).await.is_err() {
         tracing::error!(
@@ -574,14 +580,15 @@ fn uplink_lanes(
 }
 
 /// Opens every door's GPIO lines (failing start-up with a clear message if a chip or line is
-/// unavailable), starts the OSDP buses, and spawns each door's task; with the mock backend,
-/// its control socket too.
+/// unavailable), starts the OSDP buses, and spawns each door's task on the doors' own thread;
+/// with the mock backend, its control socket too (on the shared workers).
 async fn start_doors(
     agent: &Arc<Agent>,
     tasks: &TaskTracker,
     stop: &CancellationToken,
     audit: tokio::sync::mpsc::UnboundedSender<AuditEvent>,
     heartbeats: Vec<supervisor::Heartbeat>,
+    door_thread: &DoorThread,
 ) -> Result<(Vec<tokio::task::JoinHandle<()>>, osdp::OsdpReaders), AgentError> {
     let config = &agent.config;
     let backend = hw::Backend::open(config, tasks);
@@ -597,7 +604,12 @@ async fn start_doors(
     let mut osdp = osdp::start(config, &agent.doors)?;
     let mut doors = Vec::new();
     for ((index, door), heartbeat) in config.doors.iter().enumerate().zip(heartbeats) {
-        let hardware = match backend.open_door(config, index) {
+        // Entered so that a backend's per-door tasks (the mock's simulated reader) run there too.
+        let opened = {
+            let _doors = door_thread.handle().enter();
+            backend.open_door(config, index)
+        };
+        let hardware = match opened {
             Ok(hardware) => hardware,
             Err(error) => {
                 osdp.stop();
@@ -605,7 +617,8 @@ async fn start_doors(
             }
         };
         let mut task = DoorTask::new(
-            door,
+            config,
+            index,
             hardware,
             Arc::clone(&agent.snapshot),
             Arc::clone(&agent.doors[index]),
@@ -617,7 +630,7 @@ async fn start_doors(
             task = task.with_reader(link);
         }
         tracing::info!(door = %door.name, channel_id = door.channel_id, card_value = ?door.card_value, "door ready");
-        doors.push(tasks.spawn(task.run(stop.clone())));
+        doors.push(tasks.spawn_on(task.run(stop.clone()), door_thread.handle()));
     }
     if let Some((mock, listener)) = mock_control {
         tasks.spawn(mock.serve(listener, tasks.clone(), stop.clone()));

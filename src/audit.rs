@@ -21,6 +21,14 @@ pub struct AuditEvent {
     pub created_at: Timestamp,
     /// Whether DoorFlow should also be asked to admit this person on the channel.
     pub admit: bool,
+    /// Further reads of the same credential folded into this event while the door was released
+    /// for it (`door::RepeatedReads`). 0 for the event as first sent; when there were repeats,
+    /// the same event (same `id`) is sent once more with the count and `updated_at`.
+    #[serde(default)]
+    pub repeats: u32,
+    /// When the event was last updated (the last repeated read); `None` when never.
+    #[serde(default)]
+    pub updated_at: Option<Timestamp>,
 }
 
 /// A fresh event id: random, non-zero, below 2^53.
@@ -31,7 +39,9 @@ pub fn new_event_id() -> u64 {
 impl AuditEvent {
     /// The event as posted to the event sink, in DoorFlow's `Event` schema: the door is the
     /// channel (`door_controller_*` and its `channel_*` aliases) and the credential is already
-    /// masked. `updated_at` equals `created_at`: the agent never edits an event.
+    /// masked. `updated_at` is `created_at`, except on the update of an event with repeated
+    /// reads: the last read's time, and the count in `event_label` (DoorFlow's schema has no
+    /// field for it). A sink keeps the latest record per `id`.
     pub fn to_doorflow(&self) -> serde_json::Value {
         serde_json::json!({
             "id": self.id,
@@ -46,14 +56,28 @@ impl AuditEvent {
             "person_name": null,
             "credentials_number": self.credential,
             "created_at": self.created_at,
-            "updated_at": self.created_at,
+            "updated_at": self.updated_at.unwrap_or(self.created_at),
         })
     }
 
     /// A human-readable line, e.g. `Access granted at front (authorised)`.
+    /// With `, read N more times while released` once repeated reads were folded into it.
     pub fn label(&self) -> String {
-        let what = self.what();
-        format!("{what} at {} ({})", self.door, self.reason)
+        format!(
+            "{} at {} ({}){}",
+            self.what(),
+            self.door,
+            self.reason,
+            self.repeated()
+        )
+    }
+
+    /// `, read N more times while released`, or nothing when no read was folded in.
+    fn repeated(&self) -> String {
+        match self.repeats {
+            0 => String::new(),
+            n => format!(", read {n} more times while released"),
+        }
     }
 
     /// What happened, in words (`Door forced open`).
@@ -106,7 +130,11 @@ impl AuditEvent {
             .person_id
             .map(|id| format!(" (person {id})"))
             .unwrap_or_default();
-        format!("{door}: {verdict}{presented}{person}: {}", self.reason)
+        format!(
+            "{door}: {verdict}{presented}{person}: {}{}",
+            self.reason,
+            self.repeated()
+        )
     }
 
     /// Writes the event to the log: the summary as the message, and structured fields
@@ -127,6 +155,7 @@ impl AuditEvent {
                     person_id = self.person_id,
                     channel_id = self.channel_id,
                     credential,
+                    repeats = (self.repeats > 0).then_some(self.repeats),
                     "{summary}"
                 )
             };
@@ -154,6 +183,8 @@ mod tests {
             credential: credential.map(str::to_string),
             created_at: Timestamp::UNIX_EPOCH,
             admit: false,
+            repeats: 0,
+            updated_at: None,
         }
     }
 
@@ -195,6 +226,13 @@ mod tests {
                 "front: reader offline: no_answer",
             ),
             (event(99, "mystery", None, None), "front: door event 99: mystery"),
+            (
+                AuditEvent {
+                    repeats: 14,
+                    ..event(10, "authorised", Some(17), Some("****17"))
+                },
+                "front: granted card ****17 (person 17): authorised, read 14 more times while released",
+            ),
         ];
         for (event, expected) in cases {
             assert_eq!(event.summary(), expected);

@@ -217,6 +217,8 @@ mod tests {
             credential: Some("****17".into()),
             created_at: Timestamp::now(),
             admit,
+            repeats: 0,
+            updated_at: None,
         }
     }
 

@@ -176,8 +176,14 @@ async fn scenario(config: Config, timeline: Timeline) -> Result<(), String> {
     let mut changes = watch_relays(&control.path).await?;
     let relay_printer = tokio::spawn(async move {
         while let Some(change) = changes.recv().await {
-            let state = if change.released { "RELEASED" } else { "locked" };
-            relay_timeline.say(&change.door, format!("relay {state}"));
+            let what = match (change.line.as_str(), change.active) {
+                ("relay", true) => "relay RELEASED",
+                ("relay", false) => "relay locked",
+                ("led", true) => "reader LED green",
+                ("beeper", true) => "reader beeps",
+                _ => continue,
+            };
+            relay_timeline.say(&change.door, what);
         }
     });
     let event_timeline = timeline.clone();

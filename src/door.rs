@@ -99,6 +99,8 @@ pub struct DoorTiming {
     pub rex_debounce_ns: u64,
     pub rex_in_lockdown: bool,
     pub fail_released: bool,
+    /// How long after a credential's read a read of the same credential is a repeat (0: never).
+    pub repeat_window_ns: u64,
 }
 
 /// A level that only counts once it has held for the debounce time. Done in software, not by
@@ -313,6 +315,85 @@ impl DoorMachine {
     }
 }
 
+/// Reads of one credential repeated while the door is released for it (a tag held at a
+/// long-range reader is read every few hundred ms): each extends the release and is counted on
+/// the first read's record `T` instead of being granted, logged and admitted again.
+///
+/// A granted read of credential `K` is a repeat when the same credential was read no more than
+/// `repeat_window_ns` ago, the release that read bought (`unlock_ns`) is still running and the
+/// relay is still released. The run of repeats ends when the window or that release has passed
+/// without another read, or another credential is granted.
+#[derive(Debug, Clone)]
+pub struct RepeatedReads<K, T> {
+    window_ns: u64,
+    unlock_ns: u64,
+    run: Option<Run<K, T>>,
+}
+
+#[derive(Debug, Clone)]
+struct Run<K, T> {
+    key: K,
+    last_read_ns: u64,
+    record: T,
+}
+
+impl<K: PartialEq, T> RepeatedReads<K, T> {
+    pub fn new(timing: &DoorTiming) -> Self {
+        RepeatedReads {
+            window_ns: timing.repeat_window_ns,
+            unlock_ns: timing.unlock_ns,
+            run: None,
+        }
+    }
+
+    /// The run's record when a granted read of `key` at `now` repeats it (the caller counts the
+    /// repeat on it and extends the release); `None` when the read is a new grant.
+    pub fn repeat(&mut self, key: &K, now: u64, relay_released: bool) -> Option<&mut T> {
+        let end = self.deadline_ns()?;
+        let run = self.run.as_mut()?;
+        if run.key != *key || !relay_released || now >= end {
+            return None;
+        }
+        run.last_read_ns = now;
+        Some(&mut run.record)
+    }
+
+    /// Starts a run with a new grant's record; returns the record of the run it ends.
+    pub fn start(&mut self, key: K, now: u64, record: T) -> Option<T> {
+        let previous = self.run.take().map(|run| run.record);
+        if self.window_ns > 0 {
+            self.run = Some(Run {
+                key,
+                last_read_ns: now,
+                record,
+            });
+        }
+        previous
+    }
+
+    /// When the current run ends unless the credential is read again (CLOCK_MONOTONIC ns).
+    pub fn deadline_ns(&self) -> Option<u64> {
+        let run = self.run.as_ref()?;
+        Some(
+            run.last_read_ns
+                .saturating_add(self.window_ns.min(self.unlock_ns)),
+        )
+    }
+
+    /// The record of a run that has ended by `now`.
+    pub fn poll(&mut self, now: u64) -> Option<T> {
+        if self.deadline_ns()? <= now {
+            return self.finish();
+        }
+        None
+    }
+
+    /// Ends the current run (the door is stopping); its record.
+    pub fn finish(&mut self) -> Option<T> {
+        self.run.take().map(|run| run.record)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,6 +410,7 @@ mod tests {
                 rex_debounce_ns: 20 * MS,
                 rex_in_lockdown: false,
                 fail_released: false,
+                repeat_window_ns: 2 * S,
             },
             Some(false),
             Some(false),
@@ -496,5 +578,75 @@ mod tests {
         assert_eq!(door.rex_level(true, S), Effects::default());
         assert_eq!(door.next_deadline(), None);
         assert_eq!(door.contact_open(), None);
+    }
+
+    fn timing() -> DoorTiming {
+        DoorTiming {
+            unlock_ns: 5 * S,
+            held_open_ns: 30 * S,
+            contact_debounce_ns: 0,
+            rex_debounce_ns: 0,
+            rex_in_lockdown: false,
+            fail_released: false,
+            repeat_window_ns: 2 * S,
+        }
+    }
+
+    /// A tag held at the reader: 15 reads 300 ms apart are one grant and 14 repeats; the run
+    /// ends 2 s (the window) after the last read, and the next read is a new grant.
+    #[test]
+    fn a_held_tag_is_one_grant_with_repeats() {
+        let mut reads: RepeatedReads<&str, u32> = RepeatedReads::new(&timing());
+        assert_eq!(reads.start("tag", 0, 0), None);
+        for i in 1..15 {
+            let count = reads.repeat(&"tag", i * 300 * MS, true).expect("a repeat");
+            *count += 1;
+        }
+        assert_eq!(reads.deadline_ns(), Some(14 * 300 * MS + 2 * S));
+        assert_eq!(reads.poll(14 * 300 * MS + 2 * S - 1), None);
+        assert_eq!(reads.poll(14 * 300 * MS + 2 * S), Some(14));
+        assert!(reads.repeat(&"tag", 7 * S, true).is_none(), "a new grant");
+    }
+
+    #[test]
+    fn only_the_same_credential_within_the_window_while_released_repeats() {
+        let mut reads: RepeatedReads<&str, u32> = RepeatedReads::new(&timing());
+        reads.start("tag", 0, 0);
+        assert!(reads.repeat(&"other", 100 * MS, true).is_none());
+        assert!(
+            reads.repeat(&"tag", 200 * MS, false).is_none(),
+            "relocked (lockdown)"
+        );
+        assert!(
+            reads.repeat(&"tag", 2 * S, true).is_none(),
+            "the window has passed"
+        );
+        // Another credential's grant ends the run and hands back its record.
+        reads.start("tag", 10 * S, 3);
+        assert_eq!(reads.start("other", 10 * S + MS, 0), Some(3));
+        assert_eq!(reads.finish(), Some(0));
+        assert_eq!(reads.finish(), None);
+    }
+
+    /// The release bounds the run when it is shorter than the window, and a window of 0 turns
+    /// folding off.
+    #[test]
+    fn the_release_bounds_the_window_and_zero_turns_it_off() {
+        let short = DoorTiming {
+            unlock_ns: S,
+            ..timing()
+        };
+        let mut reads: RepeatedReads<&str, u32> = RepeatedReads::new(&short);
+        reads.start("tag", 0, 0);
+        assert_eq!(reads.deadline_ns(), Some(S));
+        assert!(reads.repeat(&"tag", S, true).is_none());
+        let off = DoorTiming {
+            repeat_window_ns: 0,
+            ..timing()
+        };
+        let mut reads: RepeatedReads<&str, u32> = RepeatedReads::new(&off);
+        assert_eq!(reads.start("tag", 0, 0), None);
+        assert!(reads.repeat(&"tag", MS, true).is_none());
+        assert_eq!(reads.deadline_ns(), None);
     }
 }

@@ -1,6 +1,6 @@
 //! Wiegand decoding as pure functions over (line, edge, kernel timestamp): frame assembly with a
 //! silence timeout, noise rejection and implausible-timestamp resynchronisation (`frame`), card
-//! formats with parity (`card`), and keypad bursts into PINs (`keypad`).
+//! formats as field maps with parity (`card`), and keypad bursts into PINs (`keypad`).
 //!
 //! Only decoding lives here. What a reader sends (encoding cards and keys, generating edges) is
 //! the mock backend's business (`hw::mock::reader`), so the decoder is never checked against its
@@ -16,7 +16,10 @@ pub mod keypad;
 mod vectors;
 
 pub use bits::{Bits, MAX_BITS};
-pub use card::{decode_card, layout, DecodeError, Layout, LAYOUTS, RAW_BITS};
+pub use card::{
+    builtin, builtin_layouts, decode_card, BitOrder, BitRange, BitSet, CardFormats, DecodeError, Layout,
+    Parity, ParityBit, RAW_BITS,
+};
 pub use frame::{
     DecoderConfig, Edge, EdgeKind, Frame, FrameError, FrameOutcome, WiegandDecoder, WiegandLine,
 };

@@ -236,6 +236,7 @@ fn card(number: u64) -> Presented {
         number,
         bit_count: 26,
         raw: 0,
+        data: 0,
     })
 }
 
@@ -688,6 +689,7 @@ fn card_at(format: CardFormat, facility: Option<u32>, number: u64) -> Presented 
         number,
         bit_count: 26,
         raw: 0,
+        data: 0,
     })
 }
 
@@ -750,7 +752,7 @@ fn facility_codes_and_the_other_rules() {
     let raw = decide(
         &snapshot,
         &door(FRONT),
-        &card_at(CardFormat::Raw, None, 1001),
+        &card_at(CardFormat::RAW, None, 1001),
         ts(NOW),
     );
     assert!(raw.granted, "{raw:?}");

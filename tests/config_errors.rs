@@ -298,3 +298,115 @@ fn readers_sharing_a_port_need_distinct_addresses_and_one_baud() {
     let config = Config::parse(&fine, "demo.toml").unwrap();
     assert_eq!(config.doors.len(), 3);
 }
+
+/// A field-map format as a site writes it, before the demo's shifts.
+fn with_card_format(definition: &str) -> String {
+    let shifts = "[[shifts]]";
+    assert!(DEMO.contains(shifts), "demo.toml has no `{shifts}`");
+    DEMO.replacen(shifts, &format!("[[card_formats]]\n{definition}\n\n{shifts}"), 1)
+}
+
+const ACME42: &str = "name = \"acme42\"\nbits = 42\nnumber = \"1-40\"\nparity = [\n  { bit = 0, kind = \"even\", over = \"1-20\" },\n  { bit = 41, kind = \"odd\", over = \"21-40\" },\n]";
+
+#[test]
+fn card_formats_are_checked_by_field_with_their_line() {
+    let config = Config::parse(&with_card_format(ACME42), "demo.toml").unwrap();
+    assert_eq!(config.card_formats[0].name, "acme42");
+    // A parity bit past the frame, named down to the field.
+    let text = with_card_format(&ACME42.replace("bit = 41", "bit = 42"));
+    let message = Config::parse(&text, "demo.toml").unwrap_err().to_string();
+    let line = text.lines().position(|l| l.contains("bit = 42")).unwrap() + 1;
+    assert_mentions(
+        &message,
+        &[
+            "card_formats[0].parity[1].bit",
+            "42 is past",
+            &format!("line {line}"),
+        ],
+    );
+    // A range written backwards is refused while parsing, with its line.
+    let text = with_card_format(&ACME42.replace("\"21-40\"", "\"40-21\""));
+    let message = Config::parse(&text, "demo.toml").unwrap_err().to_string();
+    assert_mentions(&message, &["card_formats[0].parity[1].over", "runs backwards"]);
+    // The name of a built-in format is taken.
+    let text = with_card_format(&ACME42.replace("acme42", "h10302"));
+    let message = Config::parse(&text, "demo.toml").unwrap_err().to_string();
+    assert_mentions(&message, &["card_formats[0].name", "built-in"]);
+}
+
+#[test]
+fn a_door_lists_only_formats_that_exist_and_can_be_told_apart() {
+    let message = error_after(
+        "[doors.reader]\nd0 = 0",
+        "[doors.reader]\nformats = [\"h10301\", \"acme42\"]\nd0 = 0",
+    );
+    assert_mentions(
+        &message,
+        &[
+            "doors[0].reader.formats",
+            "unknown card format `acme42`",
+            "corporate1000_35",
+            "[[card_formats]]",
+        ],
+    );
+    let text = with_card_format(ACME42).replacen(
+        "[doors.reader]\nd0 = 0",
+        "[doors.reader]\nformats = [\"h10301\", \"acme42\"]\nd0 = 0",
+        1,
+    );
+    Config::parse(&text, "demo.toml").unwrap();
+    let message = error_after(
+        "[doors.reader]\nd0 = 0",
+        "[doors.reader]\nformats = [\"h10302\", \"h10304\"]\nd0 = 0",
+    );
+    assert_mentions(
+        &message,
+        &[
+            "doors[0].reader.formats",
+            "`h10302` and `h10304`",
+            "37 bits",
+            "no frame tells them apart",
+        ],
+    );
+    // A UID format accepts every frame of its length: it shares it with nothing.
+    let text = with_card_format(
+        &ACME42
+            .replace("bits = 42", "bits = 40")
+            .replace("1-40", "1-38")
+            .replace("bit = 41", "bit = 39")
+            .replace("21-40", "21-38"),
+    )
+    .replacen(
+        "[doors.reader]\nd0 = 0",
+        "[doors.reader]\nformats = [\"uid40\", \"acme42\"]\nd0 = 0",
+        1,
+    )
+    .replacen("facility_codes = [1]\n", "", 1);
+    let message = Config::parse(&text, "demo.toml").unwrap_err().to_string();
+    assert_mentions(&message, &["`uid40` and `acme42`", "40 bits"]);
+}
+
+#[test]
+fn reader_feedback_lines_are_gpio_lines_like_any_other() {
+    let message = error_after("d0 = 0\nd1 = 1\n", "d0 = 0\nd1 = 1\nled = { line = 2 }\n");
+    assert_mentions(
+        &message,
+        &["doors[0].relay.line", "already used by doors[0].reader.led.line"],
+    );
+    let message = error_after(
+        "d0 = 0\nd1 = 1\n",
+        "d0 = 0\nd1 = 1\nbeeper = { line = 5 }\nfeedback = { deny = { beeps = 20 } }\n",
+    );
+    assert_mentions(&message, &["doors[0].reader.feedback.deny.beeps", "0 to 10"]);
+    let text = DEMO.replacen(
+        "d0 = 0\nd1 = 1\n",
+        "d0 = 0\nd1 = 1\nled = { line = 5, active_low = true }\nbeeper = { line = 6 }\n",
+        1,
+    );
+    let config = Config::parse(&text, "demo.toml").unwrap();
+    let reader = config.doors[0].reader.wiegand().unwrap();
+    assert_eq!(
+        reader.led.as_ref().map(|l| (l.line, l.active_low)),
+        Some((5, true))
+    );
+}

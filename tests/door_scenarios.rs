@@ -4,10 +4,12 @@
 use doorflow_agent::audit::AuditEvent;
 use doorflow_agent::config::values::Seconds;
 use doorflow_agent::config::Config;
-use doorflow_agent::door_task::{DoorState, DoorTask};
+use doorflow_agent::door_task::{DoorState, DoorTask, SwipeTiming};
 use doorflow_agent::hw::mock::{MockGpio, OutputChange};
 use doorflow_agent::hw::DoorHardware;
 use doorflow_agent::snapshot::*;
+use doorflow_agent::testing::config::{wiegand_reader, wire_reader_feedback};
+use doorflow_agent::testing::first_occurrences;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -89,15 +91,20 @@ fn snapshot(front_mode: ChannelMode, lockdown: Option<Lockdown>) -> Snapshot {
 struct Door {
     mock: Arc<MockGpio>,
     snapshot: Arc<SharedSnapshot>,
+    state: Arc<Mutex<DoorState>>,
     audit: mpsc::UnboundedReceiver<AuditEvent>,
     changes: broadcast::Receiver<OutputChange>,
+    timings: mpsc::UnboundedReceiver<SwipeTiming>,
     stop: tokio_util::sync::CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Door {
     fn start(snapshot: Snapshot) -> Door {
-        let config = config();
+        Door::start_with(config(), snapshot)
+    }
+
+    fn start_with(config: Config, snapshot: Snapshot) -> Door {
         let mock = MockGpio::new(&config, Default::default());
         let hardware = mock.open_door(0);
         Door::run(config, mock, hardware, snapshot)
@@ -108,14 +115,25 @@ impl Door {
         let shared = Arc::new(SharedSnapshot::new(snapshot));
         let state = Arc::new(Mutex::new(DoorState::new(&config.doors[0])));
         let (audit_tx, audit) = mpsc::unbounded_channel();
+        let (timings_tx, timings) = mpsc::unbounded_channel();
         let stop = tokio_util::sync::CancellationToken::new();
-        let task = DoorTask::new(&config.doors[0], hardware, Arc::clone(&shared), state, audit_tx);
+        let task = DoorTask::new(
+            &config,
+            0,
+            hardware,
+            Arc::clone(&shared),
+            Arc::clone(&state),
+            audit_tx,
+        )
+        .with_timings(timings_tx);
         let task = tokio::spawn(task.run(stop.clone()));
         Door {
             mock,
             snapshot: shared,
+            state,
             audit,
             changes,
+            timings,
             stop,
             task,
         }
@@ -130,6 +148,20 @@ impl Door {
         self.send(
             json!({"op": "card", "door": "front", "format": "h10301", "facility": 1, "number": number}),
         );
+    }
+
+    /// A swipe, waiting while the simulated reader's queue is full.
+    async fn swipe_when_ready(&self, number: u64) {
+        let request =
+            json!({"op": "card", "door": "front", "format": "h10301", "facility": 1, "number": number});
+        loop {
+            let reply = self.mock.handle(&request);
+            if reply["ok"] == true {
+                return;
+            }
+            assert!(reply["error"].as_str().unwrap().contains("busy"), "{reply}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     async fn event(&mut self) -> AuditEvent {
@@ -283,6 +315,22 @@ async fn bad_parity_and_noise_never_grant() {
     door.send(json!({"op": "wiegand", "door": "front", "bits": "101"}));
     door.no_event_for(Duration::from_millis(400)).await;
     assert!(!door.relay_released());
+    // `status` shows what the reader sent that was refused, and the learned frame end.
+    let rejected = doorflow_agent::testing::eventually(WAIT, || {
+        door.state.lock().unwrap().reader.rejected_frames == Some(2)
+    })
+    .await;
+    let reader = door.state.lock().unwrap().reader.clone();
+    assert!(rejected, "{reader:?}");
+    assert_eq!(reader.last_rejected.as_deref(), Some("unsupported_length"));
+    assert_eq!(
+        reader.frame_end_us,
+        Some(8_000),
+        "4 × the mock's 2 ms bit interval"
+    );
+    assert!(reader
+        .describe()
+        .contains("2 frames rejected (last: unsupported_length)"));
 }
 
 #[tokio::test]
@@ -363,6 +411,160 @@ async fn control_requests_are_validated() {
     }
 }
 
+/// A tag held at a long-range reader: 15 reads while the door is released for it are one grant,
+/// one event and one admit; the event is sent once more when the reads stop, with the count.
+#[tokio::test]
+async fn a_tag_held_at_the_reader_is_one_grant_counted_on_its_event() {
+    let mut config = config();
+    // Generous, so a loaded machine's slower frames still fall inside the release.
+    config.doors[0].unlock_s = Seconds::new(2.0);
+    config.doors[0].repeat_window_s = Seconds::new(2.0);
+    let mut door = Door::start_with(config, snapshot(ChannelMode::Normal, None));
+    for _ in 0..15 {
+        door.swipe_when_ready(17).await;
+    }
+    let first = door.event().await;
+    assert_eq!(
+        (first.event_code, first.person_id, first.repeats),
+        (10, Some(17), 0)
+    );
+    assert!(first.admit, "one admit, with the grant");
+    let update = door.event().await;
+    assert_eq!(update.id, first.id, "the same event, updated");
+    assert_eq!((update.repeats, update.admit), (14, false));
+    assert!(update.updated_at.unwrap() > first.created_at);
+    assert!(
+        update.label().contains("read 14 more times"),
+        "{}",
+        update.label()
+    );
+    let mut timings = Vec::new();
+    while let Ok(timing) = door.timings.try_recv() {
+        timings.push(timing);
+    }
+    assert_eq!(timings.len(), 15);
+    assert_eq!(timings.iter().filter(|t| t.repeat).count(), 14);
+    // Released once, held through the reads, relocked once.
+    assert!(door.relay_change().await.released);
+    assert!(!door.relay_change().await.released);
+    // The next read, after the run has ended, is a new grant.
+    door.swipe(17);
+    let next = door.event().await;
+    assert_ne!(next.id, first.id);
+    assert_eq!((next.event_code, next.repeats), (10, 0));
+    assert!(!door.stop().await);
+}
+
+/// With `repeat_window_s = 0` every read is a grant of its own, as before.
+#[tokio::test]
+async fn without_a_repeat_window_every_read_is_granted() {
+    let mut config = config();
+    config.doors[0].unlock_s = Seconds::new(2.0);
+    config.doors[0].repeat_window_s = Seconds::new(0.0);
+    let mut door = Door::start_with(config, snapshot(ChannelMode::Normal, None));
+    for _ in 0..3 {
+        door.swipe_when_ready(17).await;
+    }
+    let ids: Vec<u64> = [door.event().await, door.event().await, door.event().await]
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(first_occurrences(&ids).len(), 3);
+    door.no_event_for(Duration::from_millis(300)).await;
+}
+
+/// A Wiegand reader's LED and beeper lines play the grant and deny patterns on the mock's
+/// `watch` stream, after the relay.
+#[tokio::test]
+async fn reader_led_and_beeper_lines_play_grant_and_deny() {
+    use doorflow_agent::reader::feedback::{FeedbackPattern, LedColor};
+    let mut config = config();
+    let front = &mut config.doors[0];
+    wire_reader_feedback(front, 5, 6);
+    let reader = wiegand_reader(front);
+    // Shorter than the 0.3 s release, so the LED goes out before the relay relocks.
+    reader.feedback.grant = FeedbackPattern {
+        led: Some(LedColor::Green),
+        led_ms: 200,
+        beeps: 1,
+        beep_ms: 100,
+    };
+    reader.feedback.deny = FeedbackPattern {
+        led: Some(LedColor::Red),
+        led_ms: 300,
+        beeps: 2,
+        beep_ms: 100,
+    };
+    let mut door = Door::start_with(config, snapshot(ChannelMode::Normal, None));
+    door.swipe(17);
+    let mut seen = Vec::new();
+    while seen.len() < 6 {
+        let change = door.relay_change().await;
+        seen.push((change.line.clone(), change.active, change.timestamp_ns));
+    }
+    let lines: Vec<(&str, bool)> = seen.iter().map(|(l, a, _)| (l.as_str(), *a)).collect();
+    assert_eq!(
+        lines,
+        [
+            ("relay", true),
+            ("led", true),
+            ("beeper", true),
+            ("beeper", false),
+            ("led", false),
+            ("relay", false)
+        ],
+        "relay first, then green and one beep"
+    );
+    let beep_ms = (seen[3].2 - seen[2].2) / 1_000_000;
+    assert!((100..2_000).contains(&beep_ms), "beeped for {beep_ms} ms");
+    assert_eq!(door.event().await.event_code, 10);
+
+    door.swipe(4242);
+    let mut beeps = Vec::new();
+    while beeps.len() < 4 {
+        let change = door.relay_change().await;
+        assert_eq!(
+            change.line, "beeper",
+            "a denial leaves the relay and the (red) LED alone"
+        );
+        beeps.push(change.active);
+    }
+    assert_eq!(beeps, [true, false, true, false]);
+    let state = door.mock.handle(&json!({"op": "state", "door": 0}));
+    assert_eq!(
+        (state["led"].clone(), state["beeper"].clone()),
+        (json!(false), json!(false))
+    );
+    assert!(!door.stop().await);
+}
+
+/// The frame end is learned: the first frame waits the configured 30 ms, later ones four times
+/// the reader's bit interval (the mock's readers send a bit every 2 ms: 8 ms). With
+/// `learn_frame_end = false` every frame waits 30 ms.
+#[tokio::test]
+async fn frames_end_after_the_learned_bit_period() {
+    for (learn, second_ms) in [(true, 8), (false, 30)] {
+        let mut config = config();
+        wiegand_reader(&mut config.doors[0]).learn_frame_end = learn;
+        let mut door = Door::start_with(config, snapshot(ChannelMode::Normal, None));
+        let mut silences = Vec::new();
+        for _ in 0..2 {
+            door.swipe_when_ready(4242).await;
+            let timing = tokio::time::timeout(WAIT, door.timings.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            silences.push((timing.frame_end_ns - timing.last_edge_ns) / 1_000_000);
+            assert!(
+                timing.frame_seen_ns >= timing.frame_end_ns,
+                "never before the end"
+            );
+        }
+        assert_eq!(silences, [30, second_ms], "learn_frame_end = {learn}");
+        door.stop().await;
+    }
+}
+
 #[test]
 fn the_demo_runs_its_scenario() {
     let out = doorflow_agent::testing::agent_command(env!("CARGO_BIN_EXE_doorflow-agent"))
@@ -419,6 +621,73 @@ impl doorflow_agent::hw::RelayOutput for RecordingRelay {
     }
 }
 
+/// A door task fed raw edges, stamped as the test chooses (no mock reader pacing them).
+struct EdgeDoor {
+    edges: mpsc::Sender<doorflow_agent::hw::InputEvent>,
+    audit: mpsc::UnboundedReceiver<AuditEvent>,
+    relay: Arc<Mutex<Vec<bool>>>,
+    state: Arc<Mutex<DoorState>>,
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EdgeDoor {
+    fn start() -> EdgeDoor {
+        let config = config();
+        let (edges, events) = mpsc::channel(doorflow_agent::hw::EVENT_BUFFER);
+        let relay = Arc::new(Mutex::new(Vec::new()));
+        let hardware = DoorHardware {
+            events,
+            relay: Box::new(RecordingRelay(Arc::clone(&relay))),
+            contact_open: Some(false),
+            rex_pressed: Some(false),
+            feedback: Default::default(),
+        };
+        let shared = Arc::new(SharedSnapshot::new(snapshot(ChannelMode::Normal, None)));
+        let state = Arc::new(Mutex::new(DoorState::new(&config.doors[0])));
+        let (audit_tx, audit) = mpsc::unbounded_channel();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = DoorTask::new(&config, 0, hardware, shared, Arc::clone(&state), audit_tx);
+        let task = tokio::spawn(task.run(stop.clone()));
+        EdgeDoor {
+            edges,
+            audit,
+            relay,
+            state,
+            stop,
+            task,
+        }
+    }
+
+    /// Each edge as the GPIO backend reports it: a falling edge makes its line active.
+    async fn send(&self, edges: Vec<doorflow_agent::wiegand::Edge>) {
+        use doorflow_agent::hw::{DoorInput, InputEvent};
+        use doorflow_agent::wiegand::{EdgeKind, WiegandLine};
+        for edge in edges {
+            let event = InputEvent {
+                input: if edge.line == WiegandLine::D0 {
+                    DoorInput::D0
+                } else {
+                    DoorInput::D1
+                },
+                active: edge.kind == EdgeKind::Falling,
+                timestamp_ns: edge.timestamp_ns,
+            };
+            self.edges.send(event).await.unwrap();
+        }
+    }
+
+    /// The next audit event, within `WAIT`.
+    async fn event(&mut self) -> Option<AuditEvent> {
+        tokio::time::timeout(WAIT, self.audit.recv()).await.ok().flatten()
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap();
+    }
+}
+
 /// The kind "implausible edge timestamps", through a real door task: edges stamped a minute
 /// ahead (what a 600-digit PIN used to produce), edges going backwards, a lone edge from boot
 /// time, and floods. After each, the next valid card is granted: the decoder resynchronised.
@@ -426,43 +695,11 @@ impl doorflow_agent::hw::RelayOutput for RecordingRelay {
 async fn no_edge_timestamp_deafens_the_door() {
     use doorflow_agent::credential::CardFormat;
     use doorflow_agent::hw::mock::reader::{edges_for, encode_card, PulseTiming};
-    use doorflow_agent::hw::{monotonic_ns, DoorHardware, DoorInput, InputEvent, EVENT_BUFFER};
+    use doorflow_agent::hw::monotonic_ns;
     use doorflow_agent::wiegand::{Bits, Edge, EdgeKind, WiegandLine};
     const MS: u64 = 1_000_000;
 
-    let config = config();
-    let (edges_tx, events) = mpsc::channel(EVENT_BUFFER);
-    let relay = Arc::new(Mutex::new(Vec::new()));
-    let hardware = DoorHardware {
-        events,
-        relay: Box::new(RecordingRelay(Arc::clone(&relay))),
-        contact_open: Some(false),
-        rex_pressed: Some(false),
-    };
-    let shared = Arc::new(SharedSnapshot::new(snapshot(ChannelMode::Normal, None)));
-    let state = Arc::new(Mutex::new(DoorState::new(&config.doors[0])));
-    let (audit_tx, mut audit) = mpsc::unbounded_channel();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let task = DoorTask::new(&config.doors[0], hardware, shared, state, audit_tx);
-    let task = tokio::spawn(task.run(stop.clone()));
-
-    let send = |edges: Vec<Edge>| {
-        let tx = edges_tx.clone();
-        async move {
-            for edge in edges {
-                let event = InputEvent {
-                    input: if edge.line == WiegandLine::D0 {
-                        DoorInput::D0
-                    } else {
-                        DoorInput::D1
-                    },
-                    active: edge.kind == EdgeKind::Falling,
-                    timestamp_ns: edge.timestamp_ns,
-                };
-                tx.send(event).await.unwrap();
-            }
-        }
-    };
+    let mut door = EdgeDoor::start();
     fn bit(line: WiegandLine, timestamp_ns: u64) -> Edge {
         Edge {
             line,
@@ -514,18 +751,80 @@ async fn no_edge_timestamp_deafens_the_door() {
         ),
     ];
     for (what, hostile) in cases {
-        send(hostile(monotonic_ns())).await;
+        door.send(hostile(monotonic_ns())).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
         // The card, its whole frame already in the past: as a real reader's edges arrive.
-        send(edges_for(&card, monotonic_ns() - 60 * MS, &timing)).await;
-        let event = tokio::time::timeout(WAIT, audit.recv())
+        door.send(edges_for(&card, monotonic_ns() - 60 * MS, &timing))
+            .await;
+        let event = door
+            .event()
             .await
-            .unwrap_or_else(|_| panic!("{what}: the next card got no decision"))
-            .unwrap();
+            .unwrap_or_else(|| panic!("{what}: the next card got no decision"));
         assert_eq!((event.event_code, event.person_id), (10, Some(17)), "{what}");
-        while audit.try_recv().is_ok() {}
+        while door.audit.try_recv().is_ok() {}
     }
-    assert!(relay.lock().unwrap().contains(&true));
-    stop.cancel();
-    task.await.unwrap();
+    assert!(door.relay.lock().unwrap().contains(&true));
+    door.stop().await;
+}
+
+/// A reader that pauses 12 ms inside a frame once its 2 ms bit interval is learned (8 ms frame
+/// end): that one frame is split and both halves refused (never read as a card), the pause is
+/// learned (status shows the longer frame end), and the same paused frame is then read whole.
+#[tokio::test]
+async fn a_pause_inside_a_frame_splits_it_once_then_is_learned() {
+    use doorflow_agent::credential::CardFormat;
+    use doorflow_agent::hw::mock::reader::{edges_for, encode_card, PulseTiming};
+    use doorflow_agent::hw::monotonic_ns;
+    use doorflow_agent::wiegand::Bits;
+    const MS: u64 = 1_000_000;
+
+    let mut door = EdgeDoor::start();
+    let card = encode_card(CardFormat::H10301, 1, 17).unwrap();
+    let timing = PulseTiming::default();
+    // A card's edges, its bits 13 on coming 10 ms late, the whole frame already past.
+    let paused = |card: &Bits| {
+        let start = monotonic_ns() - 100 * MS;
+        edges_for(card, start, &timing)
+            .into_iter()
+            .map(|mut edge| {
+                if edge.timestamp_ns >= start + 26 * MS {
+                    edge.timestamp_ns += 10 * MS;
+                }
+                edge
+            })
+            .collect::<Vec<_>>()
+    };
+    let reader = |door: &EdgeDoor| door.state.lock().unwrap().reader.clone();
+
+    door.send(edges_for(&card, monotonic_ns() - 60 * MS, &timing))
+        .await;
+    let first = door.event().await.expect("a decision");
+    assert_eq!(
+        (first.event_code, first.person_id),
+        (10, Some(17)),
+        "learned 2 ms"
+    );
+    assert_eq!(reader(&door).frame_end_us, Some(8_000), "4 × 2 ms");
+
+    door.send(paused(&card)).await;
+    let split = doorflow_agent::testing::eventually(WAIT, || reader(&door).rejected_frames == Some(2)).await;
+    assert!(split, "{:?}", reader(&door));
+    assert_eq!(
+        reader(&door).frame_end_us,
+        Some(30_000),
+        "4 × 12 ms, capped at 30 ms"
+    );
+    assert!(door.audit.try_recv().is_err(), "no half of the frame is a card");
+
+    // Another card (17's would be a repeated read while the door is still released).
+    door.send(paused(&encode_card(CardFormat::H10301, 1, 18).unwrap()))
+        .await;
+    let whole = door.event().await.expect("a decision");
+    assert_eq!(
+        (whole.event_code, whole.person_id),
+        (20, Some(18)),
+        "read whole, decided"
+    );
+    assert_eq!(reader(&door).rejected_frames, Some(2));
+    door.stop().await;
 }

@@ -3,11 +3,15 @@
 //! frames made by the project's own encoder), and hostile control requests. Outcomes are read
 //! from the agent's journal output (stderr), where every decision is logged with its reason.
 
-use doorflow_agent::config::{Config, FacilityCodes, ReaderConfig};
+use doorflow_agent::config::values::{Ranged, Seconds};
+use doorflow_agent::config::{CardFormatConfig, Config, FacilityCodes, ParityConfig};
 use doorflow_agent::credential::CardFormat;
+use doorflow_agent::credential::CardValueMapping;
 use doorflow_agent::snapshot::*;
 use doorflow_agent::store::Store;
+use doorflow_agent::testing::config::wiegand_reader;
 use doorflow_agent::testing::process::AgentProcess;
+use doorflow_agent::wiegand::{BitRange, BitSet, Parity};
 use serde_json::json;
 use std::path::Path;
 
@@ -17,9 +21,19 @@ const BINARY: &str = env!("CARGO_BIN_EXE_doorflow-agent");
 const H10301_FC101_CN4095: &str = "00110010100001111111111111";
 /// CIVINTEC CN56X0B-X manual 6.4.5: H10306 (34-bit), facility 0x89D4 = 35284, card 7041.
 const H10306_FC35284_CN7041: &str = "1100010011101010000011011100000011";
-/// H10304 facility 118 card 1603, written out from the published layout (no published frame
-/// was found; see `wiegand::vectors`).
-const H10304_FC118_CN1603: &str = "1000000000111011000000000110010000110";
+/// Captured ValuProx HID card read by a Proxmark3 (flipperzero-firmware issue #1029): H10304
+/// facility 22602, card 89248.
+const H10304_FC22602_CN89248: &str = "0010110000100101000101011100101000000";
+/// An HID reader's output for a Corporate 1000 35-bit card, company 1337, card 2137
+/// (jkramarz/TheTick pull request #20).
+const C1000_FC1337_CN2137: &str = "10010100111001000000001000010110011";
+/// Nedap COMBI-BOOSTER manual 6.3: H10302 (37-bit, no facility) card 123456789.
+const H10302_CN123456789: &str = "1000000001110101101111001101000101011";
+/// CIVINTEC CN56X0B-X manual 6.4.7 Wiegand42: data 00 89 D4 1B 81 between an even parity bit
+/// over the first 20 data bits and an odd one over the last 20 (a site-defined format here).
+const CIVINTEC42: &str = "000000000100010011101010000011011100000010";
+/// Hikvision DS-2CD7A26G0 manual, 34-bit example: card 1234567890 (its 32 data bits).
+const HIKVISION34_1234567890: &str = "1010010011001011000000010110100100";
 /// CIVINTEC CN56X0B-X manual 6.4.3: a 32-bit frame, read raw as 2678762273.
 const RAW_32: &str = "10011111101010101010101100100001";
 /// Captured HID PhotoProx card (z9open-community TestBinaryFormatter.cs): facility 233, 30333.
@@ -50,20 +64,24 @@ fn credential(person_id: u64, type_id: u64, value: &str) -> Credential {
     }
 }
 
-/// People 1-4 hold the documented cards' numbers, 5 and 6 the PINs 6789 and 9876, and 7 the
-/// captured PhotoProx card's number (from another facility).
+/// People 1-4 hold the documented cards' numbers, 5 and 6 the PINs 6789 and 9876, 7 the
+/// captured PhotoProx card's number (from another facility), 8-11 the field-map formats' cards.
 fn seed_store(dir: &Path) {
     let store = Store::open(&dir.join("db"), 1 << 20).unwrap();
     let parts = SnapshotParts {
-        people: (1..=7).map(person).collect(),
+        people: (1..=11).map(person).collect(),
         credentials: vec![
             credential(1, 1, "4095"),
             credential(2, 1, "7041"),
-            credential(3, 1, "1603"),
+            credential(3, 1, "89248"),
             credential(4, 1, "2678762273"),
             credential(5, 2, "6789"),
             credential(6, 2, "9876"),
             credential(7, 1, "30333"),
+            credential(8, 1, "2137"),
+            credential(9, 1, "123456789"),
+            credential(10, 1, "2312379265"),
+            credential(11, 1, "1234567890"),
         ],
         credential_types: vec![
             CredentialType {
@@ -100,18 +118,20 @@ fn start(dir: &Path) -> AgentProcess {
     seed_store(dir);
     let mut config: Config = doorflow_agent::testing::config::demo_config(dir, "http://127.0.0.1:9");
     let front = &mut config.doors[0];
-    front.facility_codes = Some(FacilityCodes::Only(vec![101, 35284, 118]));
-    let ReaderConfig::Wiegand(reader) = &mut front.reader else {
-        panic!("the demo's front door has a Wiegand reader");
-    };
-    reader.formats.push(CardFormat::Raw);
+    front.facility_codes = Some(FacilityCodes::Only(vec![101, 35284, 22602]));
+    wiegand_reader(front).formats.push(CardFormat::RAW);
     AgentProcess::start_config(BINARY, &config, dir)
 }
 
-/// Sends one frame, waiting while the door's simulated reader is busy (it queues 8 requests).
+/// Sends one frame to the front door, waiting while its simulated reader is busy.
 fn send_bits(agent: &AgentProcess, bits: &str) {
+    send_bits_to(agent, "front", bits);
+}
+
+/// Sends one frame, waiting while the door's simulated reader is busy (it queues 8 requests).
+fn send_bits_to(agent: &AgentProcess, door: &str, bits: &str) {
     loop {
-        let reply = agent.control(json!({"op": "wiegand", "door": "front", "bits": bits}));
+        let reply = agent.control(json!({"op": "wiegand", "door": door, "bits": bits}));
         if reply["ok"] == true {
             return;
         }
@@ -147,7 +167,7 @@ fn documented_frames_open_the_door_for_their_holders() {
     for (bits, person) in [
         (H10301_FC101_CN4095, 1),
         (H10306_FC35284_CN7041, 2),
-        (H10304_FC118_CN1603, 3),
+        (H10304_FC22602_CN89248, 3),
         (RAW_32, 4),
     ] {
         send_bits(&agent, bits);
@@ -156,12 +176,86 @@ fn documented_frames_open_the_door_for_their_holders() {
         assert_eq!(lines.len(), 1, "{bits}: {lines:?}");
     }
     // One misread bit in any position of a parity-checked frame: refused, never another card.
-    for bits in [H10301_FC101_CN4095, H10306_FC35284_CN7041, H10304_FC118_CN1603] {
+    for bits in [H10301_FC101_CN4095, H10306_FC35284_CN7041, H10304_FC22602_CN89248] {
         for i in [0, bits.len() / 2, bits.len() - 1] {
             send_bits(&agent, &flip(bits, i));
         }
     }
     agent.wait_for_log(&["card frame rejected", "reason=parity"], 9);
+    assert_eq!(agent.log_lines_with(&[GRANTED]).len(), 4, "{}", agent.log());
+}
+
+/// The CIVINTEC Wiegand42 layout as a site writes it under `[[card_formats]]`.
+fn civintec42() -> CardFormatConfig {
+    CardFormatConfig {
+        name: "civintec42".into(),
+        bits: Ranged::new(42),
+        facility: None,
+        number: BitRange::new(1, 40),
+        parity: vec![
+            ParityConfig {
+                bit: 0,
+                kind: Parity::Even,
+                over: BitSet::range(1, 20),
+            },
+            ParityConfig {
+                bit: 41,
+                kind: Parity::Odd,
+                over: BitSet::range(21, 40),
+            },
+        ],
+        bit_order: Default::default(),
+    }
+}
+
+/// Formats beyond the first three: Corporate 1000 and H10302 built in, a format the site
+/// defined by field map, and cards enrolled by their data bits, each from a published or
+/// captured frame through the real binary; a misread bit in any of them is refused.
+#[test]
+fn field_map_formats_and_data_bit_values_open_the_door() {
+    let dir = tempfile::tempdir().unwrap();
+    seed_store(dir.path());
+    let mut config: Config = doorflow_agent::testing::config::demo_config(dir.path(), "http://127.0.0.1:9");
+    config.card_formats.push(civintec42());
+    let front = &mut config.doors[0];
+    front.facility_codes = Some(FacilityCodes::Only(vec![1337]));
+    wiegand_reader(front).formats = vec![
+        CardFormat::CORPORATE_1000_35,
+        CardFormat::H10302,
+        CardFormat::named("civintec42"),
+    ];
+    let server_room = &mut config.doors[1];
+    server_room.card_value = CardValueMapping::DataBits;
+    server_room.facility_codes = None;
+    server_room.allowed_roles = vec![1];
+    server_room.unlock_s = Seconds::new(0.5);
+    wiegand_reader(server_room).formats = vec![CardFormat::H10306];
+    let agent = AgentProcess::start_config(BINARY, &config, dir.path());
+
+    for (door, bits, person) in [
+        ("front", C1000_FC1337_CN2137, 8),
+        ("front", H10302_CN123456789, 9),
+        ("front", CIVINTEC42, 10),
+        ("server-room", HIKVISION34_1234567890, 11),
+    ] {
+        send_bits_to(&agent, door, bits);
+        let who = format!("person_id={person}");
+        let lines = agent.wait_for_log(&[GRANTED, "reason=authorised", &who], 1);
+        assert_eq!(lines.len(), 1, "{bits}: {lines:?}");
+    }
+    let mut refused = 0;
+    for (door, bits) in [
+        ("front", C1000_FC1337_CN2137),
+        ("front", H10302_CN123456789),
+        ("front", CIVINTEC42),
+        ("server-room", HIKVISION34_1234567890),
+    ] {
+        for i in [0, 1, bits.len() / 2, bits.len() - 1] {
+            send_bits_to(&agent, door, &flip(bits, i));
+            refused += 1;
+        }
+    }
+    agent.wait_for_log(&["card frame rejected", "reason=parity"], refused);
     assert_eq!(agent.log_lines_with(&[GRANTED]).len(), 4, "{}", agent.log());
 }
 

@@ -71,6 +71,7 @@ fn card(number: u64) -> Presented {
         number,
         bit_count: 26,
         raw: 0,
+        data: 0,
     })
 }
 

@@ -59,6 +59,58 @@ async fn a_swipe_reaches_doorflow_as_an_admit_and_an_event_with_idempotency_keys
     assert!(status.online);
 }
 
+/// The reported fault: a tag held at a long-range reader, read 15 times in a few seconds, made
+/// 15 grants, 15 events and 15 admit_person calls. Now DoorFlow gets one admit, and the one
+/// event twice: as granted, then updated with the count when the reads stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_tag_reaches_doorflow_as_one_admit_and_one_updated_event() {
+    let h = Harness::start(Options::default()).await;
+    assert!(eventually(LIMIT, || h.agent.snapshot.current().synced_at().is_some()).await);
+    let socket = h.config.gpio.mock_socket.clone();
+    tokio::task::spawn_blocking(move || {
+        let card = json!({"op": "card", "door": "front", "format": "h10301", "facility": 1, "number": 17});
+        for _ in 0..15 {
+            // The simulated reader queues 8 requests: wait while it is busy.
+            loop {
+                let reply = control(&socket, card.clone());
+                if reply["ok"] == true {
+                    break;
+                }
+                assert!(reply["error"].as_str().unwrap().contains("busy"), "{reply}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(eventually(LIMIT, || h.sim.received_events().len() >= 2).await);
+    assert!(eventually(LIMIT, || h.pending() == 0).await);
+    let events = h.sim.received_events();
+    assert_eq!(
+        events.len(),
+        2,
+        "{:?}",
+        events.iter().map(|e| &e.body).collect::<Vec<_>>()
+    );
+    let (granted, updated) = (&events[0].body, &events[1].body);
+    assert_eq!(granted["id"], updated["id"], "the same event");
+    assert_eq!(
+        (granted["event_code"].clone(), updated["event_code"].clone()),
+        (json!(10), json!(10))
+    );
+    let label = updated["event_label"].as_str().unwrap();
+    assert!(label.contains("read 14 more times while released"), "{label}");
+    let time = |body: &serde_json::Value, field: &str| -> jiff::Timestamp {
+        body[field].as_str().unwrap().parse().unwrap()
+    };
+    assert!(time(updated, "updated_at") > time(granted, "updated_at"));
+    assert_eq!(time(updated, "created_at"), time(granted, "created_at"));
+    let spec = openapi::load_spec();
+    openapi::check_against_schema(&spec, "Event", updated).unwrap();
+    assert_eq!(h.sim.received_admits().len(), 1, "one admit_person call");
+    assert_ne!(events[0].idempotency_key, events[1].idempotency_key, "two calls");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_calls_go_to_the_dead_letters_with_an_actionable_reason_and_the_queue_moves_on() {
     let h = Harness::start(Options::default()).await;

@@ -9,7 +9,8 @@ use super::Config;
 use crate::access::DoorPolicy;
 use crate::credential::{CardFormat, CardValueMapping};
 use crate::door::DoorTiming;
-use crate::wiegand;
+use crate::reader::feedback::ReaderFeedback;
+use crate::wiegand::{self, CardFormats};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -39,6 +40,11 @@ pub struct DoorConfig {
     /// Door-open time before a held-open alarm, s (1 to 3600).
     #[serde(default)]
     pub held_open_s: Seconds<1_000, 3_600_000, 30_000>,
+    /// A read of the credential that released the door, within this long of its previous read
+    /// and while the door is still released for it, extends the release and is counted on the
+    /// first read's event instead of being granted again, s (0 to 60; 0 turns it off).
+    #[serde(default)]
+    pub repeat_window_s: Seconds<0, 60_000, 5_000>,
     #[serde(default)]
     pub fail_mode: FailMode,
     #[serde(default)]
@@ -116,11 +122,29 @@ pub struct WiegandReaderConfig {
     pub d1: u32,
     #[serde(default = "default_card_formats")]
     pub formats: Vec<CardFormat>,
-    /// Silence that ends a Wiegand frame, ms. The standard allows 20 ms between bits.
+    /// Silence that ends a Wiegand frame, ms: the longest wait (the standard allows 20 ms
+    /// between bits), and the wait until the reader's bit interval is learned.
     #[serde(default)]
     pub frame_gap_ms: Ranged<5, 500, 30>,
+    /// End frames after 4 times the longest bit interval the reader has shown (at least 2 ms,
+    /// at most `frame_gap_ms`) once it has sent a frame; `false` always waits `frame_gap_ms`.
+    #[serde(default = "default_true")]
+    pub learn_frame_end: bool,
     #[serde(default)]
     pub bias: Bias,
+    /// The reader's LED input (its LED shows green while the line is driven), if wired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub led: Option<OutputLineConfig>,
+    /// The reader's beeper input (it sounds while the line is driven), if wired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beeper: Option<OutputLineConfig>,
+    /// What the LED and beeper lines play on grant and deny.
+    #[serde(default)]
+    pub feedback: ReaderFeedback,
+}
+
+pub(super) fn default_true() -> bool {
+    true
 }
 
 pub(super) fn default_card_formats() -> Vec<CardFormat> {
@@ -149,6 +173,17 @@ pub struct InputLineConfig {
     /// Software debounce: a level must hold this long to count, ms.
     #[serde(default)]
     pub debounce_ms: Ranged<0, 1000, 20>,
+}
+
+impl WiegandReaderConfig {
+    /// Frame assembly settings for the decoder (`wiegand::WiegandDecoder`).
+    pub fn decoder(&self) -> wiegand::DecoderConfig {
+        wiegand::DecoderConfig {
+            frame_gap_ns: self.frame_gap_ms.millis().as_nanos() as u64,
+            learn_frame_end: self.learn_frame_end,
+            ..Default::default()
+        }
+    }
 }
 
 impl DoorConfig {
@@ -180,21 +215,23 @@ impl DoorConfig {
             rex_debounce_ns: debounce_ns(&self.rex),
             rex_in_lockdown: self.rex_in_lockdown,
             fail_released: self.fail_mode == FailMode::Safe,
+            repeat_window_ns: self.repeat_window_s.as_nanos(),
         }
     }
 }
 
 impl DoorConfig {
-    /// `facility_codes` against `card_value` and the reader's formats.
-    fn validate_facility_codes(&self, report: &mut impl FnMut(&str, String)) {
-        let facility_formats: Vec<_> = self
-            .reader
-            .formats()
+    /// `facility_codes` against `card_value` and the reader's formats (`formats`: the door's
+    /// resolved formats).
+    fn validate_facility_codes(&self, formats: &CardFormats, report: &mut impl FnMut(&str, String)) {
+        let facility_widths: Vec<usize> = formats
+            .layouts()
             .iter()
-            .filter_map(|format| wiegand::layout(*format))
+            .map(|layout| layout.field_widths().0)
+            .filter(|width| *width > 0)
             .collect();
         match &self.facility_codes {
-            None if self.card_value == CardValueMapping::Number && !facility_formats.is_empty() => report(
+            None if self.card_value == CardValueMapping::Number && !facility_widths.is_empty() => report(
                 "facility_codes",
                 format!(
                     "door `{}` has none; required with card_value = \"number\": the card number \
@@ -204,16 +241,12 @@ impl DoorConfig {
                     self.name
                 ),
             ),
-            Some(FacilityCodes::Only(_)) if facility_formats.is_empty() => report(
+            Some(FacilityCodes::Only(_)) if facility_widths.is_empty() => report(
                 "facility_codes",
-                "the reader only reads raw frames, which carry no facility code".into(),
+                "the reader's formats carry no facility code (raw frames, UIDs, H10302)".into(),
             ),
             Some(FacilityCodes::Only(codes)) => {
-                let widest = facility_formats
-                    .iter()
-                    .map(|layout| layout.field_widths().0)
-                    .max()
-                    .unwrap_or(0);
+                let widest = facility_widths.iter().copied().max().unwrap_or(0);
                 let max = (1u64 << widest) - 1;
                 if let Some(code) = codes.iter().find(|c| **c as u64 > max) {
                     report(
@@ -260,12 +293,20 @@ impl Config {
             if door.reader.formats().is_empty() {
                 report(at("reader.formats"), "must list at least one card format".into());
             }
-            if let ReaderConfig::Osdp(reader) = &door.reader {
-                for (field, message) in reader.problems() {
-                    report(at(&format!("reader.{field}")), message);
+            match &door.reader {
+                ReaderConfig::Osdp(reader) => {
+                    for (field, message) in reader.problems() {
+                        report(at(&format!("reader.{field}")), message);
+                    }
+                }
+                ReaderConfig::Wiegand(reader) => {
+                    for (field, message) in reader.feedback.problems() {
+                        report(at(&format!("reader.feedback.{field}")), message);
+                    }
                 }
             }
-            door.validate_facility_codes(&mut |field, message| report(at(field), message));
+            let formats = self.card_formats_for(door);
+            door.validate_facility_codes(&formats, &mut |field, message| report(at(field), message));
             let mut claim = |key: String, chip: &Option<String>, line: u32| {
                 let chip = normalise_chip(self.chip_for(chip));
                 match lines.get(&(chip.clone(), line)) {
@@ -283,6 +324,15 @@ impl Config {
             if let ReaderConfig::Wiegand(reader) = &door.reader {
                 clashes.push(claim(at("reader.d0"), &reader.chip, reader.d0));
                 clashes.push(claim(at("reader.d1"), &reader.chip, reader.d1));
+                for (field, output) in [("led", &reader.led), ("beeper", &reader.beeper)] {
+                    if let Some(output) = output {
+                        clashes.push(claim(
+                            at(&format!("reader.{field}.line")),
+                            &output.chip,
+                            output.line,
+                        ));
+                    }
+                }
             }
             clashes.push(claim(at("relay.line"), &door.relay.chip, door.relay.line));
             for (field, input) in [("contact", &door.contact), ("rex", &door.rex)] {

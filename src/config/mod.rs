@@ -11,6 +11,7 @@
 mod admin;
 mod api;
 mod doors;
+mod formats;
 mod gpio;
 mod metrics;
 mod reader;
@@ -28,6 +29,7 @@ pub use api::{ApiConfig, AuthConfig, AuthMethod, SecretSource};
 pub use doors::{
     DoorConfig, FacilityCodes, FailMode, InputLineConfig, OutputLineConfig, WiegandReaderConfig,
 };
+pub use formats::{CardFormatConfig, ParityConfig};
 pub use gpio::{Bias, GpioBackend, GpioConfig};
 pub use metrics::MetricsConfig;
 pub use reader::{OsdpReaderConfig, ReaderConfig, OSDP_BAUD_RATES};
@@ -67,6 +69,9 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub doors: Vec<DoorConfig>,
+    /// Wiegand card formats defined by field map, listed by name in `doors.reader.formats`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub card_formats: Vec<CardFormatConfig>,
     /// Shift windows by DoorFlow shift id. The v3 API does not publish shifts, so roles with a
     /// `shift_id` are evaluated against these.
     #[serde(default)]
@@ -135,6 +140,7 @@ impl Config {
         self.metrics.validate(&mut report);
         self.gpio.validate(&mut report);
         self.validate_doors(&mut report);
+        self.validate_card_formats(&mut report);
         for (key, message) in reader::bus_problems(&self.doors) {
             report(key, message);
         }

@@ -2,7 +2,7 @@
 //! `type` is left out) is two GPIO data lines; `type = "osdp"` is a reader on an RS-485 bus.
 
 use super::api::SecretSource;
-use super::doors::{default_card_formats, DoorConfig, WiegandReaderConfig};
+use super::doors::{default_card_formats, default_true, DoorConfig, WiegandReaderConfig};
 use super::values::Ranged;
 use crate::credential::CardFormat;
 use crate::reader::feedback::ReaderFeedback;
@@ -53,6 +53,9 @@ impl ReaderConfig {
                 secure_channel: running.then_some(false),
                 tamper: None,
                 since: running.then(Timestamp::now),
+                frame_end_us: None,
+                rejected_frames: None,
+                last_rejected: None,
             },
         }
     }
@@ -136,10 +139,6 @@ fn default_baud() -> u32 {
     9600
 }
 
-fn default_true() -> bool {
-    true
-}
-
 impl OsdpReaderConfig {
     /// The reader's bus address.
     pub fn address(&self) -> u8 {
@@ -177,10 +176,8 @@ impl OsdpReaderConfig {
         if !self.secure_channel && self.install_mode {
             report("install_mode", "is only used with secure_channel = true".into());
         }
-        for (outcome, pattern) in [("grant", &self.feedback.grant), ("deny", &self.feedback.deny)] {
-            for (field, message) in pattern.problems() {
-                report(&format!("feedback.{outcome}.{field}"), message);
-            }
+        for (field, message) in self.feedback.problems() {
+            report(&format!("feedback.{field}"), message);
         }
         problems
     }

@@ -23,8 +23,10 @@
 //! - The relay line is requested holding the state the caller asks for (the door machine's
 //!   starting state, locked), never the fail state: that is written only when the agent stops.
 
-use super::{DoorHardware, DoorInput, GpioError, InputEvent, RelayOutput, EVENT_BUFFER};
-use crate::config::{Bias, Config};
+use super::{
+    DoorHardware, DoorInput, FeedbackLines, GpioError, InputEvent, OutputLine, RelayOutput, EVENT_BUFFER,
+};
+use crate::config::{Bias, Config, OutputLineConfig};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -58,6 +60,14 @@ pub fn door_lines(config: &Config, index: usize) -> Vec<(String, u32, String)> {
         let chip = config.chip_for(&wiegand.chip).to_string();
         lines.push((chip.clone(), wiegand.d0, at("reader.d0")));
         lines.push((chip, wiegand.d1, at("reader.d1")));
+        for (output, key) in [
+            (&wiegand.led, "reader.led.line"),
+            (&wiegand.beeper, "reader.beeper.line"),
+        ] {
+            if let Some(output) = output {
+                lines.push((config.chip_for(&output.chip).to_string(), output.line, at(key)));
+            }
+        }
     }
     lines.push((
         config.chip_for(&door.relay.chip).to_string(),
@@ -199,15 +209,29 @@ mod linux {
             watchers.push((request, spec));
         }
 
-        let relay = RelaySpec {
-            chip: config.chip_for(&door.relay.chip).to_string(),
-            line: door.relay.line,
-            key: at("relay.line"),
-            active_low: door.relay.active_low,
-        };
-        let relay = ChardevRelay {
-            request: Some(relay.request(relay_released)?),
-            spec: relay,
+        let relay = ChardevRelay::request(
+            RelaySpec::new(config, &door.relay, at("relay.line")),
+            relay_released,
+        )?;
+        // A Wiegand reader's LED and beeper inputs: one-line outputs like the relay, requested
+        // idle (LED red, beeper quiet).
+        let feedback = match door.reader.wiegand() {
+            Some(wiegand) => {
+                let line = |output: &Option<OutputLineConfig>, key: &str| -> Result<_, GpioError> {
+                    output
+                        .as_ref()
+                        .map(|output| {
+                            let line = ChardevRelay::request(RelaySpec::new(config, output, at(key)), false)?;
+                            Ok(Box::new(line) as Box<dyn OutputLine>)
+                        })
+                        .transpose()
+                };
+                FeedbackLines::new(
+                    line(&wiegand.led, "reader.led.line")?,
+                    line(&wiegand.beeper, "reader.beeper.line")?,
+                )
+            }
+            None => FeedbackLines::default(),
         };
 
         for (request, spec) in watchers {
@@ -218,6 +242,7 @@ mod linux {
             relay: Box::new(relay),
             contact_open: levels[0],
             rex_pressed: levels[1],
+            feedback,
         })
     }
 
@@ -499,6 +524,15 @@ mod linux {
     }
 
     impl RelaySpec {
+        fn new(config: &Config, output: &OutputLineConfig, key: String) -> RelaySpec {
+            RelaySpec {
+                chip: config.chip_for(&output.chip).to_string(),
+                line: output.line,
+                key,
+                active_low: output.active_low,
+            }
+        }
+
         /// The line as an output holding `released` from the moment it is granted.
         fn request(&self, released: bool) -> Result<Request, GpioError> {
             let mut builder = Request::builder();
@@ -516,12 +550,29 @@ mod linux {
         }
     }
 
-    /// The relay's request. A write that fails drops it (a chip that went away keeps no
-    /// stale request, and can come back under its old name) and the next write requests the
-    /// line again, holding the level being written.
+    /// The relay's request (or a reader's LED or beeper line: the same one-line output). A
+    /// write that fails drops it (a chip that went away keeps no stale request, and can come
+    /// back under its old name) and the next write requests the line again, holding the level
+    /// being written.
     struct ChardevRelay {
         request: Option<Request>,
         spec: RelaySpec,
+    }
+
+    impl ChardevRelay {
+        /// The line requested as an output holding `active` (released, for a relay).
+        fn request(spec: RelaySpec, active: bool) -> Result<ChardevRelay, GpioError> {
+            Ok(ChardevRelay {
+                request: Some(spec.request(active)?),
+                spec,
+            })
+        }
+    }
+
+    impl OutputLine for ChardevRelay {
+        fn set_active(&mut self, active: bool) -> Result<(), GpioError> {
+            self.set_released(active)
+        }
     }
 
     impl RelayOutput for ChardevRelay {
@@ -574,6 +625,33 @@ mod tests {
         assert_eq!(
             lines[1],
             ("gpiochip9".to_string(), 1, "doors[0].reader.d1".to_string())
+        );
+    }
+
+    #[test]
+    fn a_wiegand_readers_led_and_beeper_lines_are_checked_with_the_rest() {
+        let mut config = config("gpiochip9");
+        let crate::config::ReaderConfig::Wiegand(reader) = &mut config.doors[0].reader else {
+            panic!("the demo's first door reads Wiegand");
+        };
+        let output = |chip: Option<&str>, line| OutputLineConfig {
+            chip: chip.map(str::to_string),
+            line,
+            active_low: false,
+        };
+        reader.led = Some(output(None, 5));
+        reader.beeper = Some(output(Some("gpiochip3"), 6));
+        let lines = door_lines(&config, 0);
+        assert_eq!(
+            lines[2..4],
+            [
+                ("gpiochip9".to_string(), 5, "doors[0].reader.led.line".to_string()),
+                (
+                    "gpiochip3".to_string(),
+                    6,
+                    "doors[0].reader.beeper.line".to_string()
+                ),
+            ]
         );
     }
 

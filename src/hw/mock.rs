@@ -8,7 +8,8 @@
 //! {"op":"pin","door":0,"digits":"500010"}
 //! {"op":"input","door":0,"line":"contact"|"rex","value":true}
 //! {"op":"state","door":0}
-//! {"op":"watch"}                       → a stream of output changes with timestamps
+//! {"op":"watch"}                       → a stream of output changes (relay, reader LED and
+//!                                        beeper) with timestamps
 //! ```
 //!
 //! Card, Wiegand and PIN requests become real edge sequences with standard timing (50 µs pulses,
@@ -18,12 +19,14 @@
 
 pub mod reader;
 
-use super::{monotonic_ns, DoorHardware, DoorInput, GpioError, InputEvent, RelayOutput, EVENT_BUFFER};
+use super::{
+    monotonic_ns, DoorHardware, DoorInput, FeedbackLines, GpioError, InputEvent, OutputLine, RelayOutput,
+    EVENT_BUFFER,
+};
 use crate::config::Config;
-use crate::credential::CardFormat;
 use crate::line_server::{BindError, BroadcastFeed, Handler, Limits, LineServer, Reply};
 use crate::mutex::lock;
-use crate::wiegand::{Bits, Key};
+use crate::wiegand::{Bits, Key, Layout};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::path::Path;
@@ -37,13 +40,16 @@ const MAX_REQUEST: usize = 16 * 1024;
 /// so `pin_too_long` can be tried, and no more.
 pub const MAX_PIN_KEYS: usize = 16;
 
-/// One relay change, as `watch` reports it.
+/// One output change, as `watch` reports it: the relay, or a Wiegand reader's LED or beeper.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutputChange {
     pub door: String,
+    /// `relay`, `led` or `beeper`.
     pub line: String,
-    /// Logical state: the strike is released.
+    /// Logical state: the strike is released (relay), the LED green (led), the beeper sounding.
     pub released: bool,
+    /// The same as `released`, named for every line.
+    pub active: bool,
     /// Physical level on the pin after polarity.
     pub level: bool,
     pub timestamp_ns: u64,
@@ -54,11 +60,34 @@ struct DoorLines {
     relay_released: bool,
     contact: Option<bool>,
     rex: Option<bool>,
+    /// The reader's feedback inputs; `None` when not wired.
+    led: Option<bool>,
+    beeper: Option<bool>,
+}
+
+/// A door's output lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Output {
+    Relay,
+    Led,
+    Beeper,
+}
+
+impl Output {
+    fn name(self) -> &'static str {
+        match self {
+            Output::Relay => "relay",
+            Output::Led => "led",
+            Output::Beeper => "beeper",
+        }
+    }
 }
 
 struct MockDoor {
     name: String,
     relay_active_low: bool,
+    led_active_low: bool,
+    beeper_active_low: bool,
     lines: Arc<Mutex<DoorLines>>,
     sender: Mutex<Option<mpsc::Sender<InputEvent>>>,
     /// The simulated reader's queue (set when the door opens).
@@ -73,6 +102,8 @@ pub struct MockGpio {
     changes: broadcast::Sender<OutputChange>,
     /// Where the simulated readers run (the agent's tracker, so every task is accounted for).
     tasks: TaskTracker,
+    /// Every card format the config knows (built-in and the site's), for `card` requests.
+    formats: Vec<Layout>,
 }
 
 impl MockGpio {
@@ -82,26 +113,34 @@ impl MockGpio {
         let doors = config
             .doors
             .iter()
-            .map(|door| MockDoor {
-                name: door.name.clone(),
-                relay_active_low: door.relay.active_low,
-                lines: Arc::new(Mutex::new(DoorLines {
-                    relay_released: false,
-                    contact: door.contact.as_ref().map(|_| false),
-                    rex: door.rex.as_ref().map(|_| false),
-                })),
-                sender: Mutex::new(None),
-                reader: Mutex::new(None),
-                frame_silence_ns: 2 * door
-                    .reader
-                    .wiegand()
-                    .map_or(30_000_000, |w| w.frame_gap_ms.millis().as_nanos() as u64),
+            .map(|door| {
+                let wiegand = door.reader.wiegand();
+                let led = wiegand.and_then(|w| w.led.as_ref());
+                let beeper = wiegand.and_then(|w| w.beeper.as_ref());
+                MockDoor {
+                    name: door.name.clone(),
+                    relay_active_low: door.relay.active_low,
+                    led_active_low: led.is_some_and(|l| l.active_low),
+                    beeper_active_low: beeper.is_some_and(|l| l.active_low),
+                    lines: Arc::new(Mutex::new(DoorLines {
+                        relay_released: false,
+                        contact: door.contact.as_ref().map(|_| false),
+                        rex: door.rex.as_ref().map(|_| false),
+                        led: led.map(|_| false),
+                        beeper: beeper.map(|_| false),
+                    })),
+                    sender: Mutex::new(None),
+                    reader: Mutex::new(None),
+                    frame_silence_ns: 2 * wiegand
+                        .map_or(30_000_000, |w| w.frame_gap_ms.millis().as_nanos() as u64),
+                }
             })
             .collect();
         Arc::new(MockGpio {
             doors,
             changes,
             tasks,
+            formats: config.known_layouts(),
         })
     }
 
@@ -128,18 +167,23 @@ impl MockGpio {
             lines.relay_released = relay_released;
             lines.clone()
         };
+        let output = |line: Output| MockOutput {
+            gpio: Arc::clone(self),
+            index,
+            line,
+        };
+        let wired =
+            |wired: Option<bool>, line: Output| wired.map(|_| Box::new(output(line)) as Box<dyn OutputLine>);
         DoorHardware {
             events: rx,
-            relay: Box::new(MockRelay {
-                gpio: Arc::clone(self),
-                index,
-            }),
+            relay: Box::new(output(Output::Relay)),
             contact_open: lines.contact,
             rex_pressed: lines.rex,
+            feedback: FeedbackLines::new(wired(lines.led, Output::Led), wired(lines.beeper, Output::Beeper)),
         }
     }
 
-    /// Subscribes to relay changes (what `watch` streams).
+    /// Subscribes to output changes (what `watch` streams).
     pub fn watch(&self) -> broadcast::Receiver<OutputChange> {
         self.changes.subscribe()
     }
@@ -199,12 +243,19 @@ impl MockGpio {
         match op {
             "card" => {
                 let index = self.find(&request["door"])?;
-                let format: CardFormat = serde_json::from_value(request["format"].clone())
-                    .map_err(|_| "`format` must be h10301, h10306 or h10304")?;
+                let name = request["format"].as_str().ok_or("missing `format`")?;
+                let layout = self
+                    .formats
+                    .iter()
+                    .find(|l| l.format.as_str() == name)
+                    .ok_or_else(|| {
+                        let names: Vec<&str> = self.formats.iter().map(|l| l.format.as_str()).collect();
+                        format!("`format` must be one of {}", names.join(", "))
+                    })?;
                 let facility = request["facility"].as_u64().unwrap_or(0);
                 let number = request["number"].as_u64().ok_or("missing `number`")?;
                 let facility = u32::try_from(facility).map_err(|_| "`facility` is too large")?;
-                let bits = reader::encode_card(format, facility, number).map_err(|e| e.to_string())?;
+                let bits = reader::encode_with(layout, facility, number).map_err(|e| e.to_string())?;
                 self.transmit(index, vec![bits])?;
                 Ok(json!({"ok": true, "bits": bits.to_string()}))
             }
@@ -281,6 +332,8 @@ impl MockGpio {
                     "ok": true,
                     "door": door.name,
                     "relay": {"released": lines.relay_released, "level": lines.relay_released != door.relay_active_low},
+                    "led": lines.led,
+                    "beeper": lines.beeper,
                     "contact": lines.contact,
                     "rex": lines.rex,
                 }))
@@ -333,26 +386,52 @@ pub async fn bind_control_socket(path: &Path) -> Result<LineServer, BindError> {
     LineServer::bind("mock GPIO control socket", path, LIMITS).await
 }
 
-struct MockRelay {
+/// One of a door's simulated output lines: writes set it and are published to watchers.
+struct MockOutput {
     gpio: Arc<MockGpio>,
     index: usize,
+    line: Output,
 }
 
-impl RelayOutput for MockRelay {
-    fn set_released(&mut self, released: bool) -> Result<(), GpioError> {
+impl MockOutput {
+    fn set(&self, active: bool) {
         let door = &self.gpio.doors[self.index];
-        let previous = std::mem::replace(&mut lock(&door.lines).relay_released, released);
-        if previous == released {
-            return Ok(()); // the line did not change: nothing to report
+        let (previous, active_low) = {
+            let mut lines = lock(&door.lines);
+            match self.line {
+                Output::Relay => (
+                    Some(std::mem::replace(&mut lines.relay_released, active)),
+                    door.relay_active_low,
+                ),
+                Output::Led => (lines.led.replace(active), door.led_active_low),
+                Output::Beeper => (lines.beeper.replace(active), door.beeper_active_low),
+            }
+        };
+        if previous == Some(active) {
+            return; // the line did not change: nothing to report
         }
         // Nobody watching is fine: a send error only means no subscribers.
         let _ = self.gpio.changes.send(OutputChange {
             door: door.name.clone(),
-            line: "relay".into(),
-            released,
-            level: released != door.relay_active_low,
+            line: self.line.name().into(),
+            released: active,
+            active,
+            level: active != active_low,
             timestamp_ns: monotonic_ns(),
         });
+    }
+}
+
+impl RelayOutput for MockOutput {
+    fn set_released(&mut self, released: bool) -> Result<(), GpioError> {
+        self.set(released);
+        Ok(())
+    }
+}
+
+impl OutputLine for MockOutput {
+    fn set_active(&mut self, active: bool) -> Result<(), GpioError> {
+        self.set(active);
         Ok(())
     }
 }

@@ -6,7 +6,11 @@
 //! happened, not the time a thread got round to reading it.
 
 pub mod chardev;
+pub mod feedback;
 pub mod mock;
+pub mod timer;
+
+pub use feedback::{FeedbackLines, FeedbackPlayer, OutputLine};
 
 use crate::config::{Config, GpioBackend};
 use std::sync::Arc;
@@ -79,6 +83,9 @@ pub struct DoorHardware {
     /// Input levels at start; `None` when the input is not wired.
     pub contact_open: Option<bool>,
     pub rex_pressed: Option<bool>,
+    /// The reader's LED and beeper inputs (Wiegand readers; none for OSDP, which is told over
+    /// the bus).
+    pub feedback: FeedbackLines,
 }
 
 /// The level a relay line is requested with: the door machine's starting state (locked), in

@@ -117,7 +117,7 @@ mod tests {
     use crate::credential::CardFormat;
     use crate::hw::mock::reader::encode_card;
     use crate::reader::feedback::Outcome;
-    use crate::wiegand::decode_card;
+    use crate::wiegand::{decode_card, CardFormats};
 
     /// Packs bits the way an OSDP reader does (first bit in the high bit of byte 0).
     fn pack(bits: &Bits) -> Vec<u8> {
@@ -135,7 +135,7 @@ mod tests {
         let frame = encode_card(CardFormat::H10301, 191, 4242).unwrap();
         let bits = card_bits(26, &pack(&frame)).unwrap();
         assert_eq!(bits, frame);
-        let card = decode_card(&bits, &[CardFormat::H10301]).unwrap();
+        let card = decode_card(&bits, &CardFormats::builtin(&[CardFormat::H10301])).unwrap();
         assert_eq!((card.facility, card.number), (Some(191), 4242));
     }
 

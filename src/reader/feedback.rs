@@ -145,6 +145,66 @@ impl ReaderFeedback {
             Outcome::Denied => &self.deny,
         }
     }
+
+    /// Problems with both patterns, as (field under `feedback.`, message).
+    pub fn problems(&self) -> Vec<(String, String)> {
+        [("grant", &self.grant), ("deny", &self.deny)]
+            .into_iter()
+            .flat_map(|(outcome, pattern)| {
+                pattern
+                    .problems()
+                    .into_iter()
+                    .map(move |(field, message)| (format!("{outcome}.{field}"), message))
+            })
+            .collect()
+    }
+}
+
+/// A pattern being played on outputs driven step by step (a Wiegand reader's LED and beeper
+/// lines): which changes are due when. Pure: the caller brings the monotonic clock (ns) and
+/// writes the changes.
+#[derive(Debug, Clone, Default)]
+pub struct Playback {
+    steps: Vec<FeedbackStep>,
+    started_ns: u64,
+    next: usize,
+}
+
+impl Playback {
+    /// Starts `pattern` at `now_ns`, cutting short whatever was playing: the LED back to idle
+    /// and the beeper off first, then the changes due at once.
+    pub fn start(&mut self, pattern: &FeedbackPattern, now_ns: u64) -> Vec<FeedbackChange> {
+        *self = Playback {
+            steps: pattern.timeline(),
+            started_ns: now_ns,
+            next: 0,
+        };
+        let mut changes = vec![FeedbackChange::Led(None), FeedbackChange::Beeper(false)];
+        changes.extend(self.due(now_ns));
+        changes
+    }
+
+    /// The changes due by `now_ns`, in order.
+    pub fn due(&mut self, now_ns: u64) -> Vec<FeedbackChange> {
+        let mut changes = Vec::new();
+        while let Some(step) = self.steps.get(self.next) {
+            if self.step_ns(step) > now_ns {
+                break;
+            }
+            changes.push(step.change);
+            self.next += 1;
+        }
+        changes
+    }
+
+    /// When the next change is due (CLOCK_MONOTONIC ns), while one is.
+    pub fn deadline_ns(&self) -> Option<u64> {
+        self.steps.get(self.next).map(|step| self.step_ns(step))
+    }
+
+    fn step_ns(&self, step: &FeedbackStep) -> u64 {
+        self.started_ns + u64::from(step.at_ms) * 1_000_000
+    }
 }
 
 impl Default for ReaderFeedback {
@@ -294,6 +354,32 @@ mod tests {
         ];
         let got: Vec<(u32, FeedbackChange)> = steps.iter().map(|s| (s.at_ms, s.change)).collect();
         assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn playback_gives_each_change_when_it_is_due() {
+        use FeedbackChange::*;
+        const MS: u64 = 1_000_000;
+        let mut playback = Playback::default();
+        assert_eq!(playback.deadline_ns(), None);
+        let start = 1_000 * MS;
+        let first = playback.start(&FeedbackPattern::default_for(Outcome::Denied), start);
+        assert_eq!(
+            first,
+            [Led(None), Beeper(false), Led(Some(LedColor::Red)), Beeper(true)]
+        );
+        assert_eq!(playback.deadline_ns(), Some(start + 200 * MS));
+        assert!(playback.due(start + 199 * MS).is_empty());
+        assert_eq!(playback.due(start + 450 * MS), [Beeper(false), Beeper(true)]);
+        assert_eq!(playback.due(start + 5_000 * MS), [Beeper(false), Led(None)]);
+        assert_eq!(playback.deadline_ns(), None);
+        // A grant cuts a denial short: idle first, then green.
+        playback.start(&FeedbackPattern::default_for(Outcome::Denied), start);
+        let cut = playback.start(&FeedbackPattern::default_for(Outcome::Granted), start + 100 * MS);
+        assert_eq!(
+            cut,
+            [Led(None), Beeper(false), Led(Some(LedColor::Green)), Beeper(true)]
+        );
     }
 
     #[test]

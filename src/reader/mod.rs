@@ -130,6 +130,16 @@ pub struct ReaderStatus {
     /// When `state` last changed (wall clock).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<Timestamp>,
+    /// Wiegand: the silence that ends a frame now, µs (learned from the reader's own frames,
+    /// or `frame_gap_ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame_end_us: Option<u64>,
+    /// Wiegand: frames refused since start (noise, a misread bit, an unknown length) …
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected_frames: Option<u64>,
+    /// … and the reason of the last one (`parity`, `pulse_too_close`, `unsupported_length`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rejected: Option<String>,
 }
 
 impl ReaderStatus {
@@ -144,6 +154,9 @@ impl ReaderStatus {
             secure_channel: None,
             tamper: None,
             since: None,
+            frame_end_us: None,
+            rejected_frames: None,
+            last_rejected: None,
         }
     }
 
@@ -163,6 +176,12 @@ impl ReaderStatus {
         }
         if self.tamper == Some(true) {
             text.push_str(", TAMPER");
+        }
+        if let Some(us) = self.frame_end_us {
+            text.push_str(&format!(", frame end {:.1} ms", us as f64 / 1000.0));
+        }
+        if let (Some(n @ 1..), Some(reason)) = (self.rejected_frames, &self.last_rejected) {
+            text.push_str(&format!(", {n} frames rejected (last: {reason})"));
         }
         text
     }

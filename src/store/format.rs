@@ -592,6 +592,16 @@ pub struct AuditEventV1 {
     pub credential: Option<String>,
     pub created_at: Timestamp,
     pub admit: bool,
+    /// Absent when 0 and `None`: records without them are what 0.1.0 wrote, and 0.1.0 reads
+    /// records with them (it ignores fields it does not know).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub repeats: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<Timestamp>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl DiskRecord for AuditEvent {
@@ -607,6 +617,8 @@ impl DiskRecord for AuditEvent {
             credential: self.credential.clone(),
             created_at: self.created_at,
             admit: self.admit,
+            repeats: self.repeats,
+            updated_at: self.updated_at,
         }
     }
     fn from_disk(d: AuditEventV1) -> Self {
@@ -620,6 +632,8 @@ impl DiskRecord for AuditEvent {
             credential: d.credential,
             created_at: d.created_at,
             admit: d.admit,
+            repeats: d.repeats,
+            updated_at: d.updated_at,
         }
     }
 }

@@ -1245,6 +1245,8 @@ mod tests {
                     credential: Some("****17".into()),
                     created_at: Timestamp::from_second(1_800_000_000).unwrap(),
                     admit: false,
+                    repeats: 0,
+                    updated_at: None,
                 },
             },
             created_at: Timestamp::from_second(1_800_000_000).unwrap(),

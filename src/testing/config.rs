@@ -2,7 +2,9 @@
 //! with every path moved into a test's own directory, changed field by field.
 
 use crate::config::values::Ranged;
-use crate::config::{Config, ReaderConfig, SecretSource, ServiceUrl};
+use crate::config::{
+    Config, DoorConfig, OutputLineConfig, ReaderConfig, SecretSource, ServiceUrl, WiegandReaderConfig,
+};
 use std::path::{Path, PathBuf};
 
 /// The API key the simulator accepts.
@@ -80,4 +82,25 @@ pub fn write_config(config: &Config, dir: &Path) -> PathBuf {
     let text = toml::to_string(config).expect("a config serialises as TOML");
     std::fs::write(&path, text).expect("write the config file");
     path
+}
+
+/// A door's Wiegand reader, to change field by field (panics for another reader type).
+pub fn wiegand_reader(door: &mut DoorConfig) -> &mut WiegandReaderConfig {
+    match &mut door.reader {
+        ReaderConfig::Wiegand(reader) => reader,
+        ReaderConfig::Osdp(_) => panic!("door `{}` has no Wiegand reader", door.name),
+    }
+}
+
+/// Wires a door's Wiegand reader LED and beeper inputs to `led` and `beeper` (lines on the
+/// default chip, active high).
+pub fn wire_reader_feedback(door: &mut DoorConfig, led: u32, beeper: u32) {
+    let line = |line| OutputLineConfig {
+        chip: None,
+        line,
+        active_low: false,
+    };
+    let reader = wiegand_reader(door);
+    reader.led = Some(line(led));
+    reader.beeper = Some(line(beeper));
 }

@@ -23,6 +23,8 @@ pub fn front_door_swipe(n: u64, person_id: Option<u64>, admit: bool) -> AuditEve
         credential: Some(format!("****{:02}", n % 100)),
         created_at: Timestamp::now(),
         admit: granted && admit,
+        repeats: 0,
+        updated_at: None,
     }
 }
 

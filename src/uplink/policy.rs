@@ -459,6 +459,8 @@ mod tests {
                 credential: None,
                 created_at: t(NOW),
                 admit: false,
+                repeats: 0,
+                updated_at: None,
             },
         };
         assert!(!is_expired(&event, &now().after(secs(1_000_000)), &policy));

@@ -1,8 +1,16 @@
 //! Frame assembly: timestamped edges on D0/D1 in, complete frames (or why they were refused) out.
 //!
 //! Lines idle high; a bit is a short low pulse (20–100 µs) on D0 for 0 or D1 for 1, bits 0.2–20 ms
-//! apart, and a frame ends with silence (`frame_gap_ns`). A bit counts at its falling edge.
-//! Anything odd rejects the whole frame: a misread card must never become someone else's card.
+//! apart, and a frame ends with silence. A bit counts at its falling edge. Anything odd rejects
+//! the whole frame: a misread card must never become someone else's card.
+//!
+//! How much silence ends a frame: `frame_gap_ns` until the reader has sent a whole frame; from
+//! then on (with `learn_frame_end`) `FRAME_END_PERIODS` times the longest bit interval the reader
+//! has shown in any frame, at least `MIN_FRAME_END_NS` and never more than `frame_gap_ns`. A
+//! reader with a 2 ms bit period has its frames ended 8 ms after the last bit instead of 30. The
+//! learned interval only grows: should a reader ever pause inside a frame for longer than the
+//! learned end (seen as its next bit arriving within `frame_gap_ns` of a frame ended early), that
+//! pause is learned too, so it can split a frame at most once.
 //!
 //! Edge timestamps are CLOCK_MONOTONIC ns (the kernel's). Every edge comes with a reading of that
 //! clock (`now_ns`); an edge stamped ahead of the clock, or before the edge before it, cannot be
@@ -47,7 +55,16 @@ pub struct DecoderConfig {
     /// kernel stamps an edge before anyone can read it, so this only absorbs the order of two
     /// clock reads; anything further ahead is discarded.
     pub max_lead_ns: u64,
+    /// End frames after a multiple of the reader's learned bit interval (see the module docs);
+    /// `false` always waits `frame_gap_ns`.
+    pub learn_frame_end: bool,
 }
+
+/// A frame ends after this many times the longest bit interval the reader has shown.
+pub const FRAME_END_PERIODS: u64 = 4;
+
+/// The shortest learned frame end, ns: below this, timer and scheduling jitter would matter.
+pub const MIN_FRAME_END_NS: u64 = 2_000_000;
 
 impl Default for DecoderConfig {
     fn default() -> Self {
@@ -56,6 +73,7 @@ impl Default for DecoderConfig {
             min_bit_interval_ns: 200_000,
             max_bits: 64,
             max_lead_ns: 10_000_000,
+            learn_frame_end: true,
         }
     }
 }
@@ -125,6 +143,15 @@ pub struct WiegandDecoder {
     /// plausible edge arrives, so a flood is reported once.
     discarding: bool,
     discarded: u64,
+    /// The longest interval between two bits of the current frame, ns.
+    frame_longest_ns: u64,
+    /// The longest interval between two bits in any complete frame so far, ns.
+    learned_interval_ns: Option<u64>,
+    /// The last bit (falling edge) of the previous frame, when that frame was ended before
+    /// `frame_gap_ns`.
+    ended_early_at: Option<u64>,
+    /// Pauses inside frames that the learned frame end had taken for the frame's end.
+    splits: u64,
     /// Edges were lost before the next edge: the frame it belongs to is rejected.
     lost_before_next: bool,
 }
@@ -144,8 +171,34 @@ impl WiegandDecoder {
             error: None,
             discarding: false,
             discarded: 0,
+            frame_longest_ns: 0,
+            learned_interval_ns: None,
+            ended_early_at: None,
+            splits: 0,
             lost_before_next: false,
         }
+    }
+
+    /// The silence that ends a frame now, ns (`frame_gap_ns` until a frame was learned).
+    pub fn frame_end_ns(&self) -> u64 {
+        match self.learned_interval_ns {
+            Some(interval) if self.config.learn_frame_end => interval
+                .saturating_mul(FRAME_END_PERIODS)
+                .max(MIN_FRAME_END_NS)
+                .min(self.config.frame_gap_ns),
+            _ => self.config.frame_gap_ns,
+        }
+    }
+
+    /// The longest bit interval learned from the reader's frames, ns.
+    pub fn learned_interval_ns(&self) -> Option<u64> {
+        self.learned_interval_ns
+    }
+
+    /// How often a pause inside a frame was longer than the learned frame end (each one raised
+    /// it, and split the frame it happened in).
+    pub fn splits(&self) -> u64 {
+        self.splits
     }
 
     /// The source lost edges (the kernel's event buffer overflowed) between the last edge fed
@@ -182,17 +235,18 @@ impl WiegandDecoder {
         }
         self.discarding = false;
         let finished = match self.last_edge_ns {
-            Some(last) if edge.timestamp_ns - last >= self.config.frame_gap_ns => self.finish(),
+            Some(last) if edge.timestamp_ns - last >= self.frame_end_ns() => self.finish(),
             _ => None,
         };
+        self.learn_from_early_end(edge.timestamp_ns);
         self.accept(edge);
         finished
     }
 
-    /// Completes the current frame once `frame_gap` of silence has passed at `now_ns`.
+    /// Completes the current frame once the frame end's silence has passed at `now_ns`.
     pub fn poll(&mut self, now_ns: u64) -> Option<FrameOutcome> {
         let last = self.last_edge_ns?;
-        (now_ns.saturating_sub(last) >= self.config.frame_gap_ns)
+        (now_ns.saturating_sub(last) >= self.frame_end_ns())
             .then(|| self.finish())
             .flatten()
     }
@@ -202,7 +256,20 @@ impl WiegandDecoder {
     /// edge stamped further ahead is accepted.
     pub fn deadline_ns(&self) -> Option<u64> {
         self.last_edge_ns
-            .map(|last| last.saturating_add(self.config.frame_gap_ns))
+            .map(|last| last.saturating_add(self.frame_end_ns()))
+    }
+
+    /// An edge soon after a frame that was ended early: the reader paused inside a frame (or
+    /// sends frames closer than `frame_gap_ns`). Either way that pause is what it has shown.
+    fn learn_from_early_end(&mut self, at_ns: u64) {
+        let Some(early) = self.ended_early_at.take() else {
+            return;
+        };
+        let pause = at_ns.saturating_sub(early);
+        if pause < self.config.frame_gap_ns && self.learned_interval_ns.is_some_and(|l| pause > l) {
+            self.learned_interval_ns = Some(pause);
+            self.splits += 1;
+        }
     }
 
     /// Edges discarded for implausible timestamps since the decoder started.
@@ -231,11 +298,12 @@ impl WiegandDecoder {
                 if self.low[1 - index] {
                     self.fail(FrameError::BothLinesLow { bits });
                 }
-                if self
-                    .last_fall_ns
-                    .is_some_and(|f| edge.timestamp_ns - f < self.config.min_bit_interval_ns)
-                {
-                    self.fail(FrameError::PulseTooClose { bits });
+                if let Some(previous) = self.last_fall_ns {
+                    let interval = edge.timestamp_ns - previous;
+                    if interval < self.config.min_bit_interval_ns {
+                        self.fail(FrameError::PulseTooClose { bits });
+                    }
+                    self.frame_longest_ns = self.frame_longest_ns.max(interval);
                 }
                 self.low[index] = true;
                 self.last_fall_ns = Some(edge.timestamp_ns);
@@ -254,6 +322,15 @@ impl WiegandDecoder {
 
     fn finish(&mut self) -> Option<FrameOutcome> {
         let last = self.last_edge_ns?;
+        if self.frame_end_ns() < self.config.frame_gap_ns {
+            // Bit intervals run from fall to fall.
+            self.ended_early_at = Some(self.last_fall_ns.unwrap_or(last));
+        }
+        // A whole frame of two bits or more teaches the reader's bit interval.
+        if self.error.is_none() && self.bits.len() >= 2 {
+            let longest = self.frame_longest_ns;
+            self.learned_interval_ns = Some(self.learned_interval_ns.map_or(longest, |l| l.max(longest)));
+        }
         let outcome = match self.error {
             Some(error) => Some(Err(error)),
             // Only rising edges (a line settling): nothing was sent.
@@ -272,6 +349,7 @@ impl WiegandDecoder {
         self.bits = Bits::new();
         self.last_edge_ns = None;
         self.last_fall_ns = None;
+        self.frame_longest_ns = 0;
         self.low = [false; 2];
         self.error = None;
     }
@@ -470,6 +548,86 @@ mod tests {
             want.push("card");
             assert_eq!(described, want, "{what}");
         }
+    }
+
+    /// The frame end is learned from the reader's own frames: 30 ms for the first, then four
+    /// times its longest bit interval (2 ms with the standard timing here: 8 ms).
+    #[test]
+    fn frames_end_after_four_learned_bit_intervals() {
+        let mut decoder = WiegandDecoder::new(DecoderConfig::default());
+        assert_eq!(decoder.frame_end_ns(), 30 * MS);
+        for e in card_edges(0) {
+            assert_eq!(decoder.push(e, e.timestamp_ns), None);
+        }
+        let last = card_edges(0).last().unwrap().timestamp_ns;
+        assert_eq!(decoder.deadline_ns(), Some(last + 30 * MS));
+        assert!(decoded_card(&decoder.poll(last + 30 * MS).unwrap()));
+        assert_eq!(decoder.learned_interval_ns(), Some(2 * MS));
+        assert_eq!(decoder.frame_end_ns(), 8 * MS);
+
+        let start = 200 * MS;
+        for e in card_edges(start) {
+            assert_eq!(decoder.push(e, e.timestamp_ns), None);
+        }
+        let last = card_edges(start).last().unwrap().timestamp_ns;
+        assert_eq!(decoder.deadline_ns(), Some(last + 8 * MS));
+        assert_eq!(decoder.poll(last + 8 * MS - 1), None, "not a nanosecond early");
+        assert!(decoded_card(&decoder.poll(last + 8 * MS).unwrap()));
+        assert_eq!(decoder.splits(), 0);
+    }
+
+    #[test]
+    fn a_fixed_frame_end_and_rejected_frames_teach_nothing() {
+        let fixed = DecoderConfig {
+            learn_frame_end: false,
+            ..DecoderConfig::default()
+        };
+        let mut decoder = WiegandDecoder::new(fixed);
+        run(&mut decoder, &honest(card_edges(0)));
+        assert_eq!(decoder.frame_end_ns(), 30 * MS);
+
+        let mut decoder = WiegandDecoder::new(DecoderConfig::default());
+        let mut glitched = card_edges(0);
+        glitched.insert(2, falling(WiegandLine::D1, 100_000));
+        glitched.sort_by_key(|e| e.timestamp_ns);
+        let outcomes = run(&mut decoder, &honest(glitched));
+        assert!(outcomes[0].is_err());
+        assert_eq!(decoder.learned_interval_ns(), None);
+        assert_eq!(decoder.frame_end_ns(), 30 * MS);
+    }
+
+    /// A reader that pauses 12 ms inside a frame, after showing 2 ms bit intervals: the learned
+    /// 8 ms end splits that frame once (both fragments are refused by the card formats), the
+    /// pause is learned, and the next such frame is read whole.
+    #[test]
+    fn a_pause_inside_a_frame_is_learned_after_one_split() {
+        let mut decoder = WiegandDecoder::new(DecoderConfig::default());
+        run(&mut decoder, &honest(card_edges(0)));
+        assert_eq!(decoder.frame_end_ns(), 8 * MS);
+        let paused = |start: u64| -> Vec<Edge> {
+            card_edges(start)
+                .into_iter()
+                .map(|mut e| {
+                    if e.timestamp_ns >= start + 13 * 2 * MS {
+                        e.timestamp_ns += 10 * MS; // bits 13.. come 12 ms after bit 12
+                    }
+                    e
+                })
+                .collect()
+        };
+        let outcomes = run(&mut decoder, &honest(paused(1_000 * MS)));
+        let lengths: Vec<usize> = outcomes.iter().map(|o| o.unwrap().bits.len()).collect();
+        assert_eq!(lengths, [13, 13], "split once");
+        assert_eq!(decoder.splits(), 1);
+        assert_eq!(decoder.learned_interval_ns(), Some(12 * MS));
+        assert_eq!(
+            decoder.frame_end_ns(),
+            30 * MS,
+            "4 × 12 ms, capped at the frame gap"
+        );
+        let outcomes = run(&mut decoder, &honest(paused(3_000 * MS)));
+        assert_eq!(outcomes.len(), 1);
+        assert_eq!(outcomes[0].unwrap().bits.to_string(), CARD);
     }
 
     #[test]

@@ -68,6 +68,8 @@ D0=0 D1=1 RELAY=2 CONTACT=3 REX=4
 
 # write_config: the agent's config for the current scenario, from these variables.
 FAIL_MODE=secure RELAY_ACTIVE_LOW=false UNLOCK_S=1 HELD_OPEN_S=2 READER_D1=$D1 API_PORT=$SIM_PORT
+# READER_EXTRA: more TOML for [doors.reader] (its own keys first, then any subtables).
+READER_EXTRA=
 EVENTS_URL= STORE=$W/db CHIP_PATH=
 write_config() {
     mkdir -p "$W"
@@ -110,6 +112,7 @@ allowed_groups = [100]
 [doors.reader]
 d0 = $D0
 d1 = $READER_D1
+$READER_EXTRA
 
 [doors.relay]
 line = $RELAY
@@ -223,12 +226,12 @@ inputs_are() {
     return 1
 }
 
-# send_frames WATCH_MS TOKEN...: plays the tokens on D0/D1 and samples the relay line for
-# WATCH_MS after the last edge; the changes are in $W/send.txt.
+# send_frames WATCH_MS TOKEN...: plays the tokens on D0/D1 and samples the relay line (or
+# SAMPLE_LINE) for WATCH_MS after the last edge; the changes are in $W/send.txt.
 send_frames() {
     local watch=$1
     shift
-    doorbench send --relay "$(line $RELAY)" --watch-ms "$watch" "$(line $D0)" "$(line $D1)" "$@" >"$W/send.txt"
+    doorbench send --relay "$(line "${SAMPLE_LINE:-$RELAY}")" --watch-ms "$watch" "$(line $D0)" "$(line $D1)" "$@" >"$W/send.txt"
 }
 
 # The relay changes seen by the last send_frames: "T_US VALUE" lines.
