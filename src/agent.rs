@@ -11,7 +11,7 @@ use crate::doorflow::client::{self, Client};
 use crate::doorflow::ratelimit::RateBudget;
 use crate::hw;
 use crate::osdp;
-use crate::snapshot::{SharedSnapshot, Snapshot};
+use crate::snapshot::{SharedSnapshot, SnapshotBuilder};
 use crate::status::{self, DoorStatus, QueueStatus, SnapshotStatus, StatusReport, StoreStatus, SyncStatus};
 use crate::store::{Lane, SnapshotSource, Store, StoreError};
 use crate::supervisor;
@@ -75,7 +75,7 @@ impl Agent {
     /// that cannot be used falls back to the last good copy, or to an empty snapshot (every card
     /// denied until the next sync), which is the fail-secure choice.
     pub fn start(config: Config) -> Result<Arc<Agent>, AgentError> {
-        let (store, starting) = Store::open_for_agent(
+        let (store, starting) = Store::open_for_agent::<SnapshotBuilder>(
             &config.store.path,
             config.store.cache_capacity_bytes(),
             STORE_WAIT,
@@ -84,7 +84,9 @@ impl Agent {
             // The cursor belongs to the snapshot that was lost: the next sync is a full one.
             let _ = store.meta_remove(crate::sync::CURSOR_KEY);
         }
-        let snapshot = Snapshot::with_shifts(starting.parts, config.shifts(), &config.sync.time_zone);
+        let snapshot = starting
+            .parts
+            .finish(Some(config.shifts()), &config.sync.time_zone);
         release_freed_memory();
         let sync_status = store
             .meta_get(status::SYNC_STATUS_KEY)

@@ -326,7 +326,7 @@ pub async fn sync_once(target: &SyncTarget, client: &Client) -> Result<(), SyncE
             .ok_or(SyncError::Stopped)??;
         let mut parts = match kind {
             SyncKind::Full => pulled,
-            SyncKind::Incremental { .. } => merge(current.parts(), pulled),
+            SyncKind::Incremental { .. } => merge(&current.to_parts(), pulled),
         };
         parts.shifts = target.shifts.clone();
         let store = Arc::clone(&target.store);

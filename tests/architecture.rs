@@ -12,11 +12,12 @@ const SRC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
 const ABOVE_AGENT: [&str; 2] = ["demo", "testing"];
 
 /// Pure logic: decided from arguments alone, unit-tested without hardware, disks or networks.
-const PURE: [&str; 8] = [
+const PURE: [&str; 9] = [
     "access.rs",
     "credential.rs",
     "door.rs",
     "snapshot.rs",
+    "snapshot/index.rs",
     "wiegand.rs",
     "uplink/policy.rs",
     "doorflow/error.rs",

@@ -15,6 +15,31 @@ pub struct RunningAgent {
     child: Child,
     log: Arc<Mutex<Vec<String>>>,
     mock_socket: PathBuf,
+    admin_socket: PathBuf,
+}
+
+/// A process's memory as the kernel reports it in `/proc/<pid>/status`, KiB.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Memory {
+    /// Resident set size now (`VmRSS`).
+    pub rss_kb: u64,
+    /// The highest resident set size so far (`VmHWM`).
+    pub hwm_kb: u64,
+}
+
+impl Memory {
+    /// Reads `/proc/<pid>/status`; `None` once the process is gone.
+    pub fn of(pid: u32) -> Option<Memory> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let field = |name: &str| -> Option<u64> {
+            let line = status.lines().find(|l| l.starts_with(name))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        };
+        Some(Memory {
+            rss_kb: field("VmRSS:")?,
+            hwm_kb: field("VmHWM:")?,
+        })
+    }
 }
 
 impl RunningAgent {
@@ -44,6 +69,7 @@ impl RunningAgent {
             child,
             log,
             mock_socket: config.gpio.mock_socket.clone(),
+            admin_socket: config.admin.socket.clone(),
         };
         let ready = agent.wait_until(Duration::from_secs(30), || {
             std::os::unix::net::UnixStream::connect(&agent.mock_socket).is_ok()
@@ -59,6 +85,38 @@ impl RunningAgent {
     /// One request to the mock GPIO control socket, its reply.
     pub fn control(&self, request: Value) -> Value {
         mock_control::control(&self.mock_socket, request)
+    }
+
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The agent's memory now (zeros once it has exited).
+    pub fn memory(&self) -> Memory {
+        Memory::of(self.pid()).unwrap_or_default()
+    }
+
+    /// `status` through the admin socket: the report's JSON object.
+    pub fn status(&self) -> Value {
+        let reply = mock_control::control(&self.admin_socket, serde_json::json!({"op": "status"}));
+        assert_eq!(reply["ok"], true, "status through the admin socket: {reply}");
+        reply["status"].clone()
+    }
+
+    /// Stops the agent with SIGTERM and waits for it (up to 30 s, then kills it).
+    pub fn stop(mut self) {
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let end = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < end {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Everything the agent has logged so far.
