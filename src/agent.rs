@@ -87,7 +87,7 @@ impl Agent {
         let snapshot = starting
             .parts
             .finish(Some(config.shifts()), &config.sync.time_zone);
-        release_freed_memory();
+        crate::memory::release_freed_memory();
         let sync_status = store
             .meta_get(status::SYNC_STATUS_KEY)
             .ok()
@@ -190,6 +190,13 @@ impl Agent {
             shifts: self.config.shifts(),
             time_zone: self.config.sync.time_zone.clone(),
             full_interval: jiff::SignedDuration::from_secs(self.config.sync.full_interval_s.get() as i64),
+            credentials_interval: jiff::SignedDuration::from_secs(
+                self.config.sync.credentials_interval_s.get() as i64,
+            ),
+            skip_pagination: self.config.sync.skip_pagination,
+            requests_per_minute: self.config.api.requests_per_minute.get() as u32,
+            retry_base: jiff::SignedDuration::from_millis(self.config.uplink.retry_base_ms.get() as i64),
+            retry_cap: jiff::SignedDuration::from_secs(self.config.uplink.retry_cap_s.get() as i64),
             status: Arc::clone(&self.sync_status),
             online: Arc::clone(&self.online),
             reachable: Arc::clone(&self.reachable),
@@ -213,16 +220,6 @@ impl admin::RunningAgent for Agent {
 
     fn audit_feed(&self) -> tokio::sync::broadcast::Receiver<AuditEvent> {
         self.audit_feed.subscribe()
-    }
-}
-
-/// Returns memory freed after a large load (JSON temporaries) to the OS, so the resident size
-/// reflects what the agent keeps rather than the peak of loading.
-pub fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free heap pages; it has no preconditions.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 

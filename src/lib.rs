@@ -13,6 +13,7 @@ pub mod door;
 pub mod door_task;
 pub mod doorflow;
 pub mod hw;
+pub mod memory;
 pub mod mutex;
 pub mod osdp;
 pub mod reader;

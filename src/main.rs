@@ -86,6 +86,7 @@ fn main() -> ExitCode {
             Err(error) => config_failure(&error),
         },
         Command::Run => {
+            doorflow_agent::memory::limit_arenas();
             telemetry::init();
             let config = match Config::load(&cli.config) {
                 Ok(config) => config,

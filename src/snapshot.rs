@@ -19,7 +19,7 @@ use jiff::tz::TimeZone;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Person {
@@ -574,7 +574,7 @@ impl SnapshotBuilder {
             })
             .collect();
         Snapshot {
-            synced_at: self.synced_at,
+            synced_at: Mutex::new(self.synced_at),
             people,
             credentials,
             small: self.small,
@@ -590,7 +590,9 @@ impl SnapshotBuilder {
 /// (see `index`): at 100,000 people and 130,000 credentials about 4 MB.
 #[derive(Debug)]
 pub struct Snapshot {
-    synced_at: Option<Timestamp>,
+    /// When DoorFlow last confirmed this snapshot: set when it is built, moved on by a sync that
+    /// found nothing changed.
+    synced_at: Mutex<Option<Timestamp>>,
     people: index::PeopleIndex,
     credentials: index::CredentialIndex,
     small: SmallLists,
@@ -628,7 +630,7 @@ impl Snapshot {
     pub fn to_parts(&self) -> SnapshotParts {
         let s = &self.small;
         SnapshotParts {
-            synced_at: self.synced_at,
+            synced_at: self.synced_at(),
             people: self.people().map(|p| p.to_person()).collect(),
             credentials: self.credentials().map(|c| c.to_credential()).collect(),
             credential_types: s.credential_types.clone(),
@@ -669,7 +671,12 @@ impl Snapshot {
     }
 
     pub fn synced_at(&self) -> Option<Timestamp> {
-        self.synced_at
+        *crate::mutex::lock(&self.synced_at)
+    }
+
+    /// DoorFlow confirmed the snapshot at `at` (a sync that found nothing to change).
+    pub fn mark_synced(&self, at: Timestamp) {
+        *crate::mutex::lock(&self.synced_at) = Some(at);
     }
 
     pub fn person(&self, id: u64) -> Option<PersonView<'_>> {

@@ -2,6 +2,10 @@
 //! running agent's memory (served over the admin socket) or, when the agent is stopped, from the
 //! store.
 
+mod progress;
+
+pub use progress::SyncProgress;
+
 use crate::config::Config;
 use crate::door::DoorMode;
 use crate::reader::ReaderStatus;
@@ -80,6 +84,9 @@ pub struct SyncStatus {
     /// When the last full reconcile succeeded.
     #[serde(default)]
     pub last_full: Option<Timestamp>,
+    /// The sync running now (null when none): which list, how far, the expected finish.
+    #[serde(default)]
+    pub progress: Option<SyncProgress>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -252,6 +259,9 @@ pub fn render(report: &StatusReport) -> String {
         "snapshot: {} people, {} credentials, {} roles, {} groups, {} channels; synced {synced}\n",
         s.people, s.credentials, s.roles, s.groups, s.channels
     ));
+    if let Some(progress) = &report.sync.progress {
+        out.push_str(&format!("sync in progress: {}\n", progress.summary()));
+    }
     if let Some(error) = &report.sync.last_error {
         out.push_str(&format!("last sync error: {error}\n"));
     }

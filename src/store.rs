@@ -542,6 +542,21 @@ impl Store {
         Ok(header)
     }
 
+    /// Marks the current snapshot as confirmed by DoorFlow at `synced_at` (nothing changed),
+    /// with `meta` (the sync cursor) in the same transaction. The last good copy is left as it
+    /// is: it holds the same records.
+    pub fn mark_synced(
+        &self,
+        synced_at: Timestamp,
+        meta: &[(&str, serde_json::Value)],
+    ) -> Result<(), StoreError> {
+        let meta: Vec<(&str, Vec<u8>)> = meta
+            .iter()
+            .map(|(k, v)| (*k, serde_json::to_vec(v).unwrap_or_default()))
+            .collect();
+        self.note_snapshot_write(self.snapshots.touch(synced_at, &meta))
+    }
+
     /// A small value kept with the snapshot (sync cursors and similar), JSON-encoded.
     pub fn meta_get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
         self.snapshots.meta_get(key)

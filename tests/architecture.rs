@@ -12,12 +12,14 @@ const SRC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
 const ABOVE_AGENT: [&str; 2] = ["demo", "testing"];
 
 /// Pure logic: decided from arguments alone, unit-tested without hardware, disks or networks.
-const PURE: [&str; 9] = [
+const PURE: [&str; 11] = [
     "access.rs",
     "credential.rs",
     "door.rs",
     "snapshot.rs",
     "snapshot/index.rs",
+    "sync/plan.rs",
+    "status/progress.rs",
     "wiegand.rs",
     "uplink/policy.rs",
     "doorflow/error.rs",

@@ -313,7 +313,7 @@ async fn decode<T: DeserializeOwned>(response: Response, operation: Operation) -
     })
 }
 
-fn transport(operation: Operation, error: &reqwest::Error) -> ApiError {
+pub(super) fn transport(operation: Operation, error: &reqwest::Error) -> ApiError {
     let text = format!("{error:?}");
     let kind = if error.is_timeout() {
         TransportKind::Timeout

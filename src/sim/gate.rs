@@ -89,12 +89,18 @@ fn checks(
 ) -> Result<(HeaderMap, Option<Fault>), Box<Response>> {
     let rate = rate_window(inner)?;
     authorise(inner, path, headers)?;
-    let queued = inner
+    let queued = match inner
         .faults
-        .iter()
-        .position(|(prefix, _)| path.starts_with(prefix.as_str()))
-        .and_then(|i| inner.faults.remove(i))
-        .map(|(_, fault)| fault);
+        .iter_mut()
+        .position(|(prefix, _, _)| path.starts_with(prefix.as_str()))
+    {
+        Some(i) if inner.faults[i].1 > 0 => {
+            inner.faults[i].1 -= 1;
+            None
+        }
+        Some(i) => inner.faults.remove(i).map(|(_, _, fault)| fault),
+        None => None,
+    };
     let fault = match queued {
         Some(fault) => Some(fault),
         None => inner.chaos.as_mut().and_then(|chaos| chaos.roll(path)),

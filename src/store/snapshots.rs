@@ -429,6 +429,31 @@ impl SnapshotDb {
         Ok(header)
     }
 
+    /// Marks the current snapshot as confirmed at `synced_at` (a sync that found nothing to
+    /// change) with `meta`, in one transaction; the records and the generation stay.
+    pub(super) fn touch(&self, synced_at: Timestamp, meta: &[(&str, Vec<u8>)]) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let current = self.current(&conn)?;
+        let tx = conn.transaction().map_err(|e| self.error(e))?;
+        if let Some((slot, mut header)) = current {
+            header.synced_at = Some(synced_at);
+            let bytes = serde_json::to_vec(&header.to_disk()).unwrap_or_default();
+            tx.execute(
+                "UPDATE slots SET header = ?2 WHERE slot = ?1",
+                params![slot, bytes],
+            )
+            .map_err(|e| self.error(e))?;
+        }
+        for (key, value) in meta {
+            tx.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+                params![key, value],
+            )
+            .map_err(|e| self.error(e))?;
+        }
+        tx.commit().map_err(|e| self.error(e))
+    }
+
     /// Deletes a staged slot that will not be committed.
     pub(super) fn abandon(&self, staged: Staged) -> Result<(), StoreError> {
         let conn = self.lock();
@@ -490,8 +515,8 @@ impl SnapshotDb {
 }
 
 /// A slot being filled by a sync; committed or abandoned (dropping it leaves the rows for the
-/// next open to delete).
-#[derive(Debug)]
+/// next open to delete). Copies name the same slot (the list parser stages on its own thread).
+#[derive(Debug, Clone)]
 pub struct Staged {
     slot: i64,
 }

@@ -1,0 +1,458 @@
+//! Pulling one list: page after page until the server's totals say it is complete (or all at
+//! once with `sync.skip_pagination`, paging as the fallback), each answer parsed as it arrives
+//! and its records staged in the store as they come, so neither a page nor the list is held in
+//! memory. A page that fails in a way that may pass (429, 408, 5xx, a broken connection, a
+//! truncated or malformed answer) is asked again after the wait — the server's, or a backoff —
+//! up to `PAGE_ATTEMPTS` times in a row; the pages already staged are kept, so a sync resumes
+//! where it stopped instead of starting again at page 1.
+
+use super::convert::ToRecord;
+use super::plan;
+use super::{SyncError, SyncTarget};
+use crate::doorflow::client::Client;
+use crate::doorflow::error::{ApiError, Operation};
+use crate::doorflow::paging::{Next, PageTotals, Pager};
+use crate::doorflow::stream::{each_item, ItemConsumer, StreamError};
+use crate::mutex::lock;
+use crate::snapshot::{Record, RecordKind, Snapshot};
+use crate::status::SyncProgress;
+use crate::store::{Staged, Store};
+use jiff::{SignedDuration, Timestamp};
+use reqwest::Method;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Failures in a row after which a page, and so the sync, is given up (the previous snapshot
+/// stays; the next sync starts again).
+pub const PAGE_ATTEMPTS: u32 = 5;
+/// Records per store transaction while staging.
+const BATCH: usize = 1000;
+/// Bytes an item of a list may take in an answer (a DoorFlow person with every field set is
+/// about 1 KiB): bounds what a broken or hostile server can make the agent read.
+const MAX_BYTES_PER_ITEM: u64 = 16 * 1024;
+/// A list answer whose size the server does not give (`skip_pagination` without `Total`).
+const MAX_UNCOUNTED_BYTES: u64 = 512 * 1024 * 1024;
+/// Journal lines about a running sync, at most this often.
+const LOG_EVERY: SignedDuration = SignedDuration::from_secs(30);
+/// A whole list in one answer may take longer than a page.
+const WHOLE_LIST_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// What a list is and how it is asked for.
+#[derive(Debug, Clone)]
+pub struct ListSpec {
+    pub kind: RecordKind,
+    pub operation: Operation,
+    pub path: &'static str,
+    /// Items per page asked; 0 for a list the API does not paginate (groups, roles).
+    pub per_page: u64,
+    pub query: Vec<(&'static str, String)>,
+}
+
+/// What to do with a list's records.
+#[derive(Clone)]
+pub enum Collect {
+    /// Stage every record (a list pulled in full).
+    Stage,
+    /// Stage only the records that differ from the doors' snapshot (a `since_utc` list).
+    Changed(Arc<Snapshot>),
+    /// Keep them in memory (a small list, compared with the snapshot before anything is
+    /// written).
+    Keep,
+}
+
+/// What a pull brought.
+#[derive(Debug, Default)]
+pub struct Pulled {
+    /// Items received (as the server listed them).
+    pub received: u64,
+    pub total: Option<u64>,
+    /// Records staged.
+    pub staged: u64,
+    /// The records of a `Keep` pull.
+    pub kept: Vec<Record>,
+    /// A fingerprint of the last credential listed (credential lists only).
+    pub last: Option<u32>,
+}
+
+/// Takes a list's records on the parser's thread: stages them in batches, or keeps them.
+struct ItemSink {
+    store: Arc<Store>,
+    staged: Staged,
+    collect: Collect,
+    batch: Vec<Record>,
+    kept: Vec<Record>,
+    staged_records: u64,
+    last: Option<u32>,
+    /// Items of the answer being read (shown by `status` while a long answer streams).
+    live: Arc<AtomicU64>,
+}
+
+impl ItemSink {
+    fn flush(&mut self) -> Result<(), String> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        self.store
+            .stage_records(&self.staged, &self.batch)
+            .map_err(|e| e.to_string())?;
+        self.batch.clear();
+        Ok(())
+    }
+
+    fn take(&mut self, record: Record) -> Result<(), String> {
+        self.live.fetch_add(1, Ordering::Relaxed);
+        if let Record::Credential(c) = &record {
+            self.last = Some(plan::fingerprint(
+                &c.id,
+                c.person_id,
+                c.credential_type_id,
+                &c.value,
+                c.status.as_deref(),
+            ));
+        }
+        let stage = match &self.collect {
+            Collect::Keep => {
+                self.kept.push(record);
+                return Ok(());
+            }
+            Collect::Stage => true,
+            Collect::Changed(snapshot) => differs(snapshot, &record),
+        };
+        if stage {
+            self.staged_records += 1;
+            self.batch.push(record);
+            if self.batch.len() >= BATCH {
+                self.flush()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<T: ToRecord> ItemConsumer<T> for ItemSink {
+    fn item(&mut self, item: T) -> Result<(), String> {
+        self.take(item.to_record())
+    }
+
+    fn end(&mut self) -> Result<(), String> {
+        self.flush()
+    }
+}
+
+/// Whether `record` changes what the doors' snapshot holds for its id.
+fn differs(snapshot: &Snapshot, record: &Record) -> bool {
+    match record {
+        Record::Person(person) => snapshot
+            .person(person.id)
+            .is_none_or(|held| !held.same_as(person)),
+        Record::GroupReservation(reservation) => !snapshot
+            .group_reservations_of(reservation.person_id)
+            .iter()
+            .any(|held| held == reservation),
+        _ => true,
+    }
+}
+
+/// Why a page failed, and whether it may pass if asked again.
+enum PageError {
+    Again {
+        error: ApiError,
+        wait: Option<Timestamp>,
+    },
+    Fatal(SyncError),
+}
+
+fn classify(error: StreamError) -> PageError {
+    let error = match error {
+        StreamError::Consumer(detail) => return PageError::Fatal(SyncError::Staging(detail)),
+        StreamError::Api(error) => error,
+    };
+    match &error {
+        ApiError::Status {
+            status: 408 | 429 | 500..=599,
+            retry_at,
+            ..
+        } => PageError::Again {
+            wait: *retry_at,
+            error,
+        },
+        ApiError::Transport { .. } | ApiError::Decode { .. } => PageError::Again { error, wait: None },
+        ApiError::Status { .. } => PageError::Fatal(SyncError::Api(error)),
+    }
+}
+
+/// A pull in progress: the client, where records go, and where progress is shown.
+pub struct Puller<'a> {
+    pub target: &'a SyncTarget,
+    pub client: &'a Client,
+    pub staged: &'a Staged,
+    /// When the journal last said how far the sync had got.
+    pub logged: Timestamp,
+}
+
+impl Puller<'_> {
+    /// Updates the sync's progress (shown by `status`) under its lock.
+    pub fn progress(&self, update: impl FnOnce(&mut SyncProgress)) {
+        let mut status = lock(&self.target.status);
+        if let Some(progress) = status.progress.as_mut() {
+            update(progress);
+            progress.estimate(Timestamp::now(), self.target.requests_per_minute);
+        }
+    }
+
+    /// Pulls `spec` in full (`later` requests are expected after it, for the estimate).
+    pub async fn pull<T: ToRecord>(
+        &mut self,
+        spec: &ListSpec,
+        collect: Collect,
+        later: u64,
+    ) -> Result<Pulled, SyncError> {
+        let paged = spec.per_page > 0;
+        let mut pager = Pager::new(spec.per_page.max(1));
+        let mut whole = paged && self.target.skip_pagination;
+        let live = Arc::new(AtomicU64::new(0));
+        let mut sink = ItemSink {
+            store: Arc::clone(&self.target.store),
+            staged: self.staged.clone(),
+            collect,
+            batch: Vec::with_capacity(BATCH),
+            kept: Vec::new(),
+            staged_records: 0,
+            last: None,
+            live: Arc::clone(&live),
+        };
+        self.progress(|p| {
+            p.list = spec.kind.as_str().to_string();
+            p.fetched = 0;
+            p.total = None;
+            p.pages_left = None;
+            p.later_requests = later;
+        });
+        let mut failures = 0;
+        while let Next::Page { page, per_page } = pager.next() {
+            let mut query = spec.query.clone();
+            if paged {
+                if whole {
+                    query.push(("skip_pagination", "true".into()));
+                } else {
+                    query.push(("page", page.to_string()));
+                }
+                query.push(("per_page", per_page.to_string()));
+            }
+            live.store(pager.received(), Ordering::Relaxed);
+            let answer = self.fetch::<T>(spec, &query, whole, per_page, sink).await;
+            sink = answer.0;
+            self.progress(|p| p.requests += 1);
+            let (items, totals) = match answer.1 {
+                Ok(answered) => answered,
+                Err(error) => {
+                    failures += 1;
+                    self.wait_to_retry(spec, error, failures).await?;
+                    // A server that cannot send the whole list at once is paged instead.
+                    whole = false;
+                    continue;
+                }
+            };
+            failures = 0;
+            if paged {
+                pager.answered(items, totals).map_err(|e| SyncError::Incomplete {
+                    list: spec.kind.as_str(),
+                    detail: e.to_string(),
+                })?;
+            } else {
+                break;
+            }
+            whole = false;
+            self.progress(|p| {
+                p.fetched = pager.received();
+                p.total = pager.total();
+                p.pages_left = pager.pages_left();
+            });
+            self.log_progress(false);
+        }
+        let received = if paged {
+            pager.received()
+        } else {
+            sink.kept.len() as u64 + sink.staged_records
+        };
+        let pulled = Pulled {
+            received,
+            total: pager.total(),
+            staged: sink.staged_records,
+            kept: sink.kept,
+            last: sink.last,
+        };
+        self.progress(|p| {
+            p.fetched = received;
+            p.pages_left = Some(0);
+        });
+        tracing::info!(
+            list = spec.kind.as_str(),
+            received,
+            total = ?pulled.total,
+            staged = pulled.staged,
+            pages = pager.pages(),
+            "sync: list pulled"
+        );
+        Ok(pulled)
+    }
+
+    /// One answer, parsed into `sink` as it arrives.
+    async fn fetch<T: ToRecord>(
+        &self,
+        spec: &ListSpec,
+        query: &[(&'static str, String)],
+        whole: bool,
+        per_page: u64,
+        sink: ItemSink,
+    ) -> (ItemSink, Result<(u64, PageTotals), StreamError>) {
+        let url = self.client.url(spec.path);
+        let response = self
+            .client
+            .request(spec.operation, Method::GET, &url, |r| {
+                let r = r.query(query);
+                if whole {
+                    r.timeout(WHOLE_LIST_TIMEOUT)
+                } else {
+                    r
+                }
+            })
+            .await;
+        let response = match response {
+            Ok(response) => response,
+            Err(error) => return (sink, Err(StreamError::Api(error))),
+        };
+        let totals = PageTotals::from_headers(response.headers());
+        let limit = match (whole, totals.total) {
+            (true, Some(total)) => total.max(1) * MAX_BYTES_PER_ITEM + 64 * 1024,
+            (true, None) => MAX_UNCOUNTED_BYTES,
+            (false, _) if spec.per_page == 0 => 2_000 * MAX_BYTES_PER_ITEM,
+            (false, _) => per_page * MAX_BYTES_PER_ITEM + 64 * 1024,
+        };
+        let (sink, items) = each_item::<T, _>(response, spec.operation, limit, sink).await;
+        (sink, items.map(|items| (items, totals)))
+    }
+
+    /// Waits before a page is asked again, or gives up: not a failure that may pass, or
+    /// `PAGE_ATTEMPTS` in a row. 429s hold every caller in the client's budget as well.
+    async fn wait_to_retry(
+        &self,
+        spec: &ListSpec,
+        error: StreamError,
+        failures: u32,
+    ) -> Result<(), SyncError> {
+        let (error, server_wait) = match classify(error) {
+            PageError::Fatal(error) => return Err(error),
+            PageError::Again { error, wait } => (error, wait),
+        };
+        if failures >= PAGE_ATTEMPTS {
+            tracing::warn!(list = spec.kind.as_str(), failures, %error, "sync: giving up on the page");
+            return Err(SyncError::Api(error));
+        }
+        let now = Timestamp::now();
+        let backoff = self.target.backoff(failures);
+        let until = match server_wait {
+            Some(at) if at > now + backoff => at,
+            _ => now + backoff,
+        };
+        tracing::info!(
+            list = spec.kind.as_str(),
+            attempt = failures + 1,
+            until = %until,
+            %error,
+            "sync: page failed; asking again after the wait, pages already fetched are kept"
+        );
+        let why = error.to_string();
+        self.progress(|p| {
+            p.waiting_until = Some(until);
+            p.waiting_for = Some(why);
+        });
+        let wait = until.duration_since(Timestamp::now());
+        if wait.is_positive() {
+            tokio::time::sleep(wait.unsigned_abs()).await;
+        }
+        self.progress(|p| {
+            p.waiting_until = None;
+            p.waiting_for = None;
+        });
+        Ok(())
+    }
+
+    /// Logs how far the sync has got, at most every `LOG_EVERY` (or now when `force`).
+    pub fn log_progress(&mut self, force: bool) {
+        let now = Timestamp::now();
+        if !force && now.duration_since(self.logged) < LOG_EVERY {
+            return;
+        }
+        self.logged = now;
+        let progress = lock(&self.target.status).progress.clone();
+        if let Some(progress) = progress {
+            tracing::info!(
+                list = %progress.list,
+                fetched = progress.fetched,
+                total = ?progress.total,
+                requests_left = ?progress.pages_left.map(|p| p + progress.later_requests),
+                expected_finish = ?progress.expected_finish.map(|t| t.to_string()),
+                "{}",
+                progress.summary()
+            );
+        }
+    }
+}
+
+/// The one credential at `position` of the list (`per_page=1`): the server's total and that
+/// credential's fingerprint (`None` when the list is shorter).
+pub async fn probe_credentials(
+    puller: &mut Puller<'_>,
+    position: u64,
+) -> Result<(Option<u64>, Option<u32>), SyncError> {
+    let spec = ListSpec {
+        kind: RecordKind::Credentials,
+        operation: Operation::ListCredentials,
+        path: "/api/3/credentials",
+        per_page: 1,
+        query: Vec::new(),
+    };
+    let query = vec![("page", position.to_string()), ("per_page", "1".to_string())];
+    let mut failures = 0;
+    let mut sink = ItemSink {
+        store: Arc::clone(&puller.target.store),
+        staged: puller.staged.clone(),
+        collect: Collect::Keep,
+        batch: Vec::new(),
+        kept: Vec::new(),
+        staged_records: 0,
+        last: None,
+        live: Arc::new(AtomicU64::new(0)),
+    };
+    loop {
+        sink.last = None;
+        sink.kept.clear();
+        let answer = puller
+            .fetch::<crate::doorflow::models::Credential>(&spec, &query, false, 1, sink)
+            .await;
+        sink = answer.0;
+        puller.progress(|p| p.requests += 1);
+        match answer.1 {
+            Ok((_, totals)) => return Ok((totals.total, sink.last)),
+            Err(error) => {
+                failures += 1;
+                puller.wait_to_retry(&spec, error, failures).await?;
+            }
+        }
+    }
+}
+
+impl SyncTarget {
+    /// The wait before the `failures`th retry of a page: `retry_base` doubling up to
+    /// `retry_cap`, the upper half of it at random (so boards sharing an account spread out).
+    pub fn backoff(&self, failures: u32) -> SignedDuration {
+        let ceiling = self
+            .retry_base
+            .saturating_mul(1i32 << failures.min(20).saturating_sub(1))
+            .min(self.retry_cap);
+        let half = ceiling.as_secs_f64() / 2.0;
+        SignedDuration::from_secs_f64(half + half * fastrand::f64())
+    }
+}
