@@ -15,7 +15,7 @@
 use doorflow_agent::config::values::Ranged;
 use doorflow_agent::sim::{SimConfig, Simulator};
 use doorflow_agent::testing::config::{demo_config, without_osdp_doors};
-use doorflow_agent::testing::process::{Memory, RunningAgent};
+use doorflow_agent::testing::process::{resident_by_mapping, Memory, RunningAgent};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -135,6 +135,23 @@ fn measure(runtime: &tokio::runtime::Runtime, people: u64, syncs: u64, rate: u32
         "{people} people offline: VmRSS {} 5 s after start, VmHWM {}",
         mb(offline.rss_kb),
         mb(offline.hwm_kb)
+    );
+    let index = agent
+        .log_lines_with(&["ready:"])
+        .first()
+        .and_then(|line| line.split("index_bytes=").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    let places: Vec<String> = resident_by_mapping(agent.pid())
+        .into_iter()
+        .take(6)
+        .map(|(name, kb)| format!("{name} {}", mb(kb)))
+        .collect();
+    println!(
+        "{people} people offline, where it is: {} (of which the snapshot's people and credential index: {})",
+        places.join(", "),
+        mb(index / 1024)
     );
     agent.stop();
 }

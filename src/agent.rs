@@ -302,6 +302,7 @@ pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Res
             .map(|t| t.to_string())
             .unwrap_or_else(|| "never".into()),
         doors = agent.config.doors.len(),
+        index_bytes = snapshot.index_bytes(),
         "ready: snapshot loaded, swipes are decided locally"
     );
     supervisor::notify_ready(&format!(

@@ -236,7 +236,10 @@ impl SnapshotDb {
         };
         sink.synced_at(header.synced_at);
         let mut source = SlotSource::new(&conn, slot, &self.path)?;
-        let report = format::read_records(&mut source, sink)?;
+        let report = format::read_records(&mut source, sink);
+        drop(source);
+        release_cache(&conn);
+        let report = report?;
         if report.found != header.counts {
             return Err(StoreError::Corrupt {
                 path: self.path.clone(),
@@ -281,7 +284,10 @@ impl SnapshotDb {
             return Ok(None);
         };
         let mut source = SlotSource::new(&conn, slot, &self.path)?;
-        write(&header, &mut source)?;
+        let written = write(&header, &mut source);
+        drop(source);
+        release_cache(&conn);
+        written?;
         Ok(Some(header))
     }
 
@@ -426,6 +432,7 @@ impl SnapshotDb {
                 tracing::warn!(%error, "the previous snapshot's records were not deleted yet");
             }
         }
+        release_cache(&conn);
         Ok(header)
     }
 
@@ -528,6 +535,12 @@ fn count(conn: &Connection, slot: i64, kind: RecordKind) -> rusqlite::Result<u64
         |r| r.get::<_, i64>(0),
     )
     .map(|n| n as u64)
+}
+
+/// Hands the pages SQLite cached while a whole snapshot went through back to the allocator:
+/// the cache is for the sync's work, and between syncs nothing reads the database.
+fn release_cache(conn: &Connection) {
+    let _ = conn.execute_batch("PRAGMA shrink_memory");
 }
 
 fn delete_slot(conn: &Connection, slot: i64) -> rusqlite::Result<()> {

@@ -507,6 +507,7 @@ async fn commit(
         Ok(builder.finish(Some(shifts), &zone))
     })
     .await?;
+    let index_bytes = snapshot.index_bytes();
     target.snapshot.replace(Arc::new(snapshot));
     crate::memory::release_freed_memory();
     tracing::info!(
@@ -514,6 +515,7 @@ async fn commit(
         generation = header.generation,
         people = header.counts.people,
         credentials = header.counts.credentials,
+        index_bytes,
         "sync complete; new snapshot in force"
     );
     Ok(outcome)

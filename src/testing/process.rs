@@ -27,6 +27,33 @@ pub struct Memory {
     pub hwm_kb: u64,
 }
 
+/// Resident memory of a process by where it lives (`/proc/<pid>/smaps`), KiB, largest first:
+/// the executable's own pages, each shared library, `[heap]`, `[stack]`, and anonymous
+/// mappings (thread stacks, malloc arenas, large allocations).
+pub fn resident_by_mapping(pid: u32) -> Vec<(String, u64)> {
+    let Ok(smaps) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else {
+        return Vec::new();
+    };
+    let mut by_name: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    let mut name = String::new();
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or("");
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            name = match words.nth(4) {
+                Some(path) => path.rsplit('/').next().unwrap_or(path).to_string(),
+                None => "anonymous".to_string(),
+            };
+        } else if first == "Rss:" {
+            let kb: u64 = words.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            *by_name.entry(name.clone()).or_default() += kb;
+        }
+    }
+    let mut sorted: Vec<(String, u64)> = by_name.into_iter().filter(|(_, kb)| *kb > 0).collect();
+    sorted.sort_by(|a, b| b.1.cmp(&a.1));
+    sorted
+}
+
 impl Memory {
     /// Reads `/proc/<pid>/status`; `None` once the process is gone.
     pub fn of(pid: u32) -> Option<Memory> {
