@@ -37,7 +37,8 @@ async fn measure(config: &Config, flood: bool) -> Vec<u64> {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(&dir.path().join("db"), 8 << 20).unwrap());
     let mut uplink = config.uplink.clone();
-    uplink.events_url = Some("https://sink.example/events".into());
+    uplink.events_url =
+        Some(doorflow_agent::config::ServiceUrl::parse("https://sink.example/events").unwrap());
     let (audit_tx, audit_rx) = tokio::sync::mpsc::unbounded_channel::<AuditEvent>();
     let (feed, mut durable) = tokio::sync::broadcast::channel(1 << 16);
     let stopping = tokio_util::sync::CancellationToken::new();

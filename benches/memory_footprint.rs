@@ -127,7 +127,7 @@ fn measure(runtime: &tokio::runtime::Runtime, people: u64, syncs: u64, rate: u32
     agent.stop();
 
     // Offline: the same store, DoorFlow unreachable (nothing listens on port 9).
-    config.api.base_url = "http://127.0.0.1:9".into();
+    config.api.base_url = doorflow_agent::config::ServiceUrl::parse("http://127.0.0.1:9").unwrap();
     let agent = RunningAgent::start(BINARY, &config, dir.path());
     std::thread::sleep(Duration::from_secs(5));
     let offline: Memory = agent.memory();

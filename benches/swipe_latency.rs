@@ -1,7 +1,9 @@
 //! Swipe latency on the mock backend with 100,000 cached credentials: from the frame's end
 //! (last edge + frame gap) and from the frame reaching the decision, to the relay write.
-//! Measured twice: on an idle agent, and while a full sync of 10,000 people runs in a loop and
-//! the uplink drains 10,000 queued events to the simulator, all on the same two runtime workers.
+//! Measured twice: on an idle agent, and while full syncs of 100,000 people (130,000
+//! credentials: pages streamed into the store, the snapshot rebuilt and swapped) run back to
+//! back and the uplink drains 10,000 queued events to the simulator, all on the same two
+//! runtime workers.
 //! Run: `cargo bench --bench swipe_latency`. Prints p50/p99/max; asserts nothing.
 
 use doorflow_agent::agent::{self, Agent};
@@ -22,6 +24,8 @@ use std::time::Duration;
 
 const CREDENTIALS: u64 = 100_000;
 const SWIPES: usize = 1_000;
+/// People the background agent syncs in full, back to back.
+const BACKGROUND_PEOPLE: u64 = 100_000;
 
 fn snapshot() -> Snapshot {
     Snapshot::new(SnapshotParts::synthetic(CREDENTIALS), "UTC")
@@ -90,8 +94,8 @@ fn main() {
     });
 }
 
-/// A second agent that keeps syncing 10,000 people and draining 10,000 queued events to a
-/// simulator without a rate limit: the heaviest sync and uplink work the runtime can see.
+/// A second agent that keeps syncing 100,000 people in full and draining 10,000 queued events
+/// to a simulator without a rate limit: the heaviest sync and uplink work the runtime can see.
 struct Background {
     sim: Simulator,
     agent: Arc<Agent>,
@@ -102,7 +106,7 @@ struct Background {
 impl Background {
     async fn start() -> Background {
         let sim = Simulator::start(SimConfig {
-            people: 10_000,
+            people: BACKGROUND_PEOPLE,
             requests_per_window: u32::MAX,
             ..Default::default()
         })
@@ -116,14 +120,14 @@ impl Background {
         // And a sync running back to back on top.
         let syncs = Arc::new(AtomicU64::new(0));
         let client = Client::new(&agent.config.api, Arc::clone(&agent.budget)).unwrap();
+        let mut target = agent.sync_target(Default::default());
+        // Every sync a full one: the heaviest (all pages, a snapshot rebuilt and swapped).
+        target.full_interval = jiff::SignedDuration::ZERO;
         tokio::spawn({
-            let (agent, syncs) = (Arc::clone(&agent), Arc::clone(&syncs));
+            let syncs = Arc::clone(&syncs);
             async move {
                 loop {
-                    if sync::sync_once(&agent.sync_target(Default::default()), &client)
-                        .await
-                        .is_ok()
-                    {
+                    if sync::sync_once(&target, &client).await.is_ok() {
                         syncs.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -139,7 +143,7 @@ impl Background {
 
     fn report(&self) {
         println!(
-            "background during the loaded run: {} full syncs of 10,000 people, {} events delivered, {} still queued",
+            "background during the loaded run: {} full syncs of {BACKGROUND_PEOPLE} people, {} events delivered, {} still queued",
             self.syncs.load(Ordering::Relaxed),
             self.sim.received_events().len(),
             self.agent.store.outbox_stats().unwrap().pending

@@ -11,6 +11,7 @@
 use doorflow_agent::agent::{self, Agent};
 use doorflow_agent::audit::AuditEvent;
 use doorflow_agent::audit_writer;
+use doorflow_agent::config::ServiceUrl;
 use doorflow_agent::sim::{SimConfig, Simulator};
 use doorflow_agent::store::{Capacity, Store};
 use doorflow_agent::testing::config::bench_config;
@@ -23,7 +24,7 @@ fn enqueue_rate() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("db"), 8 << 20).unwrap();
     let uplink = doorflow_agent::config::UplinkConfig {
-        events_url: Some("https://sink.example/events".into()),
+        events_url: Some(ServiceUrl::parse("https://sink.example/events").unwrap()),
         ..Default::default()
     };
     let capacity = Capacity::from_config(&uplink);
@@ -49,7 +50,7 @@ async fn writer_burst() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(&dir.path().join("db"), 8 << 20).unwrap());
     let uplink = doorflow_agent::config::UplinkConfig {
-        events_url: Some("https://sink.example/events".into()),
+        events_url: Some(doorflow_agent::config::ServiceUrl::parse("https://sink.example/events").unwrap()),
         ..Default::default()
     };
     let (events, received) = tokio::sync::mpsc::unbounded_channel();

@@ -5,9 +5,10 @@
 use crate::admin;
 use crate::audit::AuditEvent;
 use crate::audit_writer;
+use crate::clock::trusted::TimeKeeper;
 use crate::config::Config;
 use crate::door_task::{DoorState, DoorTask};
-use crate::doorflow::client::{self, Client};
+use crate::doorflow::client::Client;
 use crate::doorflow::ratelimit::RateBudget;
 use crate::hw;
 use crate::osdp;
@@ -18,7 +19,6 @@ use crate::supervisor;
 use crate::sync;
 use crate::uplink::policy::RetryPolicy;
 use crate::uplink::{LaneDrain, UplinkStatus, Wakeups};
-use jiff::Timestamp;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -67,6 +67,8 @@ pub struct Agent {
     pub uplink: Arc<UplinkStatus>,
     /// Every audit event once it is durable (for the demo and live views).
     pub audit_feed: tokio::sync::broadcast::Sender<AuditEvent>,
+    /// The trusted-time floor (from DoorFlow's `Date`) and the clock's health.
+    pub clock: Arc<TimeKeeper>,
 }
 
 impl Agent {
@@ -93,6 +95,9 @@ impl Agent {
             .ok()
             .flatten()
             .unwrap_or_default();
+        let clock = Arc::new(TimeKeeper::new(
+            store.meta_get(crate::clock::trusted::ANCHOR_KEY).ok().flatten(),
+        ));
         let doors = config
             .doors
             .iter()
@@ -111,6 +116,7 @@ impl Agent {
             ))),
             uplink: Arc::new(UplinkStatus::default()),
             audit_feed: tokio::sync::broadcast::channel(4096).0,
+            clock,
             config,
         }))
     }
@@ -120,7 +126,7 @@ impl Agent {
         let snapshot = self.snapshot.current();
         let counts = snapshot.counts();
         let generation = self.store.snapshot_header().ok().flatten().map(|h| h.generation);
-        let now = Timestamp::now();
+        let now = self.clock.rules_time();
         StatusReport {
             version: env!("CARGO_PKG_VERSION").to_string(),
             agent_running: true,
@@ -128,6 +134,7 @@ impl Agent {
             snapshot: SnapshotStatus::new(generation, &counts, snapshot.synced_at()),
             sync: lock(&self.sync_status).clone(),
             queue: self.queue_status(),
+            clock: self.clock.status(&crate::clock::Now::read_raw()),
             doors: self
                 .config
                 .doors
@@ -152,6 +159,11 @@ impl Agent {
                         .into(),
                         mode: status::door_mode(&snapshot, door.channel_id, now).into(),
                         reader: state.reader,
+                        inputs: if state.inputs_failed {
+                            status::INPUTS_FAULT.into()
+                        } else {
+                            "ok".into()
+                        },
                     }
                 })
                 .collect(),
@@ -200,6 +212,7 @@ impl Agent {
             status: Arc::clone(&self.sync_status),
             online: Arc::clone(&self.online),
             reachable: Arc::clone(&self.reachable),
+            clock: Arc::clone(&self.clock),
             stop,
         }
     }
@@ -268,6 +281,14 @@ pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Res
     aborts.push(
         tasks
             .spawn(supervisor::run_watchdog(liveness, stop.clone()))
+            .abort_handle(),
+    );
+    // Watches the wall clock for steps and for loss of synchronisation (journal, `status`).
+    let clock_watch = crate::clock::watch(Arc::clone(&agent.clock));
+    let stopping = stop.clone();
+    aborts.push(
+        tasks
+            .spawn(async move { stopping.run_until_cancelled(clock_watch).await })
             .abort_handle(),
     );
     let doorflow = doorflow_client(&agent);
@@ -343,7 +364,7 @@ pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Res
 /// offline on its stored snapshot and says why.
 fn doorflow_client(agent: &Arc<Agent>) -> Option<Arc<Client>> {
     match Client::new(&agent.config.api, Arc::clone(&agent.budget)) {
-        Ok(client) => Some(Arc::new(client)),
+        Ok(client) => Some(Arc::new(client.with_clock(Arc::clone(&agent.clock)))),
         Err(error) => {
             tracing::error!(%error, "DoorFlow client not available; running offline on the stored snapshot");
             None
@@ -355,9 +376,9 @@ fn doorflow_client(agent: &Arc<Agent>) -> Option<Arc<Client>> {
 /// limit), its own budget otherwise.
 fn sink_client(agent: &Arc<Agent>) -> Option<Arc<Client>> {
     let uplink = &agent.config.uplink;
-    let url = uplink.events_url.as_deref()?;
+    let url = uplink.events_url.as_ref()?;
     let api = &agent.config.api;
-    let same_server = client::origin(url) == client::origin(&api.base_url);
+    let same_server = url.origin() == api.base_url.origin();
     let budget = if same_server {
         Arc::clone(&agent.budget)
     } else {
@@ -395,6 +416,7 @@ fn uplink_lanes(
             },
             heartbeat,
             online: Arc::clone(&agent.online),
+            clock: Arc::clone(&agent.clock),
         })
         .collect()
 }
@@ -442,7 +464,8 @@ fn start_doors(
             Arc::clone(&agent.doors[index]),
             audit.clone(),
         )
-        .with_heartbeat(heartbeat);
+        .with_heartbeat(heartbeat)
+        .with_clock(Arc::clone(&agent.clock));
         if let Some(link) = osdp.take_link(index) {
             task = task.with_reader(link);
         }

@@ -61,8 +61,8 @@ impl AuditEvent {
             33 => "Door held open",
             34 => "Reader offline",
             35 => "Reader back online",
-            90 => "Reader tamper",
-            91 => "Reader tamper cleared",
+            90 => "Tamper or input failure",
+            91 => "Tamper or input failure cleared",
             _ => "Door event",
         };
         format!("{what} at {} ({})", self.door, self.reason)
@@ -77,7 +77,7 @@ impl AuditEvent {
             20..=29 => "access denied",
             _ => "door event",
         };
-        let warning = matches!(self.event_code, 20..=29 | 32..=34 | 90 | 91);
+        let warning = matches!(self.event_code, 20..=29 | 32..=34 | 90);
         macro_rules! emit {
             ($level:ident) => {
                 tracing::$level!(

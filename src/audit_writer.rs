@@ -41,8 +41,10 @@ pub fn calls_for(event: &AuditEvent, uplink: &UplinkConfig, now: Timestamp) -> V
         id: new_call_id(),
         call,
         created_at: now,
+        created_boot: Some(crate::clock::BootInstant::now()),
         attempts: 0,
         next_attempt_at: None,
+        next_attempt_boot: None,
         last_error: None,
         hold: None,
     };
@@ -231,7 +233,7 @@ mod tests {
     #[test]
     fn a_granted_admit_becomes_an_admit_and_an_event() {
         let uplink = UplinkConfig {
-            events_url: Some("https://sink.example".into()),
+            events_url: Some(crate::config::ServiceUrl::parse("https://sink.example").unwrap()),
             ..Default::default()
         };
         let calls = calls_for(&event(true), &uplink, Timestamp::now());

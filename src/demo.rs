@@ -128,8 +128,10 @@ async fn scenario(config: Config, timeline: Timeline) -> Result<(), String> {
         format!("simulator listening on {} (200 people)", sim.base_url()),
     );
     let mut config = config;
-    config.api.base_url = sim.base_url().to_string();
-    config.uplink.events_url = Some(format!("{}/events", sim.base_url()));
+    config.api.base_url = crate::config::ServiceUrl::parse(sim.base_url()).map_err(|e| e.to_string())?;
+    config.uplink.events_url = Some(
+        crate::config::ServiceUrl::parse(&format!("{}/events", sim.base_url())).map_err(|e| e.to_string())?,
+    );
     if let Some(crate::config::SecretSource::File(path)) = &config.api.auth.api_key {
         crate::secrets::write_atomic(path, &crate::secrets::Secret::new("sim-api-key"))
             .map_err(|e| e.to_string())?;

@@ -48,6 +48,11 @@ pub enum DoorEvent {
     ForcedOpen,
     /// 33: open longer than `held_open_s`.
     HeldOpen,
+    /// 90 (DoorFlow's tamper range): the door's input lines failed; its reader is deaf until
+    /// they are requested again.
+    LinesFault,
+    /// 91: the input lines answer again.
+    LinesRestored,
 }
 
 impl DoorEvent {
@@ -58,6 +63,8 @@ impl DoorEvent {
             DoorEvent::DoorNormal => 31,
             DoorEvent::ForcedOpen => 32,
             DoorEvent::HeldOpen => 33,
+            DoorEvent::LinesFault => 90,
+            DoorEvent::LinesRestored => 91,
         }
     }
 
@@ -69,6 +76,8 @@ impl DoorEvent {
             DoorEvent::DoorNormal => "door_normal",
             DoorEvent::ForcedOpen => "forced_open",
             DoorEvent::HeldOpen => "held_open",
+            DoorEvent::LinesFault => "reader_fault",
+            DoorEvent::LinesRestored => "reader_restored",
         }
     }
 }
@@ -152,13 +161,17 @@ pub struct DoorMachine {
 }
 
 impl DoorMachine {
+    /// The relay state a door starts in (locked) until a grant, REX or the channel's mode says
+    /// otherwise; backends request the relay line holding it.
+    pub const STARTS_RELEASED: bool = false;
+
     /// `contact_open` / `rex_pressed`: the inputs' levels at start, `None` when not wired.
     pub fn new(timing: DoorTiming, contact_open: Option<bool>, rex_pressed: Option<bool>) -> Self {
         DoorMachine {
             timing,
             mode: DoorMode::Normal,
             released_until: None,
-            relay_released: false,
+            relay_released: Self::STARTS_RELEASED,
             contact: contact_open.map(|open| Debounced::new(open, timing.contact_debounce_ns)),
             rex: rex_pressed.map(|pressed| Debounced::new(pressed, timing.rex_debounce_ns)),
             // A door already open at start is not an alarm: we did not see it being forced.

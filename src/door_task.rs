@@ -8,6 +8,7 @@
 
 use crate::access::{decide, DoorPolicy, Reason};
 use crate::audit::{new_event_id, AuditEvent};
+use crate::clock::trusted::TimeKeeper;
 use crate::config::DoorConfig;
 use crate::credential::{mask, CardFormat, Presented};
 use crate::door::{DoorEvent, DoorMachine, DoorMode, Effects};
@@ -18,7 +19,6 @@ use crate::reader::{FeedbackSink, ReaderAlarm, ReaderInput, ReaderLink, ReaderSt
 use crate::snapshot::{CredentialKind, SharedSnapshot};
 use crate::supervisor::Heartbeat;
 use crate::wiegand::{self, Edge, EdgeKind, FrameOutcome, PinEntry, WiegandDecoder, WiegandLine};
-use jiff::Timestamp;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -49,15 +49,18 @@ pub struct DoorState {
     pub contact_open: Option<bool>,
     /// The reader's link, kept up to date by its port thread (OSDP).
     pub reader: ReaderStatus,
+    /// The door's GPIO input lines failed and are being requested again.
+    pub inputs_failed: bool,
 }
 
 impl DoorState {
     /// A door at start: locked, contact closed (when wired), reader not yet heard from.
     pub fn new(door: &DoorConfig) -> DoorState {
         DoorState {
-            relay_released: false,
+            relay_released: DoorMachine::STARTS_RELEASED,
             contact_open: door.contact.as_ref().map(|_| false),
             reader: door.reader.initial_status(true),
+            inputs_failed: false,
         }
     }
 }
@@ -77,10 +80,14 @@ pub struct DoorTask {
     audit: mpsc::UnboundedSender<AuditEvent>,
     timings: Option<mpsc::UnboundedSender<SwipeTiming>>,
     heartbeat: Option<Heartbeat>,
+    /// Wall time for rules and event times, never below DoorFlow's last `Date`.
+    clock: Arc<TimeKeeper>,
     relay_failed: bool,
     /// Inputs and feedback of a non-GPIO reader (OSDP).
     reader_inputs: Option<mpsc::Receiver<ReaderInput>>,
     feedback: Option<Box<dyn FeedbackSink>>,
+    /// The door's GPIO input lines failed and are being requested again.
+    inputs_failed: bool,
 }
 
 impl DoorTask {
@@ -115,9 +122,11 @@ impl DoorTask {
             audit,
             timings: None,
             heartbeat: None,
+            clock: Arc::default(),
             relay_failed: false,
             reader_inputs: None,
             feedback: None,
+            inputs_failed: false,
         }
     }
 
@@ -141,8 +150,18 @@ impl DoorTask {
         self
     }
 
+    /// Decides validity windows and shifts with the agent's trusted time (never earlier than
+    /// DoorFlow's last `Date`), not the bare wall clock.
+    pub fn with_clock(mut self, clock: Arc<TimeKeeper>) -> DoorTask {
+        self.clock = clock;
+        self
+    }
+
     /// Runs until `stop` is cancelled, then leaves the relay in the configured fail state.
     pub async fn run(mut self, stop: CancellationToken) {
+        // The door machine's starting state, written by the door itself whatever the line was
+        // requested with: the fail state is only for stopping.
+        self.drive_relay(Some(self.machine.relay_released()));
         self.apply_mode(monotonic_ns());
         self.publish_state();
         let mut mode_check = tokio::time::interval(MODE_CHECK);
@@ -227,7 +246,28 @@ impl DoorTask {
                 let effects = self.machine.rex_level(event.active, now);
                 self.apply(effects);
             }
+            DoorInput::EdgesLost => self.decoder.edges_lost(),
+            DoorInput::LinesFault => self.on_inputs_fault(event.active),
         }
+    }
+
+    /// The backend lost the door's input lines (`failed`) or has them back: a door fault event
+    /// and `status` say so; the backend requests the lines again by itself.
+    fn on_inputs_fault(&mut self, failed: bool) {
+        if failed == self.inputs_failed {
+            return;
+        }
+        self.inputs_failed = failed;
+        lock(&self.state).inputs_failed = failed;
+        // The relay's line may have gone with the inputs' chip: writing its state again lets
+        // the backend request it again (and drop a stale request meanwhile).
+        self.drive_relay(Some(self.machine.relay_released()));
+        let event = if failed {
+            DoorEvent::LinesFault
+        } else {
+            DoorEvent::LinesRestored
+        };
+        self.emit_door_events(&[event]);
     }
 
     fn on_tick(&mut self, now: u64) {
@@ -317,7 +357,7 @@ impl DoorTask {
     fn on_presented(&mut self, presented: Presented, last_edge_ns: u64) {
         let frame_seen_ns = monotonic_ns();
         let snapshot = self.snapshot.current();
-        let decision = decide(&snapshot, &self.policy, &presented, Timestamp::now());
+        let decision = decide(&snapshot, &self.policy, &presented, self.clock.rules_time());
         let decided_ns = monotonic_ns();
         let mut relay_ns = None;
         if decision.granted {
@@ -362,7 +402,7 @@ impl DoorTask {
                 CredentialKind::Pin => mask(""),
                 _ => mask(&decision.value),
             }),
-            created_at: Timestamp::now(),
+            created_at: self.clock.rules_time(),
             admit: decision.granted && self.admit_via_api && decision.person_id.is_some(),
         };
         self.send_audit(event);
@@ -408,7 +448,7 @@ impl DoorTask {
             channel_id: self.policy.channel_id,
             person_id: None,
             credential: None,
-            created_at: Timestamp::now(),
+            created_at: self.clock.rules_time(),
             admit: false,
         });
     }
@@ -428,7 +468,7 @@ impl DoorTask {
         let mode = DoorMode::from(
             self.snapshot
                 .current()
-                .channel_state(self.policy.channel_id, Timestamp::now()),
+                .channel_state(self.policy.channel_id, self.clock.rules_time()),
         );
         if mode != self.machine.mode() {
             tracing::info!(door = %self.name, ?mode, "door mode changed");

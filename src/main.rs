@@ -77,10 +77,19 @@ enum QueueAction {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig => match Config::load(&cli.config) {
-            Ok(config) => {
+        Command::CheckConfig => match Config::load(&cli.config).and_then(|config| {
+            let unchecked = check_gpio_lines(&cli.config, &config)?;
+            Ok((config, unchecked))
+        }) {
+            Ok((config, unchecked)) => {
                 println!("{}: ok", cli.config.display());
                 println!("{}", config.summary());
+                if !unchecked.is_empty() {
+                    println!(
+                        "GPIO line offsets not checked against {} (not present here)",
+                        unchecked.join(", ")
+                    );
+                }
                 ExitCode::SUCCESS
             }
             Err(error) => config_failure(&error),
@@ -142,6 +151,28 @@ fn main() -> ExitCode {
             Ok(config) => queue_command(&config, action),
             Err(error) => config_failure(&error),
         },
+    }
+}
+
+/// With the gpiod backend, checks every line offset against its chip when the chip is present
+/// (as `run` would refuse it), naming the key and its line in the file. Returns the chips that
+/// are not present, whose offsets could not be checked.
+fn check_gpio_lines(path: &std::path::Path, config: &Config) -> Result<Vec<String>, ConfigError> {
+    if config.gpio.backend != doorflow_agent::config::GpioBackend::Gpiod {
+        return Ok(Vec::new());
+    }
+    let (problem, unchecked) = doorflow_agent::hw::chardev::check_offsets(config);
+    match problem {
+        None => Ok(unchecked),
+        Some((key, message)) => {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            Err(ConfigError::Invalid {
+                path: path.display().to_string(),
+                line: doorflow_agent::config::line_of_key(&text, &key),
+                key,
+                message,
+            })
+        }
     }
 }
 

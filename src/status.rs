@@ -6,6 +6,8 @@ mod progress;
 
 pub use progress::SyncProgress;
 
+use crate::clock::trusted::{ClockStatus, TimeKeeper, ANCHOR_KEY};
+use crate::clock::Now;
 use crate::config::Config;
 use crate::door::DoorMode;
 use crate::reader::ReaderStatus;
@@ -24,6 +26,10 @@ pub struct StatusReport {
     pub snapshot: SnapshotStatus,
     pub sync: SyncStatus,
     pub queue: QueueStatus,
+    /// Whether the wall clock can be trusted: synchronised, its offset from DoorFlow's time,
+    /// the trusted-time floor, the last step seen.
+    #[serde(default)]
+    pub clock: ClockStatus,
     pub doors: Vec<DoorStatus>,
     /// Whether the store takes writes, and what its last opening found wrong.
     #[serde(default)]
@@ -108,6 +114,8 @@ pub struct QueueStatus {
     pub lost_records: u64,
     #[serde(default)]
     pub last_loss: Option<LossNote>,
+    /// Age of the oldest queued call, s, on the monotonic (boot) clock: a wall clock step does
+    /// not change it.
     pub oldest_age_s: Option<u64>,
     /// `online`, `paused` (rate limit), `backing_off`, `auth_refused`, `idle`, `disabled`,
     /// `store_error`, or `stopped` (agent not running): the lane most in need of attention.
@@ -129,19 +137,32 @@ pub struct DoorStatus {
     pub mode: String,
     /// The door's reader and, for OSDP, its link (`online`, `offline`, …).
     pub reader: ReaderStatus,
+    /// The door's GPIO input lines (reader, contact, REX): `ok`, a fault while they are being
+    /// requested again after a failed read (the journal has the error), or `unknown`.
+    #[serde(default = "unknown")]
+    pub inputs: String,
 }
+
+fn unknown() -> String {
+    "unknown".into()
+}
+
+/// `inputs` for a door whose GPIO input lines failed.
+pub const INPUTS_FAULT: &str = "fault: input lines failed; requesting them again (the journal has the error)";
 
 impl QueueStatus {
     /// Queue depth from the store, with the uplink state supplied by the caller (`store_error`
     /// instead while the queue refuses writes).
     pub fn from_store(store: &Store, uplink: &str) -> Result<QueueStatus, StoreError> {
         let stats = store.outbox_stats()?;
-        let mut oldest = None;
+        let now = Now::read_raw();
+        let mut oldest: Option<u64> = None;
         let mut last_error = None;
         for lane in Lane::ALL {
             if let Some(head) = store.outbox_head(lane)? {
-                oldest =
-                    Some(oldest.map_or(head.value.created_at, |o: Timestamp| o.min(head.value.created_at)));
+                // Unknown (queued in another boot, by a clock now set back): shown as 0.
+                let age = crate::uplink::policy::age(&head.value, &now).map_or(0, |a| a.as_secs());
+                oldest = Some(oldest.map_or(age, |o| o.max(age)));
                 last_error = last_error.or(head.value.last_error);
             }
         }
@@ -156,7 +177,7 @@ impl QueueStatus {
             last_drop: stats.last_drop,
             lost_records: stats.lost_records,
             last_loss: stats.last_loss,
-            oldest_age_s: oldest.map(|o| Timestamp::now().duration_since(o).as_secs().max(0) as u64),
+            oldest_age_s: oldest,
             uplink: if store_error.is_some() {
                 "store_error"
             } else {
@@ -210,7 +231,9 @@ pub fn from_store(config: &Config, store: &Store) -> Result<StatusReport, StoreE
     };
     let snapshot = Snapshot::new(channels, &config.sync.time_zone);
     let sync: SyncStatus = store.meta_get(SYNC_STATUS_KEY)?.unwrap_or_default();
-    let now = Timestamp::now();
+    let clock = TimeKeeper::new(store.meta_get(ANCHOR_KEY)?);
+    clock.set_synchronised(crate::clock::synchronised());
+    let now = clock.rules_time();
     Ok(StatusReport {
         version: env!("CARGO_PKG_VERSION").to_string(),
         agent_running: false,
@@ -218,6 +241,7 @@ pub fn from_store(config: &Config, store: &Store) -> Result<StatusReport, StoreE
         snapshot: SnapshotStatus::from_header(header.as_ref()),
         sync,
         queue: QueueStatus::from_store(store, "stopped")?,
+        clock: clock.status(&Now::read_raw()),
         doors: config
             .doors
             .iter()
@@ -228,6 +252,7 @@ pub fn from_store(config: &Config, store: &Store) -> Result<StatusReport, StoreE
                 contact: "unknown".into(),
                 mode: door_mode(&snapshot, door.channel_id, now).into(),
                 reader: door.reader.initial_status(false),
+                inputs: unknown(),
             })
             .collect(),
         store: StoreStatus::of(store),
@@ -307,18 +332,42 @@ pub fn render(report: &StatusReport) -> String {
     if let Some(error) = &q.last_error {
         out.push_str(&format!("last uplink error: {error}\n"));
     }
+    let c = &report.clock;
+    let synchronised = match c.synchronised {
+        Some(true) => "synchronised",
+        Some(false) => "NOT synchronised",
+        None => "synchronisation unknown",
+    };
+    let offset = c
+        .doorflow_offset_s
+        .map(|o| format!(", {o:+.1} s from DoorFlow"))
+        .unwrap_or_default();
+    let behind = if c.behind_floor {
+        " (behind DoorFlow's last time: rules use that instead)"
+    } else {
+        ""
+    };
+    let step = match (c.last_step_s, c.last_step_at) {
+        (Some(size), Some(at)) => format!("; stepped {size:+.1} s at {at}"),
+        _ => String::new(),
+    };
+    out.push_str(&format!("clock: {synchronised}{offset}{behind}{step}\n"));
     for door in &report.doors {
         let channel = door
             .channel_id
             .map(|c| format!(" (channel {c})"))
             .unwrap_or_default();
         out.push_str(&format!(
-            "door {}{channel}: relay {}, contact {}, mode {}, reader {}\n",
+            "door {}{channel}: relay {}, contact {}, mode {}, reader {}{}\n",
             door.name,
             door.relay,
             door.contact,
             door.mode,
-            door.reader.describe()
+            door.reader.describe(),
+            match door.inputs.as_str() {
+                "ok" | "unknown" => String::new(),
+                fault => format!(", inputs {fault}"),
+            }
         ));
     }
     out

@@ -166,7 +166,7 @@ fn status_of_a_fresh_install_has_no_snapshot() {
 fn run_with_an_invalid_config_exits_2() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
-    std::fs::write(&path, "[api]\nbase_url = \"http://example.com\"\n").unwrap();
+    std::fs::write(&path, "[api]\nbase_url = \"https://example.com\"\n").unwrap();
     let out = agent_binary()
         .args(["run", "--config"])
         .arg(&path)

@@ -6,6 +6,7 @@ use doorflow_agent::config::values::Seconds;
 use doorflow_agent::config::Config;
 use doorflow_agent::door_task::{DoorState, DoorTask};
 use doorflow_agent::hw::mock::{MockGpio, OutputChange};
+use doorflow_agent::hw::DoorHardware;
 use doorflow_agent::snapshot::*;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
@@ -98,8 +99,12 @@ impl Door {
     fn start(snapshot: Snapshot) -> Door {
         let config = config();
         let mock = MockGpio::new(&config, Default::default());
-        let changes = mock.watch();
         let hardware = mock.open_door(0);
+        Door::run(config, mock, hardware, snapshot)
+    }
+
+    fn run(config: Config, mock: Arc<MockGpio>, hardware: DoorHardware, snapshot: Snapshot) -> Door {
+        let changes = mock.watch();
         let shared = Arc::new(SharedSnapshot::new(snapshot));
         let state = Arc::new(Mutex::new(DoorState::new(&config.doors[0])));
         let (audit_tx, audit) = mpsc::unbounded_channel();
@@ -194,6 +199,48 @@ async fn valid_card_opens_then_relocks() {
     let held_ms = (relock.timestamp_ns - change.timestamp_ns) / 1_000_000;
     assert!((300..5000).contains(&held_ms), "released for {held_ms} ms");
     assert!(!door.stop().await, "fail-secure: locked after stop");
+}
+
+/// Issue 11: a fail-safe door is locked from the moment its line is requested, whatever the
+/// backend did, and released only when it stops. The mock models the level a line request
+/// asks for, so a door whose relay was requested released (the old start-up) is seen released
+/// until its task writes its own starting state.
+#[tokio::test]
+async fn fail_safe_door_starts_locked_and_stops_released() {
+    for active_low in [false, true] {
+        let mut config = config();
+        config.doors[0].fail_mode = doorflow_agent::config::FailMode::Safe;
+        config.doors[0].relay.active_low = active_low;
+
+        // As the agent opens it: the request itself holds the door locked.
+        let mock = MockGpio::new(&config, Default::default());
+        let _hardware = mock.open_door(0);
+        let state = mock.handle(&json!({"op": "state", "door": 0}));
+        assert_eq!(
+            state["relay"]["released"], false,
+            "active_low={active_low}: {state}"
+        );
+        assert_eq!(state["relay"]["level"], active_low, "the locked level on the pin");
+
+        // Requested released (the fail state, as start-up used to): the door task locks it.
+        let mock = MockGpio::new(&config, Default::default());
+        let hardware = mock.open_door_with_relay(0, true);
+        let door = Door::run(
+            config,
+            Arc::clone(&mock),
+            hardware,
+            snapshot(ChannelMode::Normal, None),
+        );
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while door.relay_released() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the door task never wrote its starting state"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(door.stop().await, "fail-safe: released after stop");
+    }
 }
 
 #[tokio::test]

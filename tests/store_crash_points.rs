@@ -133,10 +133,11 @@ async fn every_write_boundary_survives_a_crash_without_losing_an_acknowledged_re
         )
         .unwrap();
         // A later hit of each point, so records were acknowledged before the stop: the 15th
-        // queue commit; the second sync, 10 s after the first (which writes meta twice).
+        // queue commit; the second sync, 10 s after the first (a sync writes meta three times:
+        // the cursor, the clock anchor and the sync status).
         let armed = match *failpoint {
             f if f.starts_with("queue.") => format!("{f}:15"),
-            "meta.written" => format!("{failpoint}:3"),
+            "meta.written" => format!("{failpoint}:4"),
             f => format!("{f}:2"),
         };
         let acked = Arc::new(Mutex::new(HashSet::new()));

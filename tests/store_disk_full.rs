@@ -29,7 +29,7 @@ fn both_engines_write_again_once_a_full_disk_has_room() {
     store.save_snapshot(&SnapshotParts::synthetic(200)).unwrap();
     let events: Vec<_> = (0..5).map(|n| front_door_swipe(n, Some(n), false)).collect();
     let uplink = doorflow_agent::config::UplinkConfig {
-        events_url: Some("https://sink.example/events".into()),
+        events_url: Some(doorflow_agent::config::ServiceUrl::parse("https://sink.example/events").unwrap()),
         ..Default::default()
     };
     doorflow_agent::audit_writer::write_group(&store, &uplink, roomy(), &events).unwrap();

@@ -54,8 +54,10 @@ async fn setup(people: u64, oauth: bool, per_minute: u32) -> Setup {
     let budget = Arc::new(Mutex::new(RateBudget::new(
         config.api.requests_per_minute.get() as u32
     )));
-    let client = Client::new(&config.api, budget).unwrap();
-    let agent = Agent::start(config).unwrap();
+    let agent = Agent::start(config.clone()).unwrap();
+    let client = Client::new(&config.api, budget)
+        .unwrap()
+        .with_clock(Arc::clone(&agent.clock));
     let mut target = agent.sync_target(Default::default());
     // A failed page is asked again after 50–100 ms, not the configured second.
     target.retry_base = jiff::SignedDuration::from_millis(100);
@@ -397,6 +399,9 @@ async fn an_incremental_sync_with_nothing_changed_costs_nine_requests_and_writes
     sync_once(&s.target, &s.client).await.unwrap();
     let before = (generation(&s), s.sim.requests());
     let synced = s.agent.snapshot.current().synced_at().unwrap();
+    // The first sync began on the board's clock; from then on the time is DoorFlow's `Date`,
+    // whole seconds, so it passes the first stamp only after a second.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
     let outcome = sync_once(&s.target, &s.client).await.unwrap();
     assert!(!outcome.changed && !outcome.credentials_pulled);
     assert_eq!(s.sim.requests() - before.1, 9);
@@ -574,4 +579,100 @@ async fn syncs_start_an_interval_apart_and_never_back_to_back() {
     );
     stop.cancel();
     looping.await.unwrap();
+}
+/// Issue 11 item 8: a list page longer than `per_page × api.max_bytes_per_item` is a sync error,
+/// refused without being read: declared too long, it is refused before a byte is read; sent
+/// chunked, reading stops once it passes the limit (the server sees the client stop taking
+/// bytes). The previous snapshot stays in force either way.
+#[tokio::test]
+async fn an_oversized_page_is_refused_unread_and_keeps_the_snapshot() {
+    let s = setup(300, false, 10_000).await;
+    sync_once(&s.target, &s.client).await.unwrap();
+    let generation = s.agent.store.snapshot_header().unwrap().unwrap().generation;
+    // 100 people per page × 8 KiB (the default) + 16 KiB: about 0.8 MB.
+    let limit = 100 * 8192 + 16 * 1024;
+    const HUGE: u64 = 50 * 1024 * 1024;
+    for content_length in [true, false] {
+        let sent_before = s.sim.huge_bytes_sent();
+        s.sim.inject(
+            "/api/3/people",
+            Fault::Huge {
+                bytes: HUGE,
+                content_length,
+            },
+        );
+        let error = sync_once(&s.target, &s.client).await.unwrap_err().to_string();
+        assert!(
+            error.contains(&format!("larger than {limit} bytes")),
+            "content_length {content_length}: {error}"
+        );
+        // Give the server a moment to notice the closed connection, then see how much left it:
+        // the limit plus what the kernel's socket buffers took, far from the whole answer.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let sent = s.sim.huge_bytes_sent() - sent_before;
+        assert!(
+            sent < HUGE / 4,
+            "content_length {content_length}: {sent} of {HUGE} bytes were sent"
+        );
+        assert_eq!(
+            s.agent.store.snapshot_header().unwrap().unwrap().generation,
+            generation
+        );
+        assert!(front_grants(&s.agent, 17));
+    }
+    sync_once(&s.target, &s.client).await.unwrap();
+}
+
+/// Issue 11 item 2: redirects stay within the origin and keep the method, so the API key never
+/// reaches another server. A 307 to another host (here another loopback address) is not
+/// followed: nothing connects there, and the sync error names the redirect. A 302 within the
+/// origin is not followed either (it would turn a POST into a GET). A 307 within the origin is
+/// followed, with the credentials (the simulator checks them).
+#[tokio::test]
+async fn redirects_are_followed_only_within_the_origin() {
+    let s = setup(30, false, 10_000).await;
+    let elsewhere = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let target = format!("http://{}/api/3/people", elsewhere.local_addr().unwrap());
+    s.sim.inject(
+        "/api/3/people",
+        Fault::Redirect {
+            status: 307,
+            location: target.clone(),
+        },
+    );
+    let error = sync_once(&s.target, &s.client).await.unwrap_err().to_string();
+    assert!(
+        error.contains("307 redirect") && error.contains(&target),
+        "{error}"
+    );
+    let connected = tokio::time::timeout(Duration::from_millis(500), elsewhere.accept()).await;
+    assert!(
+        connected.is_err(),
+        "the client followed the redirect off the origin"
+    );
+
+    s.sim.inject(
+        "/api/3/people",
+        Fault::Redirect {
+            status: 302,
+            location: "/api/3/people".into(),
+        },
+    );
+    let error = sync_once(&s.target, &s.client).await.unwrap_err().to_string();
+    assert!(error.contains("302 redirect to /api/3/people"), "{error}");
+
+    let people_requests = s.sim.requests_to("/api/3/people");
+    s.sim.inject(
+        "/api/3/people",
+        Fault::Redirect {
+            status: 307,
+            location: format!("{}/api/3/people?page=1&per_page=100", s.sim.base_url()),
+        },
+    );
+    sync_once(&s.target, &s.client).await.unwrap();
+    assert_eq!(
+        s.sim.requests_to("/api/3/people"),
+        people_requests + 2,
+        "the redirect and the request it led to"
+    );
 }

@@ -92,6 +92,74 @@ async fn refused_calls_go_to_the_dead_letters_with_an_actionable_reason_and_the_
     assert!(eventually(LIMIT, || h.sim.received_admits().len() == 1).await);
 }
 
+/// Issue 16 item 7: `Retry-After` on any status is the least wait, in seconds or in any of the
+/// three HTTP-date forms (read against the answer's `Date`). Without it, the test's 100 ms
+/// backoff would retry at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_on_a_503_is_the_least_wait_in_every_form() {
+    let h = Harness::start(Options::default()).await;
+    let in_3_s = |format: &str| {
+        (jiff::Timestamp::now() + jiff::SignedDuration::from_secs(3))
+            .strftime(format)
+            .to_string()
+    };
+    let forms = [
+        None,
+        Some("%a, %d %b %Y %H:%M:%S GMT"), // IMF-fixdate
+        Some("%A, %d-%b-%y %H:%M:%S GMT"), // RFC 850
+        Some("%a %b %e %H:%M:%S %Y"),      // asctime
+    ];
+    for form in forms {
+        let value = form.map_or_else(|| "3".to_string(), in_3_s);
+        let before = h.sim.request_log().len();
+        h.sim.inject(
+            "/events",
+            Fault::RetryAfter {
+                status: 503,
+                value: value.clone(),
+            },
+        );
+        let ids = h.queue_events(1);
+        assert!(eventually(LIMIT, || h.received_event_ids().ends_with(&ids)).await);
+        let attempts: Vec<_> = h.sim.request_log()[before..]
+            .iter()
+            .filter(|(_, path, _)| path == "/events")
+            .map(|(at, _, status)| (*at, *status))
+            .collect();
+        assert_eq!(attempts[0].1, 503, "{value}: {attempts:?}");
+        let waited = attempts[1].0 - attempts[0].0;
+        // Dates have whole seconds: 3 s asked, at least 2 s waited.
+        assert!(
+            waited >= Duration::from_secs(2),
+            "{value}: retried after {waited:?}"
+        );
+    }
+}
+
+/// Issue 11 item 9: admit_person's own 403 (`{error, reason}`: the person may not pass) is about
+/// the person's access, so its dead letter quotes DoorFlow's reason and names no scope.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admit_refused_for_the_person_names_the_person_not_a_scope() {
+    let h = Harness::start(Options::default()).await;
+    h.queue_admit(50); // the simulator's person 50 is disabled
+    assert!(eventually(LIMIT, || h.pending() == 0).await);
+    let dead = h.agent.store.dead_list(10).unwrap();
+    let admit = dead
+        .iter()
+        .find(|d| d.value.queued.call.is_admit())
+        .expect("the admit is dead-lettered");
+    let detail = &admit.value.detail;
+    assert_eq!(admit.value.status, Some(403));
+    assert!(
+        detail.contains("Person is disabled") && detail.contains("person's access rights"),
+        "{detail}"
+    );
+    assert!(
+        !detail.contains("scope") && !detail.contains("account."),
+        "{detail}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_holds_every_call_until_its_retry_time_and_nothing_is_dead_lettered() {
     let h = Harness::start(Options::default()).await;

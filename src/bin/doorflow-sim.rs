@@ -37,6 +37,9 @@ struct Cli {
     /// File holding a bearer token the event sink (`POST /events`) then requires.
     #[arg(long, value_name = "FILE")]
     sink_token: Option<PathBuf>,
+    /// Put this channel in lockdown (cards and exit buttons) from the start; repeatable.
+    #[arg(long, value_name = "CHANNEL_ID")]
+    lockdown: Vec<u64>,
 }
 
 fn main() -> ExitCode {
@@ -64,7 +67,7 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(error) => return failure(&error.to_string()),
     };
-    match runtime.block_on(Simulator::run_standalone(config, chaos)) {
+    match runtime.block_on(Simulator::run_standalone(config, chaos, &cli.lockdown)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => failure(&format!("simulator on port {}: {error}", cli.port)),
     }

@@ -1,6 +1,7 @@
-//! `[api]`: where DoorFlow is, how long to wait for it, how the agent authenticates, and the
-//! https-or-loopback rule every URL the agent calls must pass.
+//! `[api]`: where DoorFlow is, how long to wait for it, and how the agent authenticates. The URL
+//! is parsed and checked by `ServiceUrl` while the file is read.
 
+use super::service_url::ServiceUrl;
 use super::values::Ranged;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -10,7 +11,7 @@ use std::path::{Path, PathBuf};
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
     /// DoorFlow API root, e.g. `https://api.doorflow.com`. Plain http only for loopback.
-    pub base_url: String,
+    pub base_url: ServiceUrl,
     /// TCP + TLS connect timeout, s.
     #[serde(default)]
     pub connect_timeout_s: Ranged<1, 120, 5>,
@@ -20,6 +21,11 @@ pub struct ApiConfig {
     /// Requests per minute assumed before the server's rate-limit headers are seen.
     #[serde(default)]
     pub requests_per_minute: Ranged<1, 10_000, 120>,
+    /// Most bytes read per list item: a page of `per_page` items may be at most
+    /// `per_page × max_bytes_per_item` (plus a little for the brackets) long; a longer answer
+    /// is refused as a sync error without being read.
+    #[serde(default)]
+    pub max_bytes_per_item: Ranged<256, { 1024 * 1024 }, 8192>,
     pub auth: AuthConfig,
 }
 
@@ -146,63 +152,9 @@ impl fmt::Display for SecretSource {
     }
 }
 
-/// https everywhere; plain http only to loopback (tests, the simulator).
-pub fn check_url(url: &str) -> Result<(), String> {
-    let (scheme, rest) = url
-        .split_once("://")
-        .ok_or_else(|| format!("`{url}` is not an absolute URL"))?;
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host = host_of(authority);
-    if host.is_empty() {
-        return Err(format!("`{url}` has no host"));
-    }
-    match scheme {
-        "https" => Ok(()),
-        "http" if is_loopback(host) => Ok(()),
-        "http" => Err(format!(
-            "`{url}` uses plain http to a non-loopback host; use https (http is allowed only for 127.0.0.0/8, ::1 and localhost)"
-        )),
-        other => Err(format!("`{url}`: scheme `{other}` is not supported; use https")),
-    }
-}
-
-fn host_of(authority: &str) -> &str {
-    let without_user = authority.rsplit('@').next().unwrap_or(authority);
-    if let Some(rest) = without_user.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or("");
-    }
-    without_user.split(':').next().unwrap_or("")
-}
-
-fn is_loopback(host: &str) -> bool {
-    if host.eq_ignore_ascii_case("localhost") {
-        return true;
-    }
-    host.parse::<std::net::IpAddr>()
-        .map(|ip| ip.is_loopback())
-        .unwrap_or(false)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls_need_https_except_loopback() {
-        assert!(check_url("https://api.doorflow.com").is_ok());
-        assert!(check_url("http://127.0.0.1:8080/api").is_ok());
-        assert!(check_url("http://127.9.9.9").is_ok());
-        assert!(check_url("http://[::1]:9000").is_ok());
-        assert!(check_url("http://localhost:9000").is_ok());
-        assert!(check_url("http://user@localhost:9000").is_ok());
-        let err = check_url("http://api.doorflow.com").unwrap_err();
-        assert!(err.contains("non-loopback"), "{err}");
-        assert!(check_url("http://localhost.evil.com").is_err());
-        assert!(check_url("http://10.0.0.1").is_err());
-        assert!(check_url("ftp://localhost").is_err());
-        assert!(check_url("api.doorflow.com").is_err());
-        assert!(check_url("https://").is_err());
-    }
 
     #[test]
     fn secret_sources_are_paths_or_credentials() {

@@ -13,6 +13,7 @@ mod api;
 mod doors;
 mod gpio;
 mod reader;
+mod service_url;
 mod shifts;
 mod source;
 mod store;
@@ -21,12 +22,13 @@ mod uplink;
 pub mod values;
 
 pub use admin::AdminConfig;
-pub use api::{check_url, ApiConfig, AuthConfig, AuthMethod, SecretSource};
+pub use api::{ApiConfig, AuthConfig, AuthMethod, SecretSource};
 pub use doors::{
     DoorConfig, FacilityCodes, FailMode, InputLineConfig, OutputLineConfig, WiegandReaderConfig,
 };
 pub use gpio::{Bias, GpioBackend, GpioConfig};
 pub use reader::{OsdpReaderConfig, ReaderConfig, OSDP_BAUD_RATES};
+pub use service_url::ServiceUrl;
 pub use shifts::{ShiftConfig, ShiftTimeConfig};
 pub use source::line_of_key;
 pub use store::StoreConfig;
@@ -116,9 +118,6 @@ impl Config {
     pub fn validate(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
         let mut report = |key: String, message: String| problems.push(Problem { key, message });
-        if let Err(message) = check_url(&self.api.base_url) {
-            report("api.base_url".into(), message);
-        }
         self.api.auth.validate(&mut report);
         self.store.validate(&mut report);
         self.sync.validate(&mut report);
@@ -184,10 +183,10 @@ impl Config {
             self.doors.len(),
             doors.join(", "),
             self.shifts.len(),
-            self.uplink
-                .events_url
-                .as_deref()
-                .unwrap_or("kept locally (no uplink.events_url)"),
+            self.uplink.events_url.as_ref().map_or_else(
+                || "kept locally (no uplink.events_url)".into(),
+                ToString::to_string
+            ),
         )
     }
 }

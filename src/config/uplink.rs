@@ -1,6 +1,7 @@
 //! `[uplink]`: where door events go, and how queued calls are retried, expired and bounded.
 
-use super::api::{check_url, SecretSource};
+use super::api::SecretSource;
+use super::service_url::ServiceUrl;
 use super::values::Ranged;
 use serde::{Deserialize, Serialize};
 
@@ -9,7 +10,7 @@ use serde::{Deserialize, Serialize};
 pub struct UplinkConfig {
     /// HTTPS sink for events. DoorFlow's public API has no event ingestion endpoint; without a
     /// sink, events are journaled and kept in a bounded local log.
-    pub events_url: Option<String>,
+    pub events_url: Option<ServiceUrl>,
     /// Bearer token for the event sink (a file path or `systemd-credential:NAME`). DoorFlow's
     /// own credentials are never sent to the sink.
     pub events_token: Option<SecretSource>,
@@ -58,11 +59,6 @@ impl UplinkConfig {
                         self.queue_max_records
                     ),
                 );
-            }
-        }
-        if let Some(url) = &self.events_url {
-            if let Err(message) = check_url(url) {
-                report("uplink.events_url".into(), message);
             }
         }
     }

@@ -1,21 +1,39 @@
 //! The HTTP client: one pooled reqwest client on rustls (ring provider), explicit timeouts,
 //! `User-Agent: doorflow-agent/<version>`, authentication (personal API key or OAuth refresh
-//! token with atomic rotation), the shared rate budget, and paginated lists.
+//! token with atomic rotation), the shared rate budget, and the size limit of list answers (the
+//! lists themselves are followed by `sync` with `paging` and read with `body::each_item`).
+//!
+//! Every request goes to a URL built from the config's parsed `ServiceUrl` (never from text),
+//! redirects are followed only within the origin and only when they keep the method (307/308),
+//! so credentials never leave the server they were configured for, and answers are read with a
+//! size limit (`body`).
 
+use super::body::{decode_json, read_prefix};
 use super::error::{ApiError, ErrorBody, Operation, TransportKind};
 use super::models::TokenResponse;
 use super::ratelimit::{RateBudget, RateInfo};
-use crate::config::{ApiConfig, AuthMethod, SecretSource};
+use crate::clock::trusted::TimeKeeper;
+use crate::clock::Now;
+use crate::config::{ApiConfig, AuthMethod, SecretSource, ServiceUrl};
 use crate::mutex::lock;
 use crate::secrets::{self, Secret};
-use jiff::{SignedDuration, Timestamp};
-use reqwest::{Method, RequestBuilder, Response};
-use serde::de::DeserializeOwned;
+use reqwest::{redirect, Method, RequestBuilder, Response, StatusCode, Url};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Refresh this long before the access token expires.
-const REFRESH_AHEAD: SignedDuration = SignedDuration::from_secs(300);
+const REFRESH_AHEAD: Duration = Duration::from_secs(300);
+/// A 429 that names no retry time holds every caller this long.
+const RATE_LIMIT_HOLD: Duration = Duration::from_secs(60);
+/// Most redirects followed for one request.
+const MAX_REDIRECTS: usize = 5;
+/// Items a list without pagination (groups, roles) may hold, for its size limit.
+pub const UNPAGINATED_ITEMS: u64 = 2_000;
+/// Room for a list's brackets and separators beyond its items.
+const LIST_SLACK_BYTES: u64 = 16 * 1024;
+/// Most bytes read of a token answer, and of an error body (the rest is not read).
+const SMALL_BODY_BYTES: u64 = 64 * 1024;
 
 enum Auth {
     ApiKey(Secret),
@@ -32,15 +50,19 @@ struct OAuth {
 
 struct AccessToken {
     token: Secret,
-    expires_at: Timestamp,
+    /// Monotonic: a wall clock step neither expires it early nor keeps it too long.
+    expires_at: Instant,
 }
 
 pub struct Client {
     http: reqwest::Client,
-    base_url: String,
+    base_url: ServiceUrl,
+    max_bytes_per_item: u64,
     auth: Auth,
     token: tokio::sync::Mutex<Option<AccessToken>>,
     budget: Arc<Mutex<RateBudget>>,
+    /// Fed with DoorFlow's `Date` headers (not the event sink's).
+    clock: Arc<TimeKeeper>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,7 +109,7 @@ impl Client {
     /// DoorFlow budget when the sink is on the same server, its own otherwise.
     pub fn event_sink(
         config: &ApiConfig,
-        events_url: &str,
+        events_url: &ServiceUrl,
         token: Option<&SecretSource>,
         budget: Arc<Mutex<RateBudget>>,
     ) -> Result<Client, ClientSetupError> {
@@ -97,42 +119,57 @@ impl Client {
 
     fn build(
         config: &ApiConfig,
-        base_url: &str,
+        base_url: &ServiceUrl,
         auth: Auth,
         budget: Arc<Mutex<RateBudget>>,
     ) -> Result<Client, ClientSetupError> {
         install_crypto_provider();
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .user_agent(concat!("doorflow-agent/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(config.connect_timeout_s.secs())
             .timeout(config.request_timeout_s.secs())
-            .https_only(!is_loopback_http(base_url))
+            .https_only(!base_url.is_loopback_http())
+            .redirect(redirect::Policy::custom(|attempt| {
+                if redirect_allowed(attempt.status(), attempt.url(), attempt.previous()) {
+                    attempt.follow()
+                } else {
+                    attempt.stop()
+                }
+            }));
+        if let Some(addresses) = base_url.pinned_localhost() {
+            builder = builder.resolve_to_addrs("localhost", &addresses);
+        }
+        let http = builder
             .build()
             .map_err(|e| ClientSetupError::Http(e.to_string()))?;
         Ok(Client {
             http,
-            base_url: base_url.trim_end_matches('/').to_string(),
+            base_url: base_url.clone(),
+            max_bytes_per_item: config.max_bytes_per_item.get(),
             auth,
             token: tokio::sync::Mutex::new(None),
             budget,
+            clock: Arc::default(),
         })
     }
 
-    /// The origin (`scheme://host:port`) requests go to, for sharing budgets per server.
-    pub fn origin(&self) -> Option<String> {
-        origin(&self.base_url)
+    /// Shares the agent's time keeper: DoorFlow's `Date` headers set its trusted-time floor.
+    pub fn with_clock(mut self, clock: Arc<TimeKeeper>) -> Client {
+        self.clock = clock;
+        self
     }
 
-    pub fn base_url(&self) -> &str {
+    /// The configured URL: the API root, or the event sink itself.
+    pub fn base_url(&self) -> &ServiceUrl {
         &self.base_url
     }
 
-    /// Waits for a slot in the shared budget.
+    /// Waits for a slot in the shared budget (monotonic).
     async fn pace(&self) {
-        let slot = lock(&self.budget).reserve(Timestamp::now());
-        let wait = slot.duration_since(Timestamp::now());
-        if wait.is_positive() {
-            tokio::time::sleep(wait.unsigned_abs()).await;
+        let slot = lock(&self.budget).reserve(Instant::now());
+        let wait = slot.saturating_duration_since(Instant::now());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
         }
     }
 
@@ -149,7 +186,7 @@ impl Client {
                 let mut token = self.token.lock().await;
                 let fresh = token
                     .as_ref()
-                    .is_some_and(|t| Timestamp::now() + REFRESH_AHEAD < t.expires_at);
+                    .is_some_and(|t| !needs_refresh(t.expires_at, Instant::now()));
                 if !fresh {
                     *token = Some(self.refresh(oauth, operation).await?);
                 }
@@ -184,10 +221,10 @@ impl Client {
         ];
         let request = self
             .http
-            .post(format!("{}/oauth/token", self.base_url))
+            .post(self.url(&Operation::RefreshToken.path(None)))
             .form(&form);
         let response = self.execute(request, Operation::RefreshToken).await?;
-        let token: TokenResponse = decode(response, Operation::RefreshToken).await?;
+        let token: TokenResponse = decode_json(response, Operation::RefreshToken, SMALL_BODY_BYTES).await?;
         if let Some(rotated) = token
             .refresh_token
             .as_deref()
@@ -202,29 +239,50 @@ impl Client {
             })?;
             tracing::info!("DoorFlow rotated the refresh token; saved");
         }
-        let lifetime = SignedDuration::from_secs(token.expires_in.unwrap_or(3600) as i64);
+        let lifetime = Duration::from_secs(token.expires_in.unwrap_or(3600));
         Ok(AccessToken {
             token: Secret::new(token.access_token),
-            expires_at: Timestamp::now() + lifetime,
+            expires_at: Instant::now() + lifetime,
         })
     }
 
     /// Sends with the budget, parses rate headers, and turns non-2xx into `ApiError`.
     async fn execute(&self, request: RequestBuilder, operation: Operation) -> Result<Response, ApiError> {
         let response = request.send().await.map_err(|e| transport(operation, &e))?;
-        let now = Timestamp::now();
-        let info = RateInfo::from_headers(response.headers(), now);
+        let received = Now::read_raw();
+        let info = RateInfo::from_headers(response.headers(), received.mono, received.wall);
+        if let (Some(date), false) = (info.date, matches!(self.auth, Auth::Sink(_))) {
+            self.clock.observe_doorflow_date(date, received.boot);
+        }
         lock(&self.budget).observe(&info);
         let status = response.status().as_u16();
         if (200..300).contains(&status) {
             return Ok(response);
         }
-        let body = ErrorBody::parse(&response.bytes().await.unwrap_or_default());
-        let retry_at = matches!(status, 408 | 429)
-            .then(|| info.retry_at(body.retry_in, now))
-            .flatten();
-        if status == 429 {
-            let until = retry_at.unwrap_or(now + SignedDuration::from_secs(60));
+        if response.status().is_redirection() {
+            let location = response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.chars().take(200).collect());
+            return Err(ApiError::Redirect {
+                operation,
+                status,
+                location,
+            });
+        }
+        let body = ErrorBody::parse(&read_prefix(response, SMALL_BODY_BYTES as usize).await);
+        // `Retry-After` on any status is the least the server asked everyone to wait; a 429
+        // without it still holds everyone (its reset, `retry_in`, or a minute).
+        let retry_at = match status {
+            408 | 429 => info.retry_at(body.retry_in, received.mono),
+            _ => info.retry_after,
+        };
+        let pause = match status {
+            429 => Some(retry_at.unwrap_or(received.mono + RATE_LIMIT_HOLD)),
+            _ => info.retry_after,
+        };
+        if let Some(until) = pause {
             lock(&self.budget).pause_until(until);
         }
         Err(ApiError::Status {
@@ -240,13 +298,13 @@ impl Client {
         &self,
         operation: Operation,
         method: Method,
-        url: &str,
+        url: &Url,
         build: impl Fn(RequestBuilder) -> RequestBuilder,
     ) -> Result<Response, ApiError> {
         let send = || async {
             self.pace().await;
             let request = self
-                .authorise(build(self.http.request(method.clone(), url)), operation)
+                .authorise(build(self.http.request(method.clone(), url.clone())), operation)
                 .await?;
             self.execute(request, operation).await
         };
@@ -260,57 +318,38 @@ impl Client {
         }
     }
 
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base_url, path)
+    /// `path` (from `Operation::path`) under the configured root.
+    pub fn url(&self, path: &str) -> Url {
+        self.base_url.join_path(path)
     }
 
-    /// A whole paginated list: `page` from 1, `per_page`, until a short page.
-    pub async fn list<T: DeserializeOwned>(
-        &self,
-        operation: Operation,
-        path: &str,
-        per_page: u32,
-        query: &[(&str, String)],
-    ) -> Result<Vec<T>, ApiError> {
-        let mut all = Vec::new();
-        for page in 1u32.. {
-            let url = self.url(path);
-            let response = self
-                .request(operation, Method::GET, &url, |r| {
-                    r.query(query)
-                        .query(&[("page", page.to_string()), ("per_page", per_page.to_string())])
-                })
-                .await?;
-            let items: Vec<T> = decode(response, operation).await?;
-            let short = items.len() < per_page as usize;
-            all.extend(items);
-            if short {
-                break;
-            }
-            tracing::debug!(?operation, page, fetched = all.len(), "page fetched");
-        }
-        Ok(all)
-    }
-
-    /// A list that is not paginated (groups, roles).
-    pub async fn get_all<T: DeserializeOwned>(
-        &self,
-        operation: Operation,
-        path: &str,
-    ) -> Result<Vec<T>, ApiError> {
-        let response = self
-            .request(operation, Method::GET, &self.url(path), |r| r)
-            .await?;
-        decode(response, operation).await
+    /// The most bytes a list answer of `items` items may have (`api.max_bytes_per_item` each,
+    /// and a little for the brackets); for a list the API does not paginate, `items` is
+    /// [`UNPAGINATED_ITEMS`].
+    pub fn list_limit(&self, items: u64) -> u64 {
+        items.saturating_mul(self.max_bytes_per_item) + LIST_SLACK_BYTES
     }
 }
 
-async fn decode<T: DeserializeOwned>(response: Response, operation: Operation) -> Result<T, ApiError> {
-    let bytes = response.bytes().await.map_err(|e| transport(operation, &e))?;
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::Decode {
-        operation,
-        detail: e.to_string(),
-    })
+/// Whether an access token expiring at `expires_at` must be refreshed at `now` (both monotonic:
+/// a wall clock step neither expires a token early nor keeps one too long).
+pub fn needs_refresh(expires_at: Instant, now: Instant) -> bool {
+    now + REFRESH_AHEAD >= expires_at
+}
+
+/// Whether to follow a redirect to `next` (reqwest's policy callback): only within the origin
+/// the request was made to (scheme, host and port, so never https to http and never to another
+/// server, and the credentials stay where they were configured), only when the method and body
+/// are kept (307, 308: a POST stays a POST), and at most `MAX_REDIRECTS` times.
+pub fn redirect_allowed(status: StatusCode, next: &Url, previous: &[Url]) -> bool {
+    let Some(first) = previous.first() else {
+        return false;
+    };
+    let keeps_method = matches!(
+        status,
+        StatusCode::TEMPORARY_REDIRECT | StatusCode::PERMANENT_REDIRECT
+    );
+    keeps_method && previous.len() <= MAX_REDIRECTS && next.origin() == first.origin()
 }
 
 pub(super) fn transport(operation: Operation, error: &reqwest::Error) -> ApiError {
@@ -329,7 +368,10 @@ pub(super) fn transport(operation: Operation, error: &reqwest::Error) -> ApiErro
     while let Some(source) = cause.source() {
         cause = source;
     }
-    let server = error.url().and_then(|u| origin(u.as_str())).unwrap_or_default();
+    let server = error
+        .url()
+        .map(|u| u.origin().ascii_serialization())
+        .unwrap_or_default();
     let detail = if std::error::Error::source(error).is_none() {
         error.to_string()
     } else {
@@ -342,17 +384,52 @@ pub(super) fn transport(operation: Operation, error: &reqwest::Error) -> ApiErro
     }
 }
 
-/// `scheme://host:port` of a URL, with the scheme's default port filled in.
-pub fn origin(url: &str) -> Option<String> {
-    let parsed = reqwest::Url::parse(url).ok()?;
-    Some(format!(
-        "{}://{}:{}",
-        parsed.scheme(),
-        parsed.host_str()?,
-        parsed.port_or_known_default()?
-    ))
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn is_loopback_http(url: &str) -> bool {
-    url.starts_with("http://") && crate::config::check_url(url).is_ok()
+    fn url(text: &str) -> Url {
+        Url::parse(text).unwrap()
+    }
+
+    #[test]
+    fn tokens_are_refreshed_five_minutes_ahead_on_the_monotonic_clock() {
+        let issued = Instant::now();
+        let expires_at = issued + Duration::from_secs(3600);
+        assert!(!needs_refresh(expires_at, issued));
+        assert!(!needs_refresh(expires_at, issued + Duration::from_secs(3299)));
+        assert!(needs_refresh(expires_at, issued + Duration::from_secs(3300)));
+        assert!(needs_refresh(expires_at, issued + Duration::from_secs(7200)));
+    }
+
+    #[test]
+    fn redirects_stay_within_the_origin_and_keep_the_method() {
+        let from = [url("https://api.doorflow.com/api/3/people")];
+        let follow =
+            |status: u16, to: &str| redirect_allowed(StatusCode::from_u16(status).unwrap(), &url(to), &from);
+        assert!(follow(307, "https://api.doorflow.com/api/3/people?page=1"));
+        assert!(follow(308, "https://API.doorflow.com:443/v3/people"));
+        // Another server, another port, or down to http: never (credentials would follow).
+        assert!(!follow(307, "https://evil.example/api/3/people"));
+        assert!(!follow(307, "https://api.doorflow.com:8443/api/3/people"));
+        assert!(!follow(308, "http://api.doorflow.com/api/3/people"));
+        assert!(!follow(307, "https://api.doorflow.com.evil.example/"));
+        // Redirects that turn a POST into a GET are not followed, even within the origin.
+        for status in [301, 302, 303] {
+            assert!(
+                !follow(status, "https://api.doorflow.com/api/3/people"),
+                "{status}"
+            );
+        }
+        // Every hop is compared with the first URL, and the chain is bounded.
+        let chain: Vec<Url> = (0..=MAX_REDIRECTS)
+            .map(|n| url(&format!("https://api.doorflow.com/{n}")))
+            .collect();
+        assert!(!redirect_allowed(
+            StatusCode::TEMPORARY_REDIRECT,
+            &url("https://api.doorflow.com/x"),
+            &chain
+        ));
+        assert!(!redirect_allowed(StatusCode::TEMPORARY_REDIRECT, &from[0], &[]));
+    }
 }

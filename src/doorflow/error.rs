@@ -2,44 +2,12 @@
 //! "Retry table").
 //! Bodies come in several styles; all parse, and nothing unknown crashes anything.
 
-use jiff::Timestamp;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::Instant;
 
-/// What the agent was doing, so a 403 can name the scope it needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Operation {
-    ListPeople,
-    ListCredentials,
-    ListCredentialTypes,
-    ListGroups,
-    ListRoles,
-    ListGroupReservations,
-    ListReservations,
-    ListChannels,
-    ListSites,
-    AdmitPerson,
-    RefreshToken,
-    PostEvent,
-}
-
-impl Operation {
-    pub fn required_scope(self) -> Option<&'static str> {
-        Some(match self {
-            Operation::ListPeople => "account.person.readonly",
-            Operation::ListCredentials | Operation::ListCredentialTypes => "account.credential_type.readonly",
-            Operation::ListGroups => "account.group.readonly",
-            Operation::ListRoles => "account.role.readonly",
-            Operation::ListGroupReservations | Operation::ListReservations => {
-                "account.group_reservation.readonly"
-            }
-            Operation::ListChannels | Operation::ListSites => "account.channel.readonly",
-            Operation::AdmitPerson => "account.channel.admit.person",
-            Operation::RefreshToken | Operation::PostEvent => return None,
-        })
-    }
-}
+pub use super::operation::Operation;
 
 /// A parsed error body, whichever of DoorFlow's styles it used.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -48,6 +16,9 @@ pub struct ErrorBody {
     pub code: Option<String>,
     /// `error_description`, `message`, `description` or `reason`.
     pub message: Option<String>,
+    /// `reason`: admit_person's 403 body (`{error, reason}`) says why DoorFlow will not admit
+    /// this person, which is about the person's access, not the agent's scope.
+    pub reason: Option<String>,
     /// `errors: {field: [..]}` (values may also be a plain string), or the older `param`.
     pub fields: BTreeMap<String, Vec<String>>,
     /// Body `retry_in` seconds (429 from sync endpoints).
@@ -92,6 +63,7 @@ impl ErrorBody {
                 .or_else(|| text("message"))
                 .or_else(|| text("description"))
                 .or_else(|| text("reason")),
+            reason: text("reason"),
             fields,
             retry_in: value.get("retry_in").and_then(Value::as_u64),
             excerpt: None,
@@ -114,8 +86,9 @@ pub enum ApiError {
         operation: Operation,
         status: u16,
         body: ErrorBody,
-        /// When the server said to come back (429/408).
-        retry_at: Option<Timestamp>,
+        /// When the server said to come back (monotonic): `Retry-After` on any status, and
+        /// for 408/429 also `X-RateLimit-Reset` or the body's `retry_in`.
+        retry_at: Option<Instant>,
     },
     Transport {
         operation: Operation,
@@ -124,6 +97,21 @@ pub enum ApiError {
     },
     /// A 2xx whose body did not match the expected shape (truncated, malformed).
     Decode { operation: Operation, detail: String },
+    /// An answer longer than the agent reads for this call, refused without reading the rest.
+    TooLarge {
+        operation: Operation,
+        /// The most bytes this answer may have.
+        limit: u64,
+        /// `Content-Length`, when the server declared one.
+        declared: Option<u64>,
+    },
+    /// A redirect the client did not follow: it left the origin (scheme, host or port, which
+    /// includes https to http) or did not keep the method and body (only 307 and 308 do).
+    Redirect {
+        operation: Operation,
+        status: u16,
+        location: Option<String>,
+    },
 }
 
 /// What the caller does next (the README's retry table, in one place).
@@ -132,12 +120,12 @@ pub enum RetryClass {
     Done,
     RefreshAuth,
     DeadLetter { reason: &'static str },
-    RateLimited { retry_at: Option<Timestamp> },
+    RateLimited { retry_at: Option<Instant> },
     Backoff,
 }
 
 /// Classifies an HTTP status.
-pub fn classify_status(status: u16, retry_at: Option<Timestamp>) -> RetryClass {
+pub fn classify_status(status: u16, retry_at: Option<Instant>) -> RetryClass {
     match status {
         200..=299 => RetryClass::Done,
         401 => RetryClass::RefreshAuth,
@@ -154,14 +142,27 @@ impl ApiError {
     pub fn class(&self) -> RetryClass {
         match self {
             ApiError::Status { status, retry_at, .. } => classify_status(*status, *retry_at),
-            // A garbled 2xx is treated like a server fault: retry later, keep what we have.
-            ApiError::Transport { .. } | ApiError::Decode { .. } => RetryClass::Backoff,
+            // A garbled or oversized 2xx is treated like a server fault: retry later, keep what
+            // we have. A redirect that is not followed is a configuration fault, retried until
+            // the URL is fixed, so nothing queued is lost meanwhile.
+            ApiError::Transport { .. }
+            | ApiError::Decode { .. }
+            | ApiError::TooLarge { .. }
+            | ApiError::Redirect { .. } => RetryClass::Backoff,
+        }
+    }
+
+    /// When the server said to come back, if it did.
+    pub fn retry_at(&self) -> Option<Instant> {
+        match self {
+            ApiError::Status { retry_at, .. } => *retry_at,
+            _ => None,
         }
     }
 
     pub fn status(&self) -> Option<u16> {
         match self {
-            ApiError::Status { status, .. } => Some(*status),
+            ApiError::Status { status, .. } | ApiError::Redirect { status, .. } => Some(*status),
             _ => None,
         }
     }
@@ -185,18 +186,26 @@ impl fmt::Display for ApiError {
                 }
                 match status {
                     401 => write!(f, " (the access token or API key was refused)")?,
-                    403 => match operation.required_scope() {
-                        Some(scope) => write!(
+                    403 => match forbidden_cause(*operation, body) {
+                        Forbidden::Person => write!(
+                            f,
+                            " (DoorFlow will not admit this person here: the cause is the person's access rights, not the agent's permissions)"
+                        )?,
+                        Forbidden::Scope(scope) => write!(
                             f,
                             " (this needs the `{scope}` scope; grant it to the OAuth app or key)"
                         )?,
-                        None => write!(f, " (forbidden)")?,
+                        Forbidden::Unknown => write!(f, " (forbidden)")?,
                     },
                     408 | 429 => match retry_at {
-                        Some(at) => write!(f, " (rate limited until {at})")?,
+                        Some(at) => write!(f, " (rate limited for {} s)", seconds_left(*at))?,
                         None => write!(f, " (rate limited)")?,
                     },
-                    _ => {}
+                    _ => {
+                        if let Some(at) = retry_at {
+                            write!(f, " (retry after {} s)", seconds_left(*at))?;
+                        }
+                    }
                 }
                 if !body.fields.is_empty() {
                     let fields: Vec<String> = body
@@ -219,11 +228,64 @@ impl fmt::Display for ApiError {
             ApiError::Decode { operation, detail } => {
                 write!(f, "{operation:?}: unreadable response: {detail}")
             }
+            ApiError::TooLarge {
+                operation,
+                limit,
+                declared,
+            } => {
+                write!(f, "{operation:?}: answer larger than {limit} bytes")?;
+                if let Some(declared) = declared {
+                    write!(f, " (Content-Length {declared})")?;
+                }
+                write!(
+                    f,
+                    "; refused without reading the rest (the limit is api.max_bytes_per_item times the page size)"
+                )
+            }
+            ApiError::Redirect {
+                operation,
+                status,
+                location,
+            } => write!(
+                f,
+                "{operation:?}: HTTP {status} redirect to {} not followed (the agent follows only 307/308 redirects within the same scheme, host and port); point the configured URL at the new address",
+                location.as_deref().unwrap_or("(no Location)")
+            ),
         }
     }
 }
 
 impl std::error::Error for ApiError {}
+
+/// Whole seconds from now until `at`, rounded up.
+fn seconds_left(at: Instant) -> u64 {
+    at.saturating_duration_since(Instant::now())
+        .as_millis()
+        .div_ceil(1000) as u64
+}
+
+/// Why DoorFlow answered 403.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forbidden {
+    /// admit_person's `{error, reason}`: the person may not pass this door.
+    Person,
+    /// The token or key lacks this scope (the spec's security requirement for the call).
+    Scope(&'static str),
+    /// A call that needs no scope (the event sink).
+    Unknown,
+}
+
+/// The cause of a 403 on `operation`: a body with `reason` on an admit is about the person
+/// (the spec's admitPerson 403); anything else is the scope the spec requires for the call.
+pub fn forbidden_cause(operation: Operation, body: &ErrorBody) -> Forbidden {
+    let scope_error = body.code.as_deref() == Some("insufficient_scope");
+    if operation == Operation::AdmitPerson && body.reason.is_some() && !scope_error {
+        return Forbidden::Person;
+    }
+    operation
+        .required_scope()
+        .map_or(Forbidden::Unknown, Forbidden::Scope)
+}
 
 #[cfg(test)]
 mod tests {
@@ -280,6 +342,7 @@ mod tests {
 
         let admit = ErrorBody::parse(br#"{"error":"forbidden","reason":"Person has no access"}"#);
         assert_eq!(admit.message.as_deref(), Some("Person has no access"));
+        assert_eq!(admit.reason.as_deref(), Some("Person has no access"));
 
         let limited =
             ErrorBody::parse(br#"{"error":"rate_limited","description":"slow down","retry_in":60}"#);
@@ -303,6 +366,38 @@ mod tests {
         assert!(
             forbidden.to_string().contains("account.channel.admit.person"),
             "{forbidden}"
+        );
+        // admit_person's own 403 is about the person: no scope hint.
+        let person = ApiError::Status {
+            operation: Operation::AdmitPerson,
+            status: 403,
+            body: ErrorBody::parse(
+                br#"{"error":"Access denied","reason":"Person does not have valid credentials for this channel"}"#,
+            ),
+            retry_at: None,
+        };
+        let text = person.to_string();
+        assert!(
+            text.contains("valid credentials") && text.contains("person's access rights"),
+            "{text}"
+        );
+        assert!(!text.contains("account."), "{text}");
+        // The same body on a list call, or a scope error on an admit, names the scope.
+        let scope_on_admit = ErrorBody::parse(br#"{"error":"insufficient_scope","reason":"scope"}"#);
+        assert_eq!(
+            forbidden_cause(Operation::AdmitPerson, &scope_on_admit),
+            Forbidden::Scope("account.channel.admit.person")
+        );
+        assert_eq!(
+            forbidden_cause(
+                Operation::ListSites,
+                &ErrorBody::parse(br#"{"error":"x","reason":"y"}"#)
+            ),
+            Forbidden::Scope("account.site.readonly")
+        );
+        assert_eq!(
+            forbidden_cause(Operation::PostEvent, &ErrorBody::default()),
+            Forbidden::Unknown
         );
         let invalid = ApiError::Status {
             operation: Operation::PostEvent,

@@ -4,55 +4,105 @@
 //! Pacing rule: requests are spaced at least `window / limit` (plus 2 %) apart, so a steady
 //! caller uses about 98 % of the allowed rate; when the server's `X-RateLimit-Remaining` says
 //! the window is spent, callers wait for `X-RateLimit-Reset` plus a second of clock margin; a
-//! 429 pauses every caller until its retry time. Pure: every method takes `now`.
+//! 429 (or any answer with `Retry-After`) pauses every caller until its retry time.
+//!
+//! All of it runs on the monotonic clock, so a wall clock stepped back or forward never stalls
+//! or hurries a caller. Times the server sends become monotonic deadlines when the answer
+//! arrives: `Retry-After` seconds count from the arrival; an absolute time (a `Retry-After`
+//! HTTP date, an `X-RateLimit-Reset` epoch) is turned into a wait by subtracting the answer's
+//! own `Date` (the server's clock, so a board whose clock is off still waits the right length;
+//! the board's wall clock only when the answer has no `Date`), at most `MAX_SERVER_WAIT`.
+//! Pure: every method takes its clock readings as arguments.
 
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use reqwest::header::HeaderMap;
+use std::time::{Duration, Instant};
 
-/// What one response said about the limit.
+/// The longest wait a server's time can impose (a date far ahead, a wrong epoch).
+pub const MAX_SERVER_WAIT: Duration = Duration::from_secs(3600);
+/// An `X-RateLimit-Reset` below this (2001-09-09) is read as seconds from now, the form some
+/// servers send, rather than as an epoch.
+const EPOCH_MIN: u64 = 1_000_000_000;
+
+/// What one response said about the limit, with its times as monotonic deadlines.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RateInfo {
     pub limit: Option<u32>,
     pub remaining: Option<u32>,
-    pub reset: Option<Timestamp>,
-    /// `Retry-After`, as an instant.
-    pub retry_after: Option<Timestamp>,
+    /// When the window resets (`X-RateLimit-Reset`).
+    pub reset: Option<Instant>,
+    /// `Retry-After`.
+    pub retry_after: Option<Instant>,
+    /// The answer's `Date`: the server's clock when it answered.
+    pub date: Option<Timestamp>,
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
 }
 
+/// An HTTP date in any of the three forms RFC 9110 §5.6.7 requires recipients to accept
+/// (IMF-fixdate, RFC 850, asctime).
+pub fn parse_http_date(value: &str) -> Option<Timestamp> {
+    let time = httpdate::parse_http_date(value).ok()?;
+    Timestamp::try_from(time).ok()
+}
+
+/// The wait until `server_time`, measured on the server's clock (`server_now`).
+fn wait_until(server_time: Timestamp, server_now: Timestamp) -> Duration {
+    let wait = server_time.duration_since(server_now);
+    if wait.is_negative() {
+        return Duration::ZERO;
+    }
+    wait.unsigned_abs().min(MAX_SERVER_WAIT)
+}
+
+/// `Retry-After` (RFC 9110 §10.2.3): delta seconds, or an HTTP date read against the server's
+/// clock `server_now`. Returns the wait.
+pub fn parse_retry_after(value: &str, server_now: Timestamp) -> Option<Duration> {
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds).min(MAX_SERVER_WAIT));
+    }
+    parse_http_date(value).map(|at| wait_until(at, server_now))
+}
+
+/// `X-RateLimit-Reset`: epoch seconds (DoorFlow's form) read against `server_now`, or small
+/// values as seconds from now. Returns the wait.
+pub fn parse_reset(value: &str, server_now: Timestamp) -> Option<Duration> {
+    let value: u64 = value.parse().ok()?;
+    if value < EPOCH_MIN {
+        return Some(Duration::from_secs(value).min(MAX_SERVER_WAIT));
+    }
+    let at = Timestamp::from_second(i64::try_from(value).ok()?).ok()?;
+    Some(wait_until(at, server_now))
+}
+
 impl RateInfo {
-    /// Reads the headers; malformed values are ignored.
-    pub fn from_headers(headers: &HeaderMap, now: Timestamp) -> RateInfo {
+    /// Reads the headers of an answer that arrived at `received` (monotonic), when the board's
+    /// wall clock said `local_wall`; malformed values are ignored.
+    pub fn from_headers(headers: &HeaderMap, received: Instant, local_wall: Timestamp) -> RateInfo {
+        let date = header(headers, "date").and_then(parse_http_date);
+        let server_now = date.unwrap_or(local_wall);
         RateInfo {
             limit: header(headers, "x-ratelimit-limit").and_then(|v| v.parse().ok()),
             remaining: header(headers, "x-ratelimit-remaining").and_then(|v| v.parse().ok()),
             reset: header(headers, "x-ratelimit-reset")
-                .and_then(|v| v.parse::<i64>().ok())
-                .and_then(|s| Timestamp::from_second(s).ok()),
-            retry_after: header(headers, "retry-after").and_then(|v| parse_retry_after(v, now)),
+                .and_then(|v| parse_reset(v, server_now))
+                .map(|wait| received + wait),
+            retry_after: header(headers, "retry-after")
+                .and_then(|v| parse_retry_after(v, server_now))
+                .map(|wait| received + wait),
+            date,
         }
     }
 
     /// When to come back after a 429/408: `Retry-After`, else `X-RateLimit-Reset`, else the
-    /// body's `retry_in`, else unknown (the caller backs off).
-    pub fn retry_at(&self, body_retry_in: Option<u64>, now: Timestamp) -> Option<Timestamp> {
+    /// body's `retry_in` (seconds from `received`), else unknown (the caller backs off).
+    pub fn retry_at(&self, body_retry_in: Option<u64>, received: Instant) -> Option<Instant> {
         self.retry_after
-            .or(self.reset.filter(|reset| *reset > now))
-            .or_else(|| body_retry_in.and_then(|s| now.checked_add(SignedDuration::from_secs(s as i64)).ok()))
+            .or(self.reset.filter(|reset| *reset > received))
+            .or_else(|| body_retry_in.map(|s| received + Duration::from_secs(s).min(MAX_SERVER_WAIT)))
     }
-}
-
-/// `Retry-After` is delta seconds or an HTTP date.
-pub fn parse_retry_after(value: &str, now: Timestamp) -> Option<Timestamp> {
-    if let Ok(seconds) = value.parse::<u32>() {
-        return now.checked_add(SignedDuration::from_secs(seconds as i64)).ok();
-    }
-    jiff::fmt::rfc2822::DateTimeParser::new()
-        .parse_timestamp(value)
-        .ok()
 }
 
 /// Pagination totals: `Total`/`Per-Page` (spec) or `X-Total-Results`/`X-Per-Page` (older).
@@ -62,18 +112,18 @@ pub fn total_results(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// The shared budget.
+/// The shared budget, on the monotonic clock.
 #[derive(Debug, Clone)]
 pub struct RateBudget {
     limit: u32,
     remaining: u32,
-    reset: Option<Timestamp>,
-    window: SignedDuration,
-    last_slot: Option<Timestamp>,
-    paused_until: Option<Timestamp>,
+    reset: Option<Instant>,
+    window: Duration,
+    last_slot: Option<Instant>,
+    paused_until: Option<Instant>,
 }
 
-const CLOCK_MARGIN: SignedDuration = SignedDuration::from_secs(1);
+const CLOCK_MARGIN: Duration = Duration::from_secs(1);
 
 impl RateBudget {
     /// `per_minute` applies until the server's headers say otherwise.
@@ -82,19 +132,18 @@ impl RateBudget {
             limit: per_minute.max(1),
             remaining: per_minute.max(1),
             reset: None,
-            window: SignedDuration::from_secs(60),
+            window: Duration::from_secs(60),
             last_slot: None,
             paused_until: None,
         }
     }
 
-    fn spacing(&self) -> SignedDuration {
-        let nanos = self.window.as_nanos() / self.limit as i128;
-        SignedDuration::from_nanos((nanos * 102 / 100) as i64)
+    fn spacing(&self) -> Duration {
+        self.window / self.limit * 102 / 100
     }
 
     /// Reserves the next request slot and returns when it may be sent.
-    pub fn reserve(&mut self, now: Timestamp) -> Timestamp {
+    pub fn reserve(&mut self, now: Instant) -> Instant {
         let mut slot = now;
         if let Some(paused) = self.paused_until {
             slot = slot.max(paused);
@@ -133,14 +182,14 @@ impl RateBudget {
         }
     }
 
-    /// A 429: everyone waits until `until`.
-    pub fn pause_until(&mut self, until: Timestamp) {
+    /// A 429, or an answer with `Retry-After`: everyone waits until `until`.
+    pub fn pause_until(&mut self, until: Instant) {
         self.paused_until = Some(self.paused_until.map_or(until, |p| p.max(until)));
         self.remaining = 0;
-        self.reset = Some(until - CLOCK_MARGIN);
+        self.reset = Some(until.checked_sub(CLOCK_MARGIN).unwrap_or(until));
     }
 
-    pub fn paused_until(&self, now: Timestamp) -> Option<Timestamp> {
+    pub fn paused_until(&self, now: Instant) -> Option<Instant> {
         self.paused_until.filter(|p| *p > now)
     }
 }
@@ -154,45 +203,103 @@ mod tests {
         Timestamp::from_second(s).unwrap()
     }
 
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    const NOW: i64 = 1_800_000_000;
+
     #[test]
-    fn headers_parse_and_malformed_ones_are_ignored() {
+    fn headers_become_monotonic_deadlines_and_malformed_ones_are_ignored() {
+        let received = Instant::now();
         let mut headers = HeaderMap::new();
         headers.insert("X-RateLimit-Limit", HeaderValue::from_static("120"));
         headers.insert("X-RateLimit-Remaining", HeaderValue::from_static("7"));
         headers.insert("X-RateLimit-Reset", HeaderValue::from_static("1800000060"));
         headers.insert("Retry-After", HeaderValue::from_static("30"));
-        let info = RateInfo::from_headers(&headers, t(1_800_000_000));
+        let info = RateInfo::from_headers(&headers, received, t(NOW));
         assert_eq!((info.limit, info.remaining), (Some(120), Some(7)));
-        assert_eq!(info.reset, Some(t(1_800_000_060)));
-        assert_eq!(info.retry_after, Some(t(1_800_000_030)));
+        assert_eq!(info.reset, Some(received + secs(60)));
+        assert_eq!(info.retry_after, Some(received + secs(30)));
 
         headers.insert("X-RateLimit-Limit", HeaderValue::from_static("lots"));
         headers.insert("Retry-After", HeaderValue::from_static("soon"));
-        let info = RateInfo::from_headers(&headers, t(0));
-        assert_eq!((info.limit, info.retry_after), (None, None));
+        headers.insert("Date", HeaderValue::from_static("yesterday"));
+        let info = RateInfo::from_headers(&headers, received, t(NOW));
+        assert_eq!((info.limit, info.retry_after, info.date), (None, None, None));
     }
 
+    /// The board's clock is an hour behind (or two days ahead): the server's `Date` sets the
+    /// length of the wait, not the board's clock.
     #[test]
-    fn retry_after_as_http_date() {
-        let at = parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", t(0)).unwrap();
-        assert_eq!(at.to_string(), "2015-10-21T07:28:00Z");
+    fn server_times_are_read_against_the_server_date() {
+        let received = Instant::now();
+        let mut headers = HeaderMap::new();
+        headers.insert("Date", HeaderValue::from_static("Fri, 15 Jan 2027 08:00:00 GMT"));
+        headers.insert(
+            "Retry-After",
+            HeaderValue::from_static("Fri, 15 Jan 2027 08:00:08 GMT"),
+        );
+        let server_now: Timestamp = "2027-01-15T08:00:00Z".parse().unwrap();
+        headers.insert(
+            "X-RateLimit-Reset",
+            HeaderValue::from(server_now.as_second() + 42),
+        );
+        for board_skew in [-3600i64, -40, 0, 7200, 2 * 86_400] {
+            let board = server_now + jiff::SignedDuration::from_secs(board_skew);
+            let info = RateInfo::from_headers(&headers, received, board);
+            assert_eq!(info.date, Some(server_now));
+            assert_eq!(info.retry_after, Some(received + secs(8)), "skew {board_skew}");
+            assert_eq!(info.reset, Some(received + secs(42)), "skew {board_skew}");
+        }
+        // Without a Date, the board's clock is all there is.
+        headers.remove("Date");
+        let info = RateInfo::from_headers(&headers, received, server_now - secs(2));
+        assert_eq!(info.retry_after, Some(received + secs(10)));
+    }
+
+    /// RFC 9110 §5.6.7: recipients accept IMF-fixdate, the obsolete RFC 850 form and asctime.
+    #[test]
+    fn retry_after_in_all_three_date_forms() {
+        let now = t(1_445_412_470); // 2015-10-21T07:27:50Z
+        for form in [
+            "Wed, 21 Oct 2015 07:28:00 GMT",
+            "Wednesday, 21-Oct-15 07:28:00 GMT",
+            "Wed Oct 21 07:28:00 2015",
+        ] {
+            assert_eq!(parse_retry_after(form, now), Some(secs(10)), "{form}");
+        }
+        assert_eq!(parse_retry_after("8", now), Some(secs(8)));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
+            Some(Duration::ZERO),
+            "past"
+        );
+        assert_eq!(
+            parse_retry_after("99999999", now),
+            Some(MAX_SERVER_WAIT),
+            "capped"
+        );
+        assert_eq!(parse_retry_after("-5", now), None);
+        assert_eq!(parse_reset("1445412530", now), Some(secs(60)));
+        assert_eq!(parse_reset("45", now), Some(secs(45)), "seconds, not an epoch");
     }
 
     #[test]
     fn retry_precedence() {
-        let now = t(1000);
+        let now = Instant::now();
         let all = RateInfo {
-            retry_after: Some(t(1010)),
-            reset: Some(t(1020)),
+            retry_after: Some(now + secs(10)),
+            reset: Some(now + secs(20)),
             ..Default::default()
         };
-        assert_eq!(all.retry_at(Some(30), now), Some(t(1010)));
+        assert_eq!(all.retry_at(Some(30), now), Some(now + secs(10)));
         let reset = RateInfo {
-            reset: Some(t(1020)),
+            reset: Some(now + secs(20)),
             ..Default::default()
         };
-        assert_eq!(reset.retry_at(Some(30), now), Some(t(1020)));
-        assert_eq!(RateInfo::default().retry_at(Some(30), now), Some(t(1030)));
+        assert_eq!(reset.retry_at(Some(30), now), Some(now + secs(20)));
+        assert_eq!(RateInfo::default().retry_at(Some(30), now), Some(now + secs(30)));
         assert_eq!(RateInfo::default().retry_at(None, now), None);
     }
 
@@ -206,30 +313,31 @@ mod tests {
     }
 
     /// A server with fixed 60 s windows and headers; a steady caller must never see a 429 and
-    /// must use at least 90 % of the limit.
+    /// must use at least 90 % of the limit. The clock is the test's: a base instant moved on.
     #[test]
     fn steady_caller_stays_under_a_fixed_window_limit() {
         for limit in [120u32, 30, 600] {
-            let start = 1_800_000_017i64; // windows not aligned with the caller's start
+            let base = Instant::now();
             let mut budget = RateBudget::new(120);
-            let (mut window_start, mut count, mut rejected, mut served) = (start - 17, 0u32, 0u32, 0u32);
-            let mut now = t(start);
-            let end = t(start + 600);
+            // Windows not aligned with the caller's start.
+            let (mut window_start, mut count, mut rejected, mut served) = (Duration::ZERO, 0u32, 0u32, 0u32);
+            let mut now = base + secs(17);
+            let end = base + secs(617);
             while now < end {
                 now = budget.reserve(now);
-                while now.as_second() >= window_start + 60 {
-                    window_start += 60;
+                while now.duration_since(base) >= window_start + secs(60) {
+                    window_start += secs(60);
                     count = 0;
                 }
                 let info = RateInfo {
                     limit: Some(limit),
                     remaining: Some(limit.saturating_sub(count + 1)),
-                    reset: Some(t(window_start + 60)),
-                    retry_after: None,
+                    reset: Some(base + window_start + secs(60)),
+                    ..Default::default()
                 };
                 if count >= limit {
                     rejected += 1;
-                    budget.pause_until(t(window_start + 60));
+                    budget.pause_until(base + window_start + secs(60));
                 } else {
                     count += 1;
                     served += 1;
@@ -244,9 +352,25 @@ mod tests {
 
     #[test]
     fn a_429_pauses_everyone() {
+        let now = Instant::now();
         let mut budget = RateBudget::new(120);
-        budget.pause_until(t(2000));
-        assert!(budget.reserve(t(1000)) >= t(2000));
-        assert_eq!(budget.paused_until(t(1000)), Some(t(2000)));
+        budget.pause_until(now + secs(1000));
+        assert!(budget.reserve(now) >= now + secs(1000));
+        assert_eq!(budget.paused_until(now), Some(now + secs(1000)));
+    }
+
+    /// The budget never looks at the wall clock: the slots of a steady caller are the same
+    /// whatever the wall clock does (issue 15: a wall clock set back an hour stalled every
+    /// caller for an hour when the last slot was a wall time).
+    #[test]
+    fn slots_follow_the_monotonic_clock_only() {
+        let base = Instant::now();
+        let mut budget = RateBudget::new(120);
+        let mut slot = budget.reserve(base);
+        for _ in 0..10 {
+            let next = budget.reserve(slot);
+            assert_eq!(next - slot, Duration::from_millis(510));
+            slot = next;
+        }
     }
 }

@@ -106,8 +106,16 @@ impl MockGpio {
         })
     }
 
-    /// The door's lines, and its simulated reader started (call inside a tokio runtime).
+    /// Opens a door's lines as the agent does (the relay requested holding
+    /// [`super::RELAY_REQUEST_RELEASED`]) and starts its simulated reader (call inside a tokio
+    /// runtime).
     pub fn open_door(self: &Arc<Self>, index: usize) -> DoorHardware {
+        self.open_door_with_relay(index, super::RELAY_REQUEST_RELEASED)
+    }
+
+    /// Opens a door's lines with the relay requested holding `relay_released`, as a kernel
+    /// line request sets the output at once (tests use it to check who writes what first).
+    pub fn open_door_with_relay(self: &Arc<Self>, index: usize, relay_released: bool) -> DoorHardware {
         let door = &self.doors[index];
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
         let (queue, queued) = mpsc::channel(reader::QUEUED_TRANSMISSIONS);
@@ -116,7 +124,11 @@ impl MockGpio {
             .spawn(reader::transmit(queued, tx.clone(), door.frame_silence_ns));
         *lock(&door.reader) = Some(queue);
         *lock(&door.sender) = Some(tx);
-        let lines = lock(&door.lines).clone();
+        let lines = {
+            let mut lines = lock(&door.lines);
+            lines.relay_released = relay_released;
+            lines.clone()
+        };
         DoorHardware {
             events: rx,
             relay: Box::new(MockRelay {
@@ -367,7 +379,10 @@ struct MockRelay {
 impl RelayOutput for MockRelay {
     fn set_released(&mut self, released: bool) -> Result<(), GpioError> {
         let door = &self.gpio.doors[self.index];
-        lock(&door.lines).relay_released = released;
+        let previous = std::mem::replace(&mut lock(&door.lines).relay_released, released);
+        if previous == released {
+            return Ok(()); // the line did not change: nothing to report
+        }
         // Nobody watching is fine: a send error only means no subscribers.
         let _ = self.gpio.changes.send(OutputChange {
             door: door.name.clone(),

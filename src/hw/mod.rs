@@ -25,6 +25,12 @@ pub enum DoorInput {
     D1,
     Contact,
     Rex,
+    /// The kernel dropped edges of this door's reader (its event sequence numbers skipped):
+    /// the frame they belonged to cannot be trusted. `active` is unused.
+    EdgesLost,
+    /// The door's input lines failed (`active = true`: a read failed, the backend is
+    /// requesting them again) or answer again (`active = false`).
+    LinesFault,
 }
 
 /// A level change on one of a door's inputs.
@@ -75,6 +81,10 @@ pub struct DoorHardware {
     pub rex_pressed: Option<bool>,
 }
 
+/// The level a relay line is requested with: the door machine's starting state (locked), in
+/// every fail mode and polarity. Never the fail state: that is for stopping only.
+pub const RELAY_REQUEST_RELEASED: bool = crate::door::DoorMachine::STARTS_RELEASED;
+
 /// The opened GPIO backend.
 pub enum Backend {
     Chardev,
@@ -91,11 +101,15 @@ impl Backend {
     }
 
     /// Requests a door's lines. Fails with a message naming the chip, line and config key when
-    /// a chip is missing or a line is held by another consumer.
+    /// a chip is missing, a line is beyond the chip or held by another consumer.
+    ///
+    /// The relay line is requested holding the door machine's starting state
+    /// ([`RELAY_REQUEST_RELEASED`]), so the door is what `status` says from the first instant;
+    /// the fail state is written only when the agent stops.
     pub fn open_door(&self, config: &Config, index: usize) -> Result<DoorHardware, GpioError> {
         match self {
-            Backend::Chardev => chardev::open_door(config, index),
-            Backend::Mock(mock) => Ok(mock.open_door(index)),
+            Backend::Chardev => chardev::open_door(config, index, RELAY_REQUEST_RELEASED),
+            Backend::Mock(mock) => Ok(mock.open_door_with_relay(index, RELAY_REQUEST_RELEASED)),
         }
     }
 }

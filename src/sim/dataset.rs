@@ -18,6 +18,8 @@ const UPDATED_FROM: i64 = 1_735_689_600; // 2025-01-01T00:00:00Z
 #[derive(Debug, Clone)]
 struct Change {
     enabled: Option<bool>,
+    /// A `valid_to` set by a test (replaces the rule's).
+    valid_to: Option<Timestamp>,
     updated_at: Timestamp,
     /// Set for people added after start.
     created_at: Option<Timestamp>,
@@ -153,10 +155,10 @@ impl Dataset {
 
     pub(super) fn person(&self, id: u64) -> Value {
         let base = !self.added(id);
-        let valid_to = if base && id % 97 == 0 {
-            json!("2020-01-01T00:00:00Z")
-        } else {
-            Value::Null
+        let valid_to = match self.changes.get(&id).and_then(|c| c.valid_to) {
+            Some(valid_to) => json!(valid_to.to_string()),
+            None if base && id % 97 == 0 => json!("2020-01-01T00:00:00Z"),
+            None => Value::Null,
         };
         let role = if base && id % 10 == 3 { 2 } else { 1 };
         json!({
@@ -192,12 +194,21 @@ impl Dataset {
         }
         let change = self.changes.entry(id).or_insert(Change {
             enabled: None,
+            valid_to: None,
             updated_at: now(),
             created_at: None,
         });
         change.updated_at = now();
         if enabled.is_some() {
             change.enabled = enabled;
+        }
+    }
+
+    /// Sets a person's `valid_to` and marks them updated now. Absent people are ignored.
+    pub(super) fn set_valid_to(&mut self, id: u64, valid_to: Timestamp) {
+        self.touch_person(id, None);
+        if let Some(change) = self.changes.get_mut(&id) {
+            change.valid_to = Some(valid_to);
         }
     }
 
@@ -218,6 +229,7 @@ impl Dataset {
             id,
             Change {
                 enabled: Some(true),
+                valid_to: None,
                 updated_at: at,
                 created_at: Some(at),
             },

@@ -7,10 +7,17 @@
 //! server that breaks while answering has usually done the work: that is what makes a client's
 //! retry produce a duplicate, which at-least-once delivery has to cope with.
 
+use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use serde_json::json;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+/// Chunk size of a huge answer.
+const HUGE_CHUNK: usize = 64 * 1024;
 
 /// A fault applied to a request.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,6 +38,15 @@ pub enum Fault {
     Delay(Duration),
     /// The connection is closed without any response.
     Drop,
+    /// This status with a current-style error body and `Retry-After: value` (seconds or an
+    /// HTTP date, in whichever form the test writes it).
+    RetryAfter { status: u16, value: String },
+    /// A redirect (`Location: location`, which may be relative) with an empty body.
+    Redirect { status: u16, location: String },
+    /// 200 with a valid JSON array `bytes` long (mostly whitespace), produced only as fast as
+    /// the client reads it; with `content_length` the size is declared up front, otherwise it
+    /// is sent chunked. `Simulator::huge_bytes_sent` counts what left the server.
+    Huge { bytes: u64, content_length: bool },
 }
 
 impl Fault {
@@ -45,12 +61,15 @@ impl Fault {
             Fault::NonJson => "502_html".into(),
             Fault::Delay(_) => "slow".into(),
             Fault::Drop => "drop".into(),
+            Fault::Redirect { status, .. } => format!("redirect_{status}"),
+            Fault::RetryAfter { status, .. } => format!("{status}_retry_after"),
+            Fault::Huge { .. } => "huge".into(),
         }
     }
 
     /// The answer for a fault that replaces the endpoint (`rate` carries the X-RateLimit
     /// headers), or `None` for one that lets the endpoint run and then spoils its answer.
-    pub(super) fn answer(&self, rate: HeaderMap) -> Option<Response> {
+    pub(super) fn answer(&self, rate: HeaderMap, huge_sent: &Arc<AtomicU64>) -> Option<Response> {
         let response = match *self {
             Fault::Status(status) => {
                 let (code, description) = error_code(status);
@@ -70,10 +89,52 @@ impl Fault {
                 .into_response(),
             // Never delivered: the connection is cut first.
             Fault::Drop => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+            Fault::RetryAfter { status, ref value } => {
+                let (code, description) = error_code(status);
+                let mut response = error(status, code, description);
+                if let Ok(value) = HeaderValue::from_str(value) {
+                    response.headers_mut().insert("retry-after", value);
+                }
+                response
+            }
+            Fault::Redirect { status, ref location } => {
+                (status_code(status), [("location", location.as_str())]).into_response()
+            }
+            Fault::Huge {
+                bytes,
+                content_length,
+            } => huge(bytes, content_length, Arc::clone(huge_sent)),
             Fault::Truncated | Fault::Malformed | Fault::Delay(_) => return None,
         };
         Some(response)
     }
+}
+
+/// `[`, whitespace, `]`: `bytes` long in all, each chunk counted in `sent` as it is handed to
+/// the connection (which takes more only as the client reads).
+fn huge(bytes: u64, content_length: bool, sent: Arc<AtomicU64>) -> Response {
+    let bytes = bytes.max(2);
+    let chunks = bytes.div_ceil(HUGE_CHUNK as u64);
+    let stream = futures_util::stream::iter(0..chunks).map(move |index| {
+        let start = index * HUGE_CHUNK as u64;
+        let len = (bytes - start).min(HUGE_CHUNK as u64) as usize;
+        let mut chunk = vec![b' '; len];
+        if index == 0 {
+            chunk[0] = b'[';
+        }
+        if index == chunks - 1 {
+            chunk[len - 1] = b']';
+        }
+        sent.fetch_add(len as u64, Ordering::Relaxed);
+        Ok::<_, std::convert::Infallible>(chunk)
+    });
+    let mut response = Response::new(Body::from_stream(stream));
+    let headers = response.headers_mut();
+    headers.insert("content-type", HeaderValue::from_static("application/json"));
+    if content_length {
+        headers.insert("content-length", HeaderValue::from(bytes));
+    }
+    response
 }
 
 /// Chaos mode: while set, each request whose path starts with `path_prefix` fails with

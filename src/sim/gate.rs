@@ -47,7 +47,7 @@ pub(super) async fn gate(State(shared): State<Arc<Shared>>, request: Request, ne
         finish(response.status().as_u16());
         return response;
     };
-    if let Some(answer) = fault.answer(rate.clone()) {
+    if let Some(answer) = fault.answer(rate.clone(), &shared.huge_sent) {
         if fault == Fault::Drop {
             if let Some(id) = connection {
                 shared.connections.cut(id);

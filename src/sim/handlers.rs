@@ -22,10 +22,15 @@ type Params = Query<HashMap<String, String>>;
 /// The channels of the dataset.
 const CHANNELS: [(u64, &str); 2] = [(1340, "Front Door"), (1341, "Server Room")];
 
-/// The scopes the simulator grants to every token: those the agent needs.
-const SCOPES: &str = "account.person.readonly account.channel.readonly account.group.readonly \
-                      account.role.readonly account.group_reservation.readonly \
-                      account.credential_type.readonly account.channel.admit.person";
+/// The scopes the simulator grants to every token: those the agent's calls need.
+fn scopes() -> String {
+    let mut scopes: Vec<&str> = crate::doorflow::operation::Operation::ALL
+        .iter()
+        .filter_map(|operation| operation.required_scope())
+        .collect();
+    scopes.dedup();
+    scopes.join(" ")
+}
 
 /// `page`/`per_page`/`skip_pagination` as DoorFlow reads them, and as the account's
 /// [`ListBehaviour`] bends them (a page cap, headers left out or misreported).
@@ -269,7 +274,7 @@ pub(super) async fn token(State(sim): Sim, Form(form): Form<HashMap<String, Stri
     inner.access_tokens.insert(access.clone(), Instant::now());
     axum::Json(json!({
         "access_token": access, "token_type": "Bearer", "expires_in": inner.config.token_lifetime_s,
-        "refresh_token": inner.refresh_token, "scope": SCOPES, "created_at": Timestamp::now().as_second(),
+        "refresh_token": inner.refresh_token, "scope": scopes(), "created_at": Timestamp::now().as_second(),
     }))
     .into_response()
 }

@@ -118,6 +118,8 @@ pub struct Received {
 struct Shared {
     inner: Mutex<Inner>,
     connections: Arc<server::Connections>,
+    /// Bytes of `Fault::Huge` answers handed to connections.
+    huge_sent: Arc<std::sync::atomic::AtomicU64>,
 }
 
 struct Inner {
@@ -175,6 +177,7 @@ impl Simulator {
                 events: Vec::new(),
             }),
             connections: Arc::clone(&connections),
+            huge_sent: Arc::default(),
         });
         let server = server::Server::start(port, app(Arc::clone(&shared)), connections)?;
         let base_url = format!("http://{}", server.addr());
@@ -185,8 +188,13 @@ impl Simulator {
         })
     }
 
-    /// Runs until Ctrl-C/SIGTERM for manual testing (`doorflow-agent simulate`).
-    pub async fn run_standalone(config: SimConfig, chaos: Option<Chaos>) -> std::io::Result<()> {
+    /// Runs until Ctrl-C/SIGTERM for manual testing (`doorflow-agent simulate`), with the
+    /// `lockdowns` channels in lockdown from the start (scripts that test a lockdown).
+    pub async fn run_standalone(
+        config: SimConfig,
+        chaos: Option<Chaos>,
+        lockdowns: &[u64],
+    ) -> std::io::Result<()> {
         let api_key = config.api_key.clone();
         let sink_token = config.sink_token.is_some();
         let sim = Simulator::start(config).await?;
@@ -204,6 +212,10 @@ impl Simulator {
             }
         );
         println!("  received admits and events: {base}/_sim/received");
+        for &channel_id in lockdowns {
+            sim.set_lockdown(channel_id, true);
+            println!("  channel {channel_id} in lockdown (cards and exit buttons)");
+        }
         if let Some(chaos) = &chaos {
             println!(
                 "  chaos: {:.0} % of requests fail (seed {}, slow answers after {} s)",
@@ -268,6 +280,12 @@ impl Simulator {
         }
     }
 
+    /// Bytes of `Fault::Huge` answers that left the server so far (a client that stops reading
+    /// stops this count, give or take the socket buffers).
+    pub fn huge_bytes_sent(&self) -> u64 {
+        self.shared.huge_sent.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Requests that reached the server (not counting `/_sim/...`).
     pub fn requests(&self) -> u64 {
         self.lock().log.len() as u64
@@ -316,6 +334,11 @@ impl Simulator {
     /// Sets a person's `enabled` (updated_at = now). Absent people are ignored.
     pub fn update_person(&self, id: u64, enabled: bool) {
         self.lock().data.touch_person(id, Some(enabled));
+    }
+
+    /// Ends a person's access at `valid_to` (updated_at = now), as DoorFlow's dashboard would.
+    pub fn set_valid_to(&self, id: u64, valid_to: jiff::Timestamp) {
+        self.lock().data.set_valid_to(id, valid_to);
     }
 
     /// Removes a person and their credentials from every list.

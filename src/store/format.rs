@@ -16,6 +16,7 @@
 
 use super::queue::Hold;
 use crate::audit::AuditEvent;
+use crate::clock::BootInstant;
 use crate::snapshot::*;
 use jiff::Timestamp;
 use serde::de::DeserializeOwned;
@@ -607,8 +608,13 @@ pub struct QueuedCallV1 {
     pub id: String,
     pub call: CallV1,
     pub created_at: Timestamp,
+    /// Added within format 1 (absent in older records: the wall clock decides then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_boot: Option<BootInstantV1>,
     pub attempts: u32,
     pub next_attempt_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_boot: Option<BootInstantV1>,
     pub last_error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold: Option<HoldV1>,
@@ -632,8 +638,10 @@ impl DiskRecord for super::QueuedCall {
                 },
             },
             created_at: self.created_at,
+            created_boot: self.created_boot.map(BootInstantV1::from),
             attempts: self.attempts,
             next_attempt_at: self.next_attempt_at,
+            next_attempt_boot: self.next_attempt_boot.map(BootInstantV1::from),
             last_error: self.last_error.clone(),
             hold: self.hold.map(|hold| match hold {
                 Hold::RateLimited => HoldV1::RateLimited,
@@ -659,8 +667,10 @@ impl DiskRecord for super::QueuedCall {
                 },
             },
             created_at: d.created_at,
+            created_boot: d.created_boot.map(Into::into),
             attempts: d.attempts,
             next_attempt_at: d.next_attempt_at,
+            next_attempt_boot: d.next_attempt_boot.map(Into::into),
             last_error: d.last_error,
             hold: d.hold.map(|hold| match hold {
                 HoldV1::RateLimited => Hold::RateLimited,
@@ -668,6 +678,31 @@ impl DiskRecord for super::QueuedCall {
                 HoldV1::Unreachable => Hold::Unreachable,
                 HoldV1::AuthRefused => Hold::AuthRefused,
             }),
+        }
+    }
+}
+
+/// A point on the boot clock: the first 64 bits of the kernel's boot_id and ns since boot.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct BootInstantV1 {
+    pub boot: u64,
+    pub ns: u64,
+}
+
+impl From<BootInstant> for BootInstantV1 {
+    fn from(at: BootInstant) -> Self {
+        BootInstantV1 {
+            boot: at.boot,
+            ns: at.ns,
+        }
+    }
+}
+
+impl From<BootInstantV1> for BootInstant {
+    fn from(at: BootInstantV1) -> Self {
+        BootInstant {
+            boot: at.boot,
+            ns: at.ns,
         }
     }
 }

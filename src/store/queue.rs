@@ -21,6 +21,7 @@ use super::layout::Layout;
 use super::sqlite::{self, OpenProblem};
 use super::{testing, Store, StoreError};
 use crate::audit::AuditEvent;
+use crate::clock::BootInstant;
 use jiff::Timestamp;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
@@ -117,9 +118,16 @@ pub struct QueuedCall {
     pub id: String,
     pub call: Call,
     pub created_at: Timestamp,
+    /// `created_at` on the boot clock: the admit TTL counts elapsed time from here, unmoved
+    /// by wall clock steps and across agent restarts within one boot. Absent in records
+    /// written before it existed (then the wall clock is used, erring towards expiry).
+    pub created_boot: Option<BootInstant>,
     pub attempts: u32,
-    /// Wall-clock time before which it is not retried (persisted so backoff survives restarts).
+    /// Wall-clock time before which it is not retried (for display, and for a wait carried
+    /// across a reboot).
     pub next_attempt_at: Option<Timestamp>,
+    /// `next_attempt_at` on the boot clock: what the lane really waits for within one boot.
+    pub next_attempt_boot: Option<BootInstant>,
     pub last_error: Option<String>,
     /// Why it waits for `next_attempt_at` (persisted, so a restart waits the same way).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -714,6 +722,7 @@ impl QueueDb {
                 let mut queued = entry.value.queued;
                 queued.attempts = 0;
                 queued.next_attempt_at = None;
+                queued.next_attempt_boot = None;
                 queued.last_error = None;
                 queued.hold = None;
                 let body = format::encode(&queued);
@@ -1159,8 +1168,10 @@ mod tests {
                 },
             },
             created_at: Timestamp::from_second(1_800_000_000).unwrap(),
+            created_boot: None,
             attempts: 0,
             next_attempt_at: None,
+            next_attempt_boot: None,
             last_error: None,
             hold: None,
         }

@@ -7,9 +7,17 @@ use crate::snapshot::{self, CredentialKind, Record, ReservationState};
 /// A list item as a snapshot record.
 pub trait ToRecord: serde::de::DeserializeOwned + Send + 'static {
     fn to_record(self) -> Record;
+    /// When DoorFlow last changed it, where the API says (people): the cursor's fallback.
+    fn updated_at(&self) -> Option<jiff::Timestamp> {
+        None
+    }
 }
 
 impl ToRecord for api::Person {
+    fn updated_at(&self) -> Option<jiff::Timestamp> {
+        self.updated_at
+    }
+
     fn to_record(self) -> Record {
         Record::Person(snapshot::Person {
             id: self.id,

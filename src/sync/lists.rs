@@ -9,10 +9,11 @@
 use super::convert::ToRecord;
 use super::plan;
 use super::{SyncError, SyncTarget};
-use crate::doorflow::client::Client;
+use crate::doorflow::body::{each_item, ItemConsumer, StreamError};
+use crate::doorflow::client::{Client, UNPAGINATED_ITEMS};
 use crate::doorflow::error::{ApiError, Operation};
 use crate::doorflow::paging::{Next, PageTotals, Pager};
-use crate::doorflow::stream::{each_item, ItemConsumer, StreamError};
+use crate::doorflow::ratelimit::parse_http_date;
 use crate::mutex::lock;
 use crate::snapshot::{Record, RecordKind, Snapshot};
 use crate::status::SyncProgress;
@@ -28,11 +29,9 @@ use std::time::Duration;
 pub const PAGE_ATTEMPTS: u32 = 5;
 /// Records per store transaction while staging.
 const BATCH: usize = 1000;
-/// Bytes an item of a list may take in an answer (a DoorFlow person with every field set is
-/// about 1 KiB): bounds what a broken or hostile server can make the agent read.
-const MAX_BYTES_PER_ITEM: u64 = 16 * 1024;
-/// A list answer whose size the server does not give (`skip_pagination` without `Total`).
-const MAX_UNCOUNTED_BYTES: u64 = 512 * 1024 * 1024;
+/// Items a whole list answer (`skip_pagination`) may hold when the server gives no total: its
+/// size limit is this many times `api.max_bytes_per_item`.
+const UNCOUNTED_ITEMS: u64 = 500_000;
 /// Journal lines about a running sync, at most this often.
 const LOG_EVERY: SignedDuration = SignedDuration::from_secs(30);
 /// A whole list in one answer may take longer than a page.
@@ -43,7 +42,6 @@ const WHOLE_LIST_TIMEOUT: Duration = Duration::from_secs(600);
 pub struct ListSpec {
     pub kind: RecordKind,
     pub operation: Operation,
-    pub path: &'static str,
     /// Items per page asked; 0 for a list the API does not paginate (groups, roles).
     pub per_page: u64,
     pub query: Vec<(&'static str, String)>,
@@ -73,6 +71,10 @@ pub struct Pulled {
     pub kept: Vec<Record>,
     /// A fingerprint of the last credential listed (credential lists only).
     pub last: Option<u32>,
+    /// DoorFlow's time when the listing began (its first answer's `Date`).
+    pub began: Option<Timestamp>,
+    /// The newest `updated_at` among the people received.
+    pub newest_updated: Option<Timestamp>,
 }
 
 /// Takes a list's records on the parser's thread: stages them in batches, or keeps them.
@@ -84,6 +86,7 @@ struct ItemSink {
     kept: Vec<Record>,
     staged_records: u64,
     last: Option<u32>,
+    newest_updated: Option<Timestamp>,
     /// Items of the answer being read (shown by `status` while a long answer streams).
     live: Arc<AtomicU64>,
 }
@@ -132,6 +135,9 @@ impl ItemSink {
 
 impl<T: ToRecord> ItemConsumer<T> for ItemSink {
     fn item(&mut self, item: T) -> Result<(), String> {
+        if let Some(updated) = item.updated_at() {
+            self.newest_updated = Some(self.newest_updated.map_or(updated, |n| n.max(updated)));
+        }
         self.take(item.to_record())
     }
 
@@ -158,7 +164,8 @@ fn differs(snapshot: &Snapshot, record: &Record) -> bool {
 enum PageError {
     Again {
         error: ApiError,
-        wait: Option<Timestamp>,
+        /// When the server said to come back (monotonic).
+        wait: Option<std::time::Instant>,
     },
     Fatal(SyncError),
 }
@@ -178,7 +185,10 @@ fn classify(error: StreamError) -> PageError {
             error,
         },
         ApiError::Transport { .. } | ApiError::Decode { .. } => PageError::Again { error, wait: None },
-        ApiError::Status { .. } => PageError::Fatal(SyncError::Api(error)),
+        // Another answer will not be smaller, nor a redirect go elsewhere.
+        ApiError::Status { .. } | ApiError::TooLarge { .. } | ApiError::Redirect { .. } => {
+            PageError::Fatal(SyncError::Api(error))
+        }
     }
 }
 
@@ -220,8 +230,10 @@ impl Puller<'_> {
             kept: Vec::new(),
             staged_records: 0,
             last: None,
+            newest_updated: None,
             live: Arc::clone(&live),
         };
+        let mut began = None;
         self.progress(|p| {
             p.list = spec.kind.as_str().to_string();
             p.fetched = 0;
@@ -244,7 +256,7 @@ impl Puller<'_> {
             let answer = self.fetch::<T>(spec, &query, whole, per_page, sink).await;
             sink = answer.0;
             self.progress(|p| p.requests += 1);
-            let (items, totals) = match answer.1 {
+            let (items, totals, date) = match answer.1 {
                 Ok(answered) => answered,
                 Err(error) => {
                     failures += 1;
@@ -255,6 +267,9 @@ impl Puller<'_> {
                 }
             };
             failures = 0;
+            if pager.pages() == 0 {
+                began = date;
+            }
             if paged {
                 pager.answered(items, totals).map_err(|e| SyncError::Incomplete {
                     list: spec.kind.as_str(),
@@ -282,6 +297,8 @@ impl Puller<'_> {
             staged: sink.staged_records,
             kept: sink.kept,
             last: sink.last,
+            began,
+            newest_updated: sink.newest_updated,
         };
         self.progress(|p| {
             p.fetched = received;
@@ -298,7 +315,8 @@ impl Puller<'_> {
         Ok(pulled)
     }
 
-    /// One answer, parsed into `sink` as it arrives.
+    /// One answer, parsed into `sink` as it arrives: how many items, the totals its headers
+    /// gave, and its `Date`.
     async fn fetch<T: ToRecord>(
         &self,
         spec: &ListSpec,
@@ -306,8 +324,11 @@ impl Puller<'_> {
         whole: bool,
         per_page: u64,
         sink: ItemSink,
-    ) -> (ItemSink, Result<(u64, PageTotals), StreamError>) {
-        let url = self.client.url(spec.path);
+    ) -> (
+        ItemSink,
+        Result<(u64, PageTotals, Option<Timestamp>), StreamError>,
+    ) {
+        let url = self.client.url(&spec.operation.path(None));
         let response = self
             .client
             .request(spec.operation, Method::GET, &url, |r| {
@@ -324,14 +345,20 @@ impl Puller<'_> {
             Err(error) => return (sink, Err(StreamError::Api(error))),
         };
         let totals = PageTotals::from_headers(response.headers());
-        let limit = match (whole, totals.total) {
-            (true, Some(total)) => total.max(1) * MAX_BYTES_PER_ITEM + 64 * 1024,
-            (true, None) => MAX_UNCOUNTED_BYTES,
-            (false, _) if spec.per_page == 0 => 2_000 * MAX_BYTES_PER_ITEM,
-            (false, _) => per_page * MAX_BYTES_PER_ITEM + 64 * 1024,
+        let date = response
+            .headers()
+            .get(reqwest::header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_http_date);
+        let items = match (whole, totals.total) {
+            (true, Some(total)) => total.max(per_page),
+            (true, None) => UNCOUNTED_ITEMS,
+            (false, _) if spec.per_page == 0 => UNPAGINATED_ITEMS,
+            (false, _) => per_page,
         };
+        let limit = self.client.list_limit(items);
         let (sink, items) = each_item::<T, _>(response, spec.operation, limit, sink).await;
-        (sink, items.map(|items| (items, totals)))
+        (sink, items.map(|items| (items, totals, date)))
     }
 
     /// Waits before a page is asked again, or gives up: not a failure that may pass, or
@@ -350,12 +377,12 @@ impl Puller<'_> {
             tracing::warn!(list = spec.kind.as_str(), failures, %error, "sync: giving up on the page");
             return Err(SyncError::Api(error));
         }
-        let now = Timestamp::now();
-        let backoff = self.target.backoff(failures);
-        let until = match server_wait {
-            Some(at) if at > now + backoff => at,
-            _ => now + backoff,
-        };
+        let backoff = self.target.backoff(failures).unsigned_abs();
+        let server = server_wait.map_or(std::time::Duration::ZERO, |at| {
+            at.saturating_duration_since(std::time::Instant::now())
+        });
+        let wait = backoff.max(server);
+        let until = Timestamp::now() + wait;
         tracing::info!(
             list = spec.kind.as_str(),
             attempt = failures + 1,
@@ -368,10 +395,7 @@ impl Puller<'_> {
             p.waiting_until = Some(until);
             p.waiting_for = Some(why);
         });
-        let wait = until.duration_since(Timestamp::now());
-        if wait.is_positive() {
-            tokio::time::sleep(wait.unsigned_abs()).await;
-        }
+        tokio::time::sleep(wait).await;
         self.progress(|p| {
             p.waiting_until = None;
             p.waiting_for = None;
@@ -410,7 +434,6 @@ pub async fn probe_credentials(
     let spec = ListSpec {
         kind: RecordKind::Credentials,
         operation: Operation::ListCredentials,
-        path: "/api/3/credentials",
         per_page: 1,
         query: Vec::new(),
     };
@@ -424,6 +447,7 @@ pub async fn probe_credentials(
         kept: Vec::new(),
         staged_records: 0,
         last: None,
+        newest_updated: None,
         live: Arc::new(AtomicU64::new(0)),
     };
     loop {
@@ -435,7 +459,7 @@ pub async fn probe_credentials(
         sink = answer.0;
         puller.progress(|p| p.requests += 1);
         match answer.1 {
-            Ok((_, totals)) => return Ok((totals.total, sink.last)),
+            Ok((_, totals, _)) => return Ok((totals.total, sink.last)),
             Err(error) => {
                 failures += 1;
                 puller.wait_to_retry(&spec, error, failures).await?;

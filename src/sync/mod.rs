@@ -21,6 +21,7 @@ pub mod plan;
 pub use lists::PAGE_ATTEMPTS;
 pub use plan::{Cursor, SyncKind, CURSOR_OVERLAP};
 
+use crate::clock::trusted::{TimeKeeper, ANCHOR_KEY};
 use crate::doorflow::client::Client;
 use crate::doorflow::error::{ApiError, Operation};
 use crate::doorflow::models as api;
@@ -89,6 +90,10 @@ pub struct SyncTarget {
     pub online: Arc<AtomicBool>,
     /// Bumped when a sync succeeds, so a backing-off uplink retries at once.
     pub reachable: Arc<watch::Sender<u64>>,
+    /// DoorFlow's time and the trusted-time floor: the cursor, the reconcile's and the
+    /// credentials' due dates and the snapshot's stamp come from DoorFlow's clock, not the
+    /// board's.
+    pub clock: Arc<TimeKeeper>,
     /// Cancelled when the agent stops: a sync in progress ends before its next request.
     pub stop: CancellationToken,
 }
@@ -109,10 +114,9 @@ pub struct SyncOutcome {
 /// an incremental sync).
 fn small_lists(kind: SyncKind) -> Vec<ListSpec> {
     let since = since_query(kind);
-    let spec = |kind, operation, path, per_page, query| ListSpec {
+    let spec = |kind, operation, per_page, query| ListSpec {
         kind,
         operation,
-        path,
         per_page,
         query,
     };
@@ -120,46 +124,30 @@ fn small_lists(kind: SyncKind) -> Vec<ListSpec> {
         spec(
             RecordKind::CredentialTypes,
             Operation::ListCredentialTypes,
-            "/api/3/credential_types",
             LIST_PER_PAGE,
             vec![],
         ),
-        spec(
-            RecordKind::Groups,
-            Operation::ListGroups,
-            "/api/3/groups",
-            0,
-            vec![],
-        ),
-        spec(RecordKind::Roles, Operation::ListRoles, "/api/3/roles", 0, vec![]),
+        spec(RecordKind::Groups, Operation::ListGroups, 0, vec![]),
+        spec(RecordKind::Roles, Operation::ListRoles, 0, vec![]),
         spec(
             RecordKind::GroupReservations,
             Operation::ListGroupReservations,
-            "/api/3/group_reservations",
             LIST_PER_PAGE,
             since,
         ),
         spec(
             RecordKind::Reservations,
             Operation::ListReservations,
-            "/api/3/reservations",
             LIST_PER_PAGE,
             vec![],
         ),
         spec(
             RecordKind::Channels,
             Operation::ListChannels,
-            "/api/3/channels",
             LIST_PER_PAGE,
             vec![],
         ),
-        spec(
-            RecordKind::Sites,
-            Operation::ListSites,
-            "/api/3/sites",
-            LIST_PER_PAGE,
-            vec![],
-        ),
+        spec(RecordKind::Sites, Operation::ListSites, LIST_PER_PAGE, vec![]),
     ]
 }
 
@@ -174,7 +162,6 @@ fn people_spec(kind: SyncKind) -> ListSpec {
     ListSpec {
         kind: RecordKind::People,
         operation: Operation::ListPeople,
-        path: "/api/3/people",
         per_page: PEOPLE_PER_PAGE,
         query: since_query(kind),
     }
@@ -184,7 +171,6 @@ fn credentials_spec() -> ListSpec {
     ListSpec {
         kind: RecordKind::Credentials,
         operation: Operation::ListCredentials,
-        path: "/api/3/credentials",
         per_page: LIST_PER_PAGE,
         query: Vec::new(),
     }
@@ -252,7 +238,8 @@ async fn blocking<T: Send + 'static>(
 /// One sync (full or incremental, see `SyncKind::choose`): pull into a staged snapshot,
 /// commit, swap. Records the outcome for `status`.
 pub async fn sync_once(target: &SyncTarget, client: &Client) -> Result<SyncOutcome, SyncError> {
-    let started = Timestamp::now();
+    // DoorFlow's time, as far as the clock keeper knows it.
+    let started = target.clock.doorflow_time(&target.clock.now());
     let cursor: Option<Cursor> = target.store.meta_get(CURSOR_KEY).ok().flatten();
     let current = target.snapshot.current();
     let kind = SyncKind::choose(
@@ -279,7 +266,7 @@ pub async fn sync_once(target: &SyncTarget, client: &Client) -> Result<SyncOutco
         target,
         client,
         staged: &staged,
-        logged: started,
+        logged: Timestamp::now(),
     };
     // Stopping ends a sync between requests, never inside a store write (those run on
     // blocking threads, which finish what they started).
@@ -341,6 +328,7 @@ async fn pull(
         .pull::<api::Person>(&people, collect, credential_requests + small_requests)
         .await?;
     check_count(&people, kind == SyncKind::Full, &pulled, puller).await?;
+    let (began, newest_updated) = (pulled.began, pulled.newest_updated);
     if kind == SyncKind::Full || pulled.staged > 0 {
         merges.push((RecordKind::People, merge));
     }
@@ -431,7 +419,7 @@ async fn pull(
     puller.log_progress(true);
     Ok(Pull {
         merges,
-        cursor: Cursor::after(cursor, kind, started, mark),
+        cursor: Cursor::after(cursor, kind, began, newest_updated, started, mark),
         credentials_pulled: pull_credentials,
     })
 }
@@ -478,7 +466,11 @@ async fn commit(
     started: Timestamp,
     pull: Pull,
 ) -> Result<SyncOutcome, SyncError> {
-    let cursor = serde_json::to_value(pull.cursor).unwrap_or_default();
+    let mut meta = vec![(CURSOR_KEY, serde_json::to_value(pull.cursor).unwrap_or_default())];
+    // The trusted-time floor survives a restart with the snapshot it came with.
+    if let Some(anchor) = target.clock.anchor() {
+        meta.push((ANCHOR_KEY, serde_json::to_value(anchor).unwrap_or_default()));
+    }
     let outcome = SyncOutcome {
         kind,
         changed: !pull.merges.is_empty(),
@@ -488,7 +480,7 @@ async fn commit(
     if pull.merges.is_empty() {
         blocking(move || {
             store.abandon_snapshot(staged)?;
-            store.mark_synced(started, &[(CURSOR_KEY, cursor)])
+            store.mark_synced(started, &meta)
         })
         .await?;
         target.snapshot.current().mark_synced(started);
@@ -496,9 +488,7 @@ async fn commit(
         return Ok(outcome);
     }
     let merges = pull.merges;
-    let header =
-        blocking(move || store.commit_snapshot(staged, &merges, Some(started), &[(CURSOR_KEY, cursor)]))
-            .await?;
+    let header = blocking(move || store.commit_snapshot(staged, &merges, Some(started), &meta)).await?;
     let store = Arc::clone(&target.store);
     let (shifts, zone) = (target.shifts.clone(), target.time_zone.clone());
     let snapshot = blocking(move || {
@@ -529,7 +519,7 @@ fn record_outcome(target: &SyncTarget, kind: SyncKind, result: &Result<SyncOutco
         Ok(_) => {
             target.online.store(true, Ordering::Relaxed);
             target.reachable.send_modify(|n| *n = n.wrapping_add(1));
-            status.last_success = Some(Timestamp::now());
+            status.last_success = Some(target.clock.rules_time());
             status.last_error = None;
             status.last_kind = Some(kind.as_str().to_string());
             if kind == SyncKind::Full {

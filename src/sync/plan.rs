@@ -14,11 +14,16 @@
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
-/// Re-fetch window behind the cursor (clock skew between agent and server, in-flight edits).
+/// Re-fetch window behind the cursor (edits in flight while a pull runs).
 pub const CURSOR_OVERLAP: SignedDuration = SignedDuration::from_secs(300);
 
 /// Where incremental syncs start from, kept in the store (committed with the snapshot) so a
 /// restart does not force a full pull of every person before the next reconcile is due.
+///
+/// Every instant here is DoorFlow's time, never the board's own clock: the cursor is DoorFlow's
+/// time when the last successful pull began (the `Date` of its first people page; without one,
+/// the newest `updated_at` it saw) minus `CURSOR_OVERLAP`, so a record updated while a pull ran
+/// is fetched again rather than missed, and a board running fast skips nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cursor {
     /// People and group reservations changed since this instant are pulled.
@@ -125,20 +130,31 @@ pub fn credentials_changed(mark: &CredentialsMark, total: Option<u64>, last: Opt
 }
 
 impl Cursor {
-    /// The cursor after a successful sync of `kind` that started at `started`; `credentials`
-    /// is the mark of a full credential pull made by it, if any.
+    /// The cursor after a successful sync of `kind` whose people listing began at `began`
+    /// (DoorFlow's `Date`) and saw people updated up to `newest_updated`; `doorflow_now` is the
+    /// keeper's estimate of DoorFlow's time, for a pull that gave neither. `credentials` is
+    /// the mark of a full credential pull made by it, if any.
     pub fn after(
         previous: Option<Cursor>,
         kind: SyncKind,
-        started: Timestamp,
+        began: Option<Timestamp>,
+        newest_updated: Option<Timestamp>,
+        doorflow_now: Timestamp,
         credentials: Option<CredentialsMark>,
     ) -> Cursor {
+        let since = match (began, newest_updated, previous) {
+            (Some(date), _, _) => date - CURSOR_OVERLAP,
+            (None, Some(updated), _) => updated - CURSOR_OVERLAP,
+            (None, None, Some(previous)) if kind != SyncKind::Full => previous.since,
+            (None, None, _) => doorflow_now - CURSOR_OVERLAP,
+        };
+        let last_full = match (kind, previous) {
+            (SyncKind::Incremental { .. }, Some(previous)) => previous.last_full,
+            _ => began.unwrap_or(doorflow_now),
+        };
         Cursor {
-            since: started - CURSOR_OVERLAP,
-            last_full: match (kind, previous) {
-                (SyncKind::Incremental { .. }, Some(previous)) => previous.last_full,
-                _ => started,
-            },
+            since,
+            last_full,
             credentials: credentials.or(previous.and_then(|p| p.credentials)),
         }
     }
@@ -230,8 +246,12 @@ mod tests {
         );
     }
 
+    /// Issue 15: the cursor is DoorFlow's time (its `Date`, else the newest `updated_at`), never
+    /// the board's clock, which here runs an hour fast; the reconcile time and the credentials
+    /// mark are carried over an incremental sync.
     #[test]
-    fn the_cursor_keeps_the_reconcile_time_and_the_credentials_mark() {
+    fn the_cursor_comes_from_doorflows_clock_and_keeps_the_credentials_mark() {
+        let board_fast = t(20_000 + 3600);
         let mark = CredentialsMark {
             at: t(5),
             total: 3,
@@ -242,16 +262,57 @@ mod tests {
             last_full: t(8_000),
             credentials: Some(mark),
         };
-        let next = Cursor::after(
+        let incremental = SyncKind::Incremental { since: t(9_000) };
+        let dated = Cursor::after(
             Some(previous),
-            SyncKind::Incremental { since: t(9_000) },
-            t(20_000),
+            incremental,
+            Some(t(20_000)),
+            Some(t(15_000)),
+            board_fast,
             None,
         );
-        assert_eq!(next.since, t(20_000) - CURSOR_OVERLAP);
-        assert_eq!(next.last_full, t(8_000));
-        assert_eq!(next.credentials, Some(mark));
-        let full = Cursor::after(Some(previous), SyncKind::Full, t(20_000), None);
-        assert_eq!(full.last_full, t(20_000));
+        assert_eq!(dated.since, t(20_000) - CURSOR_OVERLAP, "the Date header wins");
+        assert_eq!(
+            dated.last_full,
+            t(8_000),
+            "an incremental sync keeps the reconcile time"
+        );
+        assert_eq!(dated.credentials, Some(mark), "and the credentials mark");
+        let undated = Cursor::after(
+            Some(previous),
+            incremental,
+            None,
+            Some(t(15_000)),
+            board_fast,
+            None,
+        );
+        assert_eq!(
+            undated.since,
+            t(15_000) - CURSOR_OVERLAP,
+            "then the newest change seen"
+        );
+        let nothing = Cursor::after(Some(previous), incremental, None, None, board_fast, None);
+        assert_eq!(nothing.since, t(9_000), "with neither, the cursor stays");
+        let newer = CredentialsMark {
+            at: t(20_000),
+            ..mark
+        };
+        let full = Cursor::after(
+            Some(previous),
+            SyncKind::Full,
+            Some(t(20_000)),
+            None,
+            board_fast,
+            Some(newer),
+        );
+        assert_eq!(
+            (full.since, full.last_full, full.credentials),
+            (t(20_000) - CURSOR_OVERLAP, t(20_000), Some(newer))
+        );
+        let first = Cursor::after(None, SyncKind::Full, None, None, t(20_000), None);
+        assert_eq!(
+            (first.since, first.last_full),
+            (t(20_000) - CURSOR_OVERLAP, t(20_000))
+        );
     }
 }

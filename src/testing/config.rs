@@ -2,7 +2,7 @@
 //! with every path moved into a test's own directory, changed field by field.
 
 use crate::config::values::Ranged;
-use crate::config::{Config, ReaderConfig, SecretSource};
+use crate::config::{Config, ReaderConfig, SecretSource, ServiceUrl};
 use std::path::{Path, PathBuf};
 
 /// The API key the simulator accepts.
@@ -15,7 +15,7 @@ pub fn demo_config(dir: &Path, base_url: &str) -> Config {
     let mut config = demo();
     let key_file = dir.join("api_key");
     std::fs::write(&key_file, format!("{SIM_API_KEY}\n")).expect("write the API key file");
-    config.api.base_url = base_url.trim_end_matches('/').to_string();
+    config.api.base_url = ServiceUrl::parse(base_url).expect("a valid test URL");
     config.api.auth.api_key = Some(SecretSource::File(key_file));
     config.store.path = dir.join("db");
     config.gpio.mock_socket = dir.join("mock-gpio.sock");
@@ -26,10 +26,15 @@ pub fn demo_config(dir: &Path, base_url: &str) -> Config {
         }
     }
     if config.uplink.events_url.is_some() {
-        config.uplink.events_url = Some(format!("{}/events", config.api.base_url));
+        config.uplink.events_url = Some(sink_url(base_url));
     }
     assert_valid(&config);
     config
+}
+
+/// The simulator's event sink under `base_url`.
+pub fn sink_url(base_url: &str) -> ServiceUrl {
+    ServiceUrl::parse(&format!("{}/events", base_url.trim_end_matches('/'))).expect("a valid sink URL")
 }
 
 /// `config/demo.toml` as it is (its paths under /tmp/doorflow-agent-demo), for tests that

@@ -61,6 +61,20 @@ impl Options {
     }
 }
 
+/// A simulator for a test that is not async (one that drives the real binary): it serves on a
+/// runtime of its own, returned with it, which must live as long as the simulator is used.
+pub fn simulator_on_own_runtime(config: SimConfig) -> (tokio::runtime::Runtime, Simulator) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a runtime for the simulator");
+    let sim = runtime
+        .block_on(Simulator::start(config))
+        .expect("simulator starts");
+    (runtime, sim)
+}
+
 /// Writes `events` to `agent`'s outbox as the audit writer does (one group, one flush) and wakes
 /// the uplink.
 pub fn queue(agent: &Agent, events: &[AuditEvent]) {

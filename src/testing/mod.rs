@@ -9,9 +9,12 @@
 //! - `mock_control`: a client for the mock GPIO control socket.
 //! - `openapi`: a small OpenAPI 3.0 schema checker against DoorFlow's published spec.
 //! - `process`: the real `doorflow-agent run` as a child process (log and mock socket).
+//! - `process`: the real binary as a child process (status through its socket, SIGTERM).
+//! - `faketime`: a wall clock the test steps under a running process (libfaketime).
 
 pub mod config;
 pub mod events;
+pub mod faketime;
 pub mod harness;
 pub mod mock_control;
 pub mod openapi;

@@ -1,12 +1,15 @@
-//! The real `doorflow-agent run` as a child process, for tests that go through the binary: its
-//! log (stderr) collected line by line, its mock GPIO control socket, and a kill on drop.
+//! The real `doorflow-agent run` as a child process, for tests that go through the binary.
+//! `RunningAgent`: started on a `Config`, its log (stderr) collected line by line, its mock GPIO
+//! control socket. `AgentProcess`: started on a config file with extra environment (a restart,
+//! signals, a wall clock moved by libfaketime), asked for `status --json`, stopped with SIGTERM.
+//! Both are killed on drop.
 
 use super::{agent_command, mock_control};
 use crate::config::Config;
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -131,19 +134,9 @@ impl RunningAgent {
         reply["status"].clone()
     }
 
-    /// Stops the agent with SIGTERM and waits for it (up to 30 s, then kills it).
+    /// Stops the agent with SIGTERM and waits for it (up to 30 s; then the drop kills it).
     pub fn stop(mut self) {
-        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let end = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < end {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let _ = terminate(&mut self.child);
     }
 
     /// Everything the agent has logged so far.
@@ -174,15 +167,8 @@ impl RunningAgent {
         self.log_lines_with(needles)
     }
 
-    fn wait_until(&self, limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
-        let end = Instant::now() + limit;
-        while Instant::now() < end {
-            if condition() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        condition()
+    fn wait_until(&self, limit: Duration, condition: impl FnMut() -> bool) -> bool {
+        wait_until(limit, condition)
     }
 }
 
@@ -191,4 +177,129 @@ impl Drop for RunningAgent {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A running `doorflow-agent run`; its stderr goes to `log_path`.
+pub struct AgentProcess {
+    binary: String,
+    config: PathBuf,
+    log_path: PathBuf,
+    child: Child,
+}
+
+impl AgentProcess {
+    /// Starts `binary run --config config` with `env` added, logging to stderr (kept in a file
+    /// beside the config), and waits for its admin socket.
+    pub fn start(binary: &str, config: &Path, admin_socket: &Path, env: &[(String, String)]) -> AgentProcess {
+        let dir = config.parent().expect("the config is in a directory");
+        let log_path = dir.join(format!("agent-{}.log", std::process::id()));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("open the agent log");
+        let child = agent_command(binary)
+            .args(["run", "--config"])
+            .arg(config)
+            .env("DOORFLOW_LOG_TARGET", "stderr")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start the agent");
+        let agent = AgentProcess {
+            binary: binary.to_string(),
+            config: config.to_path_buf(),
+            log_path,
+            child,
+        };
+        let started = wait_until(Duration::from_secs(30), || admin_socket.exists());
+        assert!(
+            started,
+            "the agent did not open its admin socket:\n{}",
+            agent.log()
+        );
+        agent
+    }
+
+    /// `status --json`, from the running agent through its admin socket (the status command
+    /// itself runs with the test's own clock).
+    pub fn status(&self) -> Value {
+        let out = agent_command(&self.binary)
+            .args(["status", "--json", "--config"])
+            .arg(&self.config)
+            .output()
+            .expect("run status");
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status --json prints one JSON object")
+    }
+
+    /// `queue dead`: the dead letters, one JSON object each.
+    pub fn dead_letters(&self) -> Vec<Value> {
+        let out = agent_command(&self.binary)
+            .args(["queue", "dead", "--config"])
+            .arg(&self.config)
+            .output()
+            .expect("run queue dead");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("a dead letter as JSON"))
+            .collect()
+    }
+
+    /// The process's peak resident memory (`VmHWM` in /proc/PID/status), KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        Memory::of(self.child.id())
+            .expect("VmHWM in the agent's /proc/PID/status")
+            .hwm_kb
+    }
+
+    /// What the agent logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits (up to 30 s) for the exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        match terminate(&mut self.child) {
+            Some(status) => status,
+            None => panic!("the agent did not stop on SIGTERM:\n{}", self.log()),
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends SIGTERM to `child` and waits up to 30 s for it to exit; `None` if it did not.
+fn terminate(child: &mut Child) -> Option<ExitStatus> {
+    // SAFETY: kill(2) on our own child's pid; no memory is involved.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let mut exited = None;
+    wait_until(Duration::from_secs(30), || {
+        exited = child.try_wait().ok().flatten();
+        exited.is_some()
+    });
+    exited
+}
+
+/// Polls `condition` every 50 ms until it holds or `limit` passes (a generous bound, not a
+/// timing assertion). Returns whether it held. For blocking tests; async ones use `eventually`.
+pub fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    condition()
 }

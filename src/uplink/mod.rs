@@ -10,9 +10,13 @@
 //! - While the server is unreachable the lane probes it with a plain TCP connect every couple
 //!   of seconds (no request, no budget) and resumes as soon as it answers, instead of sleeping
 //!   out a long backoff. A successful sync wakes it too.
+//! - Every wait (backoff, holds, the admit TTL) runs on the monotonic clock (`policy`): a wall
+//!   clock step neither stalls the lane nor expires a fresh admit.
 
 pub mod policy;
 
+use crate::clock::trusted::TimeKeeper;
+use crate::clock::Now;
 use crate::doorflow::client::Client;
 use crate::doorflow::error::{ApiError, Operation};
 use crate::mutex::lock;
@@ -22,7 +26,7 @@ use jiff::Timestamp;
 use policy::{Action, Hold, RetryPolicy};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -85,7 +89,8 @@ impl LaneState {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LaneStatus {
     pub state: LaneState,
-    /// When the lane tries again (paused or backing off).
+    /// When the lane tries again (paused or backing off), as a wall time for display (the
+    /// wait itself runs on the monotonic clock).
     pub until: Option<Timestamp>,
     pub last_error: Option<String>,
     /// Calls delivered since the agent started.
@@ -150,6 +155,8 @@ pub struct LaneDrain {
     pub heartbeat: Heartbeat,
     /// Set when the server answers or stops answering (for `status.online`).
     pub online: Arc<std::sync::atomic::AtomicBool>,
+    /// The clocks, with the wall time never below DoorFlow's last `Date`.
+    pub clock: Arc<TimeKeeper>,
 }
 
 impl LaneDrain {
@@ -177,14 +184,17 @@ impl LaneDrain {
                 }
                 continue;
             };
-            let now = Timestamp::now();
-            if policy::is_expired(&entry.value, now, &self.policy) {
-                self.expire(entry).await;
+            let now = self.clock.now();
+            if policy::is_expired(&entry.value, &now, &self.policy) {
+                self.expire(entry, &now).await;
                 continue;
             }
-            let not_before = entry.value.next_attempt_at.filter(|at| *at > now);
-            if let Some(at) = not_before {
-                match stop.run_until_cancelled(self.wait_until(at, &entry.value)).await {
+            let wait = policy::wait_left(&entry.value, &now, &self.policy);
+            if !wait.is_zero() {
+                match stop
+                    .run_until_cancelled(self.wait_for(wait, &entry.value, &now))
+                    .await
+                {
                     None => return,
                     Some(Woke::ServerBack) => self.clear_wait(&entry).await,
                     Some(Woke::Due) => {}
@@ -193,9 +203,8 @@ impl LaneDrain {
             }
             let Some(client) = self.client.clone() else {
                 // Nothing to send with: wait for the admit to expire (or new work).
-                let expiry = expiry_or_later(&entry.value, &self.policy);
                 if stop
-                    .run_until_cancelled(self.wait_until(expiry, &entry.value))
+                    .run_until_cancelled(self.wait_for(Duration::MAX, &entry.value, &now))
                     .await
                     .is_none()
                 {
@@ -252,7 +261,7 @@ impl LaneDrain {
                     channel_id,
                     person_id,
                 } => {
-                    let url = client.url(&format!("/api/3/channels/{channel_id}/admit_person"));
+                    let url = client.url(&Operation::AdmitPerson.path(Some(*channel_id)));
                     let body = serde_json::json!({ "person_id": person_id });
                     client
                         .request(Operation::AdmitPerson, reqwest::Method::POST, &url, |r| {
@@ -266,7 +275,7 @@ impl LaneDrain {
                         .request(
                             Operation::PostEvent,
                             reqwest::Method::POST,
-                            client.base_url(),
+                            client.base_url().url(),
                             |r| r.header("Idempotency-Key", &call.id).json(&body),
                         )
                         .await
@@ -285,11 +294,11 @@ impl LaneDrain {
 
     /// Applies the policy's verdict: written to the store first, then the lane's status.
     async fn settle(&self, entry: Entry<QueuedCall>, result: Result<(), ApiError>) {
-        let now = Timestamp::now();
+        let now = self.clock.now();
         let action = policy::after_attempt(
             &entry.value,
             result.as_ref().map(|_| ()),
-            now,
+            &now,
             fastrand::f64(),
             &self.policy,
         );
@@ -327,7 +336,7 @@ impl LaneDrain {
                     status,
                     reason,
                     detail,
-                    dead_at: now,
+                    dead_at: now.wall,
                 };
                 if let Err(error) = self.blocking(move |store, _| store.outbox_kill(key, &dead)).await {
                     return self.store_failed(&error).await;
@@ -337,15 +346,17 @@ impl LaneDrain {
             Action::Retry {
                 hold,
                 attempts,
-                at,
+                wait,
                 error,
             } => {
                 if hold == Hold::Unreachable {
                     self.mark_online(false);
                 }
+                let at = now.wall + wait;
                 let mut updated = entry.value;
                 updated.attempts = attempts;
                 updated.next_attempt_at = Some(at);
+                updated.next_attempt_boot = Some(now.boot + wait);
                 updated.last_error = Some(error.clone());
                 updated.hold = Some(hold);
                 if let Err(error) = self
@@ -360,7 +371,7 @@ impl LaneDrain {
                     Hold::ServerError | Hold::Unreachable => LaneState::BackingOff,
                 };
                 let http_status = result.as_ref().err().and_then(ApiError::status);
-                let wait_s = at.duration_since(now).as_secs_f64();
+                let wait_s = wait.as_secs_f64();
                 let queue_pending = self.store.pending_count();
                 if hold == Hold::AuthRefused {
                     tracing::error!(lane, call_id, http_status, queue_pending, %error, "credentials refused; uplink held, queue kept. Check the API key or refresh token");
@@ -376,9 +387,9 @@ impl LaneDrain {
         self.online.store(online, std::sync::atomic::Ordering::Relaxed);
     }
 
-    async fn expire(&self, entry: Entry<QueuedCall>) {
+    async fn expire(&self, entry: Entry<QueuedCall>, now: &Now) {
         let key = entry.key;
-        let age_s = Timestamp::now().duration_since(entry.value.created_at).as_secs();
+        let age_s = policy::age(&entry.value, now).map(|age| age.as_secs());
         tracing::warn!(lane = self.lane.as_str(), call_id = %entry.value.id, age_s, "queued admit expired; not sent (a late admit could open a door for nobody)");
         let dead = DeadLetter {
             status: None,
@@ -388,7 +399,7 @@ impl LaneDrain {
                 self.policy.admit_ttl.as_secs(),
                 entry.value.last_error.as_deref().unwrap_or("none")
             ),
-            dead_at: Timestamp::now(),
+            dead_at: now.wall,
             queued: entry.value,
         };
         match self.blocking(move |store, _| store.outbox_kill(key, &dead)).await {
@@ -403,6 +414,7 @@ impl LaneDrain {
         let key = entry.key;
         let mut due = entry.value.clone();
         due.next_attempt_at = None;
+        due.next_attempt_boot = None;
         if let Err(error) = self
             .blocking(move |store, _| store.outbox_update(key, &due))
             .await
@@ -429,15 +441,19 @@ impl LaneDrain {
         }
     }
 
-    /// Waits until `at` (or an admit's expiry, whichever is first). When the server did not
-    /// answer at all, the wait ends early as soon as it does again: a TCP probe connects, or a
-    /// sync succeeds. Other holds (rate limit, server errors, refused credentials) are waited
-    /// out, also across restarts.
-    async fn wait_until(&mut self, at: Timestamp, head: &QueuedCall) -> Woke {
-        let deadline = at.min(expiry_or_later(head, &self.policy));
+    /// Waits `wait` (or until an admit's expiry, whichever is first), on the monotonic clock.
+    /// When the server did not answer at all, the wait ends early as soon as it does again: a
+    /// TCP probe connects, or a sync succeeds. Other holds (rate limit, server errors, refused
+    /// credentials) are waited out, also across restarts.
+    async fn wait_for(&mut self, wait: Duration, head: &QueuedCall, now: &Now) -> Woke {
+        // Just past the expiry, so the next pass finds the admit expired.
+        let expiry =
+            policy::time_to_expiry(head, now, &self.policy).map(|left| left + Duration::from_millis(1));
+        let wait = expiry.map_or(wait, |expiry| wait.min(expiry));
+        let deadline = now.mono.checked_add(wait);
         let early_wake = head.hold == Some(Hold::Unreachable);
         let probe_target = match &self.client {
-            Some(client) if early_wake => client.origin().and_then(|o| host_port(&o)),
+            Some(client) if early_wake => Some(client.base_url().host_port()),
             _ => None,
         };
         self.wakeups.reachable.mark_unchanged();
@@ -445,12 +461,13 @@ impl LaneDrain {
         let mut probes = tokio::time::interval(PROBE_INTERVAL);
         probes.tick().await;
         loop {
-            let left = deadline.duration_since(Timestamp::now());
-            if !left.is_positive() {
+            // `None`: nothing to wait for but new work or the server.
+            let left = deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()));
+            if left.is_some_and(|left| left.is_zero()) {
                 return Woke::Due;
             }
             tokio::select! {
-                _ = tokio::time::sleep(left.unsigned_abs()) => return Woke::Due,
+                _ = sleep_for(left) => return Woke::Due,
                 _ = ticks.tick() => self.beat(),
                 changed = self.wakeups.reachable.changed(), if early_wake => {
                     if changed.is_ok() {
@@ -479,18 +496,12 @@ impl LaneDrain {
     }
 }
 
-/// When an admit expires; far in the future for events.
-fn expiry_or_later(call: &QueuedCall, policy: &RetryPolicy) -> Timestamp {
-    if call.call.is_admit() {
-        call.created_at + policy.admit_ttl + jiff::SignedDuration::from_millis(1)
-    } else {
-        Timestamp::MAX
+/// Sleeps `left`, or forever for `None`.
+async fn sleep_for(left: Option<Duration>) {
+    match left {
+        Some(left) => tokio::time::sleep(left).await,
+        None => std::future::pending().await,
     }
-}
-
-/// `host:port` from an origin `scheme://host:port`.
-fn host_port(origin: &str) -> Option<String> {
-    origin.split_once("://").map(|(_, rest)| rest.to_string())
 }
 
 /// Whether a TCP connection to `host:port` opens (the cheapest sign the server is back).

@@ -88,6 +88,11 @@ pub enum FrameError {
     EdgeFromTheFuture {
         bits: usize,
     },
+    /// The kernel dropped edges (its event sequence numbers skipped) in or just before the
+    /// frame: it cannot be trusted.
+    EdgesLost {
+        bits: usize,
+    },
 }
 
 impl FrameError {
@@ -98,6 +103,7 @@ impl FrameError {
             FrameError::TooManyBits { .. } => "too_many_bits",
             FrameError::TimeWentBackwards { .. } => "time_went_backwards",
             FrameError::EdgeFromTheFuture { .. } => "edge_from_the_future",
+            FrameError::EdgesLost { .. } => "edges_lost",
         }
     }
 }
@@ -119,6 +125,8 @@ pub struct WiegandDecoder {
     /// plausible edge arrives, so a flood is reported once.
     discarding: bool,
     discarded: u64,
+    /// Edges were lost before the next edge: the frame it belongs to is rejected.
+    lost_before_next: bool,
 }
 
 impl WiegandDecoder {
@@ -136,7 +144,20 @@ impl WiegandDecoder {
             error: None,
             discarding: false,
             discarded: 0,
+            lost_before_next: false,
         }
+    }
+
+    /// The source lost edges (the kernel's event buffer overflowed) between the last edge fed
+    /// and the next: the frame in progress and the frame of the next edge are rejected with
+    /// `edges_lost`, since the missing edges may belong to either.
+    pub fn edges_lost(&mut self) {
+        if self.last_edge_ns.is_some() {
+            self.fail(FrameError::EdgesLost {
+                bits: self.bits.len(),
+            });
+        }
+        self.lost_before_next = true;
     }
 
     /// Feeds one edge, with the monotonic clock read when it was received (`now_ns`). Returns
@@ -196,6 +217,11 @@ impl WiegandDecoder {
         };
         if self.last_edge_ns.is_none() {
             self.first_edge_ns = edge.timestamp_ns;
+        }
+        if std::mem::take(&mut self.lost_before_next) {
+            self.fail(FrameError::EdgesLost {
+                bits: self.bits.len(),
+            });
         }
         self.last_edge_ns = Some(edge.timestamp_ns);
         match edge.kind {
@@ -294,6 +320,35 @@ mod tests {
 
     fn honest(edges: Vec<Edge>) -> Clocked {
         edges.into_iter().map(|e| (e, None)).collect()
+    }
+
+    #[test]
+    fn lost_edges_reject_the_open_frame_and_the_next() {
+        let first = card_edges(0);
+        let (head, tail) = first.split_at(20);
+        let mut decoder = WiegandDecoder::new(DecoderConfig::default());
+        for edge in head {
+            assert_eq!(decoder.push(*edge, edge.timestamp_ns), None);
+        }
+        decoder.edges_lost();
+        let mut outcomes = run(&mut decoder, &honest(tail.to_vec()));
+        // A whole, intact frame after the gap still decodes.
+        outcomes.extend(run(&mut decoder, &honest(card_edges(5_000 * MS))));
+        assert!(
+            matches!(outcomes[0], Err(FrameError::EdgesLost { .. })),
+            "{outcomes:?}"
+        );
+        assert_eq!(outcomes[0].unwrap_err().reason(), "edges_lost");
+        assert!(decoded_card(&outcomes[1]), "{outcomes:?}");
+
+        // Lost between frames: the next frame is the one rejected.
+        let mut decoder = WiegandDecoder::new(DecoderConfig::default());
+        decoder.edges_lost();
+        let outcomes = run(&mut decoder, &honest(first));
+        assert!(
+            matches!(outcomes[..], [Err(FrameError::EdgesLost { bits: 0 })]),
+            "{outcomes:?}"
+        );
     }
 
     fn decoded_card(outcome: &FrameOutcome) -> bool {

@@ -1,0 +1,21 @@
+# Runs in the guest (from /init): loads /mnt/host/run.conf and dispatches on BENCH_MODE.
+. /mnt/host/run.conf
+. /mnt/host/guest/lib.sh
+case $BENCH_MODE in
+doors)
+    . /mnt/host/guest/doors.sh
+    run_scenarios $BENCH_SCENARIOS
+    ;;
+latency)
+    . /mnt/host/guest/doors.sh
+    run_latency "$BENCH_CARDS"
+    ;;
+powercut)
+    . /mnt/host/guest/powercut.sh
+    powercut_boot
+    ;;
+*)
+    echo "unknown BENCH_MODE $BENCH_MODE"
+    exit 2
+    ;;
+esac
