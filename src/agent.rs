@@ -8,12 +8,14 @@ use crate::audit_writer;
 use crate::clock::trusted::TimeKeeper;
 use crate::config::Config;
 use crate::door_task::{DoorState, DoorTask};
-use crate::doorflow::client::Client;
+use crate::doorflow::client::{AuthHealth, Client};
 use crate::doorflow::ratelimit::RateBudget;
 use crate::hw;
 use crate::osdp;
 use crate::snapshot::{SharedSnapshot, SnapshotBuilder};
-use crate::status::{self, DoorStatus, QueueStatus, SnapshotStatus, StatusReport, StoreStatus, SyncStatus};
+use crate::status::{
+    self, DoorStatus, DoorflowAuth, QueueStatus, SnapshotStatus, StatusReport, StoreStatus, SyncStatus,
+};
 use crate::store::{Lane, SnapshotSource, Store, StoreError};
 use crate::supervisor;
 use crate::sync;
@@ -69,6 +71,8 @@ pub struct Agent {
     pub audit_feed: tokio::sync::broadcast::Sender<AuditEvent>,
     /// The trusted-time floor (from DoorFlow's `Date`) and the clock's health.
     pub clock: Arc<TimeKeeper>,
+    /// Whether DoorFlow refuses the agent's credentials (set by the DoorFlow client).
+    pub doorflow_auth: Arc<AuthHealth>,
 }
 
 impl Agent {
@@ -117,6 +121,7 @@ impl Agent {
             uplink: Arc::new(UplinkStatus::default()),
             audit_feed: tokio::sync::broadcast::channel(4096).0,
             clock,
+            doorflow_auth: Arc::default(),
             config,
         }))
     }
@@ -127,10 +132,13 @@ impl Agent {
         let counts = snapshot.counts();
         let generation = self.store.snapshot_header().ok().flatten().map(|h| h.generation);
         let now = self.clock.rules_time();
+        let auth_refused = self.doorflow_auth.refused();
         StatusReport {
             version: env!("CARGO_PKG_VERSION").to_string(),
             agent_running: true,
-            online: self.online.load(Ordering::Relaxed),
+            // Refused credentials are not online, whatever answered last.
+            online: self.online.load(Ordering::Relaxed) && auth_refused.is_none(),
+            doorflow_auth: DoorflowAuth::new(auth_refused),
             snapshot: SnapshotStatus::new(generation, &counts, snapshot.synced_at()),
             sync: lock(&self.sync_status).clone(),
             queue: self.queue_status(),
@@ -364,7 +372,11 @@ pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Res
 /// offline on its stored snapshot and says why.
 fn doorflow_client(agent: &Arc<Agent>) -> Option<Arc<Client>> {
     match Client::new(&agent.config.api, Arc::clone(&agent.budget)) {
-        Ok(client) => Some(Arc::new(client.with_clock(Arc::clone(&agent.clock)))),
+        Ok(client) => Some(Arc::new(
+            client
+                .with_clock(Arc::clone(&agent.clock))
+                .with_auth_health(Arc::clone(&agent.doorflow_auth)),
+        )),
         Err(error) => {
             tracing::error!(%error, "DoorFlow client not available; running offline on the stored snapshot");
             None

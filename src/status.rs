@@ -21,8 +21,11 @@ pub struct StatusReport {
     pub version: String,
     /// Whether this report came from a running agent (through its admin socket).
     pub agent_running: bool,
-    /// Whether the last call to DoorFlow succeeded.
+    /// Whether the last call to DoorFlow succeeded (and it accepts the credentials).
     pub online: bool,
+    /// Whether DoorFlow accepts the agent's credentials.
+    #[serde(default)]
+    pub doorflow_auth: DoorflowAuth,
     pub snapshot: SnapshotStatus,
     pub sync: SyncStatus,
     pub queue: QueueStatus,
@@ -34,6 +37,34 @@ pub struct StatusReport {
     /// Whether the store takes writes, and what its last opening found wrong.
     #[serde(default)]
     pub store: StoreStatus,
+}
+
+/// `status.doorflow_auth`: `ok` (or not yet known), or `refused` with DoorFlow's answer (a 401
+/// after a refresh, or a refused refresh: `invalid_grant`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DoorflowAuth {
+    /// `ok` or `refused`.
+    pub state: String,
+    pub error: Option<String>,
+}
+
+impl DoorflowAuth {
+    pub fn new(refused: Option<String>) -> DoorflowAuth {
+        DoorflowAuth {
+            state: if refused.is_some() { "refused" } else { "ok" }.into(),
+            error: refused,
+        }
+    }
+
+    pub fn is_refused(&self) -> bool {
+        self.error.is_some()
+    }
+}
+
+impl Default for DoorflowAuth {
+    fn default() -> DoorflowAuth {
+        DoorflowAuth::new(None)
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -238,6 +269,7 @@ pub fn from_store(config: &Config, store: &Store) -> Result<StatusReport, StoreE
         version: env!("CARGO_PKG_VERSION").to_string(),
         agent_running: false,
         online: false,
+        doorflow_auth: DoorflowAuth::default(),
         snapshot: SnapshotStatus::from_header(header.as_ref()),
         sync,
         queue: QueueStatus::from_store(store, "stopped")?,
@@ -284,6 +316,11 @@ pub fn render(report: &StatusReport) -> String {
         "snapshot: {} people, {} credentials, {} roles, {} groups, {} channels; synced {synced}\n",
         s.people, s.credentials, s.roles, s.groups, s.channels
     ));
+    if let Some(error) = &report.doorflow_auth.error {
+        out.push_str(&format!(
+            "DoorFlow auth refused: {error} (doors decide from the snapshot; queued calls are kept)\n"
+        ));
+    }
     if let Some(progress) = &report.sync.progress {
         out.push_str(&format!("sync in progress: {}\n", progress.summary()));
     }

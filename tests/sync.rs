@@ -7,13 +7,14 @@
 use doorflow_agent::access::decide;
 use doorflow_agent::agent::Agent;
 use doorflow_agent::config::values::Ranged;
-use doorflow_agent::config::{AuthConfig, AuthMethod, SecretSource};
 use doorflow_agent::credential::{CardFormat, CardRead, Presented};
 use doorflow_agent::doorflow::client::Client;
+use doorflow_agent::doorflow::operation::Operation;
 use doorflow_agent::doorflow::ratelimit::RateBudget;
 use doorflow_agent::sim::{Fault, ListBehaviour, SimConfig, Simulator, Totals};
 use doorflow_agent::sync::{sync_once, SyncError, SyncTarget, PAGE_ATTEMPTS};
-use doorflow_agent::testing::config::{assert_valid, demo_config};
+use doorflow_agent::testing::config::{assert_valid, demo_config, use_oauth};
+use reqwest::Method;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,27 +29,28 @@ struct Setup {
 }
 
 async fn setup(people: u64, oauth: bool, per_minute: u32) -> Setup {
-    let sim = Simulator::start(SimConfig {
-        people,
-        requests_per_window: per_minute,
-        ..Default::default()
-    })
+    setup_with(
+        SimConfig {
+            people,
+            requests_per_window: per_minute,
+            ..Default::default()
+        },
+        oauth,
+    )
     .await
-    .unwrap();
+}
+
+/// `setup` with the simulator configured as `sim_config` says; the agent's limit is the
+/// simulator's.
+async fn setup_with(sim_config: SimConfig, oauth: bool) -> Setup {
+    let per_minute = sim_config.requests_per_window;
+    let sim = Simulator::start(sim_config).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut config = demo_config(dir.path(), sim.base_url());
     config.api.requests_per_minute = Ranged::new(per_minute.into());
     config.api.request_timeout_s = Ranged::new(2);
     if oauth {
-        std::fs::write(dir.path().join("client_secret"), "shh\n").unwrap();
-        std::fs::write(dir.path().join("refresh_token"), sim.refresh_token()).unwrap();
-        config.api.auth = AuthConfig {
-            method: AuthMethod::Oauth,
-            client_id: Some("agent".into()),
-            client_secret: Some(SecretSource::File(dir.path().join("client_secret"))),
-            refresh_token_file: Some(dir.path().join("refresh_token")),
-            api_key: None,
-        };
+        use_oauth(&mut config, dir.path(), &sim.refresh_token());
     }
     assert_valid(&config);
     let budget = Arc::new(Mutex::new(RateBudget::new(
@@ -155,6 +157,81 @@ async fn oauth_refreshes_once_on_expiry_and_persists_the_rotated_token() {
     assert_eq!(
         std::fs::read_to_string(&token_file).unwrap().trim(),
         s.sim.refresh_token()
+    );
+}
+
+/// Issue 16 item 6: with tokens of 5 minutes or less the agent refreshed before every request
+/// (38 refreshes for 38 requests). Refreshed half way through a short lifetime instead: never
+/// sent expired (no 401), one refresh per token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_lived_tokens_are_refreshed_once_each_half_way_through_their_lifetime() {
+    let s = setup_with(
+        SimConfig {
+            people: 2_000,
+            requests_per_window: 1_200,
+            token_lifetime_s: 4,
+            ..Default::default()
+        },
+        true,
+    )
+    .await;
+    let started = Instant::now();
+    let mut syncs = 0;
+    while started.elapsed() < Duration::from_secs(6) || syncs < 2 {
+        sync_once(&s.target, &s.client).await.unwrap();
+        syncs += 1;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let refreshes = s.sim.requests_to("/oauth/token");
+    let requests = s.sim.requests() - refreshes;
+    let refused = s
+        .sim
+        .request_log()
+        .iter()
+        .filter(|(_, _, status)| *status == 401)
+        .count();
+    assert_eq!(refused, 0, "every token refreshed before it expired");
+    assert!(refreshes >= 2, "a 4 s token is refreshed within {elapsed:.1} s");
+    // A token lasts 2 s (half its 4 s lifetime) from when it was asked for.
+    assert!(
+        refreshes as f64 <= elapsed / 2.0 + 1.0,
+        "{refreshes} refreshes in {elapsed:.1} s"
+    );
+    assert!(
+        requests >= 5 * refreshes,
+        "{requests} requests on {refreshes} tokens"
+    );
+}
+
+/// Two calls refused with the same expired token (sync and the admit lane share the client)
+/// cost one refresh, not two: the second finds the token the first got.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_refused_with_the_same_token_share_one_refresh() {
+    // With a round trip of 100 ms the second and third 401 arrive while the first call is
+    // already refreshing.
+    let s = setup_with(
+        SimConfig {
+            people: 20,
+            requests_per_window: 10_000,
+            latency: Duration::from_millis(100),
+            ..Default::default()
+        },
+        true,
+    )
+    .await;
+    sync_once(&s.target, &s.client).await.unwrap();
+    assert_eq!(s.sim.requests_to("/oauth/token"), 1);
+    s.sim.expire_tokens();
+    let url = s.client.url(&Operation::ListSites.path(None));
+    let call = || s.client.request(Operation::ListSites, Method::GET, &url, |r| r);
+    let (a, b, c) = tokio::join!(call(), call(), call());
+    for result in [a, b, c] {
+        assert_eq!(result.unwrap().status(), 200);
+    }
+    assert_eq!(
+        s.sim.requests_to("/oauth/token"),
+        2,
+        "one refresh for the refused token"
     );
 }
 

@@ -23,6 +23,10 @@ pub(super) async fn gate(State(shared): State<Arc<Shared>>, request: Request, ne
     if path.starts_with("/_sim/") {
         return next.run(request).await;
     }
+    let latency = lock(&shared.inner).config.latency;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
     let connection = request
         .extensions()
         .get::<ConnectInfo<ConnMeta>>()

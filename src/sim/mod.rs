@@ -50,6 +50,9 @@ pub struct SimConfig {
     pub port: u16,
     /// When set, `POST /events` requires `Authorization: Bearer <token>` (401 otherwise).
     pub sink_token: Option<String>,
+    /// Every answer, refusals included, leaves this much after its request arrived (a network's
+    /// round trip, so calls overlap as they do against the real server).
+    pub latency: Duration,
 }
 
 impl Default for SimConfig {
@@ -62,6 +65,7 @@ impl Default for SimConfig {
             token_lifetime_s: 3600,
             port: 0,
             sink_token: None,
+            latency: Duration::ZERO,
         }
     }
 }
