@@ -15,7 +15,7 @@
 use doorflow_agent::config::values::Ranged;
 use doorflow_agent::sim::{SimConfig, Simulator};
 use doorflow_agent::testing::config::{demo_config, without_osdp_doors};
-use doorflow_agent::testing::process::{resident_by_mapping, Memory, RunningAgent};
+use doorflow_agent::testing::process::{resident_by_mapping, AgentProcess, Memory};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -51,7 +51,7 @@ fn main() {
 }
 
 /// Waits until `status` (through the admin socket) satisfies `done`; panics after `limit`.
-fn wait_status(agent: &RunningAgent, limit: Duration, mut done: impl FnMut(&Value) -> bool) -> Value {
+fn wait_status(agent: &AgentProcess, limit: Duration, mut done: impl FnMut(&Value) -> bool) -> Value {
     let end = Instant::now() + limit;
     loop {
         let status = agent.status();
@@ -61,7 +61,7 @@ fn wait_status(agent: &RunningAgent, limit: Duration, mut done: impl FnMut(&Valu
         assert!(
             Instant::now() < end,
             "status never got there: {status}\nlog:\n{}",
-            agent.log_text()
+            agent.log()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -83,7 +83,7 @@ fn measure(runtime: &tokio::runtime::Runtime, people: u64, syncs: u64, rate: u32
     config.sync.full_interval_s = Ranged::new(86_400);
 
     let started = Instant::now();
-    let agent = RunningAgent::start(BINARY, &config, dir.path());
+    let mut agent = AgentProcess::start_config(BINARY, &config, dir.path());
     let status = wait_status(&agent, Duration::from_secs(3600), |s| {
         s["sync"]["last_kind"] == "full"
     });
@@ -128,7 +128,7 @@ fn measure(runtime: &tokio::runtime::Runtime, people: u64, syncs: u64, rate: u32
 
     // Offline: the same store, DoorFlow unreachable (nothing listens on port 9).
     config.api.base_url = doorflow_agent::config::ServiceUrl::parse("http://127.0.0.1:9").unwrap();
-    let agent = RunningAgent::start(BINARY, &config, dir.path());
+    let mut agent = AgentProcess::start_config(BINARY, &config, dir.path());
     std::thread::sleep(Duration::from_secs(5));
     let offline: Memory = agent.memory();
     println!(

@@ -10,7 +10,10 @@ use crate::config::Config;
 use crate::door_task::{DoorState, DoorTask};
 use crate::doorflow::client::{AuthHealth, Client};
 use crate::doorflow::ratelimit::RateBudget;
+use crate::error_chain::chain;
 use crate::hw;
+use crate::metrics;
+use crate::mutex::lock;
 use crate::osdp;
 use crate::snapshot::{SharedSnapshot, SnapshotBuilder};
 use crate::status::{
@@ -21,6 +24,7 @@ use crate::supervisor;
 use crate::sync;
 use crate::uplink::policy::RetryPolicy;
 use crate::uplink::{LaneDrain, UplinkStatus, Wakeups};
+use jiff::Timestamp;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -36,8 +40,9 @@ const STOP_DEADLINE: Duration = Duration::from_secs(10);
 pub enum AgentError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The admin or mock GPIO control socket.
     #[error(transparent)]
-    AdminSocket(#[from] admin::BindError),
+    Socket(#[from] crate::line_server::BindError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error(transparent)]
@@ -73,6 +78,10 @@ pub struct Agent {
     pub clock: Arc<TimeKeeper>,
     /// Whether DoorFlow refuses the agent's credentials (set by the DoorFlow client).
     pub doorflow_auth: Arc<AuthHealth>,
+    /// Why a client could not be set up (a secret it cannot read), for `status`.
+    pub clients: Mutex<status::HealthInputs>,
+    /// Door events by door and code, for metrics.
+    pub door_events: metrics::DoorEventCounts,
 }
 
 impl Agent {
@@ -122,6 +131,8 @@ impl Agent {
             audit_feed: tokio::sync::broadcast::channel(4096).0,
             clock,
             doorflow_auth: Arc::default(),
+            clients: Mutex::new(status::HealthInputs::default()),
+            door_events: metrics::DoorEventCounts::default(),
             config,
         }))
     }
@@ -133,7 +144,7 @@ impl Agent {
         let generation = self.store.snapshot_header().ok().flatten().map(|h| h.generation);
         let now = self.clock.rules_time();
         let auth_refused = self.doorflow_auth.refused();
-        StatusReport {
+        let mut report = StatusReport {
             version: env!("CARGO_PKG_VERSION").to_string(),
             agent_running: true,
             // Refused credentials are not online, whatever answered last.
@@ -176,7 +187,34 @@ impl Agent {
                 })
                 .collect(),
             store: StoreStatus::of(&self.store),
+            degraded: Vec::new(),
+        };
+        report.degraded = status::degraded_reasons(&report, &lock(&self.clients));
+        report
+    }
+
+    /// The Prometheus text exposition of live state (`status --prometheus`, `metrics.textfile`).
+    pub fn metrics(&self) -> String {
+        let report = self.status();
+        self.metrics_of(&report)
+    }
+
+    fn metrics_of(&self, report: &StatusReport) -> String {
+        let mut lanes = metrics::lanes_from_store(&self.store);
+        for (figures, lane) in lanes.iter_mut().zip(Lane::ALL) {
+            let uplink = self.uplink.lane(lane);
+            figures.delivered = uplink.delivered;
+            figures.dead_lettered = uplink.dead_lettered;
+            figures.retries = uplink.retries;
         }
+        metrics::render(&metrics::Figures {
+            report,
+            lanes,
+            door_events: self.door_events.snapshot(),
+            http_429: lock(&self.budget).rate_limited_total(),
+            store_errors: self.store.health().write_errors,
+            now: Timestamp::now(),
+        })
     }
 
     /// Queue depth from the store, uplink state from the running lanes.
@@ -235,6 +273,10 @@ impl admin::RunningAgent for Agent {
         Arc::clone(&self.store)
     }
 
+    fn metrics(&self) -> String {
+        Agent::metrics(self)
+    }
+
     fn kick_queue(&self) {
         Agent::kick_queue(self)
     }
@@ -243,9 +285,6 @@ impl admin::RunningAgent for Agent {
         self.audit_feed.subscribe()
     }
 }
-
-/// Old home of `mutex::lock`, kept until every branch has moved to the leaf module.
-pub use crate::mutex::lock;
 
 /// Runs the agent until `shutdown` resolves: door tasks, audit writer, admin socket. On the way
 /// out every door is left in its fail state and the store is flushed.
@@ -266,7 +305,19 @@ pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Res
         .spawn(admin.serve(Arc::clone(&agent), tasks.clone(), stop.clone()))
         .abort_handle()];
 
-    let (audit_tx, audit_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (audit_tx, mut door_events) = tokio::sync::mpsc::unbounded_channel::<AuditEvent>();
+    let (counted_tx, audit_rx) = tokio::sync::mpsc::unbounded_channel();
+    // Counts each door event for metrics on its way to the audit writer; ends (and so lets the
+    // writer finish) when every door task has dropped its sender.
+    let counter = Arc::clone(&agent);
+    tasks.spawn(async move {
+        while let Some(event) = door_events.recv().await {
+            counter.door_events.count(&event);
+            if let Err(lost) = counted_tx.send(event) {
+                lost.0.log();
+            }
+        }
+    });
     let mut loop_names: Vec<String> = agent
         .config
         .doors
@@ -274,15 +325,16 @@ pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Res
         .map(|d| format!("door {}", d.name))
         .collect();
     loop_names.extend(Lane::ALL.map(|lane| format!("uplink {}", lane.as_str())));
-    let (liveness, mut heartbeats) = supervisor::Liveness::new(&loop_names);
+    let (liveness, mut heartbeats) =
+        supervisor::Liveness::new(&loop_names, supervisor::WatchdogTiming::from_env());
     let uplink_beats = heartbeats.split_off(agent.config.doors.len());
-    let (door_tasks, osdp) = match start_doors(&agent, &tasks, &stop, audit_tx, heartbeats) {
+    let (door_tasks, osdp) = match start_doors(&agent, &tasks, &stop, audit_tx, heartbeats).await {
         Ok(started) => started,
         Err(error) => {
+            // The sockets' servers remove their files as they stop.
             stop.cancel();
             tasks.close();
             tasks.wait().await;
-            let _ = std::fs::remove_file(&agent.config.admin.socket);
             return Err(error);
         }
     };
@@ -334,10 +386,19 @@ pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Res
         index_bytes = snapshot.index_bytes(),
         "ready: snapshot loaded, swipes are decided locally"
     );
-    supervisor::notify_ready(&format!(
-        "{} people, {} credentials",
-        counts.people, counts.credentials
-    ));
+    supervisor::notify_ready(&status::status_line(&agent.status(), Timestamp::now()));
+    aborts.push(
+        tasks
+            .spawn(report_health(Arc::clone(&agent), stop.clone()))
+            .abort_handle(),
+    );
+    if let Some(path) = agent.config.metrics.textfile.clone() {
+        aborts.push(
+            tasks
+                .spawn(write_metrics(Arc::clone(&agent), path, stop.clone()))
+                .abort_handle(),
+        );
+    }
 
     shutdown.await;
     tracing::info!("shutting down");
@@ -361,15 +422,97 @@ pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Res
         }
         tasks.wait().await;
     }
-    let _ = std::fs::remove_file(&agent.config.admin.socket);
     agent.store.flush()?;
     tracing::info!("store flushed; stopped");
     Ok(())
 }
 
+/// How often the unit's status line and the degraded state are refreshed.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Keeps systemd's status line (`systemctl status`) true: refreshed after each sync and every
+/// change of people, credentials, sync age, queue depth or degraded reasons. A change of the
+/// degraded reasons is also written to the journal, with the reasons in the message text.
+async fn report_health(agent: Arc<Agent>, stop: CancellationToken) {
+    let mut last_line = String::new();
+    let mut last_reasons: Vec<String> = Vec::new();
+    loop {
+        let source = Arc::clone(&agent);
+        // Reading queue heads is a store read: off the async workers.
+        let Ok(report) = tokio::task::spawn_blocking(move || source.status()).await else {
+            return;
+        };
+        if report.degraded != last_reasons {
+            if report.degraded.is_empty() {
+                tracing::info!(
+                    "no longer degraded: {}",
+                    status::status_line(&report, Timestamp::now())
+                );
+            } else {
+                tracing::warn!(reasons = ?report.degraded, "degraded: {}", report.degraded.join("; "));
+            }
+            last_reasons = report.degraded.clone();
+        }
+        let line = status::status_line(&report, Timestamp::now());
+        if line != last_line {
+            supervisor::notify_status(&line);
+            last_line = line;
+        }
+        if stop
+            .run_until_cancelled(tokio::time::sleep(HEALTH_INTERVAL))
+            .await
+            .is_none()
+        {
+            return;
+        }
+    }
+}
+
+/// Rewrites the metrics text file every `metrics.interval_s` until `stop`, then once more with
+/// `doorflow_agent_running 0`. A write that fails is reported once, until one succeeds again.
+async fn write_metrics(agent: Arc<Agent>, path: std::path::PathBuf, stop: CancellationToken) {
+    let interval = agent.config.metrics.interval_s.secs();
+    let mut failing = false;
+    loop {
+        let stopping = stop.is_cancelled();
+        let (source, target) = (Arc::clone(&agent), path.clone());
+        let written = tokio::task::spawn_blocking(move || {
+            let mut report = source.status();
+            report.agent_running = !stopping;
+            metrics::write_textfile(&target, &source.metrics_of(&report))
+        })
+        .await;
+        match written {
+            Ok(Ok(())) if failing => {
+                failing = false;
+                tracing::info!(path = %path.display(), "metrics file written again");
+            }
+            Ok(Err(error)) if !failing => {
+                failing = true;
+                tracing::warn!(path = %path.display(), %error, "cannot write the metrics file ({error}); is its directory writable by the agent (ReadWritePaths=)?");
+            }
+            _ => {}
+        }
+        if stopping {
+            return;
+        }
+        // Cancelled: one more pass writes the final figures.
+        let _ = stop.run_until_cancelled(tokio::time::sleep(interval)).await;
+    }
+}
+
+/// Why a client could not be set up, naming the config key when a secret is at fault.
+fn client_problem(agent: &Agent, keys: &[&str], error: &(dyn std::error::Error + 'static)) -> String {
+    crate::preflight::secrets(&agent.config)
+        .into_iter()
+        .find(|f| f.severity == crate::preflight::Severity::Error && keys.contains(&f.key.as_str()))
+        .map(|f| format!("{}: {}", f.key, f.message))
+        .unwrap_or_else(|| chain(error))
+}
+
 /// The one DoorFlow client (shared by sync and the admit lane, so a rotated refresh token is
-/// used by both), unless it cannot be set up (a missing secret file): then the agent runs
-/// offline on its stored snapshot and says why.
+/// used by both), unless it cannot be set up (a missing secret file, no CA trust store): then
+/// the agent runs offline on its stored snapshot, degraded, and says why.
 fn doorflow_client(agent: &Arc<Agent>) -> Option<Arc<Client>> {
     match Client::new(&agent.config.api, Arc::clone(&agent.budget)) {
         Ok(client) => Some(Arc::new(
@@ -378,7 +521,14 @@ fn doorflow_client(agent: &Arc<Agent>) -> Option<Arc<Client>> {
                 .with_auth_health(Arc::clone(&agent.doorflow_auth)),
         )),
         Err(error) => {
-            tracing::error!(%error, "DoorFlow client not available; running offline on the stored snapshot");
+            let keys = [
+                "api.auth.api_key",
+                "api.auth.client_secret",
+                "api.auth.refresh_token_file",
+            ];
+            let why = client_problem(agent, &keys, &error);
+            tracing::error!(error = %why, "DoorFlow client not available ({why}); running offline on the stored snapshot");
+            lock(&agent.clients).doorflow_unavailable = Some(why);
             None
         }
     }
@@ -399,7 +549,9 @@ fn sink_client(agent: &Arc<Agent>) -> Option<Arc<Client>> {
     match Client::event_sink(api, url, uplink.events_token.as_ref(), budget) {
         Ok(client) => Some(Arc::new(client)),
         Err(error) => {
-            tracing::error!(%error, "event sink client not available; events stay queued");
+            let why = client_problem(agent, &["uplink.events_token"], &error);
+            tracing::error!(error = %why, "event sink client not available ({why}); events stay queued");
+            lock(&agent.clients).sink_unavailable = Some(why);
             None
         }
     }
@@ -436,7 +588,7 @@ fn uplink_lanes(
 /// Opens every door's GPIO lines (failing start-up with a clear message if a chip or line is
 /// unavailable), starts the OSDP buses, and spawns each door's task; with the mock backend,
 /// its control socket too.
-fn start_doors(
+async fn start_doors(
     agent: &Arc<Agent>,
     tasks: &TaskTracker,
     stop: &CancellationToken,
@@ -449,13 +601,8 @@ fn start_doors(
     // open, so no request finds a door that is not there yet.
     let mock_control = match &backend {
         hw::Backend::Mock(mock) => {
-            let listener = hw::mock::bind_control_socket(&config.gpio.mock_socket).map_err(|e| {
-                AgentError::Gpio(hw::GpioError::Chip {
-                    chip: config.gpio.mock_socket.display().to_string(),
-                    reason: format!("mock control socket: {e}"),
-                })
-            })?;
-            Some((Arc::clone(mock), listener))
+            let socket = hw::mock::bind_control_socket(&config.gpio.mock_socket).await?;
+            Some((Arc::clone(mock), socket))
         }
         hw::Backend::Chardev => None,
     };

@@ -52,7 +52,13 @@ impl AuditEvent {
 
     /// A human-readable line, e.g. `Access granted at front (authorised)`.
     pub fn label(&self) -> String {
-        let what = match self.event_code {
+        let what = self.what();
+        format!("{what} at {} ({})", self.door, self.reason)
+    }
+
+    /// What happened, in words (`Door forced open`).
+    fn what(&self) -> &'static str {
+        match self.event_code {
             10..=18 => "Access granted",
             20..=29 => "Access denied",
             30 => "Exit button pressed",
@@ -64,19 +70,52 @@ impl AuditEvent {
             90 => "Tamper or input failure",
             91 => "Tamper or input failure cleared",
             _ => "Door event",
-        };
-        format!("{what} at {} ({})", self.door, self.reason)
+        }
     }
 
-    /// Writes the event to the log with structured fields (journald keeps them as DOOR,
-    /// EVENT_CODE, REASON, …). Denials and door alarms are warnings; the rest is info.
+    /// The event as one log line, e.g. `front: denied card ****21 (person 21): out_of_hours`
+    /// or `front: door forced open`: plain `journalctl` shows this text; the fields carry the
+    /// same facts for filtering.
+    pub fn summary(&self) -> String {
+        let door = &self.door;
+        let verdict = match self.event_code {
+            10..=18 => "granted",
+            20..=29 => "denied",
+            // The word says it all for the door's own alarms.
+            30..=33 => return format!("{door}: {}", self.what().to_lowercase()),
+            code => {
+                let what = match self.what() {
+                    "Door event" => format!("door event {code}"),
+                    what => what.to_lowercase(),
+                };
+                return format!("{door}: {what}: {}", self.reason);
+            }
+        };
+        // DoorFlow's codes tell a PIN (11, 24) from a card (10, 20); 16, 21 and 22 are either,
+        // but a PIN is always masked whole, so visible digits mean a card.
+        let presented = match (self.event_code, self.credential.as_deref()) {
+            (11 | 24, Some(masked)) => format!(" PIN {masked}"),
+            (16 | 21 | 22, Some(masked)) if masked.trim_start_matches('*').is_empty() => {
+                format!(" credential {masked}")
+            }
+            (_, Some(masked)) => format!(" card {masked}"),
+            (13, None) => " exit".to_string(),
+            (_, None) => String::new(),
+        };
+        let person = self
+            .person_id
+            .map(|id| format!(" (person {id})"))
+            .unwrap_or_default();
+        format!("{door}: {verdict}{presented}{person}: {}", self.reason)
+    }
+
+    /// Writes the event to the log: the summary as the message, and structured fields
+    /// (journald keeps them as DOOR, EVENT_CODE, REASON, …). Denials and door alarms are
+    /// warnings; the rest is info.
     pub fn log(&self) {
         let credential = self.credential.as_deref().unwrap_or("-");
-        let summary = match self.event_code {
-            10..=18 => "access granted",
-            20..=29 => "access denied",
-            _ => "door event",
-        };
+        let summary = self.summary();
+        // A cleared fault (35, 91) is good news: info.
         let warning = matches!(self.event_code, 20..=29 | 32..=34 | 90);
         macro_rules! emit {
             ($level:ident) => {
@@ -96,6 +135,69 @@ impl AuditEvent {
             emit!(warn);
         } else {
             emit!(info);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(event_code: u16, reason: &str, person_id: Option<u64>, credential: Option<&str>) -> AuditEvent {
+        AuditEvent {
+            id: 1,
+            event_code,
+            reason: reason.into(),
+            door: "front".into(),
+            channel_id: Some(1340),
+            person_id,
+            credential: credential.map(str::to_string),
+            created_at: Timestamp::UNIX_EPOCH,
+            admit: false,
+        }
+    }
+
+    #[test]
+    fn the_summary_reads_as_a_log_line() {
+        let cases = [
+            (
+                event(20, "person_disabled", Some(50), Some("****50")),
+                "front: denied card ****50 (person 50): person_disabled",
+            ),
+            (
+                event(21, "out_of_hours", None, Some("****21")),
+                "front: denied card ****21: out_of_hours",
+            ),
+            (
+                event(22, "lockdown", None, Some("****")),
+                "front: denied credential ****: lockdown",
+            ),
+            (
+                event(10, "authorised", Some(17), Some("****17")),
+                "front: granted card ****17 (person 17): authorised",
+            ),
+            (
+                event(11, "authorised", Some(5), Some("****")),
+                "front: granted PIN **** (person 5): authorised",
+            ),
+            (
+                event(20, "unknown_credential", None, Some("****")),
+                "front: denied card ****: unknown_credential",
+            ),
+            (
+                event(13, "request_to_exit", None, None),
+                "front: granted exit: request_to_exit",
+            ),
+            (event(32, "forced_open", None, None), "front: door forced open"),
+            (event(30, "rex_pressed", None, None), "front: exit button pressed"),
+            (
+                event(34, "no_answer", None, None),
+                "front: reader offline: no_answer",
+            ),
+            (event(99, "mystery", None, None), "front: door event 99: mystery"),
+        ];
+        for (event, expected) in cases {
+            assert_eq!(event.summary(), expected);
         }
     }
 }

@@ -164,7 +164,12 @@ impl DoorTask {
         self.drive_relay(Some(self.machine.relay_released()));
         self.apply_mode(monotonic_ns());
         self.publish_state();
-        let mut mode_check = tokio::time::interval(MODE_CHECK);
+        // The check doubles as the watchdog heartbeat, so it runs at least as often as that.
+        let check_every = self
+            .heartbeat
+            .as_ref()
+            .map_or(MODE_CHECK, |h| MODE_CHECK.min(h.period()));
+        let mut mode_check = tokio::time::interval(check_every);
         mode_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let sleep = self.next_deadline().map(sleep_until_monotonic);

@@ -1,9 +1,13 @@
 //! Command-line entry point: `doorflow-agent run | check-config | status | queue | demo`.
 
 use clap::{Parser, Subcommand};
-use doorflow_agent::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
-use doorflow_agent::{admin, agent, status, store, telemetry};
-use std::path::PathBuf;
+use doorflow_agent::config::{
+    line_of_key, template_placeholders, Config, ConfigError, DEFAULT_CONFIG_PATH, PLACEHOLDER,
+};
+use doorflow_agent::error_chain::chain;
+use doorflow_agent::preflight::{self, Severity};
+use doorflow_agent::{admin, agent, metrics, queue_table, status, store, telemetry};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Exit code for an invalid configuration (as `check-config` promises).
@@ -30,14 +34,25 @@ struct Cli {
 enum Command {
     /// Run the agent: load the snapshot, open the admin socket, serve the doors until SIGTERM.
     Run,
-    /// Validate the configuration file; exit 0 with a summary, or 2 naming the key at fault.
-    CheckConfig,
+    /// Validate the configuration and what it points at (secret files readable, GPIO chips
+    /// present): exit 0 with a summary, or 2 naming each key at fault and its line. Everything
+    /// `run` would refuse is refused here first.
+    CheckConfig {
+        /// For the unit's ExecCondition=: exit 0 unless the file still holds the template's
+        /// placeholders (REPLACE-WITH-…), then exit 1 so systemd skips the start without a
+        /// failure. Every other problem is left to `run`, which reports it.
+        #[arg(long)]
+        unit_condition: bool,
+    },
     /// Show snapshot counts, last sync, queue depth and door states (from the running agent
     /// through its admin socket, or from the store when the agent is stopped).
     Status {
         /// Print one JSON object instead of text.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "prometheus")]
         json: bool,
+        /// Print metrics in the Prometheus text format (what `metrics.textfile` holds).
+        #[arg(long)]
+        prometheus: bool,
     },
     #[cfg(feature = "demo")]
     /// Play the built-in demonstration: the agent with mock GPIO doors, a scripted scenario and
@@ -52,15 +67,22 @@ enum Command {
 
 #[derive(Subcommand)]
 enum QueueAction {
-    /// List queued calls, oldest first (JSON lines).
+    /// List queued calls, oldest first: a table, or JSON lines with --json.
     List {
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// One JSON object per line (`{"key", "call"}`) instead of a table.
+        #[arg(long)]
+        json: bool,
     },
-    /// List dead letters: calls DoorFlow refused or that expired (JSON lines).
+    /// List dead letters (calls DoorFlow refused, or admits that expired), oldest first: a
+    /// table, or JSON lines with --json.
     Dead {
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// One JSON object per line (`{"key", "letter"}`) instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Put dead letters back on the queue: one by id (or key), or all with --all.
     RetryDead {
@@ -77,23 +99,13 @@ enum QueueAction {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig => match Config::load(&cli.config).and_then(|config| {
-            let unchecked = check_gpio_lines(&cli.config, &config)?;
-            Ok((config, unchecked))
-        }) {
-            Ok((config, unchecked)) => {
-                println!("{}: ok", cli.config.display());
-                println!("{}", config.summary());
-                if !unchecked.is_empty() {
-                    println!(
-                        "GPIO line offsets not checked against {} (not present here)",
-                        unchecked.join(", ")
-                    );
-                }
-                ExitCode::SUCCESS
+        Command::CheckConfig { unit_condition } => {
+            if unit_condition {
+                site_config_condition(&cli.config)
+            } else {
+                check_config(&cli.config)
             }
-            Err(error) => config_failure(&error),
-        },
+        }
         Command::Run => {
             doorflow_agent::memory::limit_arenas();
             telemetry::init();
@@ -116,16 +128,26 @@ fn main() -> ExitCode {
             }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
-                    tracing::error!(%error, "agent stopped with an error");
-                    failure(&error.to_string())
+                    let why = chain(&error);
+                    tracing::error!(error = %why, "agent stopped with an error: {why}");
+                    failure(&why)
                 }
             }
         }
-        Command::Status { json } => {
+        Command::Status { json, prometheus } => {
             let config = match Config::load(&cli.config) {
                 Ok(config) => config,
                 Err(error) => return config_failure(&error),
             };
+            if prometheus {
+                return match gather_metrics(&config) {
+                    Ok(text) => {
+                        print!("{text}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(message) => failure(&message),
+                };
+            }
             match gather_status(&config) {
                 Ok(report) => {
                     if json {
@@ -154,26 +176,63 @@ fn main() -> ExitCode {
     }
 }
 
-/// With the gpiod backend, checks every line offset against its chip when the chip is present
-/// (as `run` would refuse it), naming the key and its line in the file. Returns the chips that
-/// are not present, whose offsets could not be checked.
-fn check_gpio_lines(path: &std::path::Path, config: &Config) -> Result<Vec<String>, ConfigError> {
-    if config.gpio.backend != doorflow_agent::config::GpioBackend::Gpiod {
-        return Ok(Vec::new());
+/// `check-config`: the file's own rules, then what it points at (`preflight`).
+fn check_config(path: &Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(error) => return config_failure(&error),
+    };
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut failed = false;
+    for finding in preflight::check(&config) {
+        let line = line_of_key(&text, &finding.key);
+        let location = line.map(|l| format!(" line {l}:")).unwrap_or_default();
+        let (label, verb) = match finding.severity {
+            Severity::Error => ("error", "invalid value for "),
+            Severity::Warning => ("warning", ""),
+            Severity::Note => ("note", ""),
+        };
+        failed |= finding.severity == Severity::Error;
+        eprintln!(
+            "{label}: {}:{location} {verb}`{}`: {}",
+            path.display(),
+            finding.key,
+            finding.message
+        );
     }
-    let (problem, unchecked) = doorflow_agent::hw::chardev::check_offsets(config);
-    match problem {
-        None => Ok(unchecked),
-        Some((key, message)) => {
-            let text = std::fs::read_to_string(path).unwrap_or_default();
-            Err(ConfigError::Invalid {
-                path: path.display().to_string(),
-                line: doorflow_agent::config::line_of_key(&text, &key),
-                key,
-                message,
-            })
-        }
+    if failed {
+        return ExitCode::from(EXIT_CONFIG);
     }
+    println!("{}: ok", path.display());
+    println!("{}", config.summary());
+    ExitCode::SUCCESS
+}
+
+/// `check-config --unit-condition`: whether the config has been made the site's own.
+fn site_config_condition(path: &Path) -> ExitCode {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        // `run` says why it cannot read it.
+        return ExitCode::SUCCESS;
+    };
+    let keys = template_placeholders(&text);
+    if keys.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    for key in &keys {
+        let location = line_of_key(&text, key)
+            .map(|l| format!(" line {l}:"))
+            .unwrap_or_default();
+        eprintln!(
+            "{}:{location} `{key}` still holds the template's placeholder ({PLACEHOLDER}…)",
+            path.display()
+        );
+    }
+    eprintln!(
+        "not starting: {} is still the installed template; edit it for this site, check it with \
+         `doorflow-agent check-config`, then `systemctl start doorflow-agent`",
+        path.display()
+    );
+    ExitCode::FAILURE
 }
 
 /// Who answers a CLI request: the running agent, or the store of a stopped one.
@@ -194,14 +253,14 @@ fn reach(config: &Config, request: &admin::Request) -> Result<Answerer, String> 
         match admin::call(&config.admin.socket, request) {
             Ok(reply) => return Ok(Answerer::Agent(reply)),
             Err(admin::ClientError::NotRunning(_)) => {}
-            Err(error) => return Err(error.to_string()),
+            Err(error) => return Err(chain(&error)),
         }
         match store::Store::open(&config.store.path, config.store.cache_capacity_bytes()) {
             Ok(store) => return Ok(Answerer::Store(Box::new(store))),
             Err(store::StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
-            Err(error) => return Err(error.to_string()),
+            Err(error) => return Err(chain(&error)),
         }
     }
 }
@@ -211,15 +270,33 @@ fn gather_status(config: &Config) -> Result<status::StatusReport, String> {
     match reach(config, &admin::Request::Status)? {
         Answerer::Agent(reply) => serde_json::from_value(reply["status"].clone())
             .map_err(|e| format!("unreadable status reply: {e}")),
-        Answerer::Store(store) => status::from_store(config, &store).map_err(|e| e.to_string()),
+        Answerer::Store(store) => status::from_store(config, &store).map_err(|e| chain(&e)),
+    }
+}
+
+/// Metrics from the running agent, or from the store when it is stopped.
+fn gather_metrics(config: &Config) -> Result<String, String> {
+    match reach(config, &admin::Request::Metrics)? {
+        Answerer::Agent(reply) => reply["metrics"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| "unreadable metrics reply".to_string()),
+        Answerer::Store(store) => {
+            let report = status::from_store(config, &store).map_err(|e| chain(&e))?;
+            Ok(metrics::from_store(&report, &store))
+        }
     }
 }
 
 /// Runs a queue action through the running agent, or on the store when it is stopped.
 fn queue_command(config: &Config, action: QueueAction) -> ExitCode {
+    let json = matches!(
+        action,
+        QueueAction::List { json: true, .. } | QueueAction::Dead { json: true, .. }
+    );
     let request = match action {
-        QueueAction::List { limit } => admin::Request::QueueList { limit },
-        QueueAction::Dead { limit } => admin::Request::QueueDead { limit },
+        QueueAction::List { limit, .. } => admin::Request::QueueList { limit },
+        QueueAction::Dead { limit, .. } => admin::Request::QueueDead { limit },
         QueueAction::RetryDead { id, .. } => admin::Request::RetryDead { id },
         QueueAction::PurgeDead => admin::Request::PurgeDead,
     };
@@ -232,12 +309,20 @@ fn queue_command(config: &Config, action: QueueAction) -> ExitCode {
         Err(message) => return failure(&message),
     };
     for list in ["queued", "dead"] {
-        if let Some(items) = reply[list].as_array() {
+        let Some(items) = reply[list].as_array() else {
+            continue;
+        };
+        if json {
             for item in items {
                 println!("{item}");
             }
-            eprintln!("{} {list}", items.len());
+        } else {
+            match render_queue(list, items) {
+                Ok(table) => print!("{table}"),
+                Err(message) => return failure(&message),
+            }
         }
+        eprintln!("{} {list}", items.len());
     }
     for count in ["requeued", "purged"] {
         if let Some(n) = reply[count].as_u64() {
@@ -245,6 +330,28 @@ fn queue_command(config: &Config, action: QueueAction) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// The table for a `queued` or `dead` list of `{"key", "call"|"letter"}` items.
+fn render_queue(list: &str, items: &[serde_json::Value]) -> Result<String, String> {
+    fn entries<T: serde::de::DeserializeOwned>(
+        items: &[serde_json::Value],
+        field: &str,
+    ) -> Result<Vec<(u64, T)>, String> {
+        items
+            .iter()
+            .map(|item| {
+                let key = item["key"].as_u64().unwrap_or_default();
+                serde_json::from_value(item[field].clone())
+                    .map(|value| (key, value))
+                    .map_err(|e| format!("unreadable {field} {key}: {e} (try --json)"))
+            })
+            .collect()
+    }
+    Ok(match list {
+        "dead" => queue_table::dead_letters(&entries(items, "letter")?),
+        _ => queue_table::queued_calls(&entries(items, "call")?, &doorflow_agent::clock::Now::read_raw()),
+    })
 }
 
 fn config_failure(error: &ConfigError) -> ExitCode {

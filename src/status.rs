@@ -37,6 +37,10 @@ pub struct StatusReport {
     /// Whether the store takes writes, and what its last opening found wrong.
     #[serde(default)]
     pub store: StoreStatus,
+    /// Why the agent is not fully working, one sentence each (see `degraded_reasons`); empty
+    /// when it is.
+    #[serde(default)]
+    pub degraded: Vec<String>,
 }
 
 /// `status.doorflow_auth`: `ok` (or not yet known), or `refused` with DoorFlow's answer (a 401
@@ -124,6 +128,9 @@ pub struct SyncStatus {
     /// The sync running now (null when none): which list, how far, the expected finish.
     #[serde(default)]
     pub progress: Option<SyncProgress>,
+    /// How long the last sync attempt took (successful or not), ms.
+    #[serde(default)]
+    pub last_duration_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -265,7 +272,7 @@ pub fn from_store(config: &Config, store: &Store) -> Result<StatusReport, StoreE
     let clock = TimeKeeper::new(store.meta_get(ANCHOR_KEY)?);
     clock.set_synchronised(crate::clock::synchronised());
     let now = clock.rules_time();
-    Ok(StatusReport {
+    let mut report = StatusReport {
         version: env!("CARGO_PKG_VERSION").to_string(),
         agent_running: false,
         online: false,
@@ -288,7 +295,113 @@ pub fn from_store(config: &Config, store: &Store) -> Result<StatusReport, StoreE
             })
             .collect(),
         store: StoreStatus::of(store),
-    })
+        degraded: Vec::new(),
+    };
+    report.degraded = degraded_reasons(&report, &HealthInputs::default());
+    Ok(report)
+}
+
+/// What `degraded_reasons` looks at besides the report.
+#[derive(Debug, Clone, Default)]
+pub struct HealthInputs {
+    /// Why the agent has no DoorFlow client (a secret it cannot read), if so.
+    pub doorflow_unavailable: Option<String>,
+    /// Why the event sink has no client, if so.
+    pub sink_unavailable: Option<String>,
+}
+
+/// Why the agent is degraded: it cannot talk to DoorFlow, DoorFlow refuses its credentials, its
+/// sync fails, it has no snapshot (every card is denied), its uplink is refused, its store refuses writes, its clock is behind
+/// DoorFlow's time. Each reason is a stable sentence (no ages or counts), so a change of the
+/// list is a change of state worth a journal line.
+pub fn degraded_reasons(report: &StatusReport, inputs: &HealthInputs) -> Vec<String> {
+    let mut reasons = Vec::new();
+    if let Some(why) = &inputs.doorflow_unavailable {
+        reasons.push(format!(
+            "cannot talk to DoorFlow ({why}); deciding from the stored snapshot. Fix it and restart the agent"
+        ));
+    }
+    if let Some(why) = &inputs.sink_unavailable {
+        reasons.push(format!("no event sink client ({why}); events stay queued"));
+    }
+    if report.snapshot.synced_at.is_none() && report.snapshot.people == 0 {
+        reasons.push("no snapshot yet: every card is denied until a sync succeeds".into());
+    }
+    if let Some(error) = &report.sync.last_error {
+        reasons.push(format!("sync failing: {error}"));
+    }
+    if let Some(error) = &report.store.error {
+        reasons.push(format!("the store refuses writes: {error}"));
+    }
+    if let Some(error) = &report.doorflow_auth.error {
+        reasons.push(format!(
+            "DoorFlow auth refused ({error}): no sync and no admits until the credentials are replaced; queued calls are kept"
+        ));
+    }
+    if report.queue.uplink == "auth_refused" {
+        reasons.push(format!(
+            "uplink auth_refused: {}",
+            report.queue.last_error.as_deref().unwrap_or("no detail")
+        ));
+    }
+    for door in &report.doors {
+        if door.inputs == "fault" {
+            reasons.push(format!(
+                "{}: its GPIO input lines failed and are being requested again (the journal has the error)",
+                door.name
+            ));
+        }
+        if door.reader.state == "offline" {
+            let why = door.reader.reason.as_deref().unwrap_or("no detail");
+            reasons.push(format!(
+                "{}: reader offline ({why}): no card is read there",
+                door.name
+            ));
+        }
+        if door.reader.tamper == Some(true) {
+            reasons.push(format!("{}: reader tamper", door.name));
+        }
+    }
+    if report.clock.behind_floor {
+        reasons.push(
+            "the wall clock is behind DoorFlow's last known time: time rules use DoorFlow's instead".into(),
+        );
+    }
+    reasons
+}
+
+/// "3 min ago"-style age for status lines: coarse, so the line changes only when it matters.
+pub fn age(seconds: i64) -> String {
+    match seconds.max(0) {
+        s if s < 60 => "<1 min ago".into(),
+        s if s < 3600 => format!("{} min ago", s / 60),
+        s if s < 86_400 => format!("{} h ago", s / 3600),
+        s => format!("{} d ago", s / 86_400),
+    }
+}
+
+/// The one-line summary systemd shows as the unit's status (`systemctl status`):
+/// `200 people, 260 credentials; synced 2 min ago; online; queue 0, 0 dead`, prefixed with
+/// `DEGRADED (reasons):` when there are reasons.
+pub fn status_line(report: &StatusReport, now: Timestamp) -> String {
+    let s = &report.snapshot;
+    let synced = report
+        .sync
+        .last_success
+        .or(s.synced_at)
+        .map(|t| format!("synced {}", age(now.duration_since(t).as_secs())))
+        .unwrap_or_else(|| "never synced".into());
+    let online = if report.online { "online" } else { "offline" };
+    let q = &report.queue;
+    let line = format!(
+        "{} people, {} credentials; {synced}; {online}; queue {}, {} dead",
+        s.people, s.credentials, q.pending, q.dead
+    );
+    if report.degraded.is_empty() {
+        line
+    } else {
+        format!("DEGRADED ({}): {line}", report.degraded.join("; "))
+    }
 }
 
 /// Meta key under which the last sync outcome is kept, so a stopped agent can report it.
@@ -307,6 +420,9 @@ pub fn render(report: &StatusReport) -> String {
         "doorflow-agent {} — {running}, {online}\n",
         report.version
     ));
+    for reason in &report.degraded {
+        out.push_str(&format!("DEGRADED: {reason}\n"));
+    }
     let s = &report.snapshot;
     let synced = s
         .synced_at
@@ -408,4 +524,71 @@ pub fn render(report: &StatusReport) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report_with_door(inputs: &str, reader_state: &str, tamper: Option<bool>) -> StatusReport {
+        StatusReport {
+            version: "0.1.0".into(),
+            agent_running: true,
+            online: true,
+            doorflow_auth: Default::default(),
+            snapshot: SnapshotStatus {
+                people: 1,
+                ..Default::default()
+            },
+            sync: SyncStatus::default(),
+            queue: QueueStatus::default(),
+            clock: ClockStatus::default(),
+            doors: vec![DoorStatus {
+                name: "front".into(),
+                channel_id: None,
+                relay: "locked".into(),
+                inputs: inputs.into(),
+                contact: "closed".into(),
+                mode: "normal".into(),
+                reader: crate::reader::ReaderStatus {
+                    kind: "osdp".into(),
+                    state: reader_state.into(),
+                    reason: Some("reader_no_answer".into()),
+                    port: None,
+                    address: None,
+                    secure_channel: None,
+                    tamper,
+                    since: None,
+                },
+            }],
+            store: StoreStatus::default(),
+            degraded: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_door_that_cannot_read_cards_degrades_the_agent() {
+        let healthy = report_with_door("ok", "online", Some(false));
+        assert!(degraded_reasons(&healthy, &HealthInputs::default()).is_empty());
+        for (report, needle) in [
+            (
+                report_with_door("fault", "online", None),
+                "front: its GPIO input lines failed",
+            ),
+            (
+                report_with_door("ok", "offline", None),
+                "front: reader offline (reader_no_answer)",
+            ),
+            (
+                report_with_door("ok", "online", Some(true)),
+                "front: reader tamper",
+            ),
+        ] {
+            let reasons = degraded_reasons(&report, &HealthInputs::default());
+            assert!(
+                reasons.iter().any(|r| r.contains(needle)),
+                "{reasons:?} lacks {needle}"
+            );
+        }
+    }
 }

@@ -115,6 +115,9 @@ pub struct StoreHealth {
     pub queue_error: Option<String>,
     /// The last snapshot write failed with this error.
     pub snapshot_error: Option<String>,
+    /// Queue and snapshot writes that failed since the store was opened (for metrics).
+    #[serde(default)]
+    pub write_errors: u64,
 }
 
 /// Where the snapshot the doors start with came from.
@@ -342,12 +345,18 @@ impl Store {
                 health.queue_error = None;
             }
             Ok(_) => {}
-            Err(error) => health.queue_error = Some(error.to_string()),
+            Err(error) => {
+                health.queue_error = Some(error.to_string());
+                health.write_errors += 1;
+            }
         }
     }
 
     fn note_snapshot_write<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
-        lock(&self.health).snapshot_error = result.as_ref().err().map(|e| e.to_string());
+        let mut health = lock(&self.health);
+        health.snapshot_error = result.as_ref().err().map(|e| e.to_string());
+        health.write_errors += u64::from(result.is_err());
+        drop(health);
         result
     }
 

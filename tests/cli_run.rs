@@ -135,6 +135,10 @@ fn run_serves_status_and_stops_cleanly_on_sigterm() {
     assert!(log.contains("ready"), "{log}");
     assert!(log.contains("store flushed"), "{log}");
     assert!(!socket.exists(), "admin socket left behind");
+    assert!(
+        !dir.path().join("mock-gpio.sock").exists(),
+        "mock control socket left behind after SIGTERM"
+    );
 
     let stopped = status_json(&config);
     assert_eq!(stopped["agent_running"], false);
@@ -207,7 +211,7 @@ fn a_missing_gpio_chip_fails_start_up_with_a_clear_message() {
 fn the_standalone_simulator_serves_and_requires_auth() {
     use std::io::{BufRead, Read, Write};
     let mut sim = Agent(
-        Command::new(env!("CARGO_BIN_EXE_doorflow-sim"))
+        doorflow_agent::testing::agent_command(env!("CARGO_BIN_EXE_doorflow-sim"))
             .args(["--port", "0", "--people", "3"])
             .stdout(Stdio::piped())
             .spawn()
@@ -234,4 +238,75 @@ fn the_standalone_simulator_serves_and_requires_auth() {
     let reply = get("Authorization: Basic c2ltLWFwaS1rZXk6WA==\r\n");
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     assert!(reply.contains("\"id\":3") && reply.to_ascii_lowercase().contains("x-ratelimit-remaining"));
+}
+
+#[test]
+fn queue_dead_prints_a_table_and_json_on_request() {
+    use doorflow_agent::store::{Call, Capacity, DeadLetter, QueuedCall};
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    {
+        let store = Store::open(&dir.path().join("db"), 1 << 20).unwrap();
+        let queued = QueuedCall {
+            id: "0b7d8f2e-1c2d-4e5f-8a9b-0c1d2e3f4a5b".into(),
+            call: Call::Admit {
+                channel_id: 1340,
+                person_id: 17,
+            },
+            created_at: "2026-11-22T10:00:00Z".parse().unwrap(),
+            created_boot: None,
+            attempts: 1,
+            next_attempt_at: None,
+            next_attempt_boot: None,
+            last_error: None,
+            hold: None,
+        };
+        let capacity = Capacity {
+            max_records: 100,
+            max_bytes: 1 << 20,
+            max_admits: 50,
+        };
+        let key = store.enqueue(std::slice::from_ref(&queued), capacity).unwrap()[0];
+        let dead = DeadLetter {
+            queued,
+            status: Some(403),
+            reason: "forbidden".into(),
+            detail: "HTTP 403: the token lacks the scope account.channel.admit".into(),
+            dead_at: "2026-11-22T10:00:05Z".parse().unwrap(),
+        };
+        store.outbox_kill(key, &dead).unwrap();
+        store.flush().unwrap();
+    }
+    let run = |args: &[&str]| {
+        let out = agent_binary()
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let table = run(&["queue", "dead"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 2, "{table}");
+    for column in ["KEY", "LANE", "HTTP", "REASON", "DEAD AT", "ID", "CALL", "DETAIL"] {
+        assert!(lines[0].contains(column), "{table}");
+    }
+    for value in [
+        "admit",
+        "403",
+        "forbidden",
+        "2026-11-22T10:00:05Z",
+        "0b7d8f2e-1c2d-4e5f-8a9b-0c1d2e3f4a5b",
+        "admit person 17 on channel 1340",
+        "lacks the scope account.channel.admit",
+    ] {
+        assert!(lines[1].contains(value), "`{value}` missing: {table}");
+    }
+    let json = run(&["queue", "dead", "--json"]);
+    let line: Value = serde_json::from_str(json.trim()).expect("one JSON object per line");
+    assert_eq!(line["letter"]["reason"], "forbidden");
+    assert_eq!(line["letter"]["queued"]["call"]["person_id"], 17);
+    assert_eq!(run(&["queue", "list"]), "nothing queued\n");
 }

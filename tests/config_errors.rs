@@ -37,7 +37,26 @@ fn shipped_configs_are_valid() {
         ),
         "the demo's lobby has an OSDP reader"
     );
-    let production = Config::parse(PRODUCTION, "doorflow-agent.toml").unwrap();
+    // The production template is refused until its placeholder is replaced, so an installed
+    // package never runs (and drives GPIO lines) on it.
+    let message = Config::parse(PRODUCTION, "doorflow-agent.toml")
+        .unwrap_err()
+        .to_string();
+    let line = PRODUCTION
+        .lines()
+        .position(|l| l.contains("REPLACE-WITH-YOUR-OAUTH-CLIENT-ID"))
+        .unwrap()
+        + 1;
+    assert_mentions(
+        &message,
+        &[
+            &format!("line {line}:"),
+            "api.auth.client_id",
+            "template's placeholder",
+        ],
+    );
+    let edited = PRODUCTION.replace("REPLACE-WITH-YOUR-OAUTH-CLIENT-ID", "site-client-id");
+    let production = Config::parse(&edited, "doorflow-agent.toml").unwrap();
     assert_eq!(production.doors[0].channel_id, Some(1340));
 }
 
@@ -184,15 +203,24 @@ fn missing_file() {
 
 #[test]
 fn check_config_exit_codes() {
+    // The demo config with its API key file in place (check-config reads the secrets too).
+    let dir = tempfile::tempdir().unwrap();
+    let demo = doorflow_agent::testing::config::demo_config(dir.path(), "http://127.0.0.1:18080");
+    let path = doorflow_agent::testing::config::write_config(&demo, dir.path());
     let ok = agent()
-        .args(["check-config", "--config", "config/demo.toml"])
+        .args(["check-config", "--config"])
+        .arg(&path)
         .output()
         .unwrap();
-    assert_eq!(ok.status.code(), Some(0));
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     let stdout = String::from_utf8_lossy(&ok.stdout);
     assert_mentions(&stdout, &["ok", "3 door(s)", "front (channel 1340)"]);
 
-    let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, DEMO.replacen("d1 = 11", "d1 = 10", 1)).unwrap();
     let out = agent()

@@ -348,9 +348,7 @@ fn a_factory_reader_gets_its_key_then_a_card_is_granted_with_green_and_one_beep(
     let (led, _) = reader.feedback();
     assert_eq!(led["on_color"], 1);
 
-    agent.wait_log("the grant", |l| {
-        l.contains("access granted") && l.contains("lobby")
-    });
+    agent.wait_log("the grant", |l| l.contains("lobby: granted "));
     let key = stored.trim().to_string();
     assert!(
         agent.log().iter().all(|l| !l.contains(&key)),

@@ -46,12 +46,12 @@ fn run_until_the_failpoint(state: &StateDir, failpoint: &str, acked: &Arc<Mutex<
     let start = Instant::now();
     // The agent may stop before it is fully up (a sync point): then there is nothing to watch.
     let watcher = run
-        .wait_up(state)
+        .wait_up()
         .map(|_| watch_acknowledged(state, Arc::clone(acked)));
     let mut card = 0u64;
     loop {
-        if let Ok(Some(status)) = run.child.try_wait() {
-            let journal = run.journal();
+        if let Some(status) = run.exit_status() {
+            let journal = run.log();
             assert!(
                 journal.contains(&format!(
                     "failpoint {}: aborting",
@@ -67,7 +67,7 @@ fn run_until_the_failpoint(state: &StateDir, failpoint: &str, acked: &Arc<Mutex<
         assert!(
             start.elapsed() < Duration::from_secs(60),
             "{failpoint} was never reached:\n{}",
-            run.journal()
+            run.log()
         );
         if let Ok(mut stream) = std::os::unix::net::UnixStream::connect(&state.mock) {
             card += 1;
@@ -86,10 +86,10 @@ fn run_until_the_failpoint(state: &StateDir, failpoint: &str, acked: &Arc<Mutex<
 /// Starts cleanly, waits until everything queued was delivered, checks the books.
 fn restart_and_drain(state: &StateDir, failpoint: &str) -> Value {
     let mut run = state.start(&[]);
-    let Some(_) = run.wait_up(state) else {
+    let Some(_) = run.wait_up() else {
         panic!(
             "{failpoint}: the store did not open after the stop:\n{}",
-            run.journal()
+            run.log()
         );
     };
     let start = Instant::now();
@@ -106,7 +106,7 @@ fn restart_and_drain(state: &StateDir, failpoint: &str) -> Value {
         );
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert!(run.stop(), "{failpoint}: clean stop");
+    assert!(run.stop().success(), "{failpoint}: clean stop");
     status
 }
 
@@ -187,11 +187,11 @@ fn a_crash_while_moving_the_0_1_0_queue_neither_loses_nor_duplicates() {
     );
     let state = StateDir::write(BINARY, dir.path(), "http://127.0.0.1:9");
     let mut run = state.start(&[("DOORFLOW_FAILPOINT", "legacy.imported")]);
-    assert!(run.wait_up(&state).is_none(), "stopped at the failpoint");
-    assert!(run.journal().contains("failpoint legacy.imported: aborting"));
+    assert!(run.wait_up().is_none(), "stopped at the failpoint");
+    assert!(run.log().contains("failpoint legacy.imported: aborting"));
     let mut run = state.start(&[]);
-    let status = run.wait_up(&state).expect("comes up");
-    assert!(run.stop());
+    let status = run.wait_up().expect("comes up");
+    assert!(run.stop().success());
     let queue = &status["queue"];
     let total = queue["pending"].as_u64().unwrap() + queue["dead"].as_u64().unwrap();
     assert_eq!(total, 51, "{queue}");

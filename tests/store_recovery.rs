@@ -5,7 +5,8 @@
 const BINARY: &str = env!("CARGO_BIN_EXE_doorflow-agent");
 
 use doorflow_agent::sim::{SimConfig, Simulator};
-use doorflow_agent::testing::state_dir::{swipe_and_watch, AgentRun, StateDir};
+use doorflow_agent::testing::process::AgentProcess;
+use doorflow_agent::testing::state_dir::{swipe_and_watch, StateDir};
 use doorflow_agent::testing::store_fs;
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
@@ -19,11 +20,11 @@ fn fixture() -> std::path::PathBuf {
 }
 
 /// Starts the agent and returns its status, or panics with its journal.
-fn up(state: &StateDir) -> (AgentRun, Value) {
+fn up(state: &StateDir) -> (AgentProcess, Value) {
     let mut run = state.start(&[]);
-    match run.wait_up(state) {
+    match run.wait_up() {
         Some(status) => (run, status),
-        None => panic!("the agent did not come up:\n{}", run.journal()),
+        None => panic!("the agent did not come up:\n{}", run.log()),
     }
 }
 
@@ -41,14 +42,14 @@ async fn synced_state(dir: &Path) -> (Simulator, StateDir) {
         let (mut run, _) = up(&state);
         let start = std::time::Instant::now();
         loop {
-            let status = run.wait_up(&state).unwrap();
+            let status = run.wait_up().unwrap();
             if status["snapshot"]["people"] == 50 {
                 break;
             }
             assert!(start.elapsed().as_secs() < 60, "no sync");
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        assert!(run.stop());
+        assert!(run.stop().success());
         state
     })
     .await
@@ -65,14 +66,14 @@ fn assert_comes_up_granting(state_dir: &Path, sim_url: &str) -> (Value, String) 
         .replace(sim_url, OFFLINE);
     std::fs::write(state_dir.join("config.toml"), config).unwrap();
     let state = StateDir::at(BINARY, state_dir);
-    let (run, status) = up(&state);
+    let (mut run, status) = up(&state);
     let events = swipe_and_watch(&state, &[17]);
     assert_eq!(
         events[0]["event_code"], 10,
         "card 17 granted from the surviving snapshot: {events:?}"
     );
-    let journal = run.journal();
-    assert!(run.stop());
+    let journal = run.log();
+    assert!(run.stop().success());
     (status, journal)
 }
 
@@ -83,7 +84,7 @@ fn a_store_written_by_0_1_0_opens_with_every_card_still_granted() {
     let decisions: std::collections::BTreeMap<String, String> =
         serde_json::from_str(&std::fs::read_to_string(fixture().join("decisions.json")).unwrap()).unwrap();
     let state = StateDir::write(BINARY, dir.path(), OFFLINE);
-    let (run, status) = up(&state);
+    let (mut run, status) = up(&state);
     assert_eq!(status["snapshot"]["people"], 20, "{status}");
     assert_eq!(status["snapshot"]["credentials"], 26);
     let queue = &status["queue"];
@@ -109,8 +110,8 @@ fn a_store_written_by_0_1_0_opens_with_every_card_still_granted() {
         );
         assert_eq!(&now, was, "card {card}: 0.1.0 decided {was}, this binary {now}");
     }
-    let journal = run.journal();
-    assert!(run.stop());
+    let journal = run.log();
+    assert!(run.stop().success());
     assert!(
         journal.contains("credential cache of an earlier version was imported"),
         "{journal}"
@@ -121,11 +122,11 @@ fn a_store_written_by_0_1_0_opens_with_every_card_still_granted() {
     );
     assert!(state.store.join("snapshot.sqlite").is_file());
     // The import is done once: the next start opens the snapshot database alone.
-    let (run, status) = up(&state);
+    let (mut run, status) = up(&state);
     assert_eq!(status["snapshot"]["credentials"], 26);
     assert_eq!(status["store"]["problems"], serde_json::json!([]), "{status}");
-    assert!(!run.journal().contains("earlier version"));
-    assert!(run.stop());
+    assert!(!run.log().contains("earlier version"));
+    assert!(run.stop().success());
 }
 
 #[test]
@@ -138,7 +139,7 @@ fn an_earlier_versions_sled_store_that_cannot_be_opened_is_moved_aside() {
     )
     .unwrap();
     let state = StateDir::write(BINARY, dir.path(), OFFLINE);
-    let (run, status) = up(&state);
+    let (mut run, status) = up(&state);
     let problems = status["store"]["problems"].to_string();
     assert!(problems.contains("moved to"), "{problems}");
     assert_eq!(status["snapshot"]["people"], 0, "no snapshot survives: {status}");
@@ -147,8 +148,8 @@ fn an_earlier_versions_sled_store_that_cannot_be_opened_is_moved_aside() {
         events[0]["event_code"], 20,
         "fail secure: every card denied until a sync"
     );
-    assert!(run.journal().contains("STORE DAMAGED"));
-    assert!(run.stop());
+    assert!(run.log().contains("STORE DAMAGED"));
+    assert!(run.stop().success());
     assert!(!state.store.join("snapshot").exists());
     assert_eq!(
         std::fs::read_dir(dir.path().join("db/damaged")).unwrap().count(),
@@ -221,21 +222,21 @@ async fn a_partly_zeroed_snapshot_database_never_keeps_the_agent_down() {
     std::fs::write(dir.path().join("config.toml"), offline).unwrap();
     tokio::task::spawn_blocking(move || {
         let mut failed_starts = 0;
-        let (run, status) = loop {
+        let (mut run, status) = loop {
             let mut run = state.start(&[]);
-            if let Some(status) = run.wait_up(&state) {
+            if let Some(status) = run.wait_up() {
                 break (run, status);
             }
             failed_starts += 1;
             assert!(
                 failed_starts <= 2,
                 "still down after {failed_starts} starts:\n{}",
-                run.journal()
+                run.log()
             );
         };
         let events = swipe_and_watch(&state, &[17]);
         assert_eq!(events[0]["event_code"], 10, "{status}");
-        assert!(run.stop());
+        assert!(run.stop().success());
     })
     .await
     .unwrap();
@@ -246,8 +247,7 @@ fn queue_offline_events(state: &StateDir, cards: &[u64]) {
     let (mut run, _) = up(state);
     let events = swipe_and_watch(state, cards);
     assert_eq!(events.len(), cards.len());
-    run.child.kill().unwrap();
-    run.child.wait().unwrap();
+    run.kill();
 }
 
 #[test]
@@ -258,9 +258,9 @@ fn a_lost_queue_wal_is_detected_and_the_loss_counted() {
     let wal = state.store.join("queue.sqlite-wal");
     assert!(wal.exists(), "a killed agent leaves its WAL");
     std::fs::remove_file(&wal).unwrap();
-    let (run, status) = up(&state);
-    let journal = run.journal();
-    assert!(run.stop());
+    let (mut run, status) = up(&state);
+    let journal = run.log();
+    assert!(run.stop().success());
     // Each denied swipe queued one event (no admit): all three are gone with the WAL.
     assert_eq!(status["queue"]["lost_records"], 3, "{}", status["queue"]);
     assert!(journal.contains("QUEUED RECORDS LOST"), "{journal}");
@@ -277,15 +277,15 @@ fn a_queue_database_that_is_not_a_database_is_moved_aside_and_the_loss_counted()
     let state = StateDir::write(BINARY, dir.path(), OFFLINE);
     queue_offline_events(&state, &[4242, 4243]);
     // Checkpoint the WAL into the database with a clean stop, then ruin the database.
-    let (run, _) = up(&state);
-    assert!(run.stop());
+    let (mut run, _) = up(&state);
+    assert!(run.stop().success());
     let db = state.store.join("queue.sqlite");
     let mut bytes = std::fs::read(&db).unwrap();
     bytes[..100].copy_from_slice(&[0x5a; 100]);
     std::fs::write(&db, bytes).unwrap();
-    let (run, status) = up(&state);
-    let journal = run.journal();
-    assert!(run.stop());
+    let (mut run, status) = up(&state);
+    let journal = run.log();
+    assert!(run.stop().success());
     assert_eq!(status["queue"]["lost_records"], 2, "{}", status["queue"]);
     assert!(journal.contains("QUEUE DATABASE UNUSABLE"), "{journal}");
     assert!(status["store"]["moved_aside"][0]
@@ -300,11 +300,11 @@ fn a_truncated_queue_database_is_survived_and_reported() {
     let state = StateDir::write(BINARY, dir.path(), OFFLINE);
     let cards: Vec<u64> = (5000..5040).collect();
     queue_offline_events(&state, &cards);
-    let (run, _) = up(&state);
-    assert!(run.stop());
+    let (mut run, _) = up(&state);
+    assert!(run.stop().success());
     store_fs::truncate(&state.store.join("queue.sqlite"), 0.5);
-    let (run, status) = up(&state);
-    assert!(run.stop());
+    let (mut run, status) = up(&state);
+    assert!(run.stop().success());
     let lost = status["queue"]["lost_records"].as_u64().unwrap();
     let pending = status["queue"]["pending"].as_u64().unwrap();
     assert_eq!(
@@ -322,30 +322,20 @@ fn state_is_private_whatever_the_umask_and_a_loose_store_is_tightened() {
     let dir = tempfile::tempdir().unwrap();
     let state = StateDir::write(BINARY, dir.path(), OFFLINE);
     let start_with_umask_022 = |state: &StateDir| {
-        let log = state.dir.join("umask.log");
-        let mut command = doorflow_agent::testing::agent_command(BINARY);
-        command
-            .args(["run", "--config"])
-            .arg(&state.config)
-            .env("DOORFLOW_LOG_TARGET", "stderr")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
-        // SAFETY: umask(2) only, between fork and exec.
-        unsafe {
-            command.pre_exec(|| {
-                libc::umask(0o022);
-                Ok(())
-            });
-        }
-        AgentRun {
-            child: command.spawn().unwrap(),
-            log,
-        }
+        AgentProcess::spawn(BINARY, &state.config, &state.admin, |command| {
+            // SAFETY: umask(2) only, between fork and exec.
+            unsafe {
+                command.pre_exec(|| {
+                    libc::umask(0o022);
+                    Ok(())
+                });
+            }
+        })
     };
     let mut run = start_with_umask_022(&state);
-    run.wait_up(&state).expect("comes up");
+    run.wait_up().expect("comes up");
     swipe_and_watch(&state, &[4242]);
-    assert!(run.stop());
+    assert!(run.stop().success());
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     let check_private = |root: &Path| {
         let mut stack = vec![root.to_path_buf()];
@@ -371,9 +361,9 @@ fn state_is_private_whatever_the_umask_and_a_loose_store_is_tightened() {
     )
     .unwrap();
     let mut run = start_with_umask_022(&state);
-    run.wait_up(&state).expect("comes up");
-    let journal = run.journal();
-    assert!(run.stop());
+    run.wait_up().expect("comes up");
+    let journal = run.log();
+    assert!(run.stop().success());
     assert!(journal.contains("store was readable by other users"), "{journal}");
     check_private(&state.store);
 }
@@ -408,10 +398,10 @@ fn status_polled_during_start_ups_never_costs_a_start() {
         .collect();
     for start in 0..STARTS {
         let mut run = state.start(&[]);
-        if run.wait_up(&state).is_none() {
-            panic!("start {start} failed:\n{}", run.journal());
+        if run.wait_up().is_none() {
+            panic!("start {start} failed:\n{}", run.log());
         }
-        assert!(run.stop(), "start {start}: clean stop");
+        assert!(run.stop().success(), "start {start}: clean stop");
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut totals = (0, 0);

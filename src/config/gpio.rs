@@ -52,6 +52,11 @@ impl GpioConfig {
                 "must name a GPIO chip, e.g. \"gpiochip0\"".into(),
             );
         }
+        if self.backend == GpioBackend::Mock {
+            if let Some(message) = super::admin::socket_path_problem(&self.mock_socket) {
+                report("gpio.mock_socket".into(), message);
+            }
+        }
     }
 }
 

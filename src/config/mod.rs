@@ -12,11 +12,13 @@ mod admin;
 mod api;
 mod doors;
 mod gpio;
+mod metrics;
 mod reader;
 mod service_url;
 mod shifts;
 mod source;
 mod store;
+mod strings;
 mod sync;
 mod uplink;
 pub mod values;
@@ -27,11 +29,13 @@ pub use doors::{
     DoorConfig, FacilityCodes, FailMode, InputLineConfig, OutputLineConfig, WiegandReaderConfig,
 };
 pub use gpio::{Bias, GpioBackend, GpioConfig};
+pub use metrics::MetricsConfig;
 pub use reader::{OsdpReaderConfig, ReaderConfig, OSDP_BAUD_RATES};
 pub use service_url::ServiceUrl;
 pub use shifts::{ShiftConfig, ShiftTimeConfig};
 pub use source::line_of_key;
 pub use store::StoreConfig;
+pub use strings::{template_placeholders, PLACEHOLDER};
 pub use sync::SyncConfig;
 pub use uplink::UplinkConfig;
 
@@ -41,6 +45,9 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/doorflow-agent/config.toml";
+
+/// Longest Unix socket path: `sun_path` holds 108 bytes on Linux, the terminating NUL included.
+pub const MAX_SOCKET_PATH: usize = 107;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -56,6 +63,8 @@ pub struct Config {
     pub gpio: GpioConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     #[serde(default)]
     pub doors: Vec<DoorConfig>,
     /// Shift windows by DoorFlow shift id. The v3 API does not publish shifts, so roles with a
@@ -122,12 +131,18 @@ impl Config {
         self.store.validate(&mut report);
         self.sync.validate(&mut report);
         self.uplink.validate(&mut report);
+        self.admin.validate(&mut report);
+        self.metrics.validate(&mut report);
         self.gpio.validate(&mut report);
         self.validate_doors(&mut report);
         for (key, message) in reader::bus_problems(&self.doors) {
             report(key, message);
         }
         self.validate_shifts(&mut report);
+        match serde_json::to_value(self) {
+            Ok(value) => strings::validate(&value, &mut report),
+            Err(error) => report(String::new(), format!("cannot be checked: {error}")),
+        }
         problems
     }
 

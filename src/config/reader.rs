@@ -43,16 +43,7 @@ impl ReaderConfig {
     /// the report comes from a stopped agent.
     pub fn initial_status(&self, running: bool) -> ReaderStatus {
         match self {
-            ReaderConfig::Wiegand(_) => ReaderStatus {
-                kind: "wiegand".into(),
-                state: "unsupervised".into(),
-                reason: None,
-                port: None,
-                address: None,
-                secure_channel: None,
-                tamper: None,
-                since: None,
-            },
+            ReaderConfig::Wiegand(_) => ReaderStatus::wiegand(),
             ReaderConfig::Osdp(osdp) => ReaderStatus {
                 kind: "osdp".into(),
                 state: if running { "connecting" } else { "unknown" }.into(),

@@ -170,7 +170,7 @@ impl Client {
         }
         let http = builder
             .build()
-            .map_err(|e| ClientSetupError::Http(e.to_string()))?;
+            .map_err(|e| ClientSetupError::Http(crate::error_chain::chain(&e)))?;
         Ok(Client {
             http,
             base_url: base_url.clone(),
@@ -333,7 +333,11 @@ impl Client {
             _ => info.retry_after,
         };
         if let Some(until) = pause {
-            lock(&self.budget).pause_until(until);
+            let mut budget = lock(&self.budget);
+            budget.pause_until(until);
+            if status == 429 {
+                budget.count_rate_limited();
+            }
         }
         Err(ApiError::Status {
             operation,

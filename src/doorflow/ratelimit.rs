@@ -121,6 +121,8 @@ pub struct RateBudget {
     window: Duration,
     last_slot: Option<Instant>,
     paused_until: Option<Instant>,
+    /// 429 answers since the budget was created, for metrics.
+    rate_limited: u64,
 }
 
 const CLOCK_MARGIN: Duration = Duration::from_secs(1);
@@ -135,6 +137,7 @@ impl RateBudget {
             window: Duration::from_secs(60),
             last_slot: None,
             paused_until: None,
+            rate_limited: 0,
         }
     }
 
@@ -187,6 +190,16 @@ impl RateBudget {
         self.paused_until = Some(self.paused_until.map_or(until, |p| p.max(until)));
         self.remaining = 0;
         self.reset = Some(until.checked_sub(CLOCK_MARGIN).unwrap_or(until));
+    }
+
+    /// Counts a 429 answer (for metrics; `pause_until` does the holding).
+    pub fn count_rate_limited(&mut self) {
+        self.rate_limited += 1;
+    }
+
+    /// How many 429 answers this budget has seen.
+    pub fn rate_limited_total(&self) -> u64 {
+        self.rate_limited
     }
 
     pub fn paused_until(&self, now: Instant) -> Option<Instant> {

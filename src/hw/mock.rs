@@ -21,14 +21,13 @@ pub mod reader;
 use super::{monotonic_ns, DoorHardware, DoorInput, GpioError, InputEvent, RelayOutput, EVENT_BUFFER};
 use crate::config::Config;
 use crate::credential::CardFormat;
+use crate::line_server::{BindError, BroadcastFeed, Handler, Limits, LineServer, Reply};
 use crate::mutex::lock;
 use crate::wiegand::{Bits, Key};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -293,82 +292,45 @@ impl MockGpio {
     }
 
     /// Serves the control socket (each connection a task on `tasks`) until `stop` is cancelled;
-    /// open connections end then too.
-    pub async fn serve(self: Arc<Self>, listener: UnixListener, tasks: TaskTracker, stop: CancellationToken) {
-        loop {
-            let accepted = tokio::select! {
-                _ = stop.cancelled() => return,
-                accepted = listener.accept() => accepted,
-            };
-            match accepted {
-                Ok((stream, _)) => {
-                    let (mock, stop) = (Arc::clone(&self), stop.clone());
-                    tasks.spawn(async move { stop.run_until_cancelled(mock.client(stream)).await });
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "mock GPIO control socket accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-            }
-        }
+    /// open connections end then too and the socket file is removed.
+    pub async fn serve(self: Arc<Self>, socket: LineServer, tasks: TaskTracker, stop: CancellationToken) {
+        socket.serve(self, tasks, stop).await
     }
+}
 
-    async fn client(self: Arc<Self>, stream: UnixStream) {
-        let (read, mut write) = stream.into_split();
-        let mut lines = BufReader::new(read).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            let reply = if line.len() > MAX_REQUEST {
-                json!({"ok": false, "error": "request too long"})
-            } else {
-                match serde_json::from_str::<Value>(&line) {
-                    Ok(request) if request["op"] == "watch" => {
-                        self.stream_changes(&mut write).await;
-                        return;
-                    }
-                    Ok(request) => self.handle(&request),
-                    Err(error) => json!({"ok": false, "error": format!("not JSON: {error}")}),
-                }
-            };
-            if write.write_all(format!("{reply}\n").as_bytes()).await.is_err() {
-                return;
-            }
-        }
-    }
-
-    async fn stream_changes(&self, write: &mut tokio::net::unix::OwnedWriteHalf) {
-        let mut changes = self.watch();
-        if write
-            .write_all(b"{\"ok\":true,\"watching\":true}\n")
-            .await
-            .is_err()
-        {
-            return;
-        }
-        loop {
-            let line = match changes.recv().await {
-                Ok(change) => json!({"ok": true, "change": change}),
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    json!({"ok": false, "error": format!("watcher too slow: {missed} changes missed")})
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
-            };
-            if write.write_all(format!("{line}\n").as_bytes()).await.is_err() {
-                return;
-            }
+impl Handler for MockGpio {
+    async fn handle(&self, line: &[u8]) -> Reply {
+        match serde_json::from_slice::<Value>(line) {
+            Ok(request) if request["op"] == "watch" => Reply::Watch {
+                first: json!({"ok": true, "watching": true}),
+                feed: Box::new(BroadcastFeed {
+                    receiver: self.watch(),
+                    line: |change: Result<OutputChange, u64>| match change {
+                        Ok(change) => json!({"ok": true, "change": change}),
+                        Err(missed) => {
+                            json!({"ok": false, "error": format!("watcher too slow: {missed} changes missed")})
+                        }
+                    },
+                }),
+            },
+            Ok(request) => Reply::Line(self.handle(&request)),
+            Err(error) => Reply::Line(json!({"ok": false, "error": format!("not JSON: {error}")})),
         }
     }
 }
 
+/// The control socket's bounds: requests are small (the longest is a Wiegand bit string), and a
+/// test or an integrator's script holds a few connections.
+pub const LIMITS: Limits = Limits {
+    max_line: MAX_REQUEST,
+    max_connections: 32,
+    idle_timeout: std::time::Duration::from_secs(30),
+    write_timeout: std::time::Duration::from_secs(10),
+};
+
 /// Binds the control socket (mode 0660), replacing a stale file.
-pub fn bind_control_socket(path: &Path) -> std::io::Result<UnixListener> {
-    use std::os::unix::fs::PermissionsExt;
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
-    Ok(listener)
+pub async fn bind_control_socket(path: &Path) -> Result<LineServer, BindError> {
+    LineServer::bind("mock GPIO control socket", path, LIMITS).await
 }
 
 struct MockRelay {

@@ -133,6 +133,20 @@ pub struct ReaderStatus {
 }
 
 impl ReaderStatus {
+    /// A Wiegand reader's status: always `unsupervised` (the interface has no link supervision).
+    pub fn wiegand() -> ReaderStatus {
+        ReaderStatus {
+            kind: "wiegand".into(),
+            state: "unsupervised".into(),
+            reason: None,
+            port: None,
+            address: None,
+            secure_channel: None,
+            tamper: None,
+            since: None,
+        }
+    }
+
     /// One line for `status` without `--json`, e.g. `osdp /dev/ttyS1 address 0 online, secure`.
     pub fn describe(&self) -> String {
         let mut text = self.kind.clone();

@@ -240,6 +240,7 @@ async fn blocking<T: Send + 'static>(
 pub async fn sync_once(target: &SyncTarget, client: &Client) -> Result<SyncOutcome, SyncError> {
     // DoorFlow's time, as far as the clock keeper knows it.
     let started = target.clock.doorflow_time(&target.clock.now());
+    let timer = std::time::Instant::now();
     let cursor: Option<Cursor> = target.store.meta_get(CURSOR_KEY).ok().flatten();
     let current = target.snapshot.current();
     let kind = SyncKind::choose(
@@ -258,7 +259,7 @@ pub async fn sync_once(target: &SyncTarget, client: &Client) -> Result<SyncOutco
         Ok(staged) => staged,
         Err(error) => {
             let result = Err(error);
-            record_outcome(target, kind, &result);
+            record_outcome(target, kind, timer, &result);
             return result;
         }
     };
@@ -283,7 +284,7 @@ pub async fn sync_once(target: &SyncTarget, client: &Client) -> Result<SyncOutco
             Err(error)
         }
     };
-    record_outcome(target, kind, &result);
+    record_outcome(target, kind, timer, &result);
     result
 }
 
@@ -512,9 +513,15 @@ async fn commit(
 }
 
 /// Records the outcome for `status` (and in the store, for a stopped agent's `status`).
-fn record_outcome(target: &SyncTarget, kind: SyncKind, result: &Result<SyncOutcome, SyncError>) {
+fn record_outcome(
+    target: &SyncTarget,
+    kind: SyncKind,
+    timer: std::time::Instant,
+    result: &Result<SyncOutcome, SyncError>,
+) {
     let mut status = lock(&target.status).clone();
     status.progress = None;
+    status.last_duration_ms = Some(timer.elapsed().as_millis() as u64);
     match result {
         Ok(_) => {
             target.online.store(true, Ordering::Relaxed);
@@ -534,8 +541,9 @@ fn record_outcome(target: &SyncTarget, kind: SyncKind, result: &Result<SyncOutco
             if matches!(error, SyncError::Api(ApiError::Transport { .. })) {
                 target.online.store(false, Ordering::Relaxed);
             }
-            tracing::warn!(%error, "sync failed; the previous snapshot stays in force");
-            status.last_error = Some(error.to_string());
+            let why = crate::error_chain::chain(error);
+            tracing::warn!(error = %why, "sync failed ({why}); the previous snapshot stays in force");
+            status.last_error = Some(why);
         }
     }
     *lock(&target.status) = status.clone();

@@ -61,6 +61,18 @@ impl Options {
     }
 }
 
+/// A simulator with `people` people and no practical rate limit, for tests that drive the real
+/// binary against it.
+pub async fn unlimited_simulator(people: u64) -> Simulator {
+    Simulator::start(SimConfig {
+        people,
+        requests_per_window: 100_000,
+        ..Default::default()
+    })
+    .await
+    .expect("simulator starts")
+}
+
 /// A simulator for a test that is not async (one that drives the real binary): it serves on a
 /// runtime of its own, returned with it, which must live as long as the simulator is used.
 pub fn simulator_on_own_runtime(config: SimConfig) -> (tokio::runtime::Runtime, Simulator) {

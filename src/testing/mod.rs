@@ -7,9 +7,10 @@
 //! - `events`: the one builder of queued audit events.
 //! - `harness`: a DoorFlow simulator and an agent (mock GPIO) in this process.
 //! - `mock_control`: a client for the mock GPIO control socket.
+//! - `notify`: a stand-in for systemd's notify socket (READY, STATUS, watchdog pings).
 //! - `openapi`: a small OpenAPI 3.0 schema checker against DoorFlow's published spec.
-//! - `process`: the real `doorflow-agent run` as a child process (log and mock socket).
-//! - `process`: the real binary as a child process (status through its socket, SIGTERM).
+//! - `process`: the real `doorflow-agent run` as a child process: log, mock socket, status
+//!   (through the CLI or the admin socket), `/proc` figures, SIGTERM.
 //! - `faketime`: a wall clock the test steps under a running process (libfaketime).
 
 pub mod config;
@@ -17,6 +18,7 @@ pub mod events;
 pub mod faketime;
 pub mod harness;
 pub mod mock_control;
+pub mod notify;
 pub mod openapi;
 pub mod process;
 pub mod state_dir;

@@ -1,25 +1,16 @@
-//! The real `doorflow-agent run` as a child process, for tests that go through the binary.
-//! `RunningAgent`: started on a `Config`, its log (stderr) collected line by line, its mock GPIO
-//! control socket. `AgentProcess`: started on a config file with extra environment (a restart,
-//! signals, a wall clock moved by libfaketime), asked for `status --json`, stopped with SIGTERM.
-//! Both are killed on drop.
+//! The real `doorflow-agent run` as a child process, for tests that go through the binary:
+//! started on a config file or a `Config`, with extra environment (a restart, signals, a failpoint,
+//! a wall clock moved by libfaketime, a stand-in notify socket) or through a wrapper; its log
+//! (stderr) in a file of its own; asked for `status --json`, its live status or its mock GPIO
+//! socket; measured in `/proc`; stopped with SIGTERM or SIGKILL. Killed on drop.
 
 use super::{agent_command, mock_control};
 use crate::config::Config;
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
-
-/// A running agent. Dropping it kills the process.
-pub struct RunningAgent {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-    mock_socket: PathBuf,
-    admin_socket: PathBuf,
-}
 
 /// A process's memory as the kernel reports it in `/proc/<pid>/status`, KiB.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -60,122 +51,10 @@ pub fn resident_by_mapping(pid: u32) -> Vec<(String, u64)> {
 impl Memory {
     /// Reads `/proc/<pid>/status`; `None` once the process is gone.
     pub fn of(pid: u32) -> Option<Memory> {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let field = |name: &str| -> Option<u64> {
-            let line = status.lines().find(|l| l.starts_with(name))?;
-            line.split_whitespace().nth(1)?.parse().ok()
-        };
         Some(Memory {
-            rss_kb: field("VmRSS:")?,
-            hwm_kb: field("VmHWM:")?,
+            rss_kb: proc_status_kb(pid, "VmRSS")?,
+            hwm_kb: proc_status_kb(pid, "VmHWM")?,
         })
-    }
-}
-
-impl RunningAgent {
-    /// Writes `config` to `dir/config.toml` and starts `binary run` on it (log to stderr), then
-    /// waits (up to 30 s) until the mock GPIO control socket answers.
-    pub fn start(binary: &str, config: &Config, dir: &Path) -> RunningAgent {
-        let path = super::config::write_config(config, dir);
-        let mut child = agent_command(binary)
-            .args(["run", "--config"])
-            .arg(&path)
-            .env("DOORFLOW_LOG_TARGET", "stderr")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the agent binary");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("piped stderr");
-        let lines = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                lines.lock().unwrap_or_else(|e| e.into_inner()).push(line);
-            }
-        });
-        let agent = RunningAgent {
-            child,
-            log,
-            mock_socket: config.gpio.mock_socket.clone(),
-            admin_socket: config.admin.socket.clone(),
-        };
-        let ready = agent.wait_until(Duration::from_secs(30), || {
-            std::os::unix::net::UnixStream::connect(&agent.mock_socket).is_ok()
-        });
-        assert!(
-            ready,
-            "the mock control socket never answered; log:\n{}",
-            agent.log_text()
-        );
-        agent
-    }
-
-    /// One request to the mock GPIO control socket, its reply.
-    pub fn control(&self, request: Value) -> Value {
-        mock_control::control(&self.mock_socket, request)
-    }
-
-    /// The agent's process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The agent's memory now (zeros once it has exited).
-    pub fn memory(&self) -> Memory {
-        Memory::of(self.pid()).unwrap_or_default()
-    }
-
-    /// `status` through the admin socket: the report's JSON object.
-    pub fn status(&self) -> Value {
-        let reply = mock_control::control(&self.admin_socket, serde_json::json!({"op": "status"}));
-        assert_eq!(reply["ok"], true, "status through the admin socket: {reply}");
-        reply["status"].clone()
-    }
-
-    /// Stops the agent with SIGTERM and waits for it (up to 30 s; then the drop kills it).
-    pub fn stop(mut self) {
-        let _ = terminate(&mut self.child);
-    }
-
-    /// Everything the agent has logged so far.
-    pub fn log_text(&self) -> String {
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).join("\n")
-    }
-
-    /// Log lines containing every one of `needles`.
-    pub fn log_lines_with(&self, needles: &[&str]) -> Vec<String> {
-        let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
-        log.iter()
-            .filter(|line| needles.iter().all(|n| line.contains(n)))
-            .cloned()
-            .collect()
-    }
-
-    /// Waits (a generous bound, not a timing assertion) until `count` log lines contain every
-    /// one of `needles`; panics with the log otherwise.
-    pub fn wait_for_log(&self, needles: &[&str], count: usize) -> Vec<String> {
-        let found = self.wait_until(Duration::from_secs(30), || {
-            self.log_lines_with(needles).len() >= count
-        });
-        assert!(
-            found,
-            "{count} log lines with {needles:?} never appeared; log:\n{}",
-            self.log_text()
-        );
-        self.log_lines_with(needles)
-    }
-
-    fn wait_until(&self, limit: Duration, condition: impl FnMut() -> bool) -> bool {
-        wait_until(limit, condition)
-    }
-}
-
-impl Drop for RunningAgent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -183,6 +62,7 @@ impl Drop for RunningAgent {
 pub struct AgentProcess {
     binary: String,
     config: PathBuf,
+    admin_socket: PathBuf,
     log_path: PathBuf,
     child: Child,
 }
@@ -191,28 +71,21 @@ impl AgentProcess {
     /// Starts `binary run --config config` with `env` added, logging to stderr (kept in a file
     /// beside the config), and waits for its admin socket.
     pub fn start(binary: &str, config: &Path, admin_socket: &Path, env: &[(String, String)]) -> AgentProcess {
-        let dir = config.parent().expect("the config is in a directory");
-        let log_path = dir.join(format!("agent-{}.log", std::process::id()));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .expect("open the agent log");
-        let child = agent_command(binary)
-            .args(["run", "--config"])
-            .arg(config)
-            .env("DOORFLOW_LOG_TARGET", "stderr")
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start the agent");
-        let agent = AgentProcess {
-            binary: binary.to_string(),
-            config: config.to_path_buf(),
-            log_path,
-            child,
-        };
+        let env = env.to_vec();
+        AgentProcess::start_with(binary, config, admin_socket, move |command| {
+            command.envs(env);
+        })
+    }
+
+    /// As `start`; `customise` adds environment variables or a `pre_exec` hook, or replaces
+    /// the command with a wrapper that execs it (logging and stdio are set after it).
+    pub fn start_with(
+        binary: &str,
+        config: &Path,
+        admin_socket: &Path,
+        customise: impl FnOnce(&mut Command),
+    ) -> AgentProcess {
+        let agent = AgentProcess::spawn(binary, config, admin_socket, customise);
         let started = wait_until(Duration::from_secs(30), || admin_socket.exists());
         assert!(
             started,
@@ -220,6 +93,120 @@ impl AgentProcess {
             agent.log()
         );
         agent
+    }
+
+    /// Writes `config` to `dir/config.toml`, starts the agent on it and waits (up to 30 s)
+    /// until its mock GPIO control socket answers.
+    pub fn start_config(binary: &str, config: &Config, dir: &Path) -> AgentProcess {
+        let path = super::config::write_config(config, dir);
+        let agent = AgentProcess::spawn(binary, &path, &config.admin.socket, |_| {});
+        let ready = wait_until(Duration::from_secs(30), || {
+            std::os::unix::net::UnixStream::connect(&config.gpio.mock_socket).is_ok()
+        });
+        assert!(
+            ready,
+            "the mock control socket never answered; log:\n{}",
+            agent.log()
+        );
+        agent
+    }
+
+    /// Starts the agent without waiting for it (it may be meant to fail, or to be waited for
+    /// with `wait_up`). Each start logs to a file of its own beside the config.
+    pub fn spawn(
+        binary: &str,
+        config: &Path,
+        admin_socket: &Path,
+        customise: impl FnOnce(&mut Command),
+    ) -> AgentProcess {
+        static STARTS: AtomicU32 = AtomicU32::new(0);
+        let dir = config.parent().expect("the config is in a directory");
+        let log_path = dir.join(format!(
+            "agent-{}-{}.log",
+            std::process::id(),
+            STARTS.fetch_add(1, Ordering::Relaxed)
+        ));
+        let log = std::fs::File::create(&log_path).expect("create the agent log");
+        let mut command = agent_command(binary);
+        command.args(["run", "--config"]).arg(config);
+        customise(&mut command);
+        let child = command
+            .env("DOORFLOW_LOG_TARGET", "stderr")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start the agent");
+        AgentProcess {
+            binary: binary.to_string(),
+            config: config.to_path_buf(),
+            admin_socket: admin_socket.to_path_buf(),
+            log_path,
+            child,
+        }
+    }
+
+    /// Waits (up to 60 s) until the agent answers `status` on its admin socket and, with the
+    /// mock backend, its mock GPIO socket is up. Returns the live status, or `None` when the
+    /// agent exited first.
+    pub fn wait_up(&mut self) -> Option<Value> {
+        let mock_socket = self.mock_socket();
+        let end = Instant::now() + Duration::from_secs(60);
+        loop {
+            if self.exit_status().is_some() {
+                return None;
+            }
+            if let Some(status) = self.live_status() {
+                if mock_socket
+                    .as_ref()
+                    .is_none_or(|socket| std::os::unix::net::UnixStream::connect(socket).is_ok())
+                {
+                    return Some(status);
+                }
+            }
+            assert!(Instant::now() < end, "the agent did not come up:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The exit status if the agent has exited.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("poll the agent")
+    }
+
+    /// The mock GPIO control socket of the agent's config (`None` with the gpiod backend).
+    fn mock_socket(&self) -> Option<PathBuf> {
+        let config = Config::load(&self.config).ok()?;
+        (config.gpio.backend == crate::config::GpioBackend::Mock).then_some(config.gpio.mock_socket)
+    }
+
+    /// One request to the agent's mock GPIO control socket, its reply.
+    pub fn control(&self, request: Value) -> Value {
+        let socket = self.mock_socket().expect("the agent runs the mock GPIO backend");
+        mock_control::control(&socket, request)
+    }
+
+    /// Log lines containing every one of `needles`.
+    pub fn log_lines_with(&self, needles: &[&str]) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|line| needles.iter().all(|n| line.contains(n)))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Waits (a generous bound, not a timing assertion) until `count` log lines contain every
+    /// one of `needles`; panics with the log otherwise.
+    pub fn wait_for_log(&self, needles: &[&str], count: usize) -> Vec<String> {
+        let found = wait_until(Duration::from_secs(30), || {
+            self.log_lines_with(needles).len() >= count
+        });
+        assert!(
+            found,
+            "{count} log lines with {needles:?} never appeared; log:\n{}",
+            self.log()
+        );
+        self.log_lines_with(needles)
     }
 
     /// `status --json`, from the running agent through its admin socket (the status command
@@ -238,10 +225,62 @@ impl AgentProcess {
         serde_json::from_slice(&out.stdout).expect("status --json prints one JSON object")
     }
 
-    /// `queue dead`: the dead letters, one JSON object each.
+    /// The status report straight from the admin socket, `None` while it does not answer.
+    pub fn live_status(&self) -> Option<Value> {
+        let reply = crate::admin::call(&self.admin_socket, &crate::admin::Request::Status).ok()?;
+        Some(reply["status"].clone())
+    }
+
+    /// Polls the live status until `condition` holds (panics after `limit`, or when the agent
+    /// exits, with its log).
+    pub fn wait_for_status(
+        &mut self,
+        what: &str,
+        limit: Duration,
+        condition: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let end = Instant::now() + limit;
+        loop {
+            if let Some(exit) = self.child.try_wait().expect("poll the agent") {
+                panic!("the agent exited ({exit}) waiting for {what}:\n{}", self.log());
+            }
+            if let Some(status) = self.live_status().filter(|s| condition(s)) {
+                return status;
+            }
+            assert!(
+                Instant::now() < end,
+                "timed out waiting for {what}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The agent's resident memory now and at its peak.
+    pub fn memory(&self) -> Memory {
+        Memory::of(self.pid()).expect("VmRSS and VmHWM in the agent's /proc/PID/status")
+    }
+
+    /// A `/proc/PID/status` figure in kB (`VmRSS`, `VmHWM`).
+    pub fn memory_kb(&self, field: &str) -> u64 {
+        proc_status_kb(self.pid(), field).unwrap_or_else(|| panic!("no {field} for the agent"))
+    }
+
+    /// Open file descriptors of the agent.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|dir| dir.count())
+            .unwrap_or(0)
+    }
+
+    /// `queue dead --json`: the dead letters, one JSON object each.
     pub fn dead_letters(&self) -> Vec<Value> {
         let out = agent_command(&self.binary)
-            .args(["queue", "dead", "--config"])
+            .args(["queue", "dead", "--json", "--config"])
             .arg(&self.config)
             .output()
             .expect("run queue dead");
@@ -253,14 +292,18 @@ impl AgentProcess {
 
     /// The process's peak resident memory (`VmHWM` in /proc/PID/status), KiB.
     pub fn peak_rss_kib(&self) -> u64 {
-        Memory::of(self.child.id())
-            .expect("VmHWM in the agent's /proc/PID/status")
-            .hwm_kb
+        self.memory_kb("VmHWM")
     }
 
     /// What the agent logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// SIGKILL (a crash: nothing is flushed), then waits for the exit.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("kill the agent");
+        self.child.wait().expect("wait for the agent");
     }
 
     /// SIGTERM, then waits (up to 30 s) for the exit.
@@ -302,4 +345,12 @@ pub fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool 
         std::thread::sleep(Duration::from_millis(50));
     }
     condition()
+}
+
+/// A `/proc/PID/status` line's value in kB.
+pub fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|value| value.split_whitespace().next()?.parse().ok())
 }

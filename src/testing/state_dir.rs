@@ -1,14 +1,9 @@
-//! One agent's state directory (config, sockets, store) and the real binary running on it, for
-//! tests that stop, kill, damage and restart it.
+//! One agent's state directory (config, sockets, store), for tests that stop, kill, damage and
+//! restart the real binary on it (`AgentProcess`).
 
+use super::process::AgentProcess;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-
-/// The agent binary running on a state directory, its journal (stderr) in a file.
-pub struct AgentRun {
-    pub child: std::process::Child,
-    pub log: PathBuf,
-}
 
 /// Files of one agent's state directory, from a config written by `write_config`.
 pub struct StateDir {
@@ -42,24 +37,13 @@ impl StateDir {
         }
     }
 
-    /// Starts `doorflow-agent run` with extra environment.
-    pub fn start(&self, env: &[(&str, &str)]) -> AgentRun {
-        let log = self.dir.join(format!("agent-{}.log", fastrand::u32(..)));
-        let mut command = super::agent_command(&self.binary);
-        command
-            .args(["run", "--config"])
-            .arg(&self.config)
-            .env("DOORFLOW_LOG_TARGET", "stderr")
-            .env("DOORFLOW_LOG", "info")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        AgentRun {
-            child: command.spawn().expect("agent binary starts"),
-            log,
-        }
+    /// Starts `doorflow-agent run` with extra environment, without waiting for it
+    /// (`AgentProcess::wait_up` does).
+    pub fn start(&self, env: &[(&str, &str)]) -> AgentProcess {
+        AgentProcess::spawn(&self.binary, &self.config, &self.admin, |command| {
+            command.env("DOORFLOW_LOG", "info");
+            command.envs(env.iter().copied());
+        })
     }
 
     /// `status --json` through the binary.
@@ -69,40 +53,6 @@ impl StateDir {
             .arg(&self.config)
             .output()
             .unwrap()
-    }
-}
-
-impl AgentRun {
-    /// Waits until the agent answers `status` on its admin socket and its mock GPIO socket is
-    /// up; `None` if it exited first.
-    pub fn wait_up(&mut self, state: &StateDir) -> Option<serde_json::Value> {
-        let start = std::time::Instant::now();
-        loop {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return None;
-            }
-            if let Ok(reply) = crate::admin::call(&state.admin, &crate::admin::Request::Status) {
-                if std::os::unix::net::UnixStream::connect(&state.mock).is_ok() {
-                    return Some(reply["status"].clone());
-                }
-            }
-            assert!(
-                start.elapsed() < std::time::Duration::from_secs(60),
-                "agent did not come up"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-    }
-
-    /// SIGTERM, then waits; returns whether it exited 0.
-    pub fn stop(mut self) -> bool {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        self.child.wait().unwrap().success()
-    }
-
-    pub fn journal(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 

@@ -30,8 +30,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-/// How often a waiting lane shows it is alive (the watchdog allows half its interval).
-const HEARTBEAT: Duration = Duration::from_secs(2);
 /// How often an unreachable server is probed.
 const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -97,6 +95,9 @@ pub struct LaneStatus {
     pub delivered: u64,
     /// Calls moved to the dead letters since the agent started.
     pub dead_lettered: u64,
+    /// Failed attempts that will be retried, since the agent started.
+    #[serde(default)]
+    pub retries: u64,
 }
 
 /// Both lanes' status, shared with `status`.
@@ -283,7 +284,7 @@ impl LaneDrain {
             }
         };
         tokio::pin!(request);
-        let mut ticks = tokio::time::interval(HEARTBEAT);
+        let mut ticks = tokio::time::interval(self.heartbeat.period());
         loop {
             tokio::select! {
                 result = &mut request => return result.map(|_| ()),
@@ -379,6 +380,7 @@ impl LaneDrain {
                     tracing::warn!(lane, call_id, http_status, attempts, wait_s, queue_pending, state = state.as_str(), %error, "queued call not delivered; will retry");
                 }
                 self.set_state(state, Some(at), Some(error));
+                self.status.update(self.lane, |s| s.retries += 1);
             }
         }
     }
@@ -425,7 +427,7 @@ impl LaneDrain {
 
     /// Waits until new work is queued, beating the heartbeat.
     async fn wait_for_work(&mut self) {
-        let mut ticks = tokio::time::interval(HEARTBEAT);
+        let mut ticks = tokio::time::interval(self.heartbeat.period());
         ticks.tick().await;
         loop {
             tokio::select! {
@@ -457,7 +459,7 @@ impl LaneDrain {
             _ => None,
         };
         self.wakeups.reachable.mark_unchanged();
-        let mut ticks = tokio::time::interval(HEARTBEAT);
+        let mut ticks = tokio::time::interval(self.heartbeat.period());
         let mut probes = tokio::time::interval(PROBE_INTERVAL);
         probes.tick().await;
         loop {
@@ -491,7 +493,7 @@ impl LaneDrain {
         let end = tokio::time::Instant::now() + duration;
         while tokio::time::Instant::now() < end {
             self.beat();
-            tokio::time::sleep_until(end.min(tokio::time::Instant::now() + HEARTBEAT)).await;
+            tokio::time::sleep_until(end.min(tokio::time::Instant::now() + self.heartbeat.period())).await;
         }
     }
 }

@@ -1,7 +1,7 @@
 # One boot of the power-cut test (vm/lib/powercut.sh drives the cycles from the host).
 #
 # 1. Check what the previous cut left: mount /dev/vda (ext4 replays its journal), unmount,
-#    `e2fsck -fn` must exit 0; the store must open (`queue list` with the agent stopped opens
+#    `e2fsck -fn` must exit 0; the store must open (`queue list --json` with the agent stopped opens
 #    it directly) and its queued events go to the share for the host to compare with the
 #    acknowledgements it captured.
 # 2. Unless this is the final check, put load on the store until the host kills QEMU: the
@@ -30,7 +30,7 @@ powercut_boot() {
     write_config
     rc=0
     if [ -d "$STORE" ]; then
-        agent queue list --limit 100000000 >"$OUT/queued-$cycle.txt" 2>"$OUT/queue-$cycle.err" || rc=$?
+        agent queue list --json --limit 100000000 >"$OUT/queued-$cycle.txt" 2>"$OUT/queue-$cycle.err" || rc=$?
     else
         : >"$OUT/queued-$cycle.txt"
     fi

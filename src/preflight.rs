@@ -1,0 +1,317 @@
+//! What `check-config` checks beyond the file itself: the things the config points at. Each
+//! finding names the key it comes from, so the message can carry the key's line.
+//!
+//! - Secrets (`api.auth.api_key`, `client_secret`, `refresh_token_file`, `uplink.events_token`)
+//!   must exist, be readable and not be empty: without them the agent cannot talk to DoorFlow
+//!   (it would run on its stored snapshot, degraded). A secret readable by group or others is
+//!   a warning. A `systemd-credential:NAME` source can only be checked where systemd provides
+//!   it (`CREDENTIALS_DIRECTORY`, i.e. inside the unit); elsewhere that is a note.
+//! - GPIO chips (backend `gpiod`) must exist and be GPIO character devices, and every line
+//!   offset must exist on its chip, as `run` will request those lines.
+//!
+//! The config's own rules (ranges, URLs, socket path lengths, NUL bytes, template
+//! placeholders) are in `config` and apply to `run` as well.
+
+use crate::config::{AuthMethod, Config, GpioBackend, ReaderConfig, SecretSource};
+use crate::hw::chardev::chip_path;
+use std::collections::BTreeSet;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    /// Shown, does not fail the check.
+    Note,
+    /// Shown, does not fail the check (`check-config` still exits 0).
+    Warning,
+    /// Fails the check (`check-config` exits 2).
+    Error,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub severity: Severity,
+    /// The dotted config key the finding is about.
+    pub key: String,
+    pub message: String,
+}
+
+/// Every finding for `config`, errors first.
+pub fn check(config: &Config) -> Vec<Finding> {
+    let mut findings = secrets(config);
+    findings.extend(trust_store(config));
+    let chip_findings = gpio_chips(config);
+    // Offsets are checked only on chips that opened (an absent chip is already an error).
+    if chip_findings.is_empty() {
+        findings.extend(gpio_offsets(config));
+    }
+    findings.extend(chip_findings);
+    findings.extend(metrics_directory(config));
+    findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
+    findings
+}
+
+/// What a secret holds, for the checks beyond "readable and not empty".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SecretKind {
+    Credential,
+    /// An OSDP secure channel base key (32 hex digits); a bad one stops `run`.
+    OsdpKey,
+}
+
+/// The secret sources the config uses, with their keys.
+fn secret_sources(config: &Config) -> Vec<(String, SecretSource, SecretKind)> {
+    let auth = &config.api.auth;
+    let mut sources: Vec<(String, SecretSource, SecretKind)> = Vec::new();
+    let mut add = |key: &str, source: Option<SecretSource>| {
+        sources.extend(source.map(|s| (key.to_string(), s, SecretKind::Credential)));
+    };
+    match auth.method {
+        AuthMethod::ApiKey => add("api.auth.api_key", auth.api_key.clone()),
+        AuthMethod::Oauth => {
+            add("api.auth.client_secret", auth.client_secret.clone());
+            add(
+                "api.auth.refresh_token_file",
+                auth.refresh_token_file.clone().map(SecretSource::File),
+            );
+        }
+    }
+    if config.uplink.events_url.is_some() {
+        add("uplink.events_token", config.uplink.events_token.clone());
+    }
+    for (index, door) in config.doors.iter().enumerate() {
+        if let ReaderConfig::Osdp(reader) = &door.reader {
+            if let (true, Some(source)) = (reader.secure_channel, &reader.key_file) {
+                let key = format!("doors[{index}].reader.key_file");
+                sources.push((key, source.clone(), SecretKind::OsdpKey));
+            }
+        }
+    }
+    sources
+}
+
+/// Whether each secret can be read, is not empty and is private.
+pub fn secrets(config: &Config) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    for (key, source, kind) in secret_sources(config) {
+        let finding = |severity, message: String| Finding {
+            severity,
+            key: key.clone(),
+            message,
+        };
+        if let SecretSource::SystemdCredential(name) = &source {
+            if std::env::var_os("CREDENTIALS_DIRECTORY").is_none() {
+                findings.push(finding(
+                    Severity::Note,
+                    format!(
+                        "systemd credential `{name}` is provided by the unit (LoadCredential=); \
+                         it is checked when the service starts"
+                    ),
+                ));
+                continue;
+            }
+        }
+        let path = match source.path() {
+            Ok(path) => path,
+            Err(reason) => {
+                findings.push(finding(Severity::Error, reason));
+                continue;
+            }
+        };
+        match secret_file(&path) {
+            Some((Severity::Error, message)) => findings.push(finding(Severity::Error, message)),
+            warning => {
+                findings.extend(warning.map(|(severity, message)| finding(severity, message)));
+                if kind == SecretKind::OsdpKey {
+                    if let Err(reason) = osdp_key(&path) {
+                        findings.push(finding(Severity::Error, reason));
+                    }
+                }
+            }
+        }
+    }
+    findings
+}
+
+/// Whether an OSDP key file holds a key `run` accepts.
+fn osdp_key(path: &Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    crate::osdp::keys::Scbk::from_hex(text.trim())
+        .map(|_| ())
+        .map_err(|reason| format!("OSDP key file {}: {reason}", path.display()))
+}
+
+/// A secret file's problem, if it has one.
+fn secret_file(path: &Path) -> Option<(Severity, String)> {
+    let shown = path.display();
+    let text = match std::fs::read(path) {
+        Ok(text) => text,
+        Err(error) => return Some((Severity::Error, format!("secret file {shown}: {error}"))),
+    };
+    if String::from_utf8_lossy(&text).trim().is_empty() {
+        return Some((Severity::Error, format!("secret file {shown} is empty")));
+    }
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o077 != 0).then(|| {
+        (
+            Severity::Warning,
+            format!("secret file {shown} is readable by group or others (mode {mode:o}); chmod 600 it"),
+        )
+    })
+}
+
+/// https needs CA certificates to verify the server: the system's bundle (the
+/// `ca-certificates` package) or `SSL_CERT_FILE` / `SSL_CERT_DIR`.
+fn trust_store(config: &Config) -> Option<Finding> {
+    let (key, https) = [
+        ("api.base_url", Some(&config.api.base_url)),
+        ("uplink.events_url", config.uplink.events_url.as_ref()),
+    ]
+    .into_iter()
+    .find_map(|(key, url)| {
+        url.filter(|u| u.url().scheme() == "https")
+            .map(|u| (key, u.url()))
+    })?;
+    let loaded = rustls_native_certs::load_native_certs();
+    if !loaded.certs.is_empty() {
+        return None;
+    }
+    let errors: Vec<String> = loaded.errors.iter().map(|e| e.to_string()).collect();
+    Some(Finding {
+        severity: Severity::Error,
+        key: key.into(),
+        message: format!(
+            "no CA trust store: no CA certificates could be loaded ({}), so {https} cannot be \
+             verified; install the ca-certificates package (or set SSL_CERT_FILE)",
+            if errors.is_empty() {
+                "none found".to_string()
+            } else {
+                errors.join("; ")
+            }
+        ),
+    })
+}
+
+/// The metrics file's directory must exist for the agent to write there (it does not create
+/// node_exporter's directory).
+fn metrics_directory(config: &Config) -> Option<Finding> {
+    let dir = config.metrics.textfile.as_deref()?.parent()?;
+    (!dir.is_dir()).then(|| Finding {
+        severity: Severity::Warning,
+        key: "metrics.textfile".into(),
+        message: format!(
+            "directory {} does not exist; no metrics file is written until it does",
+            dir.display()
+        ),
+    })
+}
+
+/// Each GPIO chip a door uses, with the key it comes from (the line's own `chip`, else
+/// `gpio.chip`), must be a GPIO character device.
+fn gpio_chips(config: &Config) -> Vec<Finding> {
+    if config.gpio.backend != GpioBackend::Gpiod {
+        return Vec::new();
+    }
+    let mut chips = Vec::new();
+    for (index, door) in config.doors.iter().enumerate() {
+        let mut uses = vec![("relay", &door.relay.chip)];
+        uses.extend(door.reader.wiegand().map(|w| ("reader", &w.chip)));
+        uses.extend(door.contact.as_ref().map(|c| ("contact", &c.chip)));
+        uses.extend(door.rex.as_ref().map(|r| ("rex", &r.chip)));
+        for (field, chip) in uses {
+            chips.push(match chip {
+                Some(chip) => (format!("doors[{index}].{field}.chip"), chip.clone()),
+                None => ("gpio.chip".to_string(), config.gpio.chip.clone()),
+            });
+        }
+    }
+    let mut seen = BTreeSet::new();
+    chips
+        .into_iter()
+        .filter(|(_, chip)| seen.insert(chip_path(chip)))
+        .filter_map(|(key, chip)| {
+            gpio_chip(&chip_path(&chip)).map(|message| Finding {
+                severity: Severity::Error,
+                key,
+                message,
+            })
+        })
+        .collect()
+}
+
+/// A line offset beyond its chip's last line (as `run` would refuse it), naming the line's key.
+fn gpio_offsets(config: &Config) -> Option<Finding> {
+    if config.gpio.backend != GpioBackend::Gpiod {
+        return None;
+    }
+    let (problem, _absent) = crate::hw::chardev::check_offsets(config);
+    problem.map(|(key, message)| Finding {
+        severity: Severity::Error,
+        key,
+        message,
+    })
+}
+
+/// Why `path` is not a usable GPIO chip, if it is not.
+fn gpio_chip(path: &str) -> Option<String> {
+    let metadata = match std::fs::metadata(path) {
+        Ok(metadata) => metadata,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Some(format!("no such GPIO chip {path} (`gpiodetect` lists the chips)"))
+        }
+        Err(error) => return Some(format!("GPIO chip {path}: {error}")),
+    };
+    if !metadata.file_type().is_char_device() {
+        return Some(format!("{path} is not a character device, so not a GPIO chip"));
+    }
+    // sysfs names the device's subsystem; without sysfs the device type cannot be told.
+    let rdev = metadata.rdev();
+    let subsystem = format!(
+        "/sys/dev/char/{}:{}/subsystem",
+        libc::major(rdev),
+        libc::minor(rdev)
+    );
+    match std::fs::read_link(&subsystem) {
+        Ok(target) if target.file_name().is_some_and(|name| name != "gpio") => Some(format!(
+            "{path} is a character device of subsystem `{}`, not a GPIO chip",
+            target.file_name().unwrap_or_default().to_string_lossy()
+        )),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_regular_file_and_a_non_gpio_device_are_not_chips() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let message = gpio_chip(&file.path().display().to_string()).unwrap();
+        assert!(message.contains("not a character device"), "{message}");
+        assert!(gpio_chip("/dev/gpiochip-none")
+            .unwrap()
+            .contains("no such GPIO chip"));
+        if Path::new("/sys/dev/char").exists() {
+            let message = gpio_chip("/dev/null").unwrap();
+            assert!(message.contains("subsystem `mem`"), "{message}");
+        }
+    }
+
+    #[test]
+    fn secret_files_must_be_readable_non_empty_and_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        assert_eq!(secret_file(&key).unwrap().0, Severity::Error);
+        std::fs::write(&key, " \n").unwrap();
+        assert!(secret_file(&key).unwrap().1.contains("is empty"));
+        std::fs::write(&key, "k\n").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let (severity, message) = secret_file(&key).unwrap();
+        assert_eq!(severity, Severity::Warning);
+        assert!(message.contains("mode 640"), "{message}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(secret_file(&key), None);
+        assert_eq!(secret_file(dir.path()).unwrap().0, Severity::Error);
+    }
+}
