@@ -381,7 +381,8 @@ pub fn age(seconds: i64) -> String {
 }
 
 /// The one-line summary systemd shows as the unit's status (`systemctl status`):
-/// `200 people, 260 credentials; synced 2 min ago; online; queue 0, 0 dead`, prefixed with
+/// `200 people, 260 credentials; synced 2 min ago; online; queue 0, 0 dead`, followed by the sync
+/// in progress if there is one (`; full sync: people 1200/100000, …`) and prefixed with
 /// `DEGRADED (reasons):` when there are reasons.
 pub fn status_line(report: &StatusReport, now: Timestamp) -> String {
     let s = &report.snapshot;
@@ -393,10 +394,13 @@ pub fn status_line(report: &StatusReport, now: Timestamp) -> String {
         .unwrap_or_else(|| "never synced".into());
     let online = if report.online { "online" } else { "offline" };
     let q = &report.queue;
-    let line = format!(
+    let mut line = format!(
         "{} people, {} credentials; {synced}; {online}; queue {}, {} dead",
         s.people, s.credentials, q.pending, q.dead
     );
+    if let Some(progress) = &report.sync.progress {
+        line.push_str(&format!("; {}", progress.summary()));
+    }
     if report.degraded.is_empty() {
         line
     } else {
@@ -564,6 +568,26 @@ mod tests {
             store: StoreStatus::default(),
             degraded: Vec::new(),
         }
+    }
+
+    /// Issue 16 items 6 and 8: `systemctl status` shows a sync in progress, and refused
+    /// DoorFlow credentials as a degraded reason.
+    #[test]
+    fn the_status_line_shows_a_sync_in_progress_and_refused_credentials() {
+        let mut report = report_with_door("ok", "online", Some(false));
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let mut progress = SyncProgress::new("full", now);
+        progress.list = "people".into();
+        progress.fetched = 1_200;
+        progress.total = Some(100_000);
+        report.sync.progress = Some(progress);
+        let line = status_line(&report, now);
+        assert!(line.contains("people 1200/100000"), "{line}");
+        report.doorflow_auth = DoorflowAuth::new(Some("RefreshToken: HTTP 400 invalid_grant".into()));
+        report.degraded = degraded_reasons(&report, &HealthInputs::default());
+        let line = status_line(&report, now);
+        assert!(line.starts_with("DEGRADED (DoorFlow auth refused"), "{line}");
+        assert!(line.contains("invalid_grant"), "{line}");
     }
 
     #[test]
