@@ -2,8 +2,8 @@
 //! share so the agent never burns its own quota.
 //!
 //! Pacing rule: requests are spaced at least `window / limit` (plus 2 %) apart, the limit being
-//! the server's `X-RateLimit-Limit` capped by this board's `requests_per_minute`, so a steady
-//! caller uses about 98 % of its share. The account's limit may be shared with other boards
+//! the server's `X-RateLimit-Limit` (`requests_per_minute` until one is seen), so a steady
+//! caller uses about 98 % of it. The account's limit may be shared with other boards
 //! (issue 16 item 4): what the server says is left (`X-RateLimit-Remaining`) is spread over the
 //! time to `X-RateLimit-Reset`, so when others spend from the window its remainder falls faster
 //! than this board's own use and this board slows down, and the window is never spent before it
@@ -121,10 +121,7 @@ pub fn total_results(headers: &HeaderMap) -> Option<u64> {
 /// The shared budget, on the monotonic clock.
 #[derive(Debug, Clone)]
 pub struct RateBudget {
-    /// The server's limit per window, until it says otherwise `cap`.
     limit: u32,
-    /// This board's own most per window (`api.requests_per_minute`).
-    cap: u32,
     remaining: u32,
     reset: Option<Instant>,
     window: Duration,
@@ -144,7 +141,6 @@ impl RateBudget {
     pub fn new(per_minute: u32) -> RateBudget {
         RateBudget {
             limit: per_minute.max(1),
-            cap: per_minute.max(1),
             remaining: per_minute.max(1),
             reset: None,
             window: Duration::from_secs(60),
@@ -155,7 +151,7 @@ impl RateBudget {
     }
 
     fn spacing(&self) -> Duration {
-        self.window / self.limit.min(self.cap) * 102 / 100
+        self.window / self.limit * 102 / 100
     }
 
     /// The spacing that spreads what the server says is left of its window over the time to
@@ -385,8 +381,7 @@ mod tests {
                 }
             }
             assert_eq!(rejected, 0, "limit {limit}");
-            // `requests_per_minute` (120) caps this board's share of a larger limit.
-            let share = served as f64 / (limit.min(120) as f64 * 10.0);
+            let share = served as f64 / (limit as f64 * 10.0);
             assert!(share >= 0.9, "limit {limit}: used {share:.2} of the budget");
         }
     }
