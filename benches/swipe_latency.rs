@@ -5,7 +5,8 @@
 //! Four phases: the door task on the shared runtime workers waiting the fixed 30 ms frame gap
 //! (how doors ran before they had their own thread), and on the doors' own thread
 //! (`DoorThread`, as `agent::serve` runs them) with the learned frame end; each on an idle
-//! agent, and while a full sync of 10,000 people runs in a loop and the uplink drains 10,000
+//! agent, and while full syncs of 100,000 people (130,000 credentials: pages streamed into the
+//! store, the snapshot rebuilt and swapped) run back to back and the uplink drains 10,000
 //! queued events to the simulator on the two shared workers.
 //! Run: `cargo bench --bench swipe_latency` (`SWIPES=n` per phase, default 500). Prints
 //! p50/p99/max; asserts nothing.
@@ -27,6 +28,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const CREDENTIALS: u64 = 100_000;
+/// People the background agent syncs in full, back to back.
+const BACKGROUND_PEOPLE: u64 = 100_000;
 
 fn swipes() -> usize {
     std::env::var("SWIPES")
@@ -126,7 +129,7 @@ fn main() {
     });
 }
 
-/// A second agent that keeps syncing 10,000 people and draining 10,000 queued events to a
+/// A second agent that keeps syncing 100,000 people in full and draining 10,000 queued events to a
 /// simulator without a rate limit: the heaviest sync and uplink work the runtime can see.
 struct Background {
     sim: Simulator,
@@ -138,7 +141,7 @@ struct Background {
 impl Background {
     async fn start() -> Background {
         let sim = Simulator::start(SimConfig {
-            people: 10_000,
+            people: BACKGROUND_PEOPLE,
             requests_per_window: u32::MAX,
             ..Default::default()
         })
@@ -152,14 +155,14 @@ impl Background {
         // And a sync running back to back on top.
         let syncs = Arc::new(AtomicU64::new(0));
         let client = Client::new(&agent.config.api, Arc::clone(&agent.budget)).unwrap();
+        let mut target = agent.sync_target(Default::default());
+        // Every sync a full one: the heaviest (all pages, a snapshot rebuilt and swapped).
+        target.full_interval = jiff::SignedDuration::ZERO;
         tokio::spawn({
-            let (agent, syncs) = (Arc::clone(&agent), Arc::clone(&syncs));
+            let syncs = Arc::clone(&syncs);
             async move {
                 loop {
-                    if sync::sync_once(&agent.sync_target(Default::default()), &client)
-                        .await
-                        .is_ok()
-                    {
+                    if sync::sync_once(&target, &client).await.is_ok() {
                         syncs.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -175,7 +178,7 @@ impl Background {
 
     fn report(&self) {
         println!(
-            "background during the loaded run: {} full syncs of 10,000 people, {} events delivered, {} still queued",
+            "background during the loaded run: {} full syncs of {BACKGROUND_PEOPLE} people, {} events delivered, {} still queued",
             self.syncs.load(Ordering::Relaxed),
             self.sim.received_events().len(),
             self.agent.store.outbox_stats().unwrap().pending

@@ -201,13 +201,14 @@ fn identify(snapshot: &Snapshot, kind: CredentialKind, value: &str) -> Result<u6
     let mut revoked = false;
     for credential in snapshot.credentials_with_value(value) {
         // A credential of an unknown type is not trusted to be a card or a PIN.
-        let type_kind = snapshot
-            .credential_type(credential.credential_type_id)
+        let type_kind = credential
+            .credential_type_id
+            .and_then(|id| snapshot.credential_type(id))
             .map(|t| t.kind);
         if type_kind != Some(kind) {
             continue;
         }
-        if credential.status.as_deref().is_some_and(|s| s != "active") {
+        if credential.revoked() {
             revoked = true;
             continue;
         }

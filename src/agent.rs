@@ -8,15 +8,17 @@ use crate::audit_writer;
 use crate::clock::trusted::TimeKeeper;
 use crate::config::Config;
 use crate::door_task::{DoorState, DoorTask, DoorThread};
-use crate::doorflow::client::Client;
+use crate::doorflow::client::{AuthHealth, Client};
 use crate::doorflow::ratelimit::RateBudget;
 use crate::error_chain::chain;
 use crate::hw;
 use crate::metrics;
 use crate::mutex::lock;
 use crate::osdp;
-use crate::snapshot::{SharedSnapshot, Snapshot};
-use crate::status::{self, DoorStatus, QueueStatus, SnapshotStatus, StatusReport, StoreStatus, SyncStatus};
+use crate::snapshot::{SharedSnapshot, SnapshotBuilder};
+use crate::status::{
+    self, DoorStatus, DoorflowAuth, QueueStatus, SnapshotStatus, StatusReport, StoreStatus, SyncStatus,
+};
 use crate::store::{Lane, SnapshotSource, Store, StoreError};
 use crate::supervisor;
 use crate::sync;
@@ -74,6 +76,8 @@ pub struct Agent {
     pub audit_feed: tokio::sync::broadcast::Sender<AuditEvent>,
     /// The trusted-time floor (from DoorFlow's `Date`) and the clock's health.
     pub clock: Arc<TimeKeeper>,
+    /// Whether DoorFlow refuses the agent's credentials (set by the DoorFlow client).
+    pub doorflow_auth: Arc<AuthHealth>,
     /// Why a client could not be set up (a secret it cannot read), for `status`.
     pub clients: Mutex<status::HealthInputs>,
     /// Door events by door and code, for metrics.
@@ -86,7 +90,7 @@ impl Agent {
     /// that cannot be used falls back to the last good copy, or to an empty snapshot (every card
     /// denied until the next sync), which is the fail-secure choice.
     pub fn start(config: Config) -> Result<Arc<Agent>, AgentError> {
-        let (store, starting) = Store::open_for_agent(
+        let (store, starting) = Store::open_for_agent::<SnapshotBuilder>(
             &config.store.path,
             config.store.cache_capacity_bytes(),
             STORE_WAIT,
@@ -95,8 +99,10 @@ impl Agent {
             // The cursor belongs to the snapshot that was lost: the next sync is a full one.
             let _ = store.meta_remove(crate::sync::CURSOR_KEY);
         }
-        let snapshot = Snapshot::with_shifts(starting.parts, config.shifts(), &config.sync.time_zone);
-        release_freed_memory();
+        let snapshot = starting
+            .parts
+            .finish(Some(config.shifts()), &config.sync.time_zone);
+        crate::memory::release_freed_memory();
         let sync_status = store
             .meta_get(status::SYNC_STATUS_KEY)
             .ok()
@@ -124,6 +130,7 @@ impl Agent {
             uplink: Arc::new(UplinkStatus::default()),
             audit_feed: tokio::sync::broadcast::channel(4096).0,
             clock,
+            doorflow_auth: Arc::default(),
             clients: Mutex::new(status::HealthInputs::default()),
             door_events: metrics::DoorEventCounts::default(),
             config,
@@ -136,10 +143,13 @@ impl Agent {
         let counts = snapshot.counts();
         let generation = self.store.snapshot_header().ok().flatten().map(|h| h.generation);
         let now = self.clock.rules_time();
+        let auth_refused = self.doorflow_auth.refused();
         let mut report = StatusReport {
             version: env!("CARGO_PKG_VERSION").to_string(),
             agent_running: true,
-            online: self.online.load(Ordering::Relaxed),
+            // Refused credentials are not online, whatever answered last.
+            online: self.online.load(Ordering::Relaxed) && auth_refused.is_none(),
+            doorflow_auth: DoorflowAuth::new(auth_refused),
             snapshot: SnapshotStatus::new(generation, &counts, snapshot.synced_at()),
             sync: lock(&self.sync_status).clone(),
             queue: self.queue_status(),
@@ -238,6 +248,13 @@ impl Agent {
             shifts: self.config.shifts(),
             time_zone: self.config.sync.time_zone.clone(),
             full_interval: jiff::SignedDuration::from_secs(self.config.sync.full_interval_s.get() as i64),
+            credentials_interval: jiff::SignedDuration::from_secs(
+                self.config.sync.credentials_interval_s.get() as i64,
+            ),
+            skip_pagination: self.config.sync.skip_pagination,
+            requests_per_minute: self.config.api.requests_per_minute.get() as u32,
+            retry_base: jiff::SignedDuration::from_millis(self.config.uplink.retry_base_ms.get() as i64),
+            retry_cap: jiff::SignedDuration::from_secs(self.config.uplink.retry_cap_s.get() as i64),
             status: Arc::clone(&self.sync_status),
             online: Arc::clone(&self.online),
             reachable: Arc::clone(&self.reachable),
@@ -266,16 +283,6 @@ impl admin::RunningAgent for Agent {
 
     fn audit_feed(&self) -> tokio::sync::broadcast::Receiver<AuditEvent> {
         self.audit_feed.subscribe()
-    }
-}
-
-/// Returns memory freed after a large load (JSON temporaries) to the OS, so the resident size
-/// reflects what the agent keeps rather than the peak of loading.
-pub fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free heap pages; it has no preconditions.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 
@@ -380,6 +387,7 @@ pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Res
             .map(|t| t.to_string())
             .unwrap_or_else(|| "never".into()),
         doors = agent.config.doors.len(),
+        index_bytes = snapshot.index_bytes(),
         "ready: snapshot loaded, swipes are decided locally"
     );
     supervisor::notify_ready(&status::status_line(&agent.status(), Timestamp::now()));
@@ -513,7 +521,11 @@ fn client_problem(agent: &Agent, keys: &[&str], error: &(dyn std::error::Error +
 /// the agent runs offline on its stored snapshot, degraded, and says why.
 fn doorflow_client(agent: &Arc<Agent>) -> Option<Arc<Client>> {
     match Client::new(&agent.config.api, Arc::clone(&agent.budget)) {
-        Ok(client) => Some(Arc::new(client.with_clock(Arc::clone(&agent.clock)))),
+        Ok(client) => Some(Arc::new(
+            client
+                .with_clock(Arc::clone(&agent.clock))
+                .with_auth_health(Arc::clone(&agent.doorflow_auth)),
+        )),
         Err(error) => {
             let keys = [
                 "api.auth.api_key",

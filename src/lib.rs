@@ -16,6 +16,7 @@ pub mod doorflow;
 pub mod error_chain;
 pub mod hw;
 pub mod line_server;
+pub mod memory;
 pub mod metrics;
 pub mod mutex;
 pub mod osdp;

@@ -107,6 +107,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Run => {
+            doorflow_agent::memory::limit_arenas();
             telemetry::init();
             let config = match Config::load(&cli.config) {
                 Ok(config) => config,

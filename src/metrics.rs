@@ -379,6 +379,7 @@ mod tests {
             version: "0.1.0".into(),
             agent_running: true,
             online: true,
+            doorflow_auth: Default::default(),
             snapshot: SnapshotStatus {
                 people: 200,
                 credentials: 260,

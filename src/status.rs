@@ -2,6 +2,10 @@
 //! running agent's memory (served over the admin socket) or, when the agent is stopped, from the
 //! store.
 
+mod progress;
+
+pub use progress::SyncProgress;
+
 use crate::clock::trusted::{ClockStatus, TimeKeeper, ANCHOR_KEY};
 use crate::clock::Now;
 use crate::config::Config;
@@ -17,8 +21,11 @@ pub struct StatusReport {
     pub version: String,
     /// Whether this report came from a running agent (through its admin socket).
     pub agent_running: bool,
-    /// Whether the last call to DoorFlow succeeded.
+    /// Whether the last call to DoorFlow succeeded (and it accepts the credentials).
     pub online: bool,
+    /// Whether DoorFlow accepts the agent's credentials.
+    #[serde(default)]
+    pub doorflow_auth: DoorflowAuth,
     pub snapshot: SnapshotStatus,
     pub sync: SyncStatus,
     pub queue: QueueStatus,
@@ -34,6 +41,34 @@ pub struct StatusReport {
     /// when it is.
     #[serde(default)]
     pub degraded: Vec<String>,
+}
+
+/// `status.doorflow_auth`: `ok` (or not yet known), or `refused` with DoorFlow's answer (a 401
+/// after a refresh, or a refused refresh: `invalid_grant`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DoorflowAuth {
+    /// `ok` or `refused`.
+    pub state: String,
+    pub error: Option<String>,
+}
+
+impl DoorflowAuth {
+    pub fn new(refused: Option<String>) -> DoorflowAuth {
+        DoorflowAuth {
+            state: if refused.is_some() { "refused" } else { "ok" }.into(),
+            error: refused,
+        }
+    }
+
+    pub fn is_refused(&self) -> bool {
+        self.error.is_some()
+    }
+}
+
+impl Default for DoorflowAuth {
+    fn default() -> DoorflowAuth {
+        DoorflowAuth::new(None)
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -90,6 +125,9 @@ pub struct SyncStatus {
     /// When the last full reconcile succeeded.
     #[serde(default)]
     pub last_full: Option<Timestamp>,
+    /// The sync running now (null when none): which list, how far, the expected finish.
+    #[serde(default)]
+    pub progress: Option<SyncProgress>,
     /// How long the last sync attempt took (successful or not), ms.
     #[serde(default)]
     pub last_duration_ms: Option<u64>,
@@ -238,6 +276,7 @@ pub fn from_store(config: &Config, store: &Store) -> Result<StatusReport, StoreE
         version: env!("CARGO_PKG_VERSION").to_string(),
         agent_running: false,
         online: false,
+        doorflow_auth: DoorflowAuth::default(),
         snapshot: SnapshotStatus::from_header(header.as_ref()),
         sync,
         queue: QueueStatus::from_store(store, "stopped")?,
@@ -271,8 +310,8 @@ pub struct HealthInputs {
     pub sink_unavailable: Option<String>,
 }
 
-/// Why the agent is degraded: it cannot talk to DoorFlow, its sync fails, it has no snapshot
-/// (every card is denied), its uplink is refused, its store refuses writes, its clock is behind
+/// Why the agent is degraded: it cannot talk to DoorFlow, DoorFlow refuses its credentials, its
+/// sync fails, it has no snapshot (every card is denied), its uplink is refused, its store refuses writes, its clock is behind
 /// DoorFlow's time. Each reason is a stable sentence (no ages or counts), so a change of the
 /// list is a change of state worth a journal line.
 pub fn degraded_reasons(report: &StatusReport, inputs: &HealthInputs) -> Vec<String> {
@@ -293,6 +332,11 @@ pub fn degraded_reasons(report: &StatusReport, inputs: &HealthInputs) -> Vec<Str
     }
     if let Some(error) = &report.store.error {
         reasons.push(format!("the store refuses writes: {error}"));
+    }
+    if let Some(error) = &report.doorflow_auth.error {
+        reasons.push(format!(
+            "DoorFlow auth refused ({error}): no sync and no admits until the credentials are replaced; queued calls are kept"
+        ));
     }
     if report.queue.uplink == "auth_refused" {
         reasons.push(format!(
@@ -337,7 +381,8 @@ pub fn age(seconds: i64) -> String {
 }
 
 /// The one-line summary systemd shows as the unit's status (`systemctl status`):
-/// `200 people, 260 credentials; synced 2 min ago; online; queue 0, 0 dead`, prefixed with
+/// `200 people, 260 credentials; synced 2 min ago; online; queue 0, 0 dead`, followed by the sync
+/// in progress if there is one (`; full sync: people 1200/100000, …`) and prefixed with
 /// `DEGRADED (reasons):` when there are reasons.
 pub fn status_line(report: &StatusReport, now: Timestamp) -> String {
     let s = &report.snapshot;
@@ -349,10 +394,13 @@ pub fn status_line(report: &StatusReport, now: Timestamp) -> String {
         .unwrap_or_else(|| "never synced".into());
     let online = if report.online { "online" } else { "offline" };
     let q = &report.queue;
-    let line = format!(
+    let mut line = format!(
         "{} people, {} credentials; {synced}; {online}; queue {}, {} dead",
         s.people, s.credentials, q.pending, q.dead
     );
+    if let Some(progress) = &report.sync.progress {
+        line.push_str(&format!("; {}", progress.summary()));
+    }
     if report.degraded.is_empty() {
         line
     } else {
@@ -388,6 +436,14 @@ pub fn render(report: &StatusReport) -> String {
         "snapshot: {} people, {} credentials, {} roles, {} groups, {} channels; synced {synced}\n",
         s.people, s.credentials, s.roles, s.groups, s.channels
     ));
+    if let Some(error) = &report.doorflow_auth.error {
+        out.push_str(&format!(
+            "DoorFlow auth refused: {error} (doors decide from the snapshot; queued calls are kept)\n"
+        ));
+    }
+    if let Some(progress) = &report.sync.progress {
+        out.push_str(&format!("sync in progress: {}\n", progress.summary()));
+    }
     if let Some(error) = &report.sync.last_error {
         out.push_str(&format!("last sync error: {error}\n"));
     }
@@ -483,6 +539,7 @@ mod tests {
             version: "0.1.0".into(),
             agent_running: true,
             online: true,
+            doorflow_auth: Default::default(),
             snapshot: SnapshotStatus {
                 people: 1,
                 ..Default::default()
@@ -514,6 +571,26 @@ mod tests {
             store: StoreStatus::default(),
             degraded: Vec::new(),
         }
+    }
+
+    /// Issue 16 items 6 and 8: `systemctl status` shows a sync in progress, and refused
+    /// DoorFlow credentials as a degraded reason.
+    #[test]
+    fn the_status_line_shows_a_sync_in_progress_and_refused_credentials() {
+        let mut report = report_with_door("ok", "online", Some(false));
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let mut progress = SyncProgress::new("full", now);
+        progress.list = "people".into();
+        progress.fetched = 1_200;
+        progress.total = Some(100_000);
+        report.sync.progress = Some(progress);
+        let line = status_line(&report, now);
+        assert!(line.contains("people 1200/100000"), "{line}");
+        report.doorflow_auth = DoorflowAuth::new(Some("RefreshToken: HTTP 400 invalid_grant".into()));
+        report.degraded = degraded_reasons(&report, &HealthInputs::default());
+        let line = status_line(&report, now);
+        assert!(line.starts_with("DEGRADED (DoorFlow auth refused"), "{line}");
+        assert!(line.contains("invalid_grant"), "{line}");
     }
 
     #[test]

@@ -4,11 +4,14 @@
 //! - **SQLite** (`queue`): the durable queue — both outbox lanes with their holds and attempt
 //!   counts, dead letters, the local event log, the queue counters. Every commit is fsynced
 //!   before it returns, so "acknowledged" means on stable storage.
-//! - **sled** (`snapshots`): the credential snapshot and the sync metadata, which a sync can
-//!   always rebuild. A copy of the last snapshot is also kept outside sled (`last_good`).
+//! - **SQLite** (`snapshots`, a second database): the credential snapshot and the sync metadata,
+//!   which a sync can always rebuild, staged page by page and swapped in one transaction. A copy
+//!   of the last snapshot is also kept outside it (`last_good`).
+//! - **sled** (`legacy`): only to import what earlier versions kept there, once.
 //!
 //! On-disk shapes live in `format` (versioned, apart from the in-memory model), the directory
-//! and its permissions in `layout`, test-only crash points in `testing`.
+//! and its permissions in `layout`, the shared SQLite set-up in `sqlite`, test-only crash
+//! points in `testing`.
 //!
 //! Opening never gives up on a damaged part: whatever cannot be opened is moved aside into
 //! `damaged/` (kept for inspection), reported plainly in the journal and in `status`, and
@@ -17,17 +20,21 @@
 pub mod format;
 mod last_good;
 mod layout;
+mod legacy;
 mod queue;
 mod snapshots;
+mod sqlite;
 pub mod testing;
 
 pub use queue::{
     Call, Capacity, DeadLetter, DropNote, Entry, Group, Hold, Lane, LossNote, OutboxStats, QueuedCall,
 };
-pub use snapshots::{LoadedSnapshot, SnapshotHeader};
+pub use snapshots::{LoadedSnapshot, Merge, SnapshotHeader, Staged};
 
-use crate::snapshot::SnapshotParts;
+use crate::snapshot::{Record, RecordKind, SnapshotParts, SnapshotSink};
+use jiff::Timestamp;
 use layout::{Layout, OpenAttempts, OwnerLock};
+use legacy::LegacySled;
 use queue::QueueDb;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -36,8 +43,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Start-ups that stopped while opening the store before the credential cache is moved aside
-/// (sled can abort on a damaged file; under `Restart=always` that would loop forever).
+/// Start-ups that stopped while opening the store before the credential cache (and an old
+/// version's sled directory, which sled can abort on) is moved aside: under `Restart=always` a
+/// crash while opening would loop forever.
 const FAILED_OPENS_BEFORE_SNAPSHOT_ASIDE: u32 = 2;
 /// ... and before the queue database is moved aside as well.
 const FAILED_OPENS_BEFORE_QUEUE_ASIDE: u32 = 3;
@@ -46,11 +54,17 @@ const FAILED_OPENS_BEFORE_QUEUE_ASIDE: u32 = 3;
 pub enum StoreError {
     #[error("store {path} is in use by another process (is the agent running? use its admin socket)")]
     Locked { path: PathBuf },
-    #[error("credential cache {path}: {source}")]
+    #[error("credential cache of an earlier version {path}: {source}")]
     Engine {
         path: PathBuf,
         #[source]
         source: sled::Error,
+    },
+    #[error("credential cache {path}: {source}")]
+    Snapshot {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
     },
     #[error("queue database {path}: {source}")]
     Queue {
@@ -118,10 +132,11 @@ pub enum SnapshotSource {
     None,
 }
 
-/// The snapshot the agent starts with.
+/// The snapshot the agent starts with, loaded into a sink of the caller's choice (the agent's
+/// compact [`crate::snapshot::SnapshotBuilder`], or [`SnapshotParts`]).
 #[derive(Debug)]
-pub struct StartingSnapshot {
-    pub parts: SnapshotParts,
+pub struct StartingSnapshot<S> {
+    pub parts: S,
     pub source: SnapshotSource,
     pub generation: Option<u64>,
 }
@@ -154,8 +169,8 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Opens (or creates) the store at `path` with sled's page cache capped at
-    /// `cache_capacity_bytes`. Fails at once with `Locked` when another process has it.
+    /// Opens (or creates) the store at `path` with the snapshot database's page cache capped
+    /// at `cache_capacity_bytes`. Fails at once with `Locked` when another process has it.
     pub fn open(path: &Path, cache_capacity_bytes: u64) -> Result<Store, StoreError> {
         let layout = Layout::new(path);
         layout.create()?;
@@ -166,12 +181,12 @@ impl Store {
 
     /// Opens the store as the agent does: waits up to `wait` for a process that has it briefly
     /// (a `status` or `queue` command reading a stopped agent's store), moves aside what
-    /// cannot be opened, and loads the best snapshot there is.
-    pub fn open_for_agent(
+    /// cannot be opened, and loads the best snapshot there is into a fresh `S`.
+    pub fn open_for_agent<S: SnapshotSink + Default>(
         path: &Path,
         cache_capacity_bytes: u64,
         wait: Duration,
-    ) -> Result<(Store, StartingSnapshot), StoreError> {
+    ) -> Result<(Store, StartingSnapshot<S>), StoreError> {
         let layout = Layout::new(path);
         layout.create()?;
         let lock = lock_waiting(&layout, wait)?;
@@ -200,25 +215,24 @@ impl Store {
         let _ = std::fs::remove_file(format!("{}.tmp", layout.last_good().display()));
         if unfinished_opens >= FAILED_OPENS_BEFORE_SNAPSHOT_ASIDE {
             let why = format!("the last {unfinished_opens} start-ups stopped while opening the store");
+            move_aside(&layout, &layout.legacy_snapshot_db(), &why, &mut report)?;
             move_aside(&layout, &layout.snapshot_db(), &why, &mut report)?;
             if unfinished_opens >= FAILED_OPENS_BEFORE_QUEUE_ASIDE {
                 move_aside(&layout, &layout.queue_db(), &why, &mut report)?;
             }
         }
-        let snapshot_path = layout.snapshot_db();
-        let snapshots = match SnapshotDb::open(&snapshot_path, cache_capacity_bytes) {
-            Ok(snapshots) => snapshots,
-            Err(error) if is_transient(&error) => return Err(error),
-            Err(error) => {
-                move_aside(
-                    &layout,
-                    &snapshot_path,
-                    &format!("it cannot be opened: {error}"),
-                    &mut report,
-                )?;
-                SnapshotDb::open(&snapshot_path, cache_capacity_bytes)?
-            }
-        };
+        let cache_kib = (cache_capacity_bytes / 1024).max(64) as i64;
+        let (snapshots, opened) = SnapshotDb::open(&layout, cache_kib)?;
+        if let (Some(moved), Some(problem)) = (opened.moved_to, opened.problem) {
+            let sentence = format!(
+                "{} moved to {} because it cannot be used ({problem}); a new one was started",
+                layout.snapshot_db().display(),
+                moved.display()
+            );
+            tracing::error!("STORE DAMAGED: {sentence}");
+            report.moved_aside.push(moved.display().to_string());
+            report.problems.push(sentence);
+        }
         let (queue, opened) = QueueDb::open(&layout)?;
         if let Some(moved) = opened.moved_to {
             report.moved_aside.push(moved.display().to_string());
@@ -241,30 +255,73 @@ impl Store {
             report: Mutex::new(report),
             _lock: lock,
         };
-        store.import_legacy_queue()?;
+        store.import_legacy()?;
         store.layout.tighten_new_files();
         Ok(store)
     }
 
-    /// Moves 0.1.0's queue (sled trees) into the queue database, once.
-    fn import_legacy_queue(&self) -> Result<(), StoreError> {
-        let legacy = self.snapshots.legacy_queue()?;
-        if legacy.is_empty() {
+    /// Imports what an earlier version kept in sled (its snapshot, the sync metadata and
+    /// 0.1.0's queue), then removes sled's directory. A sled directory that cannot be opened is
+    /// moved aside: the last good copy decides until the next sync.
+    fn import_legacy(&self) -> Result<(), StoreError> {
+        let path = self.layout.legacy_snapshot_db();
+        if !path.exists() {
             return Ok(());
         }
-        if self.queue.import_legacy(&legacy)? {
+        let legacy = match LegacySled::open(&path) {
+            Ok(legacy) => legacy,
+            Err(error) if is_transient(&error) => return Err(error),
+            Err(error) => {
+                let mut report = lock(&self.report);
+                return move_aside(
+                    &self.layout,
+                    &path,
+                    &format!("it cannot be opened: {error}"),
+                    &mut report,
+                );
+            }
+        };
+        let queue = legacy.queue()?;
+        if !queue.is_empty() && self.queue.import_legacy(&queue)? {
             tracing::info!(
-                queued = legacy.queued.len(),
-                dead = legacy.dead.len(),
-                event_log = legacy.event_log.len(),
+                queued = queue.queued.len(),
+                dead = queue.dead.len(),
+                event_log = queue.event_log.len(),
                 "queue of an earlier version moved into the queue database"
             );
         }
         testing::failpoint("legacy.imported");
-        if self.queue.legacy_imported()? {
-            self.snapshots.drop_legacy_queue()?;
+        if self.snapshots.header()?.is_none() {
+            let staged = self.snapshots.stage()?;
+            let imported =
+                legacy.snapshot(&mut |records| self.snapshots.put(&staged, records).map(|_| ()))?;
+            match imported {
+                Some(imported) => {
+                    let meta = legacy.meta()?;
+                    let meta: Vec<(&str, Vec<u8>)> =
+                        meta.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+                    let all = RecordKind::ALL.map(|k| (k, Merge::Replace));
+                    let header = self.snapshots.commit(
+                        staged,
+                        &all,
+                        imported.header.synced_at,
+                        imported.header.generation,
+                        &meta,
+                    )?;
+                    tracing::info!(
+                        generation = header.generation,
+                        people = header.counts.people,
+                        credentials = header.counts.credentials,
+                        unreadable = imported.unreadable,
+                        "the credential cache of an earlier version was imported; sled's fixed memory stays until the agent restarts"
+                    );
+                }
+                None => self.snapshots.abandon(staged)?,
+            }
         }
-        Ok(())
+        drop(legacy);
+        std::fs::remove_dir_all(&path).map_err(|e| StoreError::io(&path, e))?;
+        layout::sync_dir(self.layout.root()).map_err(|e| StoreError::io(self.layout.root(), e))
     }
 
     pub fn path(&self) -> &Path {
@@ -295,40 +352,37 @@ impl Store {
         }
     }
 
-    fn note_snapshot_write(&self, error: Option<&StoreError>) {
+    fn note_snapshot_write<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
         let mut health = lock(&self.health);
-        health.snapshot_error = error.map(|e| e.to_string());
-        health.write_errors += u64::from(error.is_some());
+        health.snapshot_error = result.as_ref().err().map(|e| e.to_string());
+        health.write_errors += u64::from(result.is_err());
+        drop(health);
+        result
     }
 
-    /// The snapshot the doors start with: sled's current one, or the last good copy when
-    /// sled's is missing, older or unusable, or nothing (deny every card until a sync). Every
-    /// fallback is logged and noted in the open report.
-    fn load_best_snapshot(&self) -> StartingSnapshot {
+    /// The snapshot the doors start with: the database's current one, or the last good copy
+    /// when the database's is missing, older or unusable, or nothing (deny every card until a
+    /// sync). Every fallback is logged and noted in the open report.
+    fn load_best_snapshot<S: SnapshotSink + Default>(&self) -> StartingSnapshot<S> {
         let copy = last_good::header(&self.layout.last_good());
-        let cached = self.snapshots.load();
-        let problem = match cached {
-            Ok(Some(loaded))
-                if copy
-                    .as_ref()
-                    .is_none_or(|c| c.generation <= loaded.header.generation) =>
-            {
-                return self.starting(loaded, SnapshotSource::Cache);
-            }
-            Ok(Some(loaded)) => {
-                let problem = format!(
-                    "the credential cache holds snapshot {} but the last good copy is the newer {}",
-                    loaded.header.generation,
-                    copy.as_ref().map_or(0, |c| c.generation)
-                );
-                match self.load_last_good(&problem) {
-                    Some(starting) => return starting,
-                    None => return self.starting(loaded, SnapshotSource::Cache),
+        let cached_header = self.snapshots.header();
+        let problem = match cached_header {
+            Ok(Some(cached)) if copy.as_ref().is_none_or(|c| c.generation <= cached.generation) => {
+                let mut sink = S::default();
+                match self.snapshots.load_into(&mut sink) {
+                    Ok(Some(loaded)) => return self.starting(sink, loaded, SnapshotSource::Cache),
+                    Ok(None) => "the credential cache has no snapshot".to_string(),
+                    Err(error) => format!("the credential cache's snapshot is unusable: {error}"),
                 }
             }
+            Ok(Some(cached)) => format!(
+                "the credential cache holds snapshot {} but the last good copy is the newer {}",
+                cached.generation,
+                copy.as_ref().map_or(0, |c| c.generation)
+            ),
             Ok(None) if copy.is_none() => {
                 return StartingSnapshot {
-                    parts: SnapshotParts::default(),
+                    parts: S::default(),
                     source: SnapshotSource::None,
                     generation: None,
                 }
@@ -345,14 +399,15 @@ impl Store {
         tracing::error!("{sentence}");
         lock(&self.report).problems.push(sentence);
         StartingSnapshot {
-            parts: SnapshotParts::default(),
+            parts: S::default(),
             source: SnapshotSource::None,
             generation: None,
         }
     }
 
-    fn load_last_good(&self, problem: &str) -> Option<StartingSnapshot> {
-        match last_good::load(&self.layout.last_good()) {
+    fn load_last_good<S: SnapshotSink + Default>(&self, problem: &str) -> Option<StartingSnapshot<S>> {
+        let mut sink = S::default();
+        match last_good::load_into(&self.layout.last_good(), &mut sink) {
             Ok(Some(loaded)) => {
                 let sentence = format!(
                     "{problem}; the doors decide from the last good copy (snapshot {}, synced {}) until the next sync",
@@ -364,7 +419,7 @@ impl Store {
                 );
                 tracing::error!("{sentence}");
                 lock(&self.report).problems.push(sentence);
-                Some(self.starting(loaded, SnapshotSource::LastGood))
+                Some(self.starting(sink, loaded, SnapshotSource::LastGood))
             }
             Ok(None) => None,
             Err(error) => {
@@ -374,7 +429,7 @@ impl Store {
         }
     }
 
-    fn starting(&self, loaded: LoadedSnapshot, source: SnapshotSource) -> StartingSnapshot {
+    fn starting<S>(&self, sink: S, loaded: LoadedSnapshot, source: SnapshotSource) -> StartingSnapshot<S> {
         for record in &loaded.unreadable {
             tracing::error!(generation = loaded.header.generation, record = %record, "UNREADABLE SNAPSHOT RECORD left out: the person or credential it held is denied until the next sync");
         }
@@ -386,7 +441,7 @@ impl Store {
         }
         StartingSnapshot {
             generation: Some(loaded.header.generation),
-            parts: loaded.parts,
+            parts: sink,
             source,
         }
     }
@@ -398,39 +453,117 @@ impl Store {
 
     /// Only the channels of the current snapshot (for `status`).
     pub fn load_channels(&self) -> Result<Vec<crate::snapshot::Channel>, StoreError> {
-        self.snapshots.load_channels()
+        let mut parts = SnapshotParts::default();
+        self.snapshots.load_kind(RecordKind::Channels, &mut parts)?;
+        Ok(parts.channels)
     }
 
-    /// Loads sled's current snapshot, checking every record count against the header.
-    /// Unreadable records are left out (and logged).
-    pub fn load_snapshot(&self) -> Result<Option<SnapshotParts>, StoreError> {
-        Ok(self.snapshots.load()?.map(|loaded| {
+    /// Loads the current snapshot into `sink`, checking every record count against the header
+    /// (on an error `sink` holds part of it: throw it away). Unreadable records are left out
+    /// (and logged).
+    pub fn load_snapshot_into(
+        &self,
+        sink: &mut dyn SnapshotSink,
+    ) -> Result<Option<SnapshotHeader>, StoreError> {
+        Ok(self.snapshots.load_into(sink)?.map(|loaded| {
             for record in &loaded.unreadable {
                 tracing::error!(record = %record, "unreadable snapshot record left out");
             }
-            loaded.parts
+            loaded.header
         }))
     }
 
-    /// Writes `parts` as the new current snapshot, then replaces the last good copy. Returns
-    /// once sled's copy is current; on any error the previous snapshot stays current.
+    /// The current snapshot, every list expanded (tests, tools; the agent uses
+    /// [`Store::load_snapshot_into`]).
+    pub fn load_snapshot(&self) -> Result<Option<SnapshotParts>, StoreError> {
+        let mut parts = SnapshotParts::default();
+        Ok(self.load_snapshot_into(&mut parts)?.map(|_| parts))
+    }
+
+    /// Writes `parts` as the new current snapshot (every kind replaced), then replaces the last
+    /// good copy. Returns once the database's copy is current; on any error the previous
+    /// snapshot stays current.
     pub fn save_snapshot(&self, parts: &SnapshotParts) -> Result<SnapshotHeader, StoreError> {
+        let staged = self.stage_snapshot()?;
+        let written = parts
+            .clone()
+            .into_records()
+            .collect::<Vec<Record>>()
+            .chunks(4096)
+            .try_for_each(|chunk| self.stage_records(&staged, chunk).map(|_| ()));
+        if let Err(error) = written {
+            let _ = self.snapshots.abandon(staged);
+            return Err(error);
+        }
+        let all = RecordKind::ALL.map(|k| (k, Merge::Replace));
+        self.commit_snapshot(staged, &all, parts.synced_at, &[])
+    }
+
+    /// A staged snapshot for a sync to fill (see [`Store::stage_records`] and
+    /// [`Store::commit_snapshot`]). Staged records survive until committed or abandoned, or
+    /// until the store is next opened.
+    pub fn stage_snapshot(&self) -> Result<Staged, StoreError> {
+        self.note_snapshot_write(self.snapshots.stage())
+    }
+
+    /// Adds records to a staged snapshot (one transaction). Returns how many had a key already
+    /// staged, for the sync's count check.
+    pub fn stage_records(&self, staged: &Staged, records: &[Record]) -> Result<u64, StoreError> {
+        self.note_snapshot_write(self.snapshots.put(staged, records))
+    }
+
+    /// Records of `kind` in a staged snapshot.
+    pub fn staged_count(&self, staged: &Staged, kind: RecordKind) -> Result<u64, StoreError> {
+        self.snapshots.staged_count(staged, kind)
+    }
+
+    /// Drops a staged snapshot.
+    pub fn abandon_snapshot(&self, staged: Staged) -> Result<(), StoreError> {
+        self.snapshots.abandon(staged)
+    }
+
+    /// Makes a staged snapshot current in one transaction, each kind merged as `merges` says
+    /// (unnamed kinds kept), with `meta` (e.g. the sync cursor) written in the same
+    /// transaction; then replaces the last good copy from it. Returns once the new snapshot is
+    /// current; on any error the previous one stays current with its metadata.
+    pub fn commit_snapshot(
+        &self,
+        staged: Staged,
+        merges: &[(RecordKind, Merge)],
+        synced_at: Option<Timestamp>,
+        meta: &[(&str, serde_json::Value)],
+    ) -> Result<SnapshotHeader, StoreError> {
         let at_least = last_good::header(&self.layout.last_good()).map_or(0, |h| h.generation + 1);
-        let header = match self.snapshots.save(parts, at_least) {
-            Ok(header) => header,
-            Err(error) => {
-                self.note_snapshot_write(Some(&error));
-                return Err(error);
-            }
-        };
-        match last_good::write(&self.layout.last_good(), &header, parts) {
-            Ok(()) => self.note_snapshot_write(None),
-            Err(error) => {
-                tracing::warn!(%error, "the last good snapshot copy was not updated; the previous copy stays");
-                self.note_snapshot_write(Some(&error));
-            }
+        let meta: Vec<(&str, Vec<u8>)> = meta
+            .iter()
+            .map(|(k, v)| (*k, serde_json::to_vec(v).unwrap_or_default()))
+            .collect();
+        let header =
+            self.note_snapshot_write(self.snapshots.commit(staged, merges, synced_at, at_least, &meta))?;
+        let path = self.layout.last_good();
+        let copied = self
+            .snapshots
+            .export(&mut |header, records| last_good::write(&path, header, records));
+        if let Err(error) = copied {
+            tracing::warn!(%error, "the last good snapshot copy was not updated; the previous copy stays");
+            lock(&self.health).snapshot_error = Some(error.to_string());
         }
         Ok(header)
+    }
+
+    /// Marks the current snapshot as confirmed by DoorFlow at `synced_at` (nothing changed),
+    /// with `meta` (the sync cursor) in the same transaction. The last good copy is left as it
+    /// is: it holds the same records.
+    pub fn mark_synced(
+        &self,
+        synced_at: Timestamp,
+        meta: &[(&str, serde_json::Value)],
+    ) -> Result<(), StoreError> {
+        let meta: Vec<(&str, Vec<u8>)> = meta
+            .iter()
+            .map(|(k, v)| (*k, serde_json::to_vec(v).unwrap_or_default()))
+            .collect();
+        self.note_snapshot_write(self.snapshots.touch(synced_at, &meta))
     }
 
     /// A small value kept with the snapshot (sync cursors and similar), JSON-encoded.
@@ -438,7 +571,7 @@ impl Store {
         self.snapshots.meta_get(key)
     }
 
-    /// Stores a meta value (with sled's flush, not an fsync: meta is rebuilt by a sync).
+    /// Stores a meta value (committed, not synced: meta is rebuilt by a sync).
     pub fn meta_put<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
         self.snapshots.meta_put(key, value)
     }
@@ -447,9 +580,9 @@ impl Store {
         self.snapshots.meta_remove(key)
     }
 
-    /// Writes sled's buffers out (queue commits are already on disk).
+    /// Copies the snapshot database's WAL back (queue commits are already on disk).
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.snapshots.flush()
+        self.snapshots.checkpoint()
     }
 }
 
@@ -528,27 +661,20 @@ mod tests {
     }
 
     #[test]
-    fn a_crash_mid_write_leaves_the_old_snapshot_and_the_orphan_is_removed() {
+    fn a_crash_mid_write_leaves_the_old_snapshot_and_the_staged_rows_are_removed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         {
             let store = Store::open(&path, 1 << 20).unwrap();
-            let header = store.save_snapshot(&parts(3)).unwrap();
-            // What a crash between writing records and flipping the pointer leaves behind.
-            let orphan = store
-                .snapshots
-                .raw_tree(&snapshots::tree_name(header.generation + 5));
-            orphan.insert("people/0000000000", b"{}".as_slice()).unwrap();
-            store.flush().unwrap();
+            store.save_snapshot(&parts(3)).unwrap();
+            // What a crash while a sync was staging its pages leaves behind.
+            let staged = store.stage_snapshot().unwrap();
+            store
+                .stage_records(&staged, &parts(7).into_records().collect::<Vec<_>>())
+                .unwrap();
         }
         let store = Store::open(&path, 1 << 20).unwrap();
-        let snapshot_trees = store
-            .snapshots
-            .tree_names()
-            .iter()
-            .filter(|n| n.starts_with("snapshot."))
-            .count();
-        assert_eq!(snapshot_trees, 1);
+        assert_eq!(store.snapshots.slots().len(), 1, "only the current slot is left");
         assert_eq!(store.load_snapshot().unwrap().unwrap().people.len(), 3);
     }
 
@@ -556,9 +682,10 @@ mod tests {
     fn a_missing_record_is_reported_as_corrupt() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db"), 1 << 20).unwrap();
-        let header = store.save_snapshot(&parts(5)).unwrap();
-        let tree = store.snapshots.raw_tree(&snapshots::tree_name(header.generation));
-        tree.remove("people/0000000002").unwrap();
+        store.save_snapshot(&parts(5)).unwrap();
+        store
+            .snapshots
+            .execute("DELETE FROM records WHERE kind = 0 AND key = x'0000000000000002'");
         let error = store.load_snapshot().unwrap_err();
         assert!(matches!(error, StoreError::Corrupt { .. }), "{error}");
         assert!(error.to_string().contains("record counts"), "{error}");
@@ -568,19 +695,21 @@ mod tests {
     fn an_unreadable_record_denies_only_its_own_person() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db"), 1 << 20).unwrap();
-        let header = store.save_snapshot(&parts(4)).unwrap();
-        let tree = store.snapshots.raw_tree(&snapshots::tree_name(header.generation));
-        tree.insert("people/0000000001", b"{not json".as_slice()).unwrap();
-        let loaded = store.snapshots.load().unwrap().unwrap();
+        store.save_snapshot(&parts(4)).unwrap();
+        store
+            .snapshots
+            .execute("UPDATE records SET body = x'7b6e6f74' WHERE kind = 0 AND key = x'0000000000000002'");
+        let mut read = SnapshotParts::default();
+        let loaded = store.snapshots.load_into(&mut read).unwrap().unwrap();
         assert_eq!(loaded.unreadable.len(), 1);
         assert!(
-            loaded.unreadable[0].starts_with("people/0000000001"),
+            loaded.unreadable[0].starts_with("people/2"),
             "{:?}",
             loaded.unreadable
         );
-        let ids: Vec<u64> = loaded.parts.people.iter().map(|p| p.id).collect();
+        let ids: Vec<u64> = read.people.iter().map(|p| p.id).collect();
         assert_eq!(ids, [1, 3, 4], "person 2 is left out, everyone else stays");
-        assert_eq!(loaded.parts.credentials.len(), 4);
+        assert_eq!(read.credentials.len(), 4);
     }
 
     #[test]
@@ -588,10 +717,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db"), 1 << 20).unwrap();
         let header = store.save_snapshot(&parts(2)).unwrap();
-        let tree = store.snapshots.raw_tree(&snapshots::tree_name(header.generation));
         let mut disk = header.to_disk();
         disk.format = format::FORMAT + 1;
-        tree.insert("header", serde_json::to_vec(&disk).unwrap()).unwrap();
+        let text = String::from_utf8(serde_json::to_vec(&disk).unwrap()).unwrap();
+        store.snapshots.execute(&format!(
+            "UPDATE slots SET header = CAST('{text}' AS BLOB) WHERE current = 1"
+        ));
         let error = store.load_snapshot().unwrap_err();
         assert!(
             matches!(
@@ -608,14 +739,84 @@ mod tests {
     }
 
     #[test]
-    fn replacing_a_snapshot_drops_the_previous_generation() {
+    fn replacing_a_snapshot_drops_the_previous_slot_and_raises_the_generation() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db"), 1 << 20).unwrap();
         let first = store.save_snapshot(&parts(2)).unwrap();
         let second = store.save_snapshot(&parts(4)).unwrap();
         assert!(second.generation > first.generation);
-        let names = store.snapshots.tree_names();
-        assert!(!names.contains(&snapshots::tree_name(first.generation)));
+        assert_eq!(store.snapshots.slots().len(), 1);
         assert_eq!(store.snapshot_header().unwrap().unwrap().counts.people, 4);
+    }
+
+    /// An incremental sync: changed people laid over the current ones by id, credentials
+    /// replaced whole, the rest kept; cursor and snapshot in one commit.
+    #[test]
+    fn a_merge_overlays_replaces_and_keeps_by_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), 1 << 20).unwrap();
+        let first = store.save_snapshot(&parts(5)).unwrap();
+        let mut delta = parts(0);
+        let mut changed = parts(5).people[1].clone();
+        changed.enabled = false;
+        let mut added = changed.clone();
+        added.id = 99;
+        delta.people = vec![changed, added];
+        delta.credentials = parts(5)
+            .credentials
+            .into_iter()
+            .filter(|c| c.person_id != 3)
+            .collect();
+        let staged = store.stage_snapshot().unwrap();
+        let repeated = store
+            .stage_records(&staged, &delta.clone().into_records().collect::<Vec<_>>())
+            .unwrap();
+        assert_eq!(repeated, 0);
+        assert_eq!(store.staged_count(&staged, RecordKind::People).unwrap(), 2);
+        let cursor = serde_json::json!({"since": "2026-01-01T00:00:00Z"});
+        let header = store
+            .commit_snapshot(
+                staged,
+                &[
+                    (RecordKind::People, Merge::Overlay),
+                    (RecordKind::Credentials, Merge::Replace),
+                ],
+                Some(Timestamp::from_second(1_800_000_100).unwrap()),
+                &[("sync.cursor", cursor.clone())],
+            )
+            .unwrap();
+        assert!(header.generation > first.generation);
+        assert_eq!((header.counts.people, header.counts.credentials), (6, 4));
+        assert_eq!(header.counts.roles, 1, "roles kept");
+        let merged = store.load_snapshot().unwrap().unwrap();
+        let ids: Vec<u64> = merged.people.iter().map(|p| p.id).collect();
+        assert_eq!(ids, [1, 2, 3, 4, 5, 99]);
+        assert!(!merged.people[1].enabled);
+        assert!(merged.credentials.iter().all(|c| c.person_id != 3));
+        assert_eq!(
+            store.meta_get::<serde_json::Value>("sync.cursor").unwrap(),
+            Some(cursor)
+        );
+        assert_eq!(store.snapshots.slots().len(), 1, "the staged slot is gone");
+        // The last good copy follows every commit.
+        let mut copy = SnapshotParts::default();
+        let loaded = last_good::load_into(&store.layout.last_good(), &mut copy)
+            .unwrap()
+            .unwrap();
+        assert_eq!(loaded.header, header);
+        assert_eq!(copy.people.len(), 6);
+    }
+
+    #[test]
+    fn a_page_staged_twice_counts_its_repeats() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), 1 << 20).unwrap();
+        let staged = store.stage_snapshot().unwrap();
+        let page: Vec<Record> = parts(3).people.into_iter().map(Record::Person).collect();
+        assert_eq!(store.stage_records(&staged, &page).unwrap(), 0);
+        assert_eq!(store.stage_records(&staged, &page[1..]).unwrap(), 2);
+        assert_eq!(store.staged_count(&staged, RecordKind::People).unwrap(), 3);
+        store.abandon_snapshot(staged).unwrap();
+        assert!(store.snapshots.slots().is_empty());
     }
 }

@@ -654,7 +654,7 @@ fn door_without_channel_ignores_channel_rules() {
 
 #[test]
 fn card_value_mapping_is_per_door() {
-    let mut parts = snapshot().into_parts();
+    let mut parts = snapshot().to_parts();
     parts.credentials.push(credential("fac", 1, 1, "1200077"));
     let snapshot = Snapshot::new(parts, "UTC");
     let mut policy = door(FRONT);

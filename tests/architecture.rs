@@ -12,7 +12,7 @@ const SRC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
 const ABOVE_AGENT: [&str; 2] = ["demo", "testing"];
 
 /// Pure logic: decided from arguments alone, unit-tested without hardware, disks or networks.
-const PURE: [&str; 11] = [
+const PURE: [&str; 14] = [
     "access.rs",
     "error_chain.rs",
     "queue_table.rs",
@@ -20,6 +20,9 @@ const PURE: [&str; 11] = [
     "credential.rs",
     "door.rs",
     "snapshot.rs",
+    "snapshot/index.rs",
+    "sync/plan.rs",
+    "status/progress.rs",
     "wiegand.rs",
     "uplink/policy.rs",
     "doorflow/error.rs",

@@ -1,8 +1,10 @@
 //! The simulator's own behaviour: admits and events recorded with their idempotency keys, the
 //! sink's validation and token, dropped connections, going offline and back on the same port,
-//! chaos mode, incremental `since_utc` lists and the request log.
+//! chaos mode, incremental `since_utc` lists, list answers bent like other servers bend them
+//! (capped pages, totals in the older headers or none, a wrong total, `skip_pagination`
+//! ignored), faults on the nth request, and the request log.
 
-use doorflow_agent::sim::{Chaos, Fault, SimConfig, Simulator};
+use doorflow_agent::sim::{Chaos, Fault, ListBehaviour, SimConfig, Simulator, Totals};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -518,4 +520,92 @@ async fn the_request_log_shows_when_each_request_arrived_and_its_status() {
     );
     assert!(log[0].0 <= log[1].0 && log[1].0 <= log[2].0);
     assert_eq!(sim.fault_counts().get("429"), Some(&1));
+}
+
+/// What the agent's paging is tested against: pages capped below `per_page`, totals in the
+/// spec's headers, the older ones, misreported or left out, `skip_pagination` honoured or not.
+#[tokio::test]
+async fn lists_can_be_capped_counted_in_either_header_style_or_not_at_all() {
+    let sim = start(SimConfig {
+        people: 300,
+        ..Default::default()
+    })
+    .await;
+    let http = http();
+    let page = |query: &'static str| {
+        let (http, sim) = (http.clone(), sim.clone());
+        async move {
+            let response = http
+                .get(format!("{}/api/3/credentials?{query}", sim.base_url()))
+                .basic_auth("sim-api-key", Some("X"))
+                .send()
+                .await
+                .unwrap();
+            let header = |name: &str| {
+                response
+                    .headers()
+                    .get(name)
+                    .map(|v| v.to_str().unwrap().to_string())
+            };
+            let headers = [
+                header("Total"),
+                header("Per-Page"),
+                header("X-Total-Results"),
+                header("X-Per-Page"),
+            ];
+            let items = response.json::<Vec<Value>>().await.unwrap();
+            (items.len(), headers)
+        }
+    };
+    let some = |v: &str| Some(v.to_string());
+    assert_eq!(
+        page("per_page=500").await,
+        (390, [some("390"), some("500"), None, None])
+    );
+    sim.set_lists(ListBehaviour {
+        page_cap: Some(100),
+        ..Default::default()
+    });
+    assert_eq!(
+        page("per_page=500&page=4").await,
+        (90, [some("390"), some("100"), None, None]),
+        "capped: page 4 of 100 holds the last 90"
+    );
+    sim.set_lists(ListBehaviour {
+        totals: Totals::Older,
+        total_offset: -5,
+        ..Default::default()
+    });
+    assert_eq!(
+        page("per_page=100").await,
+        (100, [None, None, some("385"), some("100")])
+    );
+    sim.set_lists(ListBehaviour {
+        totals: Totals::None,
+        honour_skip_pagination: false,
+        ..Default::default()
+    });
+    assert_eq!(
+        page("skip_pagination=true&per_page=50").await,
+        (50, [None, None, None, None]),
+        "skip_pagination ignored: the first page"
+    );
+    sim.set_lists(ListBehaviour::default());
+    assert_eq!(page("skip_pagination=true").await.0, 390);
+}
+
+#[tokio::test]
+async fn a_fault_can_wait_for_the_nth_request() {
+    let sim = start(SimConfig::default()).await;
+    let http = http();
+    sim.inject_after("/api/3/people", 2, Fault::Status(503));
+    for expected in [200, 200, 503, 200] {
+        let response = http
+            .get(format!("{}/api/3/people", sim.base_url()))
+            .basic_auth("sim-api-key", Some("X"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), expected);
+    }
 }

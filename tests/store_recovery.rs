@@ -29,7 +29,7 @@ fn up(state: &StateDir) -> (AgentProcess, Value) {
 }
 
 /// An agent that synced 50 people from a simulator and then stopped: a store with a snapshot
-/// in sled and its last good copy.
+/// in its database and its last good copy.
 async fn synced_state(dir: &Path) -> (Simulator, StateDir) {
     let sim = Simulator::start(SimConfig {
         people: 50,
@@ -110,20 +110,59 @@ fn a_store_written_by_0_1_0_opens_with_every_card_still_granted() {
         );
         assert_eq!(&now, was, "card {card}: 0.1.0 decided {was}, this binary {now}");
     }
+    let journal = run.log();
     assert!(run.stop().success());
     assert!(
-        state.store.join("snapshot").is_dir(),
-        "sled's files moved into snapshot/"
+        journal.contains("credential cache of an earlier version was imported"),
+        "{journal}"
     );
-    assert!(!state.store.join("conf").exists());
+    assert!(
+        !state.store.join("snapshot").exists() && !state.store.join("conf").exists(),
+        "sled's files are gone once imported"
+    );
+    assert!(state.store.join("snapshot.sqlite").is_file());
+    // The import is done once: the next start opens the snapshot database alone.
+    let (mut run, status) = up(&state);
+    assert_eq!(status["snapshot"]["credentials"], 26);
+    assert_eq!(status["store"]["problems"], serde_json::json!([]), "{status}");
+    assert!(!run.log().contains("earlier version"));
+    assert!(run.stop().success());
+}
+
+#[test]
+fn an_earlier_versions_sled_store_that_cannot_be_opened_is_moved_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    store_fs::copy_tree(&fixture().join("db"), &dir.path().join("db"));
+    std::fs::write(
+        dir.path().join("db/conf"),
+        b"\x00\xffgarbage after a power cut\x13",
+    )
+    .unwrap();
+    let state = StateDir::write(BINARY, dir.path(), OFFLINE);
+    let (mut run, status) = up(&state);
+    let problems = status["store"]["problems"].to_string();
+    assert!(problems.contains("moved to"), "{problems}");
+    assert_eq!(status["snapshot"]["people"], 0, "no snapshot survives: {status}");
+    let events = swipe_and_watch(&state, &[3]);
+    assert_eq!(
+        events[0]["event_code"], 20,
+        "fail secure: every card denied until a sync"
+    );
+    assert!(run.log().contains("STORE DAMAGED"));
+    assert!(run.stop().success());
+    assert!(!state.store.join("snapshot").exists());
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("db/damaged")).unwrap().count(),
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn garbage_in_sleds_conf_is_moved_aside_and_the_last_good_copy_decides() {
+async fn a_snapshot_database_that_is_not_a_database_is_moved_aside_and_the_last_good_copy_decides() {
     let dir = tempfile::tempdir().unwrap();
     let (sim, state) = synced_state(dir.path()).await;
     std::fs::write(
-        state.store.join("snapshot/conf"),
+        state.store.join("snapshot.sqlite"),
         b"\x00\xffgarbage after a power cut\x13",
     )
     .unwrap();
@@ -147,10 +186,10 @@ async fn garbage_in_sleds_conf_is_moved_aside_and_the_last_good_copy_decides() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_truncated_sled_db_file_is_survived() {
+async fn a_truncated_snapshot_database_is_survived() {
     let dir = tempfile::tempdir().unwrap();
     let (sim, state) = synced_state(dir.path()).await;
-    store_fs::truncate(&state.store.join("snapshot/db"), 1.0 / 3.0);
+    store_fs::truncate(&state.store.join("snapshot.sqlite"), 1.0 / 3.0);
     let url = sim.base_url().to_string();
     let path = dir.path().to_path_buf();
     let (status, journal) = tokio::task::spawn_blocking(move || assert_comes_up_granting(&path, &url))
@@ -163,17 +202,17 @@ async fn a_truncated_sled_db_file_is_survived() {
     );
 }
 
-/// Zeroed blocks can make sled abort while opening. Whatever it does, a start after at most
-/// two failed ones comes up (the credential cache moved aside) and decides from the last good
-/// copy.
+/// Zeroed blocks in the snapshot database (flash that lost pages). Whatever they do, a start
+/// after at most two failed ones comes up (the credential cache moved aside) and decides from
+/// the last good copy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_partly_zeroed_sled_db_file_never_keeps_the_agent_down() {
+async fn a_partly_zeroed_snapshot_database_never_keeps_the_agent_down() {
     use std::os::unix::fs::FileExt;
     let dir = tempfile::tempdir().unwrap();
     let (sim, state) = synced_state(dir.path()).await;
     let db = std::fs::OpenOptions::new()
         .write(true)
-        .open(state.store.join("snapshot/db"))
+        .open(state.store.join("snapshot.sqlite"))
         .unwrap();
     let len = db.metadata().unwrap().len();
     db.write_all_at(&vec![0u8; (len / 2) as usize], len / 4).unwrap();

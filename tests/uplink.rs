@@ -3,6 +3,7 @@
 
 use doorflow_agent::sim::{Chaos, Fault};
 use doorflow_agent::store::Lane;
+use doorflow_agent::testing::config::use_oauth;
 use doorflow_agent::testing::harness::{Harness, Options};
 use doorflow_agent::testing::mock_control::control;
 use doorflow_agent::testing::{eventually, first_occurrences, openapi};
@@ -357,9 +358,53 @@ async fn refused_credentials_hold_the_admit_lane_and_keep_the_queue() {
         (1, 0),
         "kept, not dead-lettered"
     );
-    assert_eq!(h.agent.status().queue.uplink, "auth_refused");
+    let status = h.agent.status();
+    assert_eq!(status.queue.uplink, "auth_refused");
+    assert_eq!(status.doorflow_auth.state, "refused");
+    assert!(!status.online, "refused credentials are not online");
     // The event lane (the sink, which does not use DoorFlow's key) is not held by it.
     assert!(eventually(LIMIT, || h.received_event_ids().len() == 1).await);
+}
+
+/// Issue 16 item 6: a refused refresh (`invalid_grant`) dead-lettered a queued admit as
+/// `rejected` while `status` said online. It holds the admit lane as `auth_refused`, keeps the
+/// admit, and `status` says DoorFlow refuses the credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_refresh_holds_the_admit_lane_and_status_says_so() {
+    let sim = doorflow_agent::sim::Simulator::start(Default::default())
+        .await
+        .unwrap();
+    let refresh_token = sim.refresh_token();
+    let h = Harness::start_edited(sim, Options::default(), |config| {
+        let dir = config.store.path.parent().unwrap().to_path_buf();
+        use_oauth(config, &dir, &refresh_token);
+    })
+    .await;
+    assert!(eventually(LIMIT, || h.agent.snapshot.current().synced_at().is_some()).await);
+    assert_eq!(h.agent.status().doorflow_auth.state, "ok");
+    // The refresh token is revoked at DoorFlow and the access token expires.
+    std::fs::write(h.config.api.auth.refresh_token_file.as_ref().unwrap(), "revoked").unwrap();
+    h.sim.expire_tokens();
+    h.queue_admit(17);
+    assert!(
+        eventually(LIMIT, || h.agent.uplink.lane(Lane::Admit).state.as_str()
+            == "auth_refused")
+        .await
+    );
+    let stats = h.agent.store.outbox_stats().unwrap();
+    assert_eq!(
+        (stats.pending_admits, stats.dead),
+        (1, 0),
+        "kept, not dead-lettered"
+    );
+    let status = h.agent.status();
+    assert_eq!(status.doorflow_auth.state, "refused");
+    let error = status.doorflow_auth.error.clone().unwrap();
+    assert!(error.contains("invalid_grant"), "{error}");
+    assert!(!status.online);
+    let text = doorflow_agent::status::render(&status);
+    assert!(text.contains("DoorFlow auth refused"), "{text}");
+    assert!(text.contains("offline"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,9 +10,10 @@ pub struct StoreConfig {
     /// The database directory; must be absolute.
     #[serde(default = "default_path")]
     pub path: PathBuf,
-    /// sled's page cache cap, MB. sled defaults to 1 GiB, far beyond a door controller's RAM.
+    /// Page cache of the snapshot database while a sync reads or writes it, MB (handed back
+    /// after each sync; between syncs nothing reads the database).
     #[serde(default)]
-    pub cache_capacity_mb: Ranged<1, 1024, 8>,
+    pub cache_capacity_mb: Ranged<1, 1024, 2>,
 }
 
 fn default_path() -> PathBuf {

@@ -1,6 +1,7 @@
 //! The HTTP client: one pooled reqwest client on rustls (ring provider), explicit timeouts,
 //! `User-Agent: doorflow-agent/<version>`, authentication (personal API key or OAuth refresh
-//! token with atomic rotation), the shared rate budget, and paginated lists.
+//! token with atomic rotation), the shared rate budget, and the size limit of list answers (the
+//! lists themselves are followed by `sync` with `paging` and read with `body::each_item`).
 //!
 //! Every request goes to a URL built from the config's parsed `ServiceUrl` (never from text),
 //! redirects are followed only within the origin and only when they keep the method (307/308),
@@ -10,27 +11,26 @@
 use super::body::{decode_json, read_prefix};
 use super::error::{ApiError, ErrorBody, Operation, TransportKind};
 use super::models::TokenResponse;
-use super::ratelimit::{parse_http_date, RateBudget, RateInfo};
+use super::ratelimit::{RateBudget, RateInfo};
 use crate::clock::trusted::TimeKeeper;
 use crate::clock::Now;
 use crate::config::{ApiConfig, AuthMethod, SecretSource, ServiceUrl};
 use crate::mutex::lock;
 use crate::secrets::{self, Secret};
-use jiff::Timestamp;
 use reqwest::{redirect, Method, RequestBuilder, Response, StatusCode, Url};
-use serde::de::DeserializeOwned;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Refresh this long before the access token expires.
+/// Refresh at most this long before the access token expires (less for short-lived tokens:
+/// see [`refresh_at`]).
 const REFRESH_AHEAD: Duration = Duration::from_secs(300);
 /// A 429 that names no retry time holds every caller this long.
 const RATE_LIMIT_HOLD: Duration = Duration::from_secs(60);
 /// Most redirects followed for one request.
 const MAX_REDIRECTS: usize = 5;
 /// Items a list without pagination (groups, roles) may hold, for its size limit.
-const UNPAGINATED_ITEMS: u64 = 2_000;
+pub const UNPAGINATED_ITEMS: u64 = 2_000;
 /// Room for a list's brackets and separators beyond its items.
 const LIST_SLACK_BYTES: u64 = 16 * 1024;
 /// Most bytes read of a token answer, and of an error body (the rest is not read).
@@ -51,8 +51,33 @@ struct OAuth {
 
 struct AccessToken {
     token: Secret,
-    /// Monotonic: a wall clock step neither expires it early nor keeps it too long.
-    expires_at: Instant,
+    /// When to refresh it (monotonic: a wall clock step neither expires it early nor keeps it
+    /// too long).
+    refresh_at: Instant,
+    /// Which token this is (1, 2, …), so a 401 clears only the token it was sent with.
+    serial: u64,
+}
+
+/// Whether DoorFlow refuses the agent's credentials (a 401 after a refresh, or a refused
+/// token call), shared by the client and `status`. Cleared by the next answered request.
+#[derive(Debug, Default)]
+pub struct AuthHealth {
+    refused: Mutex<Option<String>>,
+}
+
+impl AuthHealth {
+    /// Why DoorFlow refused the credentials, while it does.
+    pub fn refused(&self) -> Option<String> {
+        lock(&self.refused).clone()
+    }
+
+    fn set(&self, refused: Option<String>) {
+        let mut current = lock(&self.refused);
+        if current.is_some() && refused.is_none() {
+            tracing::info!("DoorFlow accepts the credentials again");
+        }
+        *current = refused;
+    }
 }
 
 pub struct Client {
@@ -61,6 +86,9 @@ pub struct Client {
     max_bytes_per_item: u64,
     auth: Auth,
     token: tokio::sync::Mutex<Option<AccessToken>>,
+    /// Access tokens issued to this client so far.
+    tokens_issued: std::sync::atomic::AtomicU64,
+    auth_health: Arc<AuthHealth>,
     budget: Arc<Mutex<RateBudget>>,
     /// Fed with DoorFlow's `Date` headers (not the event sink's).
     clock: Arc<TimeKeeper>,
@@ -149,6 +177,8 @@ impl Client {
             max_bytes_per_item: config.max_bytes_per_item.get(),
             auth,
             token: tokio::sync::Mutex::new(None),
+            tokens_issued: Default::default(),
+            auth_health: Arc::default(),
             budget,
             clock: Arc::default(),
         })
@@ -157,6 +187,12 @@ impl Client {
     /// Shares the agent's time keeper: DoorFlow's `Date` headers set its trusted-time floor.
     pub fn with_clock(mut self, clock: Arc<TimeKeeper>) -> Client {
         self.clock = clock;
+        self
+    }
+
+    /// Reports refused credentials to `health` (the agent's, shown by `status`).
+    pub fn with_auth_health(mut self, health: Arc<AuthHealth>) -> Client {
+        self.auth_health = health;
         self
     }
 
@@ -174,29 +210,35 @@ impl Client {
         }
     }
 
+    /// The request with its credentials, and the serial of the access token used (OAuth).
+    /// Callers waiting while one refreshes use the token it gets: one refresh per token.
     async fn authorise(
         &self,
         request: RequestBuilder,
         operation: Operation,
-    ) -> Result<RequestBuilder, ApiError> {
+    ) -> Result<(RequestBuilder, Option<u64>), ApiError> {
         match &self.auth {
-            Auth::ApiKey(key) => Ok(request.basic_auth(key.expose(), Some("X"))),
-            Auth::Sink(None) => Ok(request),
-            Auth::Sink(Some(token)) => Ok(request.bearer_auth(token.expose())),
+            Auth::ApiKey(key) => Ok((request.basic_auth(key.expose(), Some("X")), None)),
+            Auth::Sink(None) => Ok((request, None)),
+            Auth::Sink(Some(token)) => Ok((request.bearer_auth(token.expose()), None)),
             Auth::OAuth(oauth) => {
                 let mut token = self.token.lock().await;
-                let fresh = token
-                    .as_ref()
-                    .is_some_and(|t| !needs_refresh(t.expires_at, Instant::now()));
+                let fresh = token.as_ref().is_some_and(|t| Instant::now() < t.refresh_at);
                 if !fresh {
                     *token = Some(self.refresh(oauth, operation).await?);
                 }
-                let token = token
-                    .as_ref()
-                    .map(|t| t.token.expose().to_string())
-                    .unwrap_or_default();
-                Ok(request.bearer_auth(token))
+                let token = token.as_ref().expect("set above");
+                Ok((request.bearer_auth(token.token.expose()), Some(token.serial)))
             }
+        }
+    }
+
+    /// Forgets access token `serial` after DoorFlow refused it (unless another caller has
+    /// already replaced it), so the next request refreshes.
+    async fn forget_token(&self, serial: Option<u64>) {
+        let mut token = self.token.lock().await;
+        if token.as_ref().map(|t| t.serial) == serial {
+            *token = None;
         }
     }
 
@@ -224,6 +266,7 @@ impl Client {
             .http
             .post(self.url(&Operation::RefreshToken.path(None)))
             .form(&form);
+        let asked = Instant::now();
         let response = self.execute(request, Operation::RefreshToken).await?;
         let token: TokenResponse = decode_json(response, Operation::RefreshToken, SMALL_BODY_BYTES).await?;
         if let Some(rotated) = token
@@ -241,9 +284,15 @@ impl Client {
             tracing::info!("DoorFlow rotated the refresh token; saved");
         }
         let lifetime = Duration::from_secs(token.expires_in.unwrap_or(3600));
+        let serial = 1 + self
+            .tokens_issued
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(lifetime_s = lifetime.as_secs(), serial, "access token refreshed");
         Ok(AccessToken {
             token: Secret::new(token.access_token),
-            expires_at: Instant::now() + lifetime,
+            // From when it was asked for: the lifetime started no later than that.
+            refresh_at: refresh_at(asked, lifetime),
+            serial,
         })
     }
 
@@ -298,7 +347,9 @@ impl Client {
         })
     }
 
-    /// One authorised request; a first 401 refreshes the token and retries once.
+    /// One authorised request; a first 401 refreshes the token and retries once. A refusal
+    /// of the credentials (see [`ApiError::is_auth_refused`]) is kept in the client's
+    /// [`AuthHealth`] until a request is answered.
     pub async fn request(
         &self,
         operation: Operation,
@@ -308,19 +359,28 @@ impl Client {
     ) -> Result<Response, ApiError> {
         let send = || async {
             self.pace().await;
-            let request = self
-                .authorise(build(self.http.request(method.clone(), url.clone())), operation)
-                .await?;
-            self.execute(request, operation).await
-        };
-        match send().await {
-            Err(ApiError::Status { status: 401, .. }) if matches!(self.auth, Auth::OAuth(_)) => {
-                tracing::info!(?operation, "access token refused; refreshing once");
-                *self.token.lock().await = None;
-                send().await
+            let request = build(self.http.request(method.clone(), url.clone()));
+            match self.authorise(request, operation).await {
+                Ok((request, serial)) => (self.execute(request, operation).await, serial),
+                Err(error) => (Err(error), None),
             }
-            other => other,
+        };
+        let result = match send().await {
+            (Err(ApiError::Status { status: 401, .. }), serial) if matches!(self.auth, Auth::OAuth(_)) => {
+                tracing::info!(?operation, "access token refused; refreshing once");
+                self.forget_token(serial).await;
+                send().await.0
+            }
+            (other, _) => other,
+        };
+        if !matches!(self.auth, Auth::Sink(_)) {
+            match &result {
+                Ok(_) => self.auth_health.set(None),
+                Err(error) if error.is_auth_refused() => self.auth_health.set(Some(error.to_string())),
+                Err(_) => {}
+            }
         }
+        result
     }
 
     /// `path` (from `Operation::path`) under the configured root.
@@ -328,74 +388,20 @@ impl Client {
         self.base_url.join_path(path)
     }
 
-    /// The most bytes a list answer of `items` items may have.
-    fn list_limit(&self, items: u64) -> u64 {
-        items * self.max_bytes_per_item + LIST_SLACK_BYTES
-    }
-
-    /// A whole paginated list: `page` from 1, `per_page`, until a short page. Each page is
-    /// parsed as it arrives and may be at most `per_page × api.max_bytes_per_item` long.
-    pub async fn list<T: DeserializeOwned + Send + 'static>(
-        &self,
-        operation: Operation,
-        per_page: u32,
-        query: &[(&str, String)],
-    ) -> Result<Vec<T>, ApiError> {
-        Ok(self.list_dated(operation, per_page, query).await?.0)
-    }
-
-    /// `list`, with the first page's `Date` header: DoorFlow's time when the listing began
-    /// (the incremental sync's cursor).
-    pub async fn list_dated<T: DeserializeOwned + Send + 'static>(
-        &self,
-        operation: Operation,
-        per_page: u32,
-        query: &[(&str, String)],
-    ) -> Result<(Vec<T>, Option<Timestamp>), ApiError> {
-        let url = self.url(&operation.path(None));
-        let limit = self.list_limit(per_page as u64);
-        let mut all = Vec::new();
-        let mut began = None;
-        for page in 1u32.. {
-            let response = self
-                .request(operation, Method::GET, &url, |r| {
-                    r.query(query)
-                        .query(&[("page", page.to_string()), ("per_page", per_page.to_string())])
-                })
-                .await?;
-            if page == 1 {
-                began = response
-                    .headers()
-                    .get(reqwest::header::DATE)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(parse_http_date);
-            }
-            let items: Vec<T> = decode_json(response, operation, limit).await?;
-            let short = items.len() < per_page as usize;
-            all.extend(items);
-            if short {
-                break;
-            }
-            tracing::debug!(?operation, page, fetched = all.len(), "page fetched");
-        }
-        Ok((all, began))
-    }
-
-    /// A list that is not paginated (groups, roles).
-    pub async fn get_all<T: DeserializeOwned + Send + 'static>(
-        &self,
-        operation: Operation,
-    ) -> Result<Vec<T>, ApiError> {
-        let url = self.url(&operation.path(None));
-        let response = self.request(operation, Method::GET, &url, |r| r).await?;
-        decode_json(response, operation, self.list_limit(UNPAGINATED_ITEMS)).await
+    /// The most bytes a list answer of `items` items may have (`api.max_bytes_per_item` each,
+    /// and a little for the brackets); for a list the API does not paginate, `items` is
+    /// [`UNPAGINATED_ITEMS`].
+    pub fn list_limit(&self, items: u64) -> u64 {
+        items.saturating_mul(self.max_bytes_per_item) + LIST_SLACK_BYTES
     }
 }
 
-/// Whether an access token expiring at `expires_at` must be refreshed at `now` (both monotonic:
-/// a wall clock step neither expires a token early nor keeps one too long).
-pub fn needs_refresh(expires_at: Instant, now: Instant) -> bool {
-    now + REFRESH_AHEAD >= expires_at
+/// When to refresh an access token issued at `issued` for `lifetime` (monotonic): ahead of its
+/// expiry by five minutes or half its lifetime, whichever is shorter, so a token of an hour is
+/// used for 55 minutes and one of 5 minutes for 2.5 (issue 16: refreshing before every request
+/// spent the budget twice and rotated the refresh token each time).
+pub fn refresh_at(issued: Instant, lifetime: Duration) -> Instant {
+    issued + lifetime - REFRESH_AHEAD.min(lifetime / 2)
 }
 
 /// Whether to follow a redirect to `next` (reqwest's policy callback): only within the origin
@@ -454,13 +460,14 @@ mod tests {
     }
 
     #[test]
-    fn tokens_are_refreshed_five_minutes_ahead_on_the_monotonic_clock() {
+    fn tokens_are_refreshed_ahead_by_five_minutes_or_half_their_lifetime() {
         let issued = Instant::now();
-        let expires_at = issued + Duration::from_secs(3600);
-        assert!(!needs_refresh(expires_at, issued));
-        assert!(!needs_refresh(expires_at, issued + Duration::from_secs(3299)));
-        assert!(needs_refresh(expires_at, issued + Duration::from_secs(3300)));
-        assert!(needs_refresh(expires_at, issued + Duration::from_secs(7200)));
+        let secs = Duration::from_secs;
+        assert_eq!(refresh_at(issued, secs(3600)), issued + secs(3300));
+        assert_eq!(refresh_at(issued, secs(600)), issued + secs(300));
+        assert_eq!(refresh_at(issued, secs(300)), issued + secs(150));
+        assert_eq!(refresh_at(issued, secs(4)), issued + secs(2));
+        assert_eq!(refresh_at(issued, secs(0)), issued, "an expired token: at once");
     }
 
     #[test]

@@ -141,6 +141,9 @@ pub fn classify_status(status: u16, retry_at: Option<Instant>) -> RetryClass {
 impl ApiError {
     pub fn class(&self) -> RetryClass {
         match self {
+            // A refused token call says nothing about the call that needed the token: hold it
+            // (`auth_refused`), never dead-letter it.
+            _ if self.is_auth_refused() => RetryClass::RefreshAuth,
             ApiError::Status { status, retry_at, .. } => classify_status(*status, *retry_at),
             // A garbled or oversized 2xx is treated like a server fault: retry later, keep what
             // we have. A redirect that is not followed is a configuration fault, retried until
@@ -149,6 +152,21 @@ impl ApiError {
             | ApiError::Decode { .. }
             | ApiError::TooLarge { .. }
             | ApiError::Redirect { .. } => RetryClass::Backoff,
+        }
+    }
+
+    /// Whether DoorFlow refused the agent's credentials: a 401, or the token call (`POST
+    /// /oauth/token`) answered with a client error other than 408/429 (`invalid_grant` comes
+    /// as 400; RFC 6749 §5.2).
+    pub fn is_auth_refused(&self) -> bool {
+        match self {
+            ApiError::Status { status: 401, .. } => true,
+            ApiError::Status {
+                operation: Operation::RefreshToken,
+                status,
+                ..
+            } => (400..500).contains(status) && !matches!(status, 408 | 429),
+            _ => false,
         }
     }
 
@@ -290,6 +308,33 @@ pub fn forbidden_cause(operation: Operation, body: &ErrorBody) -> Forbidden {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn status_error(operation: Operation, status: u16) -> ApiError {
+        ApiError::Status {
+            operation,
+            status,
+            body: ErrorBody::parse(br#"{"error":"invalid_grant"}"#),
+            retry_at: None,
+        }
+    }
+
+    /// Issue 16 item 6: a refused refresh held the admit as `rejected`; the call that needed
+    /// the token is not at fault.
+    #[test]
+    fn a_refused_token_call_holds_rather_than_dead_letters() {
+        for status in [400, 401, 403, 404] {
+            let error = status_error(Operation::RefreshToken, status);
+            assert!(error.is_auth_refused(), "{status}");
+            assert_eq!(error.class(), RetryClass::RefreshAuth, "{status}");
+        }
+        for status in [408, 429, 500] {
+            assert!(!status_error(Operation::RefreshToken, status).is_auth_refused());
+        }
+        assert!(status_error(Operation::AdmitPerson, 401).is_auth_refused());
+        let rejected = status_error(Operation::AdmitPerson, 400);
+        assert!(!rejected.is_auth_refused());
+        assert_eq!(rejected.class(), RetryClass::DeadLetter { reason: "rejected" });
+    }
 
     #[test]
     fn every_documented_status_is_classified() {

@@ -1,10 +1,16 @@
 //! Rate limits: parsing DoorFlow's headers, and the one client-side budget that sync and uplink
 //! share so the agent never burns its own quota.
 //!
-//! Pacing rule: requests are spaced at least `window / limit` (plus 2 %) apart, so a steady
-//! caller uses about 98 % of the allowed rate; when the server's `X-RateLimit-Remaining` says
-//! the window is spent, callers wait for `X-RateLimit-Reset` plus a second of clock margin; a
-//! 429 (or any answer with `Retry-After`) pauses every caller until its retry time.
+//! Pacing rule: requests are spaced at least `window / limit` (plus 2 %) apart, the limit being
+//! the server's `X-RateLimit-Limit` (`requests_per_minute` until one is seen), so a steady
+//! caller uses about 98 % of it. The account's limit may be shared with other boards
+//! (issue 16 item 4): what the server says is left (`X-RateLimit-Remaining`) is spread over the
+//! time to `X-RateLimit-Reset`, so when others spend from the window its remainder falls faster
+//! than this board's own use and this board slows down, and the window is never spent before it
+//! resets (with N boards doing the same, the remainder decays like (time left)^N and reaches its
+//! last request only at the reset). The last request of a window is kept back: it is where
+//! boards would collide. A 429 (or any answer with `Retry-After`) pauses every caller until its
+//! retry time.
 //!
 //! All of it runs on the monotonic clock, so a wall clock stepped back or forward never stalls
 //! or hurries a caller. Times the server sends become monotonic deadlines when the answer
@@ -126,6 +132,9 @@ pub struct RateBudget {
 }
 
 const CLOCK_MARGIN: Duration = Duration::from_secs(1);
+/// Requests of a window left unused when the server says only this many remain: with several
+/// boards on one account, the last one is where they would collide.
+const WINDOW_RESERVE: u32 = 1;
 
 impl RateBudget {
     /// `per_minute` applies until the server's headers say otherwise.
@@ -145,6 +154,15 @@ impl RateBudget {
         self.window / self.limit * 102 / 100
     }
 
+    /// The spacing that spreads what the server says is left of its window over the time to
+    /// its reset, keeping the window's last request back; `None` when the window is spent (wait
+    /// for the reset) or the server gave no reset.
+    fn share_of_window(&self, from: Instant) -> Option<Option<Duration>> {
+        let reset = self.reset?;
+        let usable = self.remaining.saturating_sub(WINDOW_RESERVE);
+        Some((usable > 0).then(|| reset.saturating_duration_since(from) / usable))
+    }
+
     /// Reserves the next request slot and returns when it may be sent.
     pub fn reserve(&mut self, now: Instant) -> Instant {
         let mut slot = now;
@@ -158,6 +176,11 @@ impl RateBudget {
         if self.reset.is_some_and(|reset| slot >= reset) {
             self.remaining = self.limit;
             self.reset = None;
+        }
+        match self.share_of_window(self.last_slot.unwrap_or(now)) {
+            Some(Some(share)) => slot = slot.max(self.last_slot.unwrap_or(now) + share),
+            Some(None) => self.remaining = 0,
+            None => {}
         }
         if self.remaining == 0 {
             let resume = self
@@ -360,6 +383,61 @@ mod tests {
             assert_eq!(rejected, 0, "limit {limit}");
             let share = served as f64 / (limit as f64 * 10.0);
             assert!(share >= 0.9, "limit {limit}: used {share:.2} of the budget");
+        }
+    }
+
+    /// Issue 16 item 4: three boards on one 120/min account, each configured for 120/min and
+    /// sending back to back for 10 minutes, drew 429s. Each slot is reserved before the other
+    /// boards' answers are seen (the stale view a real board has); the server counts a fixed
+    /// 60 s window and answers with Remaining and Reset.
+    #[test]
+    fn three_boards_share_one_account_without_a_429() {
+        let base = Instant::now();
+        let limit = 120u32;
+        let mut boards: Vec<RateBudget> = (0..3).map(|_| RateBudget::new(limit)).collect();
+        let mut next: Vec<Instant> = boards
+            .iter_mut()
+            .enumerate()
+            .map(|(i, b)| b.reserve(base + Duration::from_millis(7 * i as u64)))
+            .collect();
+        let (mut window_start, mut count) = (base, 0u32);
+        let (mut rejected, mut served) = (0u32, [0u32; 3]);
+        let end = base + secs(600);
+        loop {
+            let (board, at) = next
+                .iter()
+                .copied()
+                .enumerate()
+                .min_by_key(|(_, at)| *at)
+                .unwrap();
+            if at >= end {
+                break;
+            }
+            while at >= window_start + secs(60) {
+                window_start += secs(60);
+                count = 0;
+            }
+            let reset = window_start + secs(60);
+            if count >= limit {
+                rejected += 1;
+                boards[board].pause_until(reset);
+            } else {
+                count += 1;
+                served[board] += 1;
+                boards[board].observe(&RateInfo {
+                    limit: Some(limit),
+                    remaining: Some(limit - count),
+                    reset: Some(reset),
+                    ..Default::default()
+                });
+            }
+            next[board] = boards[board].reserve(at + Duration::from_millis(50));
+        }
+        assert_eq!(rejected, 0, "served {served:?}");
+        let total: u32 = served.iter().sum();
+        assert!(total >= 1_000, "the account's 1,200 mostly used: {served:?}");
+        for share in served {
+            assert!(share >= 250, "every board progresses: {served:?}");
         }
     }
 

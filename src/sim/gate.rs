@@ -23,6 +23,10 @@ pub(super) async fn gate(State(shared): State<Arc<Shared>>, request: Request, ne
     if path.starts_with("/_sim/") {
         return next.run(request).await;
     }
+    let latency = lock(&shared.inner).config.latency;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
     let connection = request
         .extensions()
         .get::<ConnectInfo<ConnMeta>>()
@@ -89,12 +93,18 @@ fn checks(
 ) -> Result<(HeaderMap, Option<Fault>), Box<Response>> {
     let rate = rate_window(inner)?;
     authorise(inner, path, headers)?;
-    let queued = inner
+    let queued = match inner
         .faults
-        .iter()
-        .position(|(prefix, _)| path.starts_with(prefix.as_str()))
-        .and_then(|i| inner.faults.remove(i))
-        .map(|(_, fault)| fault);
+        .iter_mut()
+        .position(|(prefix, _, _)| path.starts_with(prefix.as_str()))
+    {
+        Some(i) if inner.faults[i].1 > 0 => {
+            inner.faults[i].1 -= 1;
+            None
+        }
+        Some(i) => inner.faults.remove(i).map(|(_, _, fault)| fault),
+        None => None,
+    };
     let fault = match queued {
         Some(fault) => Some(fault),
         None => inner.chaos.as_mut().and_then(|chaos| chaos.roll(path)),

@@ -3,7 +3,7 @@
 
 use super::dataset::STAMP;
 use super::faults::error;
-use super::{Received, Shared};
+use super::{ListBehaviour, Received, Shared, Totals};
 use crate::mutex::lock;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -32,25 +32,36 @@ fn scopes() -> String {
     scopes.join(" ")
 }
 
-/// `page`/`per_page`/`skip_pagination` as DoorFlow reads them.
+/// `page`/`per_page`/`skip_pagination` as DoorFlow reads them, and as the account's
+/// [`ListBehaviour`] bends them (a page cap, headers left out or misreported).
 struct Paging {
     skip: usize,
     take: usize,
     per_page: usize,
+    behaviour: ListBehaviour,
 }
 
 impl Paging {
-    fn new(params: &HashMap<String, String>, default_per_page: usize, max_per_page: usize) -> Paging {
+    fn new(
+        params: &HashMap<String, String>,
+        default_per_page: usize,
+        max_per_page: usize,
+        behaviour: &ListBehaviour,
+    ) -> Paging {
+        let cap = behaviour.page_cap.unwrap_or(usize::MAX).max(1);
         let per_page = params
             .get("per_page")
             .and_then(|v| v.parse().ok())
             .unwrap_or(default_per_page)
-            .clamp(1, max_per_page);
-        if params.get("skip_pagination").map(String::as_str) == Some("true") {
+            .clamp(1, max_per_page)
+            .min(cap);
+        let whole = params.get("skip_pagination").map(String::as_str) == Some("true");
+        if whole && behaviour.honour_skip_pagination {
             return Paging {
                 skip: 0,
                 take: usize::MAX,
                 per_page,
+                behaviour: behaviour.clone(),
             };
         }
         let page = params
@@ -62,6 +73,7 @@ impl Paging {
             skip: (page - 1).saturating_mul(per_page),
             take: per_page,
             per_page,
+            behaviour: behaviour.clone(),
         }
     }
 
@@ -79,12 +91,21 @@ impl Paging {
         (page, total)
     }
 
-    /// A bare JSON array with the spec's `Total` and `Per-Page` headers.
+    /// A bare JSON array with the totals headers the behaviour asks for (the spec's `Total`
+    /// and `Per-Page` by default).
     fn respond(&self, items: Vec<Value>, total: usize) -> Response {
         let mut response = axum::Json(Value::Array(items)).into_response();
         let headers = response.headers_mut();
-        headers.insert("Total", HeaderValue::from(total));
-        headers.insert("Per-Page", HeaderValue::from(self.per_page));
+        let said = (total as i64 + self.behaviour.total_offset).max(0);
+        let names = match self.behaviour.totals {
+            Totals::Spec => Some(("Total", "Per-Page")),
+            Totals::Older => Some(("X-Total-Results", "X-Per-Page")),
+            Totals::None => None,
+        };
+        if let Some((total_name, per_page_name)) = names {
+            headers.insert(total_name, HeaderValue::from(said));
+            headers.insert(per_page_name, HeaderValue::from(self.per_page));
+        }
         response
     }
 }
@@ -120,7 +141,7 @@ pub(super) async fn people(State(sim): Sim, Query(params): Params) -> Response {
         Err(response) => return *response,
     };
     let inner = lock(&sim.inner);
-    let paging = Paging::new(&params, 50, 100);
+    let paging = Paging::new(&params, 50, 100, &inner.lists);
     let (ids, total) = paging.select(inner.data.people(since));
     let items = ids.into_iter().map(|id| inner.data.person(id)).collect();
     paging.respond(items, total)
@@ -128,18 +149,18 @@ pub(super) async fn people(State(sim): Sim, Query(params): Params) -> Response {
 
 pub(super) async fn credentials(State(sim): Sim, Query(params): Params) -> Response {
     let inner = lock(&sim.inner);
-    let paging = Paging::new(&params, 500, 500);
+    let paging = Paging::new(&params, 500, 500, &inner.lists);
     let (creds, total) = paging.select(inner.data.credentials());
     paging.respond(creds.into_iter().map(|c| c.to_json()).collect(), total)
 }
 
-pub(super) async fn credential_types(Query(params): Params) -> Response {
+pub(super) async fn credential_types(State(sim): Sim, Query(params): Params) -> Response {
     let types = [
         (1, "Employee Card", "employee_card"),
         (2, "PIN", "pin"),
         (3, "HID Mobile", "hid_mobile"),
     ];
-    let paging = Paging::new(&params, 500, 500);
+    let paging = Paging::new(&params, 500, 500, &lock(&sim.inner).lists);
     let (page, total) = paging.select(types.iter());
     let items = page
         .into_iter()
@@ -170,8 +191,13 @@ pub(super) async fn group_reservations(State(sim): Sim, Query(params): Params) -
         Ok(since) => since,
         Err(response) => return *response,
     };
-    let all = lock(&sim.inner).data.group_reservations(since);
-    let paging = Paging::new(&params, 500, 500);
+    let (all, paging) = {
+        let inner = lock(&sim.inner);
+        (
+            inner.data.group_reservations(since),
+            Paging::new(&params, 500, 500, &inner.lists),
+        )
+    };
     let (page, total) = paging.select(all.into_iter());
     paging.respond(page, total)
 }
@@ -181,15 +207,25 @@ pub(super) async fn reservations(State(sim): Sim, Query(params): Params) -> Resp
         Ok(since) => since,
         Err(response) => return *response,
     };
-    let all = lock(&sim.inner).data.reservations(since);
-    let paging = Paging::new(&params, 500, 500);
+    let (all, paging) = {
+        let inner = lock(&sim.inner);
+        (
+            inner.data.reservations(since),
+            Paging::new(&params, 500, 500, &inner.lists),
+        )
+    };
     let (page, total) = paging.select(all.into_iter());
     paging.respond(page, total)
 }
 
 pub(super) async fn channels(State(sim): Sim, Query(params): Params) -> Response {
-    let lockdowns = lock(&sim.inner).data.lockdowns.clone();
-    let paging = Paging::new(&params, 500, 1000);
+    let (lockdowns, paging) = {
+        let inner = lock(&sim.inner);
+        (
+            inner.data.lockdowns.clone(),
+            Paging::new(&params, 500, 1000, &inner.lists),
+        )
+    };
     let (page, total) = paging.select(CHANNELS.iter());
     let items = page
         .into_iter()
@@ -210,8 +246,8 @@ pub(super) async fn channels(State(sim): Sim, Query(params): Params) -> Response
     paging.respond(items, total)
 }
 
-pub(super) async fn sites(Query(params): Params) -> Response {
-    let paging = Paging::new(&params, 500, 500);
+pub(super) async fn sites(State(sim): Sim, Query(params): Params) -> Response {
+    let paging = Paging::new(&params, 500, 500, &lock(&sim.inner).lists);
     let (page, total) = paging.select(std::iter::once(
         json!({"id": 1, "name": "Main Office", "time_zone": "Europe/London", "site_ips": []}),
     ));

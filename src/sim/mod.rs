@@ -50,6 +50,9 @@ pub struct SimConfig {
     pub port: u16,
     /// When set, `POST /events` requires `Authorization: Bearer <token>` (401 otherwise).
     pub sink_token: Option<String>,
+    /// Every answer, refusals included, leaves this much after its request arrived (a network's
+    /// round trip, so calls overlap as they do against the real server).
+    pub latency: Duration,
 }
 
 impl Default for SimConfig {
@@ -62,8 +65,47 @@ impl Default for SimConfig {
             token_lifetime_s: 3600,
             port: 0,
             sink_token: None,
+            latency: Duration::ZERO,
         }
     }
+}
+
+/// How the account's paginated lists answer. The default is the spec: `per_page` up to the
+/// endpoint's maximum, `Total` and `Per-Page` headers, `skip_pagination` honoured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListBehaviour {
+    /// Items a page holds at most, whatever `per_page` asked (an independent server capped
+    /// pages at 100 when 500 were asked).
+    pub page_cap: Option<usize>,
+    /// Which totals headers the answers carry.
+    pub totals: Totals,
+    /// Added to the `Total` the headers report (a server whose count does not add up).
+    pub total_offset: i64,
+    /// Whether `skip_pagination=true` returns the whole list (else it is ignored and the
+    /// first page comes back).
+    pub honour_skip_pagination: bool,
+}
+
+impl Default for ListBehaviour {
+    fn default() -> Self {
+        ListBehaviour {
+            page_cap: None,
+            totals: Totals::Spec,
+            total_offset: 0,
+            honour_skip_pagination: true,
+        }
+    }
+}
+
+/// Totals headers on list answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Totals {
+    /// `Total` and `Per-Page` (the spec).
+    Spec,
+    /// `X-Total-Results` and `X-Per-Page` (older documents).
+    Older,
+    /// None at all.
+    None,
 }
 
 /// An admit or event the simulator accepted.
@@ -87,7 +129,10 @@ struct Shared {
 struct Inner {
     config: SimConfig,
     data: Dataset,
-    faults: VecDeque<(String, Fault)>,
+    lists: ListBehaviour,
+    /// Queued faults: the path prefix they apply to, matching requests to let through first,
+    /// the fault.
+    faults: VecDeque<(String, usize, Fault)>,
     chaos: Option<ChaosState>,
     fault_counts: BTreeMap<String, u64>,
     rate_limited: u64,
@@ -119,6 +164,7 @@ impl Simulator {
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {
                 data: Dataset::new(config.people),
+                lists: ListBehaviour::default(),
                 config,
                 faults: VecDeque::new(),
                 chaos: None,
@@ -194,7 +240,20 @@ impl Simulator {
 
     /// Applies `fault` to the next request whose path starts with `path_prefix` (before chaos).
     pub fn inject(&self, path_prefix: &str, fault: Fault) {
-        self.lock().faults.push_back((path_prefix.to_string(), fault));
+        self.inject_after(path_prefix, 0, fault);
+    }
+
+    /// Lets `pass` requests whose path starts with `path_prefix` through, then applies `fault`
+    /// to the next one (e.g. a 429 on the sixth page of a list: `pass = 5`).
+    pub fn inject_after(&self, path_prefix: &str, pass: usize, fault: Fault) {
+        self.lock()
+            .faults
+            .push_back((path_prefix.to_string(), pass, fault));
+    }
+
+    /// Changes how lists answer from now on (see [`ListBehaviour`]).
+    pub fn set_lists(&self, behaviour: ListBehaviour) {
+        self.lock().lists = behaviour;
     }
 
     /// Random faults from now on (`None` stops them); the RNG restarts from the seed.

@@ -460,124 +460,87 @@ impl DiskRecord for Shift {
     }
 }
 
-/// Record kinds of a snapshot, in the order they are written and read.
-pub const KINDS: [&str; 10] = [
-    "people",
-    "credentials",
-    "credential_types",
-    "roles",
-    "groups",
-    "group_reservations",
-    "reservations",
-    "channels",
-    "sites",
-    "shifts",
-];
+/// Encodes a snapshot record in its on-disk shape.
+pub fn encode_record(record: &Record) -> Vec<u8> {
+    match record {
+        Record::Person(r) => encode(r),
+        Record::Credential(r) => encode(r),
+        Record::CredentialType(r) => encode(r),
+        Record::Role(r) => encode(r),
+        Record::Group(r) => encode(r),
+        Record::GroupReservation(r) => encode(r),
+        Record::Reservation(r) => encode(r),
+        Record::Channel(r) => encode(r),
+        Record::Site(r) => encode(r),
+        Record::Shift(r) => encode(r),
+    }
+}
 
-/// Where a snapshot's records are read from (a sled tree, the last good file), one at a time.
+/// Decodes a stored snapshot record of `kind`.
+pub fn decode_record(kind: RecordKind, bytes: &[u8]) -> Result<Record, serde_json::Error> {
+    Ok(match kind {
+        RecordKind::People => Record::Person(decode(bytes)?),
+        RecordKind::Credentials => Record::Credential(decode(bytes)?),
+        RecordKind::CredentialTypes => Record::CredentialType(decode(bytes)?),
+        RecordKind::Roles => Record::Role(decode(bytes)?),
+        RecordKind::Groups => Record::Group(decode(bytes)?),
+        RecordKind::GroupReservations => Record::GroupReservation(decode(bytes)?),
+        RecordKind::Reservations => Record::Reservation(decode(bytes)?),
+        RecordKind::Channels => Record::Channel(decode(bytes)?),
+        RecordKind::Sites => Record::Site(decode(bytes)?),
+        RecordKind::Shifts => Record::Shift(decode(bytes)?),
+    })
+}
+
+/// A record's key as stored: its id as 8 big-endian bytes (so keys sort by id); a credential's
+/// is its person's id so, then its own id.
+pub fn encode_key(key: &RecordKey) -> Vec<u8> {
+    match key {
+        RecordKey::Id(id) => id.to_be_bytes().to_vec(),
+        RecordKey::Credential(person_id, id) => {
+            let mut bytes = person_id.to_be_bytes().to_vec();
+            bytes.extend_from_slice(id.as_bytes());
+            bytes
+        }
+    }
+}
+
+/// Where a snapshot's records are read from (the snapshot database, the last good file), kind
+/// by kind in [`RecordKind::ALL`] order.
 pub trait RecordSource {
     /// The next record of `kind` as (a name for messages, its bytes); `None` after its last.
-    fn next(&mut self, kind: &str) -> Result<Option<(String, Vec<u8>)>, super::StoreError>;
+    fn next(&mut self, kind: RecordKind) -> Result<Option<(String, Vec<u8>)>, super::StoreError>;
 }
 
-/// Where a snapshot's records are written, one at a time.
-pub trait RecordSink {
-    fn put(&mut self, kind: &str, index: usize, bytes: Vec<u8>) -> Result<(), super::StoreError>;
-    /// After the last record of `kind`.
-    fn end_kind(&mut self, kind: &str) -> Result<(), super::StoreError>;
-}
-
-/// Writes every record of `parts` in [`KINDS`] order.
-pub fn write_parts(parts: &SnapshotParts, sink: &mut dyn RecordSink) -> Result<(), super::StoreError> {
-    fn kind<T: DiskRecord>(
-        sink: &mut dyn RecordSink,
-        name: &str,
-        records: &[T],
-    ) -> Result<(), super::StoreError> {
-        for (index, record) in records.iter().enumerate() {
-            sink.put(name, index, encode(record))?;
-        }
-        sink.end_kind(name)
-    }
-    let p = parts;
-    kind(sink, KINDS[0], &p.people)?;
-    kind(sink, KINDS[1], &p.credentials)?;
-    kind(sink, KINDS[2], &p.credential_types)?;
-    kind(sink, KINDS[3], &p.roles)?;
-    kind(sink, KINDS[4], &p.groups)?;
-    kind(sink, KINDS[5], &p.group_reservations)?;
-    kind(sink, KINDS[6], &p.reservations)?;
-    kind(sink, KINDS[7], &p.channels)?;
-    kind(sink, KINDS[8], &p.sites)?;
-    kind(sink, KINDS[9], &p.shifts)
-}
-
-/// A snapshot as read back, with the records that no longer decode left out (and named).
+/// What reading a snapshot found.
 #[derive(Debug, Default)]
-pub struct ReadParts {
-    pub parts: SnapshotParts,
+pub struct ReadReport {
     /// Records found per kind, readable or not (compared with the header's counts).
     pub found: SnapshotCounts,
     /// `kind/key: error` of each record left out.
     pub unreadable: Vec<String>,
 }
 
-/// Reads every record in [`KINDS`] order. A record that does not decode is left out and named
-/// in `unreadable`: an unreadable person or credential denies only that person's (or that
-/// credential's) swipes, never the whole site.
-pub fn read_parts(
+/// Reads every record in [`RecordKind::ALL`] order into `sink`. A record that does not decode
+/// is left out and named in `unreadable`: an unreadable person or credential denies only that
+/// person's (or that credential's) swipes, never the whole site.
+pub fn read_records(
     source: &mut dyn RecordSource,
-    synced_at: Option<Timestamp>,
-) -> Result<ReadParts, super::StoreError> {
-    fn kind<T: DiskRecord>(
-        source: &mut dyn RecordSource,
-        name: &str,
-        found: &mut u64,
-        unreadable: &mut Vec<String>,
-    ) -> Result<Vec<T>, super::StoreError> {
-        let mut records = Vec::new();
-        while let Some((key, bytes)) = source.next(name)? {
-            *found += 1;
-            match decode::<T>(&bytes) {
-                Ok(record) => records.push(record),
-                Err(error) => unreadable.push(format!("{key}: {error}")),
+    sink: &mut dyn SnapshotSink,
+) -> Result<ReadReport, super::StoreError> {
+    let mut report = ReadReport::default();
+    for kind in RecordKind::ALL {
+        let mut found = 0;
+        while let Some((name, bytes)) = source.next(kind)? {
+            found += 1;
+            match decode_record(kind, &bytes) {
+                Ok(record) => sink.record(record),
+                Err(error) => report.unreadable.push(format!("{name}: {error}")),
             }
         }
-        Ok(records)
+        report.found.set(kind, found);
     }
-    let mut read = ReadParts::default();
-    let (f, u) = (&mut read.found, &mut read.unreadable);
-    read.parts = SnapshotParts {
-        synced_at,
-        people: kind(source, KINDS[0], &mut f.people, u)?,
-        credentials: kind(source, KINDS[1], &mut f.credentials, u)?,
-        credential_types: kind(source, KINDS[2], &mut f.credential_types, u)?,
-        roles: kind(source, KINDS[3], &mut f.roles, u)?,
-        groups: kind(source, KINDS[4], &mut f.groups, u)?,
-        group_reservations: kind(source, KINDS[5], &mut f.group_reservations, u)?,
-        reservations: kind(source, KINDS[6], &mut f.reservations, u)?,
-        channels: kind(source, KINDS[7], &mut f.channels, u)?,
-        sites: kind(source, KINDS[8], &mut f.sites, u)?,
-        shifts: kind(source, KINDS[9], &mut f.shifts, u)?,
-    };
-    Ok(read)
-}
-
-/// How many records of `kind` `counts` holds.
-pub fn count_of(counts: &CountsV1, kind: &str) -> u64 {
-    match kind {
-        "people" => counts.people,
-        "credentials" => counts.credentials,
-        "credential_types" => counts.credential_types,
-        "roles" => counts.roles,
-        "groups" => counts.groups,
-        "group_reservations" => counts.group_reservations,
-        "reservations" => counts.reservations,
-        "channels" => counts.channels,
-        "sites" => counts.sites,
-        "shifts" => counts.shifts,
-        _ => 0,
-    }
+    Ok(report)
 }
 
 /// A door event as queued and as kept in the local event log.
@@ -819,7 +782,27 @@ mod tests {
     }
 
     #[test]
+    fn keys_sort_by_id_and_keep_a_persons_credentials_together() {
+        let key = |k: RecordKey| encode_key(&k);
+        assert!(key(RecordKey::Id(2)) < key(RecordKey::Id(10)));
+        assert!(key(RecordKey::Id(255)) < key(RecordKey::Id(256)));
+        let a = key(RecordKey::Credential(7, "zz".into()));
+        let b = key(RecordKey::Credential(8, "aa".into()));
+        assert!(a < b);
+        assert_eq!(
+            key(RecordKey::Credential(7, "x".into())),
+            [0, 0, 0, 0, 0, 0, 0, 7, b'x']
+        );
+    }
+
+    #[test]
     fn every_record_round_trips() {
+        for record in SnapshotParts::synthetic(2).into_records() {
+            assert_eq!(
+                decode_record(record.kind(), &encode_record(&record)).unwrap(),
+                record
+            );
+        }
         let parts = SnapshotParts::synthetic(3);
         for person in &parts.people {
             assert_eq!(&decode::<Person>(&encode(person)).unwrap(), person);

@@ -15,11 +15,13 @@
 //! The trailer's CRC-32 covers every byte before it: a torn or damaged file is refused whole
 //! (it is only the fallback).
 
-use super::format::{self, RecordSink, RecordSource, SnapshotHeaderV1};
+use super::format::{self, RecordSource, SnapshotHeaderV1};
 use super::layout::sync_dir;
 use super::snapshots::{LoadedSnapshot, SnapshotHeader};
 use super::{testing, StoreError};
+#[cfg(test)]
 use crate::snapshot::SnapshotParts;
+use crate::snapshot::{RecordKind, SnapshotCounts, SnapshotSink};
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io::{BufRead, BufReader, BufWriter, Write};
@@ -48,24 +50,14 @@ impl<W: Write> Checksummed<W> {
     }
 }
 
-struct FileSink<'a, W: Write> {
-    out: &'a mut Checksummed<W>,
-    path: &'a Path,
-}
-
-impl<W: Write> RecordSink for FileSink<'_, W> {
-    fn put(&mut self, _kind: &str, _index: usize, bytes: Vec<u8>) -> Result<(), StoreError> {
-        self.out.records += 1;
-        self.out.line(&bytes).map_err(|e| StoreError::io(self.path, e))
-    }
-
-    fn end_kind(&mut self, _kind: &str) -> Result<(), StoreError> {
-        Ok(())
-    }
-}
-
-/// Replaces the last good copy with `parts` (whose header is `header`).
-pub(super) fn write(path: &Path, header: &SnapshotHeader, parts: &SnapshotParts) -> Result<(), StoreError> {
+/// Replaces the last good copy with the snapshot `header` describes, its records read from
+/// `records` kind by kind as stored (no decoding): written to a temporary file, fdatasync'ed,
+/// renamed over the copy, the directory fsynced.
+pub(super) fn write(
+    path: &Path,
+    header: &SnapshotHeader,
+    records: &mut dyn RecordSource,
+) -> Result<(), StoreError> {
     let temporary = PathBuf::from(format!("{}.tmp", path.display()));
     let io = |e| StoreError::io(path, e);
     let result = (|| {
@@ -83,7 +75,12 @@ pub(super) fn write(path: &Path, header: &SnapshotHeader, parts: &SnapshotParts)
         };
         out.line(&serde_json::to_vec(&header.to_disk()).unwrap_or_default())
             .map_err(io)?;
-        format::write_parts(parts, &mut FileSink { out: &mut out, path })?;
+        for kind in RecordKind::ALL {
+            while let Some((_, bytes)) = records.next(kind)? {
+                out.records += 1;
+                out.line(&bytes).map_err(io)?;
+            }
+        }
         let trailer = Trailer {
             records: out.records,
             crc32: out.crc.clone().finalize(),
@@ -116,8 +113,8 @@ pub(super) fn header(path: &Path) -> Option<SnapshotHeaderV1> {
 /// Lines of the file after the header, handed out kind by kind.
 struct LineSource<R: BufRead> {
     lines: std::io::Split<R>,
-    counts: format::CountsV1,
-    kind: String,
+    counts: SnapshotCounts,
+    kind: Option<RecordKind>,
     left: u64,
     crc: crc32fast::Hasher,
     path: PathBuf,
@@ -134,22 +131,22 @@ impl<R: BufRead> LineSource<R> {
 }
 
 impl<R: BufRead> RecordSource for LineSource<R> {
-    fn next(&mut self, kind: &str) -> Result<Option<(String, Vec<u8>)>, StoreError> {
-        if self.kind != kind {
-            self.kind = kind.to_string();
-            self.left = format::count_of(&self.counts, kind);
+    fn next(&mut self, kind: RecordKind) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+        if self.kind != Some(kind) {
+            self.kind = Some(kind);
+            self.left = self.counts.of(kind);
         }
         if self.left == 0 {
             return Ok(None);
         }
         self.left -= 1;
-        let index = format::count_of(&self.counts, kind) - self.left - 1;
+        let index = self.counts.of(kind) - self.left - 1;
         let line = self
             .next_line()?
             .ok_or_else(|| damaged(&self.path, "ends before its last record"))?;
         self.crc.update(&line);
         self.crc.update(b"\n");
-        Ok(Some((format!("{kind}/{index}"), line)))
+        Ok(Some((format!("{}/{index}", kind.as_str()), line)))
     }
 }
 
@@ -160,8 +157,12 @@ fn damaged(path: &Path, detail: &str) -> StoreError {
     }
 }
 
-/// Loads the last good copy, checking its trailer. `Ok(None)` when there is none.
-pub(super) fn load(path: &Path) -> Result<Option<LoadedSnapshot>, StoreError> {
+/// Loads the last good copy into `sink`, checking its trailer. `Ok(None)` when there is none.
+/// On an error `sink` holds part of a snapshot and must be thrown away.
+pub(super) fn load_into(
+    path: &Path,
+    sink: &mut dyn SnapshotSink,
+) -> Result<Option<LoadedSnapshot>, StoreError> {
     let file = match fs::File::open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -177,32 +178,57 @@ pub(super) fn load(path: &Path) -> Result<Option<LoadedSnapshot>, StoreError> {
     let mut crc = crc32fast::Hasher::new();
     crc.update(&first);
     crc.update(b"\n");
-    let header = SnapshotHeader::from_disk(disk.clone(), path)?;
+    let header = SnapshotHeader::from_disk(disk, path)?;
+    sink.synced_at(header.synced_at);
     let mut source = LineSource {
         lines,
-        counts: disk.counts,
-        kind: String::new(),
+        counts: header.counts.clone(),
+        kind: None,
         left: 0,
         crc,
         path: path.to_path_buf(),
     };
-    let read = format::read_parts(&mut source, header.synced_at)?;
+    let read = format::read_records(&mut source, sink)?;
     let trailer = source
         .next_line()?
         .and_then(|line| serde_json::from_slice::<Trailer>(&line).ok())
         .ok_or_else(|| damaged(path, "trailer missing or unreadable (torn write?)"))?;
-    let total: u64 = format::KINDS
-        .iter()
-        .map(|k| format::count_of(&source.counts, k))
-        .sum();
+    let total: u64 = RecordKind::ALL.iter().map(|k| header.counts.of(*k)).sum();
     if trailer.records != total || trailer.crc32 != source.crc.finalize() {
         return Err(damaged(path, "checksum or record count does not match"));
     }
     Ok(Some(LoadedSnapshot {
         header,
-        parts: read.parts,
         unreadable: read.unreadable,
     }))
+}
+
+/// Records of `parts` as a [`RecordSource`] (tests and the in-memory save path).
+#[cfg(test)]
+pub(super) struct PartsSource {
+    records: std::collections::VecDeque<crate::snapshot::Record>,
+}
+
+#[cfg(test)]
+impl PartsSource {
+    pub(super) fn new(parts: &SnapshotParts) -> PartsSource {
+        PartsSource {
+            records: parts.clone().into_records().collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+impl RecordSource for PartsSource {
+    fn next(&mut self, kind: RecordKind) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+        match self.records.front() {
+            Some(record) if record.kind() == kind => {
+                let record = self.records.pop_front().expect("front exists");
+                Ok(Some((kind.as_str().to_string(), format::encode_record(&record))))
+            }
+            _ => Ok(None),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -219,7 +245,7 @@ mod tests {
             written_at: Timestamp::now(),
             counts: parts.counts(),
         };
-        write(&path, &header, &parts).unwrap();
+        write(&path, &header, &mut PartsSource::new(&parts)).unwrap();
         (path, parts)
     }
 
@@ -228,9 +254,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (path, parts) = saved(dir.path());
         assert_eq!(header(&path).unwrap().generation, 9);
-        let loaded = load(&path).unwrap().unwrap();
-        assert_eq!(loaded.parts.people, parts.people);
-        assert_eq!(loaded.parts.credentials, parts.credentials);
+        let mut read = SnapshotParts::default();
+        let loaded = load_into(&path, &mut read).unwrap().unwrap();
+        assert_eq!(read.people, parts.people);
+        assert_eq!(read.credentials, parts.credentials);
+        assert_eq!(loaded.header.counts, parts.counts());
         assert!(loaded.unreadable.is_empty());
     }
 
@@ -240,6 +268,7 @@ mod tests {
         let (path, _) = saved(dir.path());
         let bytes = fs::read(&path).unwrap();
         fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+        let load = |path: &Path| load_into(path, &mut SnapshotParts::default());
         assert!(matches!(load(&path), Err(StoreError::Damaged { .. })));
         let mut altered = bytes.clone();
         let at = altered.iter().position(|b| *b == b'7').unwrap();

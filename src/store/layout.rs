@@ -4,8 +4,9 @@
 //! ```text
 //! <store.path>/            0700
 //!   lock                   flock held by the process that has the store open
-//!   snapshot/              sled: the credential snapshot and sync metadata
+//!   snapshot.sqlite (-wal) SQLite: the credential snapshot and the sync metadata
 //!   snapshot.last-good     the last good snapshot, written atomically (see `last_good`)
+//!   snapshot/              sled, as earlier versions kept the snapshot: imported, then removed
 //!   queue.sqlite (-wal)    SQLite: the outbox, dead letters, local event log, queue counters
 //!   queue.counters         the queue's counters, mirrored outside the database
 //!   open-attempts          start-ups that have not finished opening the store yet
@@ -42,6 +43,11 @@ impl Layout {
     }
 
     pub fn snapshot_db(&self) -> PathBuf {
+        self.root.join("snapshot.sqlite")
+    }
+
+    /// sled's directory, as earlier versions kept the snapshot (imported once, then removed).
+    pub fn legacy_snapshot_db(&self) -> PathBuf {
         self.root.join("snapshot")
     }
 
@@ -107,7 +113,7 @@ impl Layout {
     /// 0.1.0 kept sled's files directly in `store.path`. Moves them into `snapshot/` through
     /// `snapshot.moving/`, so a crash half-way resumes on the next start.
     fn move_legacy_sled_files(&self) -> std::io::Result<()> {
-        let target = self.snapshot_db();
+        let target = self.legacy_snapshot_db();
         let moving = self.root.join("snapshot.moving");
         let legacy: Vec<PathBuf> = fs::read_dir(&self.root)?
             .filter_map(|e| e.ok())
@@ -295,10 +301,13 @@ mod tests {
         layout.create().unwrap();
         layout.prepare().unwrap();
         for name in ["conf", "db", "snap.0000000000001234"] {
-            assert_eq!(fs::read_to_string(layout.snapshot_db().join(name)).unwrap(), name);
+            assert_eq!(
+                fs::read_to_string(layout.legacy_snapshot_db().join(name)).unwrap(),
+                name
+            );
             assert!(!root.join(name).exists());
         }
-        assert!(layout.snapshot_db().join("blobs").is_dir());
+        assert!(layout.legacy_snapshot_db().join("blobs").is_dir());
     }
 
     #[test]

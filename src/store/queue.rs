@@ -18,6 +18,7 @@
 
 use super::format::{self, DiskRecord};
 use super::layout::Layout;
+use super::sqlite::{self, OpenProblem};
 use super::{testing, Store, StoreError};
 use crate::audit::AuditEvent;
 use crate::clock::BootInstant;
@@ -370,55 +371,19 @@ impl QueueDb {
 
     /// Opens, configures, checks and counts.
     fn open_checked(path: &Path) -> Result<(Connection, Counters, Tally), OpenProblem> {
-        if !path.exists() {
-            // Created 0600 before SQLite sees it; SQLite gives its WAL the same mode.
-            std::fs::OpenOptions::new()
-                .create_new(true)
-                .write(true)
-                .mode(0o600)
-                .open(path)
-                .map_err(|e| OpenProblem::Transient(e.to_string()))?;
-        }
+        let conn = sqlite::open(
+            path,
+            &sqlite::Settings {
+                synchronous: testing::queue_synchronous(),
+                cache_kib: CACHE_KIB,
+                // Checkpoints are run by `checkpoint` (see CHECKPOINT_WHEN_IDLE), not inside a
+                // commit.
+                wal_autocheckpoint: 0,
+                schema: SCHEMA,
+                what: "queue",
+            },
+        )?;
         let text = OpenProblem::from;
-        let conn = Connection::open(path).map_err(text)?;
-        // Only this process uses the database (the store lock guarantees it): no shared-memory
-        // index file, and nobody else can read a half-written state.
-        let _: String = conn
-            .query_row("PRAGMA locking_mode = EXCLUSIVE", [], |r| r.get(0))
-            .map_err(text)?;
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-            .map_err(text)?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(OpenProblem::Transient(format!("journal mode {mode}, not wal")));
-        }
-        conn.pragma_update(None, "synchronous", testing::queue_synchronous())
-            .map_err(text)?;
-        conn.pragma_update(None, "cache_size", -CACHE_KIB).map_err(text)?;
-        // Checkpoints are run by `checkpoint` (see CHECKPOINT_WHEN_IDLE), not inside a commit.
-        conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(text)?;
-        conn.pragma_update(None, "journal_size_limit", 4 * 1024 * 1024)
-            .map_err(text)?;
-        let version: u32 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(text)?;
-        if version > format::FORMAT {
-            return Err(OpenProblem::Unusable(format!(
-                "written in queue format {version} by a newer doorflow-agent; this one reads up to format {}",
-                format::FORMAT
-            )));
-        }
-        let check: String = conn
-            .query_row("PRAGMA quick_check", [], |r| r.get(0))
-            .map_err(text)?;
-        if check != "ok" {
-            return Err(OpenProblem::Unusable(format!("integrity check failed: {check}")));
-        }
-        conn.execute_batch(SCHEMA).map_err(text)?;
-        if version == 0 {
-            conn.pragma_update(None, "user_version", format::FORMAT)
-                .map_err(text)?;
-        }
         let counters = Counters {
             accepted: counter(&conn, "accepted").map_err(text)?,
             settled: counter(&conn, "settled").map_err(text)?,
@@ -854,51 +819,6 @@ impl QueueDb {
             set_note(tx, "legacy_imported", &true)?;
             Ok((true, counters))
         })
-    }
-
-    pub(super) fn legacy_imported(&self) -> Result<bool, StoreError> {
-        self.read(|conn| note::<bool>(conn, "legacy_imported"))
-            .map(|n| n.unwrap_or(false))
-    }
-}
-
-/// Why the queue database did not open.
-#[derive(Debug)]
-enum OpenProblem {
-    /// Not the database's fault (a full disk, permissions): try again later, never move it.
-    Transient(String),
-    /// Damaged, not a database, or a newer format: move it aside.
-    Unusable(String),
-}
-
-impl From<rusqlite::Error> for OpenProblem {
-    fn from(error: rusqlite::Error) -> OpenProblem {
-        use rusqlite::ErrorCode::*;
-        let transient = matches!(
-            error.sqlite_error_code(),
-            Some(
-                DiskFull
-                    | CannotOpen
-                    | ReadOnly
-                    | PermissionDenied
-                    | DatabaseBusy
-                    | DatabaseLocked
-                    | OutOfMemory
-            )
-        );
-        if transient {
-            OpenProblem::Transient(error.to_string())
-        } else {
-            OpenProblem::Unusable(error.to_string())
-        }
-    }
-}
-
-impl std::fmt::Display for OpenProblem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            OpenProblem::Transient(text) | OpenProblem::Unusable(text) => f.write_str(text),
-        }
     }
 }
 

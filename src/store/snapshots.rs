@@ -1,45 +1,47 @@
-//! The credential snapshot in sled (the decision data, whose loss a sync repairs) and the sync
-//! metadata that belongs with it (cursor, last sync outcome).
+//! The credential snapshot and the sync metadata, in SQLite (`snapshot.sqlite`).
 //!
-//! Each snapshot is written into its own tree `snapshot.<generation>` and only then made
-//! current by flipping `meta["snapshot.active"]`, flushed. A crash before the flip leaves the
-//! old snapshot in force and an orphan tree that the next open removes; a reader in this
-//! process holds a shared lock for its whole read, so it sees one generation or the other,
-//! never a mix.
+//! A snapshot lives in a *slot*: its records are rows `(slot, kind, key, body)` and its header
+//! a row of `slots`. Exactly one slot is current. A sync writes into a new, staged slot page by
+//! page (each page its own transaction, so a pull that pauses for a rate limit keeps what it
+//! has), then commits in one transaction:
 //!
-//! sled keeps the first I/O error (a full disk) as a global error until the database is
-//! reopened, so after a failed write the handle is dropped and reopened on next use.
+//! - every kind pulled in full: the staged slot becomes current (the old one is deleted after);
+//! - otherwise the staged rows are merged into the current slot — kinds pulled in full replace
+//!   the current rows of their kind, changed records (people since the cursor) replace theirs
+//!   by key — and the header is rewritten.
+//!
+//! Either way the doors' snapshot, its counts and the sync cursor change in the same
+//! transaction: a crash leaves the old snapshot with the old cursor or the new with the new,
+//! never a mix. Staged slots left by a crash are deleted at the next open.
+//!
+//! Memory: SQLite's page cache for this database is `store.cache_capacity_mb`; records are
+//! read and written one at a time, never as a whole snapshot.
 
-use super::format::{self, RecordSink, RecordSource, SnapshotHeaderV1};
-use super::queue::{Lane, LegacyQueue};
+use super::format::{self, RecordSource, SnapshotHeaderV1};
+use super::layout::Layout;
+use super::sqlite::{self, OpenProblem};
 use super::{testing, StoreError};
-use crate::snapshot::{SnapshotCounts, SnapshotParts};
+use crate::snapshot::{Record, RecordKind, SnapshotCounts, SnapshotSink};
 use jiff::Timestamp;
+use rusqlite::{params, Connection, OptionalExtension};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::RwLock;
+use std::sync::Mutex;
 
-const META_TREE: &str = "meta";
-const ACTIVE_KEY: &[u8] = b"snapshot.active";
-const SNAPSHOT_PREFIX: &str = "snapshot.";
-const HEADER_KEY: &[u8] = b"header";
-/// Records per sled batch when writing a snapshot: bounds memory while keeping writes fast.
-const BATCH: usize = 4096;
-
-/// 0.1.0 kept the queue in these trees (and its drop count in `meta`).
-const LEGACY_TREES: [(&str, Option<Lane>); 4] = [
-    ("outbox.admit", Some(Lane::Admit)),
-    ("outbox.event", Some(Lane::Event)),
-    ("dead", None),
-    ("event_log", None),
-];
-const LEGACY_DROPPED_KEY: &[u8] = b"outbox.dropped_events";
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS slots (slot INTEGER PRIMARY KEY, current INTEGER NOT NULL DEFAULT 0, header BLOB);
+CREATE TABLE IF NOT EXISTS records (
+    slot INTEGER NOT NULL, kind INTEGER NOT NULL, key BLOB NOT NULL, body BLOB NOT NULL,
+    PRIMARY KEY (slot, kind, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+";
 
 /// What is known about the current snapshot without loading it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct SnapshotHeader {
+    /// Grows with every change to the snapshot, also past the last good copy's.
     pub generation: u64,
     pub synced_at: Option<Timestamp>,
     pub written_at: Timestamp,
@@ -75,29 +77,34 @@ impl SnapshotHeader {
     }
 }
 
-/// A snapshot as loaded, with the records that had to be left out.
+/// What loading a snapshot into a sink found.
 #[derive(Debug)]
 pub struct LoadedSnapshot {
     pub header: SnapshotHeader,
-    pub parts: SnapshotParts,
     /// `kind/key: error` for each record that did not decode (that person or credential is
     /// denied until the next sync).
     pub unreadable: Vec<String>,
 }
 
-struct Handle {
-    db: sled::Db,
-    meta: sled::Tree,
+/// How a commit treats one kind of record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Merge {
+    /// Pulled in full: the staged records are all there is.
+    Replace,
+    /// Changed records only: each replaces the current record with its key, the others stay.
+    Overlay,
+    /// Not pulled: the current records stay.
+    Keep,
+}
+
+/// Position of `kind` in [`RecordKind::ALL`]: its stored number, and the order kinds are read.
+fn kind_number(kind: RecordKind) -> i64 {
+    RecordKind::ALL.iter().position(|k| *k == kind).unwrap_or(0) as i64
 }
 
 pub(super) struct SnapshotDb {
     path: PathBuf,
-    cache_capacity_bytes: u64,
-    handle: RwLock<Option<Handle>>,
-    /// Set after a failed write: sled refuses everything until reopened.
-    broken: AtomicBool,
-    /// Shared by snapshot readers, exclusive for the flip that retires a generation.
-    swap: RwLock<()>,
+    conn: Mutex<Connection>,
 }
 
 impl std::fmt::Debug for SnapshotDb {
@@ -106,398 +113,523 @@ impl std::fmt::Debug for SnapshotDb {
     }
 }
 
-fn open_handle(path: &Path, cache_capacity_bytes: u64) -> Result<Handle, StoreError> {
-    let engine = |source| StoreError::Engine {
-        path: path.to_path_buf(),
-        source,
-    };
-    let db = sled::Config::new()
-        .path(path)
-        .cache_capacity(cache_capacity_bytes)
-        .mode(sled::Mode::HighThroughput)
-        .open()
-        .map_err(engine)?;
-    let meta = db.open_tree(META_TREE).map_err(engine)?;
-    Ok(Handle { db, meta })
+/// What opening the snapshot database did besides opening it.
+#[derive(Debug, Default)]
+pub(super) struct SnapshotOpened {
+    /// Where an unusable database was moved.
+    pub moved_to: Option<PathBuf>,
+    pub problem: Option<String>,
 }
 
 impl SnapshotDb {
-    /// Opens (or creates) sled's database with its page cache capped at
-    /// `cache_capacity_bytes`, and removes snapshot trees left behind by a crash mid-write.
-    pub(super) fn open(path: &Path, cache_capacity_bytes: u64) -> Result<SnapshotDb, StoreError> {
-        let handle = open_handle(path, cache_capacity_bytes)?;
-        let snapshots = SnapshotDb {
-            path: path.to_path_buf(),
-            cache_capacity_bytes,
-            handle: RwLock::new(Some(handle)),
-            broken: AtomicBool::new(false),
-            swap: RwLock::new(()),
+    /// Opens (or creates) the snapshot database with a page cache of `cache_kib`. One that
+    /// cannot be used (not a database, damaged, a newer format) is moved aside and a new, empty
+    /// one created: a sync or the last good copy refills it. Staged slots of an interrupted
+    /// sync are deleted.
+    pub(super) fn open(layout: &Layout, cache_kib: i64) -> Result<(SnapshotDb, SnapshotOpened), StoreError> {
+        let path = layout.snapshot_db();
+        let settings = sqlite::Settings {
+            // A power cut may take the last commit back; the database stays whole, the cursor
+            // with it, and `snapshot.last-good` (fsynced) has the newest copy.
+            synchronous: "NORMAL",
+            cache_kib,
+            wal_autocheckpoint: 1000,
+            schema: SCHEMA,
+            what: "snapshot",
         };
-        snapshots.remove_orphan_snapshots()?;
-        Ok(snapshots)
+        let mut opened = SnapshotOpened::default();
+        let conn = match sqlite::open(&path, &settings) {
+            Ok(conn) => conn,
+            Err(OpenProblem::Transient(detail)) => {
+                return Err(StoreError::Unavailable {
+                    path: path.clone(),
+                    detail,
+                })
+            }
+            Err(OpenProblem::Unusable(problem)) => {
+                let moved_to = layout.move_aside(&path).map_err(|e| StoreError::io(&path, e))?;
+                for suffix in ["-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+                }
+                opened.moved_to = Some(moved_to);
+                opened.problem = Some(problem);
+                sqlite::open(&path, &settings).map_err(|p| StoreError::Damaged {
+                    path: path.clone(),
+                    detail: p.to_string(),
+                })?
+            }
+        };
+        let db = SnapshotDb {
+            path,
+            conn: Mutex::new(conn),
+        };
+        db.delete_staged()?;
+        Ok((db, opened))
     }
 
-    fn engine(&self, source: sled::Error) -> StoreError {
-        StoreError::Engine {
+    fn error(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Snapshot {
             path: self.path.clone(),
             source,
         }
     }
 
-    /// Runs `op` on the open handle, reopening first if an earlier write failed. A sled error
-    /// marks the handle for reopening.
-    fn with<T>(&self, op: impl FnOnce(&Handle) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        if self.broken.load(Ordering::SeqCst) {
-            self.reopen()?;
-        }
-        let guard = self.handle.read().unwrap_or_else(|p| p.into_inner());
-        let Some(handle) = guard.as_ref() else {
-            return Err(StoreError::Task("credential cache is being reopened".into()));
-        };
-        let result = op(handle);
-        if let Err(StoreError::Engine { .. }) = &result {
-            self.broken.store(true, Ordering::SeqCst);
-        }
-        result
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn reopen(&self) -> Result<(), StoreError> {
-        let mut guard = self.handle.write().unwrap_or_else(|p| p.into_inner());
-        if !self.broken.load(Ordering::SeqCst) {
-            return Ok(());
+    fn delete_staged(&self) -> Result<(), StoreError> {
+        let conn = self.lock();
+        let staged: Vec<i64> = {
+            let mut statement = conn
+                .prepare("SELECT slot FROM slots WHERE current = 0")
+                .map_err(|e| self.error(e))?;
+            let rows = statement.query_map([], |r| r.get(0)).map_err(|e| self.error(e))?;
+            rows.collect::<Result<_, _>>().map_err(|e| self.error(e))?
+        };
+        for slot in staged {
+            tracing::info!(slot, "deleting the staged records of an interrupted sync");
+            delete_slot(&conn, slot).map_err(|e| self.error(e))?;
         }
-        // The old handle must be gone (sled's file lock with it) before opening again.
-        *guard = None;
-        let handle = open_handle(&self.path, self.cache_capacity_bytes)?;
-        *guard = Some(handle);
-        self.broken.store(false, Ordering::SeqCst);
-        tracing::warn!(path = %self.path.display(), "credential cache reopened after a write error");
         Ok(())
     }
 
-    fn active_generation(&self, handle: &Handle) -> Result<Option<u64>, StoreError> {
-        let value = handle.meta.get(ACTIVE_KEY).map_err(|e| self.engine(e))?;
-        Ok(value
-            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-            .map(u64::from_be_bytes))
-    }
-
-    fn remove_orphan_snapshots(&self) -> Result<(), StoreError> {
-        self.with(|handle| {
-            let active = self.active_generation(handle)?.map(tree_name);
-            for name in handle.db.tree_names() {
-                let name = String::from_utf8_lossy(&name).into_owned();
-                if name.starts_with(SNAPSHOT_PREFIX) && Some(&name) != active.as_ref() {
-                    tracing::warn!(tree = %name, "removing a snapshot left incomplete by an earlier crash");
-                    handle.db.drop_tree(name.as_bytes()).map_err(|e| self.engine(e))?;
-                }
-            }
-            Ok(())
-        })
-    }
-
-    /// The current generation's tree and header. Callers hold the `swap` read lock.
-    fn current_tree(&self, handle: &Handle) -> Result<Option<(sled::Tree, SnapshotHeader)>, StoreError> {
-        let Some(generation) = self.active_generation(handle)? else {
+    fn current(&self, conn: &Connection) -> Result<Option<(i64, SnapshotHeader)>, StoreError> {
+        let row: Option<(i64, Option<Vec<u8>>)> = conn
+            .query_row(
+                "SELECT slot, header FROM slots WHERE current = 1 ORDER BY slot DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(|e| self.error(e))?;
+        let Some((slot, header)) = row else {
             return Ok(None);
         };
-        let tree = handle
-            .db
-            .open_tree(tree_name(generation))
-            .map_err(|e| self.engine(e))?;
-        let header = tree.get(HEADER_KEY).map_err(|e| self.engine(e))?;
-        let header = header.ok_or_else(|| self.corrupt(generation, "header missing"))?;
-        let header: SnapshotHeaderV1 =
-            serde_json::from_slice(&header).map_err(|e| self.corrupt(generation, &format!("header: {e}")))?;
-        Ok(Some((tree, SnapshotHeader::from_disk(header, &self.path)?)))
-    }
-
-    fn corrupt(&self, generation: u64, detail: &str) -> StoreError {
-        StoreError::Corrupt {
+        let corrupt = |detail: String| StoreError::Corrupt {
             path: self.path.clone(),
-            generation,
-            detail: detail.to_string(),
-        }
+            generation: slot as u64,
+            detail,
+        };
+        let header = header.ok_or_else(|| corrupt("header missing".into()))?;
+        let disk: SnapshotHeaderV1 =
+            serde_json::from_slice(&header).map_err(|e| corrupt(format!("header: {e}")))?;
+        Ok(Some((slot, SnapshotHeader::from_disk(disk, &self.path)?)))
     }
 
     /// The current snapshot's header, cheap enough for `status`.
     pub(super) fn header(&self) -> Result<Option<SnapshotHeader>, StoreError> {
-        self.with(|handle| {
-            let _reading = self.swap.read().unwrap_or_else(|p| p.into_inner());
-            Ok(self.current_tree(handle)?.map(|(_, header)| header))
-        })
+        let conn = self.lock();
+        Ok(self.current(&conn)?.map(|(_, header)| header))
     }
 
-    /// Only the channels of the current snapshot: enough for `status` to show door modes
-    /// without loading 100,000 credentials.
-    pub(super) fn load_channels(&self) -> Result<Vec<crate::snapshot::Channel>, StoreError> {
-        self.with(|handle| {
-            let _reading = self.swap.read().unwrap_or_else(|p| p.into_inner());
-            let Some((tree, _)) = self.current_tree(handle)? else {
-                return Ok(Vec::new());
-            };
-            let mut channels = Vec::new();
-            for entry in tree.scan_prefix(b"channels/") {
-                let (key, value) = entry.map_err(|e| self.engine(e))?;
-                match format::decode(&value) {
-                    Ok(channel) => channels.push(channel),
-                    Err(error) => tracing::error!(key = %String::from_utf8_lossy(&key), %error, "unreadable channel record skipped"),
-                }
-            }
-            Ok(channels)
-        })
-    }
-
-    /// Loads the current snapshot. Records that do not decode are left out and listed; a
-    /// record count that differs from the header (records missing) is corruption.
-    pub(super) fn load(&self) -> Result<Option<LoadedSnapshot>, StoreError> {
-        self.with(|handle| {
-            let _reading = self.swap.read().unwrap_or_else(|p| p.into_inner());
-            let Some((tree, header)) = self.current_tree(handle)? else {
-                return Ok(None);
-            };
-            let mut source = TreeSource {
-                tree,
-                kind: String::new(),
-                scan: None,
-                path: &self.path,
-            };
-            let read = format::read_parts(&mut source, header.synced_at)?;
-            if read.found != header.counts {
-                let detail = format!(
-                    "record counts {:?} differ from header {:?}",
-                    read.found, header.counts
-                );
-                return Err(self.corrupt(header.generation, &detail));
-            }
-            Ok(Some(LoadedSnapshot {
-                header,
-                parts: read.parts,
-                unreadable: read.unreadable,
-            }))
-        })
-    }
-
-    /// Writes `parts` as the new current snapshot, with a generation above `at_least`.
-    /// Returns only once it is current; on any error the previous snapshot stays current.
-    pub(super) fn save(&self, parts: &SnapshotParts, at_least: u64) -> Result<SnapshotHeader, StoreError> {
-        self.with(|handle| {
-            let previous = self.active_generation(handle)?;
-            let generation = handle.db.generate_id().map_err(|e| self.engine(e))?.max(at_least);
-            let name = tree_name(generation);
-            let tree = handle.db.open_tree(&name).map_err(|e| self.engine(e))?;
-            let written = (|| -> Result<SnapshotHeader, StoreError> {
-                let mut sink = TreeSink {
-                    tree: &tree,
-                    batch: sled::Batch::default(),
-                    pending: 0,
-                    path: &self.path,
-                };
-                format::write_parts(parts, &mut sink)?;
-                let header = SnapshotHeader {
-                    generation,
-                    synced_at: parts.synced_at,
-                    written_at: Timestamp::now(),
-                    counts: parts.counts(),
-                };
-                let bytes = serde_json::to_vec(&header.to_disk()).unwrap_or_default();
-                tree.insert(HEADER_KEY, bytes).map_err(|e| self.engine(e))?;
-                testing::failpoint("snapshot.records_written");
-                // The new tree must be on disk before it becomes current.
-                handle.db.flush().map_err(|e| self.engine(e))?;
-                Ok(header)
-            })();
-            let header = match written {
-                Ok(header) => header,
-                Err(error) => {
-                    let _ = handle.db.drop_tree(name.as_bytes());
-                    return Err(error);
-                }
-            };
-            testing::failpoint("snapshot.before_flip");
-            {
-                let _flipping = self.swap.write().unwrap_or_else(|p| p.into_inner());
-                handle
-                    .meta
-                    .insert(ACTIVE_KEY, &generation.to_be_bytes())
-                    .map_err(|e| self.engine(e))?;
-                handle.db.flush().map_err(|e| self.engine(e))?;
-                testing::failpoint("snapshot.after_flip");
-                if let Some(old) = previous.filter(|old| *old != generation) {
-                    handle
-                        .db
-                        .drop_tree(tree_name(old).as_bytes())
-                        .map_err(|e| self.engine(e))?;
-                }
-            }
-            Ok(header)
-        })
-    }
-
-    /// A small value in the meta tree (sync cursors and similar), JSON-encoded.
-    pub(super) fn meta_get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
-        self.with(|handle| {
-            let value = handle.meta.get(key.as_bytes()).map_err(|e| self.engine(e))?;
-            Ok(value.and_then(|v| serde_json::from_slice(&v).ok()))
-        })
-    }
-
-    /// Stores and flushes a meta value.
-    pub(super) fn meta_put<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(value).unwrap_or_default();
-        self.with(|handle| {
-            handle
-                .meta
-                .insert(key.as_bytes(), bytes)
-                .map_err(|e| self.engine(e))?;
-            handle.db.flush().map_err(|e| self.engine(e))?;
-            testing::failpoint("meta.written");
-            Ok(())
-        })
-    }
-
-    pub(super) fn meta_remove(&self, key: &str) -> Result<(), StoreError> {
-        self.with(|handle| {
-            handle.meta.remove(key.as_bytes()).map_err(|e| self.engine(e))?;
-            handle.db.flush().map(|_| ()).map_err(|e| self.engine(e))
-        })
-    }
-
-    /// Writes sled's buffers out (sled's flush is not an fsync; nothing that must survive a
-    /// power cut relies on it).
-    pub(super) fn flush(&self) -> Result<(), StoreError> {
-        self.with(|handle| handle.db.flush().map(|_| ()).map_err(|e| self.engine(e)))
-    }
-
-    /// The queue 0.1.0 kept in sled, if any is left.
-    pub(super) fn legacy_queue(&self) -> Result<LegacyQueue, StoreError> {
-        self.with(|handle| {
-            let mut legacy = LegacyQueue::default();
-            let names = handle.db.tree_names();
-            for (name, lane) in LEGACY_TREES {
-                if !names.iter().any(|n| n.as_ref() == name.as_bytes()) {
-                    continue;
-                }
-                let tree = handle.db.open_tree(name).map_err(|e| self.engine(e))?;
-                for entry in tree.iter() {
-                    let (key, value) = entry.map_err(|e| self.engine(e))?;
-                    let Some(key) = <[u8; 8]>::try_from(key.as_ref()).ok().map(u64::from_be_bytes) else {
-                        continue;
-                    };
-                    match (lane, name) {
-                        (Some(lane), _) => legacy.queued.push((key, lane, value.to_vec())),
-                        (None, "dead") => legacy.dead.push((key, value.to_vec())),
-                        (None, _) => legacy.event_log.push((key, value.to_vec())),
-                    }
-                }
-            }
-            legacy.dropped_events = handle
-                .meta
-                .get(LEGACY_DROPPED_KEY)
-                .map_err(|e| self.engine(e))?
-                .and_then(|v| serde_json::from_slice(&v).ok())
-                .unwrap_or(0);
-            Ok(legacy)
-        })
-    }
-
-    /// Removes 0.1.0's queue trees once their records are in the queue database.
-    pub(super) fn drop_legacy_queue(&self) -> Result<(), StoreError> {
-        self.with(|handle| {
-            for (name, _) in LEGACY_TREES {
-                handle.db.drop_tree(name.as_bytes()).map_err(|e| self.engine(e))?;
-            }
-            handle
-                .meta
-                .remove(LEGACY_DROPPED_KEY)
-                .map_err(|e| self.engine(e))?;
-            handle.db.flush().map(|_| ()).map_err(|e| self.engine(e))
-        })
-    }
-
-    #[cfg(test)]
-    pub(super) fn raw_tree(&self, name: &str) -> sled::Tree {
-        let guard = self.handle.read().unwrap();
-        guard.as_ref().unwrap().db.open_tree(name).unwrap()
-    }
-
-    #[cfg(test)]
-    pub(super) fn tree_names(&self) -> Vec<String> {
-        let guard = self.handle.read().unwrap();
-        guard
-            .as_ref()
-            .unwrap()
-            .db
-            .tree_names()
-            .iter()
-            .map(|n| String::from_utf8_lossy(n).into_owned())
-            .collect()
-    }
-}
-
-pub(super) fn tree_name(generation: u64) -> String {
-    format!("{SNAPSHOT_PREFIX}{generation:020}")
-}
-
-/// Reads a generation's records kind by kind (`<kind>/<index>` keys).
-struct TreeSource<'a> {
-    tree: sled::Tree,
-    kind: String,
-    scan: Option<sled::Iter>,
-    path: &'a Path,
-}
-
-impl RecordSource for TreeSource<'_> {
-    fn next(&mut self, kind: &str) -> Result<Option<(String, Vec<u8>)>, StoreError> {
-        if self.kind != kind || self.scan.is_none() {
-            self.kind = kind.to_string();
-            self.scan = Some(self.tree.scan_prefix(format!("{kind}/").as_bytes()));
-        }
-        let Some(scan) = self.scan.as_mut() else {
+    /// Loads the current snapshot into `sink`, one record at a time. Records that do not decode
+    /// are left out and listed; a record count that differs from the header (records missing)
+    /// is corruption, and `sink` must then be thrown away.
+    pub(super) fn load_into(
+        &self,
+        sink: &mut dyn SnapshotSink,
+    ) -> Result<Option<LoadedSnapshot>, StoreError> {
+        let conn = self.lock();
+        let Some((slot, header)) = self.current(&conn)? else {
             return Ok(None);
         };
-        match scan.next() {
-            None => Ok(None),
-            Some(Ok((key, value))) => Ok(Some((String::from_utf8_lossy(&key).into_owned(), value.to_vec()))),
-            Some(Err(source)) => Err(StoreError::Engine {
-                path: self.path.to_path_buf(),
-                source,
-            }),
+        sink.synced_at(header.synced_at);
+        let mut source = SlotSource::new(&conn, slot, &self.path)?;
+        let report = format::read_records(&mut source, sink);
+        drop(source);
+        release_cache(&conn);
+        let report = report?;
+        if report.found != header.counts {
+            return Err(StoreError::Corrupt {
+                path: self.path.clone(),
+                generation: header.generation,
+                detail: format!(
+                    "record counts {:?} differ from header {:?}",
+                    report.found, header.counts
+                ),
+            });
         }
+        Ok(Some(LoadedSnapshot {
+            header,
+            unreadable: report.unreadable,
+        }))
     }
-}
 
-/// Writes records into a generation's tree in batches.
-struct TreeSink<'a> {
-    tree: &'a sled::Tree,
-    batch: sled::Batch,
-    pending: usize,
-    path: &'a Path,
-}
-
-impl TreeSink<'_> {
-    fn apply(&mut self) -> Result<(), StoreError> {
-        let batch = std::mem::take(&mut self.batch);
-        self.pending = 0;
-        self.tree.apply_batch(batch).map_err(|source| StoreError::Engine {
-            path: self.path.to_path_buf(),
-            source,
-        })
-    }
-}
-
-impl RecordSink for TreeSink<'_> {
-    fn put(&mut self, kind: &str, index: usize, bytes: Vec<u8>) -> Result<(), StoreError> {
-        self.batch
-            .insert(format!("{kind}/{index:010}").into_bytes(), bytes);
-        self.pending += 1;
-        if self.pending >= BATCH {
-            self.apply()?;
+    /// The current records of one kind into `sink` (unreadable ones skipped and logged): the
+    /// channels for `status` without loading 100,000 credentials.
+    pub(super) fn load_kind(&self, kind: RecordKind, sink: &mut dyn SnapshotSink) -> Result<(), StoreError> {
+        let conn = self.lock();
+        let Some((slot, _)) = self.current(&conn)? else {
+            return Ok(());
+        };
+        let mut source = SlotSource::new(&conn, slot, &self.path)?;
+        while let Some((name, bytes)) = source.next(kind)? {
+            match format::decode_record(kind, &bytes) {
+                Ok(record) => sink.record(record),
+                Err(error) => tracing::error!(record = %name, %error, "unreadable snapshot record skipped"),
+            }
         }
         Ok(())
     }
 
-    fn end_kind(&mut self, _kind: &str) -> Result<(), StoreError> {
-        self.apply()
+    /// Hands the current snapshot's header and its records as stored, kind by kind, to `write`
+    /// (the last good copy is written from it without decoding).
+    pub(super) fn export(
+        &self,
+        write: &mut dyn FnMut(&SnapshotHeader, &mut dyn RecordSource) -> Result<(), StoreError>,
+    ) -> Result<Option<SnapshotHeader>, StoreError> {
+        let conn = self.lock();
+        let Some((slot, header)) = self.current(&conn)? else {
+            return Ok(None);
+        };
+        let mut source = SlotSource::new(&conn, slot, &self.path)?;
+        let written = write(&header, &mut source);
+        drop(source);
+        release_cache(&conn);
+        written?;
+        Ok(Some(header))
+    }
+
+    /// A new staged slot for a sync to fill.
+    pub(super) fn stage(&self) -> Result<Staged, StoreError> {
+        let conn = self.lock();
+        conn.execute("INSERT INTO slots (current) VALUES (0)", [])
+            .map_err(|e| self.error(e))?;
+        Ok(Staged {
+            slot: conn.last_insert_rowid(),
+        })
+    }
+
+    /// Writes `records` into the staged slot in one transaction. Returns how many had a key
+    /// already staged (the later record replaces the earlier).
+    pub(super) fn put(&self, staged: &Staged, records: &[Record]) -> Result<u64, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(|e| self.error(e))?;
+        let mut repeated = 0;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO records (slot, kind, key, body) VALUES (?1, ?2, ?3, ?4)",
+                )
+                .map_err(|e| self.error(e))?;
+            let mut replace = tx
+                .prepare_cached("UPDATE records SET body = ?4 WHERE slot = ?1 AND kind = ?2 AND key = ?3")
+                .map_err(|e| self.error(e))?;
+            for record in records {
+                let key = format::encode_key(&record.key());
+                let body = format::encode_record(record);
+                let kind = kind_number(record.kind());
+                let added = insert
+                    .execute(params![staged.slot, kind, key, body])
+                    .map_err(|e| self.error(e))?;
+                if added == 0 {
+                    repeated += 1;
+                    replace
+                        .execute(params![staged.slot, kind, key, body])
+                        .map_err(|e| self.error(e))?;
+                }
+            }
+        }
+        tx.commit().map_err(|e| self.error(e))?;
+        Ok(repeated)
+    }
+
+    /// Records of `kind` staged so far.
+    pub(super) fn staged_count(&self, staged: &Staged, kind: RecordKind) -> Result<u64, StoreError> {
+        let conn = self.lock();
+        count(&conn, staged.slot, kind).map_err(|e| self.error(e))
+    }
+
+    /// Makes the staged slot the snapshot, as `merges` says for each kind (a kind it does not
+    /// name is kept), with `meta` written in the same transaction. The new header's generation
+    /// is above both the current one and `at_least`. On any error nothing changed.
+    pub(super) fn commit(
+        &self,
+        staged: Staged,
+        merges: &[(RecordKind, Merge)],
+        synced_at: Option<Timestamp>,
+        at_least: u64,
+        meta: &[(&str, Vec<u8>)],
+    ) -> Result<SnapshotHeader, StoreError> {
+        let merge_of = |kind| {
+            merges
+                .iter()
+                .find(|(k, _)| *k == kind)
+                .map_or(Merge::Keep, |(_, m)| *m)
+        };
+        let mut conn = self.lock();
+        let previous = self.current(&conn)?;
+        testing::failpoint("snapshot.records_written");
+        let tx = conn.transaction().map_err(|e| self.error(e))?;
+        let e = |e| self.error(e);
+        let all_replaced = RecordKind::ALL.iter().all(|k| merge_of(*k) == Merge::Replace);
+        let (slot, retired) = match &previous {
+            Some((current, _)) if !all_replaced => {
+                for kind in RecordKind::ALL {
+                    let number = kind_number(kind);
+                    match merge_of(kind) {
+                        Merge::Keep => continue,
+                        Merge::Replace => {
+                            tx.execute(
+                                "DELETE FROM records WHERE slot = ?1 AND kind = ?2",
+                                params![current, number],
+                            )
+                            .map_err(e)?;
+                        }
+                        Merge::Overlay => {}
+                    }
+                    tx.execute(
+                        "INSERT OR REPLACE INTO records (slot, kind, key, body)
+                         SELECT ?1, kind, key, body FROM records WHERE slot = ?2 AND kind = ?3",
+                        params![current, staged.slot, number],
+                    )
+                    .map_err(e)?;
+                }
+                delete_slot(&tx, staged.slot).map_err(e)?;
+                (*current, None)
+            }
+            _ => (staged.slot, previous.as_ref().map(|(slot, _)| *slot)),
+        };
+        let mut counts = SnapshotCounts::default();
+        for kind in RecordKind::ALL {
+            counts.set(kind, count(&tx, slot, kind).map_err(e)?);
+        }
+        let generation = previous
+            .as_ref()
+            .map_or(0, |(_, h)| h.generation + 1)
+            .max(at_least);
+        let header = SnapshotHeader {
+            generation,
+            synced_at,
+            written_at: Timestamp::now(),
+            counts,
+        };
+        let bytes = serde_json::to_vec(&header.to_disk()).unwrap_or_default();
+        testing::failpoint("snapshot.before_flip");
+        tx.execute(
+            "UPDATE slots SET current = 1, header = ?2 WHERE slot = ?1",
+            params![slot, bytes],
+        )
+        .map_err(e)?;
+        if let Some(retired) = retired {
+            tx.execute("UPDATE slots SET current = 0 WHERE slot = ?1", params![retired])
+                .map_err(e)?;
+        }
+        for (key, value) in meta {
+            tx.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+                params![key, value],
+            )
+            .map_err(e)?;
+        }
+        tx.commit().map_err(e)?;
+        testing::failpoint("snapshot.after_flip");
+        // The retired slot is no longer current: deleting it can wait for the next open if
+        // this fails or the process stops here.
+        if let Some(retired) = retired {
+            if let Err(error) = delete_slot(&conn, retired) {
+                tracing::warn!(%error, "the previous snapshot's records were not deleted yet");
+            }
+        }
+        release_cache(&conn);
+        Ok(header)
+    }
+
+    /// Marks the current snapshot as confirmed at `synced_at` (a sync that found nothing to
+    /// change) with `meta`, in one transaction; the records and the generation stay.
+    pub(super) fn touch(&self, synced_at: Timestamp, meta: &[(&str, Vec<u8>)]) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let current = self.current(&conn)?;
+        let tx = conn.transaction().map_err(|e| self.error(e))?;
+        if let Some((slot, mut header)) = current {
+            header.synced_at = Some(synced_at);
+            let bytes = serde_json::to_vec(&header.to_disk()).unwrap_or_default();
+            tx.execute(
+                "UPDATE slots SET header = ?2 WHERE slot = ?1",
+                params![slot, bytes],
+            )
+            .map_err(|e| self.error(e))?;
+        }
+        for (key, value) in meta {
+            tx.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+                params![key, value],
+            )
+            .map_err(|e| self.error(e))?;
+        }
+        tx.commit().map_err(|e| self.error(e))
+    }
+
+    /// Deletes a staged slot that will not be committed.
+    pub(super) fn abandon(&self, staged: Staged) -> Result<(), StoreError> {
+        let conn = self.lock();
+        delete_slot(&conn, staged.slot).map_err(|e| self.error(e))
+    }
+
+    /// A small value kept with the snapshot (sync cursors and similar), JSON-encoded.
+    pub(super) fn meta_get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
+        let conn = self.lock();
+        let value: Option<Vec<u8>> = conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.error(e))?;
+        Ok(value.and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+
+    pub(super) fn meta_put<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(value).unwrap_or_default();
+        let conn = self.lock();
+        conn.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+            params![key, bytes],
+        )
+        .map_err(|e| self.error(e))?;
+        testing::failpoint("meta.written");
+        Ok(())
+    }
+
+    pub(super) fn meta_remove(&self, key: &str) -> Result<(), StoreError> {
+        let conn = self.lock();
+        conn.execute("DELETE FROM meta WHERE key = ?1", [key])
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    /// Copies the WAL back into the database.
+    pub(super) fn checkpoint(&self) -> Result<(), StoreError> {
+        let conn = self.lock();
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(|e| self.error(e))
+    }
+
+    #[cfg(test)]
+    pub(super) fn slots(&self) -> Vec<(i64, bool)> {
+        let conn = self.lock();
+        let mut statement = conn
+            .prepare("SELECT slot, current FROM slots ORDER BY slot")
+            .unwrap();
+        let rows = statement
+            .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? == 1)))
+            .unwrap();
+        rows.map(Result::unwrap).collect()
+    }
+
+    #[cfg(test)]
+    pub(super) fn execute(&self, sql: &str) {
+        self.lock().execute_batch(sql).unwrap();
+    }
+}
+
+/// A slot being filled by a sync; committed or abandoned (dropping it leaves the rows for the
+/// next open to delete). Copies name the same slot (the list parser stages on its own thread).
+#[derive(Debug, Clone)]
+pub struct Staged {
+    slot: i64,
+}
+
+fn count(conn: &Connection, slot: i64, kind: RecordKind) -> rusqlite::Result<u64> {
+    conn.query_row(
+        "SELECT count(*) FROM records WHERE slot = ?1 AND kind = ?2",
+        params![slot, kind_number(kind)],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n as u64)
+}
+
+/// Hands the pages SQLite cached while a whole snapshot went through back to the allocator:
+/// the cache is for the sync's work, and between syncs nothing reads the database.
+fn release_cache(conn: &Connection) {
+    let _ = conn.execute_batch("PRAGMA shrink_memory");
+}
+
+fn delete_slot(conn: &Connection, slot: i64) -> rusqlite::Result<()> {
+    conn.execute("DELETE FROM records WHERE slot = ?1", [slot])?;
+    conn.execute("DELETE FROM slots WHERE slot = ?1", [slot])?;
+    Ok(())
+}
+
+/// A slot's records, kind by kind in key order, read one row at a time.
+struct SlotSource<'c> {
+    statement: rusqlite::Statement<'c>,
+    slot: i64,
+    kind: Option<RecordKind>,
+    rows: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The last key read of the current kind (rows are fetched in chunks after it).
+    after: Option<Vec<u8>>,
+    done: bool,
+    path: &'c Path,
+}
+
+/// Rows fetched per query: bounds memory while reading 130,000 credentials.
+const CHUNK: i64 = 1024;
+
+impl<'c> SlotSource<'c> {
+    fn new(conn: &'c Connection, slot: i64, path: &'c Path) -> Result<SlotSource<'c>, StoreError> {
+        let statement = conn
+            .prepare(
+                "SELECT key, body FROM records WHERE slot = ?1 AND kind = ?2 AND key > ?3
+                 ORDER BY key LIMIT ?4",
+            )
+            .map_err(|source| StoreError::Snapshot {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(SlotSource {
+            statement,
+            slot,
+            kind: None,
+            rows: Vec::new(),
+            after: None,
+            done: false,
+            path,
+        })
+    }
+
+    fn fetch(&mut self, kind: RecordKind) -> Result<(), StoreError> {
+        let after = self.after.clone().unwrap_or_default();
+        let rows = self
+            .statement
+            .query_map(params![self.slot, kind_number(kind), after, CHUNK], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .and_then(|rows| rows.collect::<Result<Vec<(Vec<u8>, Vec<u8>)>, _>>())
+            .map_err(|source| StoreError::Snapshot {
+                path: self.path.to_path_buf(),
+                source,
+            })?;
+        self.done = (rows.len() as i64) < CHUNK;
+        self.rows = rows;
+        self.rows.reverse();
+        Ok(())
+    }
+}
+
+impl RecordSource for SlotSource<'_> {
+    fn next(&mut self, kind: RecordKind) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+        if self.kind != Some(kind) {
+            self.kind = Some(kind);
+            self.after = None;
+            self.fetch(kind)?;
+        } else if self.rows.is_empty() && !self.done {
+            self.fetch(kind)?;
+        }
+        let Some((key, body)) = self.rows.pop() else {
+            return Ok(None);
+        };
+        let name = format!("{}/{}", kind.as_str(), key_text(&key));
+        self.after = Some(key);
+        Ok(Some((name, body)))
+    }
+}
+
+/// A stored key for messages: the id, and a credential's own id after its person's.
+fn key_text(key: &[u8]) -> String {
+    let id = <[u8; 8]>::try_from(&key[..key.len().min(8)])
+        .map(u64::from_be_bytes)
+        .unwrap_or_default();
+    match &key[key.len().min(8)..] {
+        [] => id.to_string(),
+        rest => format!("{id}/{}", String::from_utf8_lossy(rest)),
     }
 }

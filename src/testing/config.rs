@@ -3,7 +3,8 @@
 
 use crate::config::values::Ranged;
 use crate::config::{
-    Config, DoorConfig, OutputLineConfig, ReaderConfig, SecretSource, ServiceUrl, WiegandReaderConfig,
+    AuthConfig, AuthMethod, Config, DoorConfig, OutputLineConfig, ReaderConfig, SecretSource, ServiceUrl,
+    WiegandReaderConfig,
 };
 use std::path::{Path, PathBuf};
 
@@ -66,6 +67,20 @@ pub fn bench_config(dir: &Path, base_url: &str, requests_per_minute: u64) -> Con
     without_osdp_doors(&mut config);
     quiet_sync(&mut config);
     config
+}
+
+/// Switches `config` to OAuth with the simulator's client (`agent`, secret `shh`) and
+/// `refresh_token`, the secrets written under `dir`.
+pub fn use_oauth(config: &mut Config, dir: &Path, refresh_token: &str) {
+    std::fs::write(dir.join("client_secret"), "shh\n").expect("client secret file");
+    std::fs::write(dir.join("refresh_token"), refresh_token).expect("refresh token file");
+    config.api.auth = AuthConfig {
+        method: AuthMethod::Oauth,
+        client_id: Some("agent".into()),
+        client_secret: Some(SecretSource::File(dir.join("client_secret"))),
+        refresh_token_file: Some(dir.join("refresh_token")),
+        api_key: None,
+    };
 }
 
 /// Fails the test when a change made the config invalid (as `Config::parse` would refuse it).

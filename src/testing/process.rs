@@ -12,6 +12,52 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+/// A process's memory as the kernel reports it in `/proc/<pid>/status`, KiB.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Memory {
+    /// Resident set size now (`VmRSS`).
+    pub rss_kb: u64,
+    /// The highest resident set size so far (`VmHWM`).
+    pub hwm_kb: u64,
+}
+
+/// Resident memory of a process by where it lives (`/proc/<pid>/smaps`), KiB, largest first:
+/// the executable's own pages, each shared library, `[heap]`, `[stack]`, and anonymous
+/// mappings (thread stacks, malloc arenas, large allocations).
+pub fn resident_by_mapping(pid: u32) -> Vec<(String, u64)> {
+    let Ok(smaps) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else {
+        return Vec::new();
+    };
+    let mut by_name: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    let mut name = String::new();
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or("");
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            name = match words.nth(4) {
+                Some(path) => path.rsplit('/').next().unwrap_or(path).to_string(),
+                None => "anonymous".to_string(),
+            };
+        } else if first == "Rss:" {
+            let kb: u64 = words.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            *by_name.entry(name.clone()).or_default() += kb;
+        }
+    }
+    let mut sorted: Vec<(String, u64)> = by_name.into_iter().filter(|(_, kb)| *kb > 0).collect();
+    sorted.sort_by_key(|(_, kb)| std::cmp::Reverse(*kb));
+    sorted
+}
+
+impl Memory {
+    /// Reads `/proc/<pid>/status`; `None` once the process is gone.
+    pub fn of(pid: u32) -> Option<Memory> {
+        Some(Memory {
+            rss_kb: proc_status_kb(pid, "VmRSS")?,
+            hwm_kb: proc_status_kb(pid, "VmHWM")?,
+        })
+    }
+}
+
 /// A running `doorflow-agent run`; its stderr goes to `log_path`.
 pub struct AgentProcess {
     binary: String,
@@ -214,6 +260,11 @@ impl AgentProcess {
         self.child.id()
     }
 
+    /// The agent's resident memory now and at its peak.
+    pub fn memory(&self) -> Memory {
+        Memory::of(self.pid()).expect("VmRSS and VmHWM in the agent's /proc/PID/status")
+    }
+
     /// A `/proc/PID/status` figure in kB (`VmRSS`, `VmHWM`).
     pub fn memory_kb(&self, field: &str) -> u64 {
         proc_status_kb(self.pid(), field).unwrap_or_else(|| panic!("no {field} for the agent"))
@@ -257,19 +308,9 @@ impl AgentProcess {
 
     /// SIGTERM, then waits (up to 30 s) for the exit.
     pub fn stop(&mut self) -> ExitStatus {
-        // SAFETY: kill(2) on our own child's pid; no memory is involved.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait for the agent") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the agent did not stop on SIGTERM:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
+        match terminate(&mut self.child) {
+            Some(status) => status,
+            None => panic!("the agent did not stop on SIGTERM:\n{}", self.log()),
         }
     }
 }
@@ -279,6 +320,18 @@ impl Drop for AgentProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Sends SIGTERM to `child` and waits up to 30 s for it to exit; `None` if it did not.
+fn terminate(child: &mut Child) -> Option<ExitStatus> {
+    // SAFETY: kill(2) on our own child's pid; no memory is involved.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let mut exited = None;
+    wait_until(Duration::from_secs(30), || {
+        exited = child.try_wait().ok().flatten();
+        exited.is_some()
+    });
+    exited
 }
 
 /// Polls `condition` every 50 ms until it holds or `limit` passes (a generous bound, not a
