@@ -180,8 +180,10 @@ async fn acknowledged_events_survive_100_kill_9s_and_arrive_at_least_once() {
         .filter_map(|r| r.body["id"].as_u64())
         .collect();
     let unique: HashSet<u64> = received.iter().copied().collect();
+    // A sanity bound, not a rate: under qemu-user (the aarch64 run) a cycle's window holds
+    // fewer swipes than natively (96 in 100 cycles there, several hundred on x86_64).
     assert!(
-        acked.len() > KILLS,
+        acked.len() >= KILLS / 2,
         "the test drove enough events ({} acknowledged)",
         acked.len()
     );
