@@ -515,8 +515,10 @@ async fn reader_led_and_beeper_lines_play_grant_and_deny() {
         ],
         "relay first, then green and one beep"
     );
+    // The pattern's steps are due at fixed offsets from its start, so a late "on" write (a
+    // loaded or emulated machine) shortens the measured beep a little; it never doubles it.
     let beep_ms = (seen[3].2 - seen[2].2) / 1_000_000;
-    assert!((100..2_000).contains(&beep_ms), "beeped for {beep_ms} ms");
+    assert!((80..2_000).contains(&beep_ms), "beeped for {beep_ms} ms");
     assert_eq!(door.event().await.event_code, 10);
 
     door.swipe(4242);
