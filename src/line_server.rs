@@ -115,6 +115,31 @@ pub struct LineServer {
     limits: Limits,
 }
 
+/// Binds a Unix socket that is never reachable with a wider mode than 0660: bound under a
+/// temporary name beside `path`, given its mode, then renamed into place (a rename is atomic,
+/// so `path` never shows the umask's mode). Where the temporary name would not fit in
+/// `sun_path`, the socket is bound at `path` and its mode set at once.
+fn bind_private(path: &Path) -> Result<UnixListener, String> {
+    let private = std::fs::Permissions::from_mode(0o660);
+    let staging = path.with_file_name(format!(".{}.sock~", std::process::id()));
+    if staging.as_os_str().len() > MAX_SOCKET_PATH {
+        let listener = UnixListener::bind(path).map_err(|e| e.to_string())?;
+        std::fs::set_permissions(path, private).map_err(|e| format!("cannot set mode 0660: {e}"))?;
+        return Ok(listener);
+    }
+    let _ = std::fs::remove_file(&staging);
+    let listener = UnixListener::bind(&staging).map_err(|e| e.to_string())?;
+    let placed = std::fs::set_permissions(&staging, private)
+        .map_err(|e| format!("cannot set mode 0660: {e}"))
+        .and_then(|()| {
+            std::fs::rename(&staging, path).map_err(|e| format!("cannot move it into place: {e}"))
+        });
+    if placed.is_err() {
+        let _ = std::fs::remove_file(&staging);
+    }
+    placed.map(|()| listener)
+}
+
 impl LineServer {
     /// Binds `path` (mode 0660), creating its directory, replacing a stale socket left by a
     /// crash but refusing one another process still answers on. `what` names the socket in
@@ -140,9 +165,7 @@ impl LineServer {
             }
             std::fs::remove_file(path).map_err(|e| fail(format!("cannot remove the stale socket: {e}")))?;
         }
-        let listener = UnixListener::bind(path).map_err(|e| fail(e.to_string()))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-            .map_err(|e| fail(format!("cannot set mode 0660: {e}")))?;
+        let listener = bind_private(path).map_err(fail)?;
         let inode = std::fs::metadata(path).map(|m| m.ino()).unwrap_or(0);
         Ok(LineServer {
             what,
