@@ -57,10 +57,16 @@ impl WatchdogTiming {
     }
 }
 
-/// The last heartbeat of each vital loop.
+/// How long a loop may take to beat for the first time: start-up (opening the store, the first
+/// requests) is slower than a loop's period, much slower on a loaded or emulated CPU, and a
+/// loop that has not started is not a stuck one until then.
+pub const FIRST_BEAT_GRACE: Duration = Duration::from_secs(30);
+
+/// The last heartbeat of each vital loop (0: not yet beaten).
 #[derive(Debug)]
 pub struct Liveness {
     loops: Vec<(String, AtomicU64)>,
+    created_ns: u64,
     timing: WatchdogTiming,
 }
 
@@ -85,11 +91,12 @@ impl Heartbeat {
 }
 
 impl Liveness {
-    /// One heartbeat per named loop, all counted as alive now.
+    /// One heartbeat per named loop; each is judged from its first beat, or after
+    /// `FIRST_BEAT_GRACE` if it never beats.
     pub fn new(names: &[String], timing: WatchdogTiming) -> (Arc<Liveness>, Vec<Heartbeat>) {
-        let now = monotonic_ns();
         let liveness = Arc::new(Liveness {
-            loops: names.iter().map(|n| (n.clone(), AtomicU64::new(now))).collect(),
+            loops: names.iter().map(|n| (n.clone(), AtomicU64::new(0))).collect(),
+            created_ns: monotonic_ns(),
             timing,
         });
         let beats = (0..names.len())
@@ -101,12 +108,17 @@ impl Liveness {
         (liveness, beats)
     }
 
-    /// Loops that have not beaten within `max_age` of `now`.
+    /// Loops that have not beaten within `max_age` of `now` (monotonic ns), or not at all
+    /// within `FIRST_BEAT_GRACE` of their creation.
     pub fn stale(&self, now_ns: u64, max_age: Duration) -> Vec<&str> {
         let max_age = max_age.as_nanos() as u64;
+        let grace = FIRST_BEAT_GRACE.as_nanos() as u64;
         self.loops
             .iter()
-            .filter(|(_, beat)| now_ns.saturating_sub(beat.load(Ordering::Relaxed)) > max_age)
+            .filter(|(_, beat)| match beat.load(Ordering::Relaxed) {
+                0 => now_ns.saturating_sub(self.created_ns) > grace.max(max_age),
+                last => now_ns.saturating_sub(last) > max_age,
+            })
             .map(|(name, _)| name.as_str())
             .collect()
     }
@@ -171,12 +183,24 @@ mod tests {
     fn a_loop_that_stops_beating_is_stale() {
         let names = vec!["door front".to_string(), "uplink".to_string()];
         let (liveness, beats) = Liveness::new(&names, WatchdogTiming::from_interval(None));
+        beats[0].beat();
+        beats[1].beat();
         let now = monotonic_ns();
         assert!(liveness.stale(now, Duration::from_secs(1)).is_empty());
-        beats[0].beat();
         let later = monotonic_ns() + 2_000_000_000;
         liveness.loops[0].1.store(later, Ordering::Relaxed);
         assert_eq!(liveness.stale(later, Duration::from_secs(1)), ["uplink"]);
+    }
+
+    #[test]
+    fn a_loop_still_starting_is_not_stuck_until_its_grace_ends() {
+        let names = vec!["uplink".to_string()];
+        let (liveness, _beats) = Liveness::new(&names, WatchdogTiming::from_interval(None));
+        let start = liveness.created_ns;
+        let slow_start = start + 5_000_000_000;
+        assert!(liveness.stale(slow_start, Duration::from_millis(500)).is_empty());
+        let never = start + FIRST_BEAT_GRACE.as_nanos() as u64 + 1;
+        assert_eq!(liveness.stale(never, Duration::from_millis(500)), ["uplink"]);
     }
 
     #[test]
