@@ -541,7 +541,7 @@ run_latency() {
         END {
             if (n == 0) { print "no relay change seen"; exit 1 }
             p50 = v[int((n - 1) * 0.50) + 1]; p99 = v[int((n - 1) * 0.99) + 1]
-            printf "latency %s (icount %s): last falling edge -> relay line change, %d of %d swipes: min %.2f ms, p50 %.2f ms, p99 %.2f ms, max %.2f ms (the frame end included: 30 ms until the reader's bit interval is learned, then 4 x it; 100 us sampling)\n", arch, icount, n, cards, v[1] / 1000, p50 / 1000, p99 / 1000, v[n] / 1000
+            printf "latency %s (icount %s): last falling edge -> relay line change, %d of %d swipes: min %.2f ms, p50 %.2f ms, p99 %.2f ms, max %.2f ms (the frame end included: 30 ms until the bit interval is learned, then 4 x it; 100 us sampling)\n", arch, icount, n, cards, v[1] / 1000, p50 / 1000, p99 / 1000, v[n] / 1000
         }' | tee "$OUT/latency.txt"
     [ "$n" = "$cards" ]
 }
