@@ -219,6 +219,33 @@ async fn three_boards_on_one_account_share_its_limit_without_a_429() {
     );
 }
 
+/// Issue 16 item 4: `requests_per_minute` caps this board's share of the account, however much
+/// the server's `X-RateLimit-Limit` allows (a site that splits one account between boards).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_board_keeps_to_its_own_cap_below_the_accounts_limit() {
+    let sim = Simulator::start(SimConfig {
+        people: 2_000,
+        requests_per_window: 100_000,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let s = board(sim, false, 600);
+    let started = Instant::now();
+    sync_once(&s.target, &s.client).await.unwrap();
+    let elapsed = started.elapsed();
+    let requests = s.sim.requests() as u32;
+    assert!(
+        requests >= 10,
+        "a full sync of 2,000 people took {requests} requests"
+    );
+    // 600/min is one request per 100 ms (102 ms with the margin), the first one at once.
+    assert!(
+        elapsed >= Duration::from_millis(100) * (requests - 1),
+        "{requests} requests in {elapsed:?} at a cap of 600/min"
+    );
+}
+
 /// Issue 16 item 6: with tokens of 5 minutes or less the agent refreshed before every request
 /// (38 refreshes for 38 requests). Refreshed half way through a short lifetime instead: never
 /// sent expired (no 401), one refresh per token.

@@ -2,8 +2,9 @@
 //! share so the agent never burns its own quota.
 //!
 //! Pacing rule: requests are spaced at least `window / limit` (plus 2 %) apart, the limit being
-//! the server's `X-RateLimit-Limit` (`requests_per_minute` until one is seen), so a steady
-//! caller uses about 98 % of it. The account's limit may be shared with other boards
+//! the lower of the server's `X-RateLimit-Limit` and this board's `requests_per_minute` (its
+//! share of the account; until the server has answered, the limit assumed), so a steady caller
+//! uses about 98 % of it. The account's limit may be shared with other boards
 //! (issue 16 item 4): what the server says is left (`X-RateLimit-Remaining`) is spread over the
 //! time to `X-RateLimit-Reset`, so when others spend from the window its remainder falls faster
 //! than this board's own use and this board slows down, and the window is never spent before it
@@ -121,7 +122,10 @@ pub fn total_results(headers: &HeaderMap) -> Option<u64> {
 /// The shared budget, on the monotonic clock.
 #[derive(Debug, Clone)]
 pub struct RateBudget {
+    /// The server's limit per window (`requests_per_minute` until it says).
     limit: u32,
+    /// This board's own cap per window (`requests_per_minute`), whatever the server allows.
+    cap: u32,
     remaining: u32,
     reset: Option<Instant>,
     window: Duration,
@@ -137,10 +141,12 @@ const CLOCK_MARGIN: Duration = Duration::from_secs(1);
 const WINDOW_RESERVE: u32 = 1;
 
 impl RateBudget {
-    /// `per_minute` applies until the server's headers say otherwise.
+    /// `per_minute` is this board's cap, and the limit assumed until the server's headers say
+    /// what the account's is.
     pub fn new(per_minute: u32) -> RateBudget {
         RateBudget {
             limit: per_minute.max(1),
+            cap: per_minute.max(1),
             remaining: per_minute.max(1),
             reset: None,
             window: Duration::from_secs(60),
@@ -151,7 +157,7 @@ impl RateBudget {
     }
 
     fn spacing(&self) -> Duration {
-        self.window / self.limit * 102 / 100
+        self.window / self.limit.min(self.cap) * 102 / 100
     }
 
     /// The spacing that spreads what the server says is left of its window over the time to
@@ -348,42 +354,60 @@ mod tests {
         assert_eq!(total_results(&headers), Some(1051));
     }
 
-    /// A server with fixed 60 s windows and headers; a steady caller must never see a 429 and
-    /// must use at least 90 % of the limit. The clock is the test's: a base instant moved on.
+    /// A steady caller of a server with fixed 60 s windows and headers, counting what it
+    /// served and what drew a 429. The clock is the test's: a base instant moved on.
+    fn steady_caller(mut budget: RateBudget, limit: u32) -> (u32, u32) {
+        let base = Instant::now();
+        // Windows not aligned with the caller's start.
+        let (mut window_start, mut count, mut rejected, mut served) = (Duration::ZERO, 0u32, 0u32, 0u32);
+        let mut now = base + secs(17);
+        let end = base + secs(617);
+        while now < end {
+            now = budget.reserve(now);
+            while now.duration_since(base) >= window_start + secs(60) {
+                window_start += secs(60);
+                count = 0;
+            }
+            let info = RateInfo {
+                limit: Some(limit),
+                remaining: Some(limit.saturating_sub(count + 1)),
+                reset: Some(base + window_start + secs(60)),
+                ..Default::default()
+            };
+            if count >= limit {
+                rejected += 1;
+                budget.pause_until(base + window_start + secs(60));
+            } else {
+                count += 1;
+                served += 1;
+                budget.observe(&info);
+            }
+        }
+        (served, rejected)
+    }
+
+    /// A steady caller never sees a 429 and uses at least 90 % of the server's limit, whether
+    /// the limit it assumed before the first answer was higher or lower.
     #[test]
     fn steady_caller_stays_under_a_fixed_window_limit() {
-        for limit in [120u32, 30, 600] {
-            let base = Instant::now();
-            let mut budget = RateBudget::new(120);
-            // Windows not aligned with the caller's start.
-            let (mut window_start, mut count, mut rejected, mut served) = (Duration::ZERO, 0u32, 0u32, 0u32);
-            let mut now = base + secs(17);
-            let end = base + secs(617);
-            while now < end {
-                now = budget.reserve(now);
-                while now.duration_since(base) >= window_start + secs(60) {
-                    window_start += secs(60);
-                    count = 0;
-                }
-                let info = RateInfo {
-                    limit: Some(limit),
-                    remaining: Some(limit.saturating_sub(count + 1)),
-                    reset: Some(base + window_start + secs(60)),
-                    ..Default::default()
-                };
-                if count >= limit {
-                    rejected += 1;
-                    budget.pause_until(base + window_start + secs(60));
-                } else {
-                    count += 1;
-                    served += 1;
-                    budget.observe(&info);
-                }
-            }
+        for (assumed, limit) in [(600u32, 120u32), (600, 30), (600, 600), (10_000, 120)] {
+            let (served, rejected) = steady_caller(RateBudget::new(assumed), limit);
             assert_eq!(rejected, 0, "limit {limit}");
             let share = served as f64 / (limit as f64 * 10.0);
             assert!(share >= 0.9, "limit {limit}: used {share:.2} of the budget");
         }
+    }
+
+    /// `requests_per_minute` caps this board's share (issue 16 item 4): under an account limit
+    /// of 600/min a board capped at 40/min sends 36 to 40 a minute.
+    #[test]
+    fn the_board_keeps_to_its_own_cap_under_a_larger_account_limit() {
+        let (served, rejected) = steady_caller(RateBudget::new(40), 600);
+        assert_eq!(rejected, 0);
+        assert!(
+            (360..=400).contains(&served),
+            "{served} in 10 minutes at a cap of 40/min"
+        );
     }
 
     /// Issue 16 item 4: three boards on one 120/min account, each configured for 120/min and

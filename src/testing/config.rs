@@ -13,9 +13,11 @@ pub const SIM_API_KEY: &str = "sim-api-key";
 
 /// The demo config with its store, sockets and API key file in `dir` (the key file is written
 /// with the simulator's key), talking to `base_url`. Its periodic sync runs every 10 s as in the
-/// demo; `quiet_sync` moves it out of the way.
+/// demo; `quiet_sync` moves it out of the way. The board's own cap (`requests_per_minute`) is
+/// lifted to 10,000/min: the pace is the simulator's limit, which each test chooses.
 pub fn demo_config(dir: &Path, base_url: &str) -> Config {
     let mut config = demo();
+    config.api.requests_per_minute = Ranged::new(10_000);
     let key_file = dir.join("api_key");
     std::fs::write(&key_file, format!("{SIM_API_KEY}\n")).expect("write the API key file");
     config.api.base_url = ServiceUrl::parse(base_url).expect("a valid test URL");

@@ -2,7 +2,8 @@
 # agent with a per-scenario config, its event stream, and checks that read the relay line
 # itself (the sim's `value`), never the agent's belief.
 
-BIN=/mnt/host/bin
+# The binaries run from RAM (main.sh copies them from the share): see run-bench, share_binary.
+BIN=/tmp/bin
 AGENT=$BIN/doorflow-agent
 SIMULATOR=$BIN/doorflow-sim
 OUT=/mnt/host/out
