@@ -15,7 +15,7 @@ use doorflow_agent::hw::{mock::MockGpio, monotonic_ns};
 use doorflow_agent::snapshot::{SharedSnapshot, Snapshot, SnapshotParts};
 use doorflow_agent::store::Store;
 use doorflow_agent::testing::events::denied_swipe;
-use serde_json::json;
+use doorflow_agent::testing::harness::present_and_time;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -80,13 +80,7 @@ async fn measure(config: &Config, flood: bool) -> Vec<u64> {
     let mut windows = Vec::new();
     for i in 0..SWIPES {
         let number = 1 + (i as u64 * 7919) % 10_000;
-        let reply = mock
-            .handle(&json!({"op": "card", "door": 0, "format": "h10301", "facility": 1, "number": number}));
-        assert_eq!(reply["ok"], true);
-        let timing = tokio::time::timeout(Duration::from_secs(5), timing_rx.recv())
-            .await
-            .unwrap()
-            .unwrap();
+        let timing = present_and_time(&mock, &mut timing_rx, number).await;
         let relay_ns = timing.relay_ns.expect("granted: the relay was written");
         loop {
             let event = durable.recv().await.expect("writer running");

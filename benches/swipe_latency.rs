@@ -17,12 +17,11 @@ use doorflow_agent::config::Config;
 use doorflow_agent::door_task::{DoorState, DoorTask, DoorThread, SwipeTiming};
 use doorflow_agent::doorflow::client::Client;
 use doorflow_agent::hw::mock::MockGpio;
-use doorflow_agent::sim::{SimConfig, Simulator};
+use doorflow_agent::sim::Simulator;
 use doorflow_agent::snapshot::*;
 use doorflow_agent::sync;
-use doorflow_agent::testing::config::{bench_config, wiegand_reader};
-use doorflow_agent::testing::harness::queue_denied_swipes;
-use serde_json::json;
+use doorflow_agent::testing::config::wiegand_reader;
+use doorflow_agent::testing::harness::{agent_with_backlog, present_and_time};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -140,16 +139,7 @@ struct Background {
 
 impl Background {
     async fn start() -> Background {
-        let sim = Simulator::start(SimConfig {
-            people: BACKGROUND_PEOPLE,
-            requests_per_window: u32::MAX,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let agent = Agent::start(bench_config(dir.path(), sim.base_url(), 10_000)).unwrap();
-        queue_denied_swipes(&agent, 10_000);
+        let (sim, agent, dir) = agent_with_backlog(BACKGROUND_PEOPLE, 10_000).await;
         // The agent's own loops: doors (mock) and the uplink lanes draining the queue.
         tokio::spawn(agent::serve(Arc::clone(&agent), std::future::pending()));
         // And a sync running back to back on top.
@@ -214,13 +204,7 @@ async fn measure_swipes(config: &Config, placement: Placement, label: &str) {
     let mut timings = Vec::new();
     for i in 0..swipes {
         let number = 1 + (i as u64 * 7919) % 65_000;
-        let reply = mock
-            .handle(&json!({"op": "card", "door": 0, "format": "h10301", "facility": 1, "number": number}));
-        assert_eq!(reply["ok"], true);
-        let timing = tokio::time::timeout(Duration::from_secs(5), timing_rx.recv())
-            .await
-            .unwrap()
-            .unwrap();
+        let timing = present_and_time(&mock, &mut timing_rx, number).await;
         assert!(timing.granted);
         timings.push(timing);
         // Let the relay relock so every swipe is a real relay write.

@@ -16,7 +16,7 @@ use doorflow_agent::sim::{SimConfig, Simulator};
 use doorflow_agent::store::{Capacity, Store};
 use doorflow_agent::testing::config::bench_config;
 use doorflow_agent::testing::events::denied_swipe;
-use doorflow_agent::testing::harness::queue_denied_swipes;
+use doorflow_agent::testing::harness::{agent_with_backlog, queue_denied_swipes};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -107,16 +107,7 @@ async fn drain_at_limit(seconds: u64) {
 }
 
 async fn drain_ten_thousand() {
-    let sim = Simulator::start(SimConfig {
-        people: 50,
-        requests_per_window: u32::MAX,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let agent = Agent::start(bench_config(dir.path(), sim.base_url(), 10_000)).unwrap();
-    queue_denied_swipes(&agent, 10_000);
+    let (sim, agent, _dir) = agent_with_backlog(50, 10_000).await;
     let start = Instant::now();
     tokio::spawn(agent::serve(Arc::clone(&agent), std::future::pending()));
     while agent.store.outbox_stats().unwrap().pending > 0 {

@@ -71,6 +71,16 @@ pub struct CredentialType {
     pub kind: CredentialKind,
 }
 
+impl CredentialType {
+    pub fn new(id: u64, slug: &str, kind: CredentialKind) -> CredentialType {
+        CredentialType {
+            id,
+            slug: slug.into(),
+            kind,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Credential {
     pub id: String,
@@ -91,6 +101,18 @@ pub struct Role {
     pub channel_ids: Vec<u64>,
     #[serde(default)]
     pub group_ids: Vec<u64>,
+}
+
+impl Role {
+    /// A role at any time (no shift) that names no channels or groups of its own.
+    pub fn unrestricted(id: u64) -> Role {
+        Role {
+            id,
+            shift_id: None,
+            channel_ids: vec![],
+            group_ids: vec![],
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -254,17 +276,8 @@ impl SnapshotParts {
                     status: None,
                 })
                 .collect(),
-            credential_types: vec![CredentialType {
-                id: 1,
-                slug: "card".into(),
-                kind: CredentialKind::Card,
-            }],
-            roles: vec![Role {
-                id: 1,
-                shift_id: None,
-                channel_ids: vec![],
-                group_ids: vec![],
-            }],
+            credential_types: vec![CredentialType::new(1, "card", CredentialKind::Card)],
+            roles: vec![Role::unrestricted(1)],
             groups: vec![Group { id: 100 }],
             ..Default::default()
         }

@@ -48,10 +48,8 @@ fn channel(id: u64, mode: ChannelMode, lockdown: Option<Lockdown>, site_id: Opti
 
 fn role(id: u64, shift_id: Option<u64>) -> Role {
     Role {
-        id,
         shift_id,
-        channel_ids: vec![],
-        group_ids: vec![],
+        ..Role::unrestricted(id)
     }
 }
 
@@ -107,26 +105,10 @@ fn snapshot() -> Snapshot {
         people,
         credentials,
         credential_types: vec![
-            CredentialType {
-                id: 1,
-                slug: "employee_card".into(),
-                kind: CredentialKind::Card,
-            },
-            CredentialType {
-                id: 2,
-                slug: "pin".into(),
-                kind: CredentialKind::Pin,
-            },
-            CredentialType {
-                id: 3,
-                slug: "hid_mobile".into(),
-                kind: CredentialKind::Other,
-            },
-            CredentialType {
-                id: 4,
-                slug: "visitor_card".into(),
-                kind: CredentialKind::Card,
-            },
+            CredentialType::new(1, "employee_card", CredentialKind::Card),
+            CredentialType::new(2, "pin", CredentialKind::Pin),
+            CredentialType::new(3, "hid_mobile", CredentialKind::Other),
+            CredentialType::new(4, "visitor_card", CredentialKind::Card),
         ],
         roles,
         groups: vec![Group { id: 100 }, Group { id: 200 }],

@@ -5,7 +5,7 @@
 //! no event may arrive twice beyond the one record in flight at each kill.
 
 use doorflow_agent::admin::{self, Request};
-use doorflow_agent::sim::{SimConfig, Simulator};
+use doorflow_agent::testing::harness::unlimited_simulator;
 use doorflow_agent::testing::harness::Options;
 use serde_json::{json, Value};
 use std::collections::HashSet;
@@ -99,13 +99,7 @@ fn swipe(mock_socket: PathBuf, stop: Arc<AtomicBool>, seed: u64) -> std::thread:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_events_survive_100_kill_9s_and_arrive_at_least_once() {
-    let sim = Simulator::start(SimConfig {
-        people: 50,
-        requests_per_window: 10_000_000,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let sim = unlimited_simulator(50).await;
     let dir = tempfile::tempdir().unwrap();
     let options = Options {
         requests_per_minute: 10_000,

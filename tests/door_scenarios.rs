@@ -60,23 +60,10 @@ fn snapshot(front_mode: ChannelMode, lockdown: Option<Lockdown>) -> Snapshot {
             }))
             .collect(),
         credential_types: vec![
-            CredentialType {
-                id: 1,
-                slug: "employee_card".into(),
-                kind: CredentialKind::Card,
-            },
-            CredentialType {
-                id: 2,
-                slug: "pin".into(),
-                kind: CredentialKind::Pin,
-            },
+            CredentialType::new(1, "employee_card", CredentialKind::Card),
+            CredentialType::new(2, "pin", CredentialKind::Pin),
         ],
-        roles: vec![Role {
-            id: 1,
-            shift_id: None,
-            channel_ids: vec![],
-            group_ids: vec![],
-        }],
+        roles: vec![Role::unrestricted(1)],
         channels: vec![Channel {
             id: 1340,
             mode: front_mode,

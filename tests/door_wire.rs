@@ -84,23 +84,10 @@ fn seed_store(dir: &Path) {
             credential(11, 1, "1234567890"),
         ],
         credential_types: vec![
-            CredentialType {
-                id: 1,
-                slug: "card".into(),
-                kind: CredentialKind::Card,
-            },
-            CredentialType {
-                id: 2,
-                slug: "pin".into(),
-                kind: CredentialKind::Pin,
-            },
+            CredentialType::new(1, "card", CredentialKind::Card),
+            CredentialType::new(2, "pin", CredentialKind::Pin),
         ],
-        roles: vec![Role {
-            id: 1,
-            shift_id: None,
-            channel_ids: vec![],
-            group_ids: vec![],
-        }],
+        roles: vec![Role::unrestricted(1)],
         channels: vec![Channel {
             id: 1340,
             mode: ChannelMode::Normal,

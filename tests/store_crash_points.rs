@@ -8,8 +8,8 @@
 
 const BINARY: &str = env!("CARGO_BIN_EXE_doorflow-agent");
 
-use doorflow_agent::sim::{SimConfig, Simulator};
 use doorflow_agent::store::testing::FAILPOINTS;
+use doorflow_agent::testing::harness::unlimited_simulator;
 use doorflow_agent::testing::state_dir::StateDir;
 use doorflow_agent::testing::store_fs;
 use serde_json::{json, Value};
@@ -114,13 +114,7 @@ fn restart_and_drain(state: &StateDir, failpoint: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_write_boundary_survives_a_crash_without_losing_an_acknowledged_record() {
     for failpoint in FAILPOINTS.iter().filter(|f| !f.starts_with("legacy.")) {
-        let sim = Simulator::start(SimConfig {
-            people: 50,
-            requests_per_window: 10_000_000,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        let sim = unlimited_simulator(50).await;
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::write(BINARY, dir.path(), sim.base_url());
         // Until the stop the event sink is unreachable, so what was acknowledged is still

@@ -32,17 +32,8 @@ fn generation_parts(generation: u64) -> SnapshotParts {
                 status: None,
             })
             .collect(),
-        credential_types: vec![CredentialType {
-            id: 1,
-            slug: "card".into(),
-            kind: CredentialKind::Card,
-        }],
-        roles: vec![Role {
-            id: generation,
-            shift_id: None,
-            channel_ids: vec![],
-            group_ids: vec![],
-        }],
+        credential_types: vec![CredentialType::new(1, "card", CredentialKind::Card)],
+        roles: vec![Role::unrestricted(generation)],
         ..Default::default()
     }
 }

@@ -339,13 +339,10 @@ async fn when_the_server_comes_back_the_queue_resumes_without_sleeping_out_its_b
     assert_eq!(h.received_event_ids(), ids);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refused_credentials_hold_the_admit_lane_and_keep_the_queue() {
-    let h = Harness::start(Options {
-        api_key: "revoked-key".into(),
-        ..Options::default()
-    })
-    .await;
+/// Queues an admit that DoorFlow's auth refuses: the admit lane holds as `auth_refused` with
+/// the admit kept (never dead-lettered), and `status` says the credentials are refused and
+/// the board is not online. Returns that status.
+async fn queue_admit_refused_by_doorflow(h: &Harness) -> doorflow_agent::status::StatusReport {
     h.queue_admit(17);
     assert!(
         eventually(LIMIT, || h.agent.uplink.lane(Lane::Admit).state.as_str()
@@ -359,9 +356,20 @@ async fn refused_credentials_hold_the_admit_lane_and_keep_the_queue() {
         "kept, not dead-lettered"
     );
     let status = h.agent.status();
-    assert_eq!(status.queue.uplink, "auth_refused");
     assert_eq!(status.doorflow_auth.state, "refused");
     assert!(!status.online, "refused credentials are not online");
+    status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_hold_the_admit_lane_and_keep_the_queue() {
+    let h = Harness::start(Options {
+        api_key: "revoked-key".into(),
+        ..Options::default()
+    })
+    .await;
+    let status = queue_admit_refused_by_doorflow(&h).await;
+    assert_eq!(status.queue.uplink, "auth_refused");
     // The event lane (the sink, which does not use DoorFlow's key) is not held by it.
     assert!(eventually(LIMIT, || h.received_event_ids().len() == 1).await);
 }
@@ -385,23 +393,9 @@ async fn a_refused_refresh_holds_the_admit_lane_and_status_says_so() {
     // The refresh token is revoked at DoorFlow and the access token expires.
     std::fs::write(h.config.api.auth.refresh_token_file.as_ref().unwrap(), "revoked").unwrap();
     h.sim.expire_tokens();
-    h.queue_admit(17);
-    assert!(
-        eventually(LIMIT, || h.agent.uplink.lane(Lane::Admit).state.as_str()
-            == "auth_refused")
-        .await
-    );
-    let stats = h.agent.store.outbox_stats().unwrap();
-    assert_eq!(
-        (stats.pending_admits, stats.dead),
-        (1, 0),
-        "kept, not dead-lettered"
-    );
-    let status = h.agent.status();
-    assert_eq!(status.doorflow_auth.state, "refused");
+    let status = queue_admit_refused_by_doorflow(&h).await;
     let error = status.doorflow_auth.error.clone().unwrap();
     assert!(error.contains("invalid_grant"), "{error}");
-    assert!(!status.online);
     let text = doorflow_agent::status::render(&status);
     assert!(text.contains("DoorFlow auth refused"), "{text}");
     assert!(text.contains("offline"), "{text}");

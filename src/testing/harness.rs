@@ -233,3 +233,38 @@ impl Harness {
         mock_control::control(&self.config.gpio.mock_socket, request)
     }
 }
+
+/// A simulator with `people` people and no rate limit, and an agent against it (`bench_config`:
+/// no periodic sync, the OSDP door left out) with `queued` denied swipes in its outbox. The
+/// agent's loops are not started (`agent::serve` does that); the directory holds its state.
+pub async fn agent_with_backlog(people: u64, queued: u64) -> (Simulator, Arc<Agent>, tempfile::TempDir) {
+    let sim = Simulator::start(SimConfig {
+        people,
+        requests_per_window: u32::MAX,
+        ..Default::default()
+    })
+    .await
+    .expect("simulator starts");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let config = super::config::bench_config(dir.path(), sim.base_url(), 10_000);
+    let agent = Agent::start(config).expect("agent starts");
+    queue_denied_swipes(&agent, queued);
+    (sim, agent, dir)
+}
+
+/// Presents H10301 card `number` (facility 1) at door 0 of `mock` and returns the door task's
+/// timing of that swipe from `timings` (panics after 5 s without one).
+pub async fn present_and_time(
+    mock: &crate::hw::mock::MockGpio,
+    timings: &mut tokio::sync::mpsc::UnboundedReceiver<crate::door_task::SwipeTiming>,
+    number: u64,
+) -> crate::door_task::SwipeTiming {
+    let reply = mock.handle(&serde_json::json!({
+        "op": "card", "door": 0, "format": "h10301", "facility": 1, "number": number
+    }));
+    assert_eq!(reply["ok"], true, "the mock took the card: {reply}");
+    tokio::time::timeout(std::time::Duration::from_secs(5), timings.recv())
+        .await
+        .expect("the door task timed the swipe within 5 s")
+        .expect("the door task is running")
+}
