@@ -102,7 +102,7 @@ impl Server {
     /// the socket of an agent that still answers.
     pub async fn bind(path: &Path) -> Result<Server, BindError> {
         Ok(Server {
-            socket: LineServer::bind("admin socket", path, LIMITS).await?,
+            socket: LineServer::bind("admin socket (`admin.socket`)", path, LIMITS).await?,
         })
     }
 

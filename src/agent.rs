@@ -149,7 +149,10 @@ impl Agent {
             agent_running: true,
             // Refused credentials are not online, whatever answered last.
             online: self.online.load(Ordering::Relaxed) && auth_refused.is_none(),
-            doorflow_auth: DoorflowAuth::new(auth_refused),
+            doorflow_auth: DoorflowAuth {
+                refresh_token_unsaved: self.doorflow_auth.refresh_token_unsaved(),
+                ..DoorflowAuth::new(auth_refused)
+            },
             snapshot: SnapshotStatus::new(generation, &counts, snapshot.synced_at()),
             sync: lock(&self.sync_status).clone(),
             queue: self.queue_status(),

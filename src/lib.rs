@@ -27,6 +27,7 @@ pub mod secrets;
 pub mod shutdown;
 #[cfg(feature = "simulator")]
 pub mod sim;
+pub mod small_file;
 pub mod snapshot;
 pub mod status;
 pub mod store;

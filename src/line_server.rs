@@ -23,7 +23,7 @@ use crate::mutex::lock;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::future::Future;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -159,7 +159,15 @@ impl LineServer {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| fail(format!("cannot create its directory: {e}")))?;
         }
-        if std::fs::symlink_metadata(path).is_ok() {
+        if let Ok(existing) = std::fs::symlink_metadata(path) {
+            // Only a socket is ever replaced: a path that names anything else (a typo pointing
+            // at the queue database or the refresh token) is left alone and the start refused.
+            if !existing.file_type().is_socket() {
+                return Err(fail(format!(
+                    "{} is there, not a socket; it is left alone (does the config name the wrong path?)",
+                    crate::small_file::describe(&existing.file_type())
+                )));
+            }
             if UnixStream::connect(path).await.is_ok() {
                 return Err(fail("another process is already answering on it".into()));
             }
@@ -674,6 +682,45 @@ mod tests {
             .err()
             .unwrap();
         assert!(error.to_string().contains("at most 107"), "{error}");
+    }
+
+    /// A socket path that names anything but a socket (a typo pointing at the queue database)
+    /// is refused and left as it was; only a stale socket is replaced.
+    #[tokio::test]
+    async fn only_a_stale_socket_is_replaced_never_another_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("queue.sqlite");
+        std::fs::write(&file, b"acknowledged records").unwrap();
+        let directory = dir.path().join("a-directory");
+        std::fs::create_dir(&directory).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        let fifo = dir.path().join("fifo");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        for (path, kind) in [
+            (&file, "a regular file"),
+            (&directory, "a directory"),
+            (&link, "a symbolic link"),
+            (&fifo, "a FIFO"),
+        ] {
+            let error = LineServer::bind("test socket", path, LIMITS).await.err().unwrap();
+            assert!(
+                error
+                    .to_string()
+                    .contains(&format!("{kind} is there, not a socket")),
+                "{error}"
+            );
+        }
+        assert_eq!(std::fs::read(&file).unwrap(), b"acknowledged records");
+        assert!(directory.is_dir() && link.is_symlink());
+        // A stale socket (nobody answers) is replaced.
+        let stale = dir.path().join("stale.sock");
+        drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+        assert!(LineServer::bind("test socket", &stale, LIMITS).await.is_ok());
     }
 
     #[tokio::test]

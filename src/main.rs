@@ -182,7 +182,7 @@ fn check_config(path: &Path) -> ExitCode {
         Ok(config) => config,
         Err(error) => return config_failure(&error),
     };
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let text = Config::read_text(path).unwrap_or_default();
     let mut failed = false;
     for finding in preflight::check(&config) {
         let line = line_of_key(&text, &finding.key);
@@ -210,7 +210,7 @@ fn check_config(path: &Path) -> ExitCode {
 
 /// `check-config --unit-condition`: whether the config has been made the site's own.
 fn site_config_condition(path: &Path) -> ExitCode {
-    let Ok(text) = std::fs::read_to_string(path) else {
+    let Ok(text) = Config::read_text(path) else {
         // `run` says why it cannot read it.
         return ExitCode::SUCCESS;
     };

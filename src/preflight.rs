@@ -47,6 +47,8 @@ pub fn check(config: &Config) -> Vec<Finding> {
     }
     findings.extend(chip_findings);
     findings.extend(metrics_directory(config));
+    findings.extend(socket_paths(config));
+    findings.extend(refresh_token_writable(config));
     findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
     findings
 }
@@ -135,7 +137,8 @@ pub fn secrets(config: &Config) -> Vec<Finding> {
 
 /// Whether an OSDP key file holds a key `run` accepts.
 fn osdp_key(path: &Path) -> Result<(), String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = crate::small_file::read_text(path, crate::small_file::SECRET_LIMIT)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     crate::osdp::keys::Scbk::from_hex(text.trim())
         .map(|_| ())
         .map_err(|reason| format!("OSDP key file {}: {reason}", path.display()))
@@ -144,12 +147,9 @@ fn osdp_key(path: &Path) -> Result<(), String> {
 /// A secret file's problem, if it has one.
 fn secret_file(path: &Path) -> Option<(Severity, String)> {
     let shown = path.display();
-    let text = match std::fs::read(path) {
-        Ok(text) => text,
-        Err(error) => return Some((Severity::Error, format!("secret file {shown}: {error}"))),
-    };
-    if String::from_utf8_lossy(&text).trim().is_empty() {
-        return Some((Severity::Error, format!("secret file {shown} is empty")));
+    // What `run` reads, with the same rules (a small regular file, one line, not empty).
+    if let Err(error) = crate::secrets::read_file(path) {
+        return Some((Severity::Error, error.to_string()));
     }
     let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
     (mode & 0o077 != 0).then(|| {
@@ -188,6 +188,59 @@ fn trust_store(config: &Config) -> Option<Finding> {
             } else {
                 errors.join("; ")
             }
+        ),
+    })
+}
+
+/// A socket path the agent binds must be free or hold a stale socket: `run` replaces nothing
+/// else (a typo naming the queue database must not delete it), so it refuses to start.
+fn socket_paths(config: &Config) -> Vec<Finding> {
+    let mut sockets = vec![("admin.socket", &config.admin.socket)];
+    if config.gpio.backend == GpioBackend::Mock {
+        sockets.push(("gpio.mock_socket", &config.gpio.mock_socket));
+    }
+    sockets
+        .into_iter()
+        .filter_map(|(key, path)| {
+            let kind = std::fs::symlink_metadata(path).ok()?.file_type();
+            (!kind.is_socket()).then(|| Finding {
+                severity: Severity::Error,
+                key: key.into(),
+                message: format!(
+                    "{} is {}, not a socket; `run` will not replace it (does the config name the wrong path?)",
+                    path.display(),
+                    crate::small_file::describe(&kind)
+                ),
+            })
+        })
+        .collect()
+}
+
+/// DoorFlow may rotate the refresh token at every refresh; the agent writes the new one to a
+/// temporary file beside `refresh_token_file` and renames it over the old, so the file's
+/// directory must be writable (a read-only path, as `ProtectSystem=strict` makes /etc, would
+/// keep the new token only in memory, and a restart would lose access).
+fn refresh_token_writable(config: &Config) -> Option<Finding> {
+    if config.api.auth.method != AuthMethod::Oauth {
+        return None;
+    }
+    let file = config.api.auth.refresh_token_file.as_deref()?;
+    let dir = file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: access reads a NUL-terminated path and has no other preconditions.
+    let writable = unsafe { libc::access(path.as_ptr(), libc::W_OK) } == 0;
+    (!writable).then(|| Finding {
+        severity: Severity::Error,
+        key: "api.auth.refresh_token_file".into(),
+        message: format!(
+            "its directory {} is not writable ({}); DoorFlow rotates the refresh token and the \
+             agent must save the new one there, or a restart loses access (keep it in the state \
+             directory)",
+            dir.display(),
+            std::io::Error::last_os_error()
         ),
     })
 }

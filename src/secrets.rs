@@ -54,9 +54,11 @@ pub fn read(source: &SecretSource) -> Result<Secret, SecretError> {
 
 pub fn read_file(path: &Path) -> Result<Secret, SecretError> {
     let shown = path.display().to_string();
-    let text = fs::read_to_string(path).map_err(|e| SecretError::Read {
-        path: shown.clone(),
-        reason: e.to_string(),
+    let text = crate::small_file::read_text(path, crate::small_file::SECRET_LIMIT).map_err(|reason| {
+        SecretError::Read {
+            path: shown.clone(),
+            reason,
+        }
     })?;
     if let Ok(meta) = fs::metadata(path) {
         if meta.permissions().mode() & 0o077 != 0 {
@@ -66,6 +68,14 @@ pub fn read_file(path: &Path) -> Result<Secret, SecretError> {
     let value = text.trim();
     if value.is_empty() {
         return Err(SecretError::Empty { path: shown });
+    }
+    // A key or token is one line; a second one is a file mixed up with another (and would be
+    // refused in an HTTP header anyway).
+    if value.contains(['\n', '\r']) {
+        return Err(SecretError::Read {
+            path: shown,
+            reason: "holds more than one line; a secret file holds the secret alone".into(),
+        });
     }
     Ok(Secret::new(value))
 }
@@ -142,6 +152,26 @@ mod tests {
         let error = read_file(&dir.path().join("nope")).unwrap_err();
         assert!(error.to_string().contains("nope"));
     }
+
+    #[test]
+    fn a_secret_is_one_line_from_a_small_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        fs::write(&path, "first\nsecond\n").unwrap();
+        assert!(read_file(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("more than one line"));
+        let error = read_file(Path::new("/dev/zero")).unwrap_err().to_string();
+        assert!(
+            error.contains("/dev/zero: is a device, not a regular file"),
+            "{error}"
+        );
+        fs::write(&path, "k".repeat(SECRET_LIMIT_FOR_TEST + 1)).unwrap();
+        assert!(read_file(&path).unwrap_err().to_string().contains("at most"));
+    }
+
+    const SECRET_LIMIT_FOR_TEST: usize = crate::small_file::SECRET_LIMIT as usize;
 
     #[test]
     fn debug_does_not_print_the_value() {

@@ -50,6 +50,10 @@ pub struct DoorflowAuth {
     /// `ok` or `refused`.
     pub state: String,
     pub error: Option<String>,
+    /// Why the refresh token DoorFlow last rotated lives only in memory (it could not be
+    /// written to `api.auth.refresh_token_file`): a restart would lose access.
+    #[serde(default)]
+    pub refresh_token_unsaved: Option<String>,
 }
 
 impl DoorflowAuth {
@@ -57,6 +61,7 @@ impl DoorflowAuth {
         DoorflowAuth {
             state: if refused.is_some() { "refused" } else { "ok" }.into(),
             error: refused,
+            refresh_token_unsaved: None,
         }
     }
 
@@ -337,6 +342,9 @@ pub fn degraded_reasons(report: &StatusReport, inputs: &HealthInputs) -> Vec<Str
         reasons.push(format!(
             "DoorFlow auth refused ({error}): no sync and no admits until the credentials are replaced; queued calls are kept"
         ));
+    }
+    if let Some(why) = &report.doorflow_auth.refresh_token_unsaved {
+        reasons.push(why.clone());
     }
     if report.queue.uplink == "auth_refused" {
         reasons.push(format!(

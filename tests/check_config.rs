@@ -138,6 +138,70 @@ const CASES: &[Case] = &[
         env: &[],
     },
     Case {
+        name: "admin socket path names an existing file (run would have deleted it)",
+        setup: |dir, config| {
+            let path = dir.join("queue-typo.sqlite");
+            std::fs::write(&path, "acknowledged records").unwrap();
+            config.admin.socket = path;
+        },
+        exit: 2,
+        key: "admin.socket",
+        line_with: Some("queue-typo.sqlite"),
+        says: &["is a regular file, not a socket"],
+        run_refuses: true,
+        env: &[],
+    },
+    Case {
+        name: "admin socket on the mock GPIO socket",
+        setup: |_, config| config.admin.socket = config.gpio.mock_socket.clone(),
+        exit: 2,
+        key: "gpio.mock_socket",
+        line_with: None,
+        says: &["is also `admin.socket`", "each role needs a path of its own"],
+        run_refuses: true,
+        env: &[],
+    },
+    Case {
+        name: "API key path is a FIFO (reading it would wait for a writer)",
+        setup: |dir, config| {
+            let path = dir.join("key-fifo");
+            assert!(std::process::Command::new("mkfifo")
+                .arg(&path)
+                .status()
+                .unwrap()
+                .success());
+            config.api.auth.api_key = Some(SecretSource::File(path));
+        },
+        exit: 2,
+        key: "api.auth.api_key",
+        line_with: Some("key-fifo"),
+        says: &["secret file", "is a FIFO, not a regular file"],
+        run_refuses: false,
+        env: &[],
+    },
+    Case {
+        name: "API key path is an endless device",
+        setup: |_, config| {
+            config.api.auth.api_key = Some(SecretSource::File("/dev/zero".into()));
+        },
+        exit: 2,
+        key: "api.auth.api_key",
+        line_with: Some("/dev/zero"),
+        says: &["secret file", "is a device, not a regular file"],
+        run_refuses: false,
+        env: &[],
+    },
+    Case {
+        name: "API key file of two lines",
+        setup: |_, config| std::fs::write(api_key(config), "sim-api-key\nsomething else\n").unwrap(),
+        exit: 2,
+        key: "api.auth.api_key",
+        line_with: Some("api_key = "),
+        says: &["more than one line"],
+        run_refuses: false,
+        env: &[],
+    },
+    Case {
         name: "systemd credential missing from CREDENTIALS_DIRECTORY",
         setup: |_, config| {
             config.api.auth.api_key = Some(SecretSource::SystemdCredential("doorflow-api-key".into()));
@@ -335,6 +399,54 @@ fn check(case: &Case) -> Result<(), String> {
 fn check_config_refuses_whatever_run_would_refuse() {
     let failures: Vec<String> = CASES.iter().filter_map(|case| check(case).err()).collect();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A refresh token on a read-only filesystem (what `ProtectSystem=strict` makes of /etc): the
+/// agent could not save the token DoorFlow rotates, and a restart would lose access. A real
+/// read-only mount, not a mode: root writes through modes.
+#[test]
+fn a_refresh_token_where_it_cannot_be_rewritten_is_refused() {
+    let Some(secrets) = doorflow_agent::testing::store_fs::SmallFs::mount(1, "read-only refresh token")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = demo_config(dir.path(), "http://127.0.0.1:9");
+    doorflow_agent::testing::config::use_oauth(&mut config, &secrets.path, "refresh-token");
+    for file in ["client_secret", "refresh_token"] {
+        std::fs::set_permissions(secrets.path.join(file), std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let (path, text) = write_raw(&config, dir.path());
+    let check = || {
+        agent()
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    let out = check();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    secrets.remount_read_only();
+    let out = check();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let line = 1 + text
+        .lines()
+        .position(|l| l.starts_with("refresh_token_file"))
+        .unwrap();
+    for needle in [
+        format!("line {line}:"),
+        "`api.auth.refresh_token_file`".into(),
+        "is not writable".into(),
+        "Read-only file system".into(),
+    ] {
+        assert!(stderr.contains(&needle), "no `{needle}` in: {stderr}");
+    }
 }
 
 #[test]

@@ -289,6 +289,61 @@ async fn short_lived_tokens_are_refreshed_once_each_half_way_through_their_lifet
     );
 }
 
+/// A refresh token DoorFlow rotates but the agent cannot write back (its file on a read-only
+/// filesystem, as under `ProtectSystem=strict`) locked the agent out at the next refresh: the
+/// file's token had been retired. The rotated token is kept in memory and used for the next
+/// refresh, and `status` says a restart would lose access.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_refresh_token_that_cannot_be_saved_is_kept_in_memory_and_reported() {
+    let Some(secrets) = doorflow_agent::testing::store_fs::SmallFs::mount(1, "unsaved refresh token") else {
+        return;
+    };
+    let sim = Simulator::start(SimConfig {
+        people: 20,
+        requests_per_window: 10_000,
+        token_lifetime_s: 2,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = demo_config(dir.path(), sim.base_url());
+    use_oauth(&mut config, &secrets.path, &sim.refresh_token());
+    assert_valid(&config);
+    secrets.remount_read_only();
+    let token_file = config.api.auth.refresh_token_file.clone().unwrap();
+    let original = std::fs::read_to_string(&token_file).unwrap();
+    let agent = Agent::start(config.clone()).unwrap();
+    let budget = Arc::new(Mutex::new(RateBudget::new(10_000)));
+    let client = Client::new(&config.api, budget)
+        .unwrap()
+        .with_clock(Arc::clone(&agent.clock))
+        .with_auth_health(Arc::clone(&agent.doorflow_auth));
+    let target = agent.sync_target(Default::default());
+    // Tokens of 2 s are refreshed every second: several rotations, each one unsaved.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(4) {
+        sync_once(&target, &client).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let refreshes = sim.requests_to("/oauth/token");
+    assert!(refreshes >= 3, "{refreshes} refreshes");
+    assert_eq!(
+        std::fs::read_to_string(&token_file).unwrap(),
+        original,
+        "the file is read-only"
+    );
+    let status = agent.status();
+    assert_eq!(status.doorflow_auth.state, "ok");
+    let unsaved = status.doorflow_auth.refresh_token_unsaved.clone().unwrap();
+    assert!(unsaved.contains("a restart would lose access"), "{unsaved}");
+    assert!(
+        status.degraded.iter().any(|r| r.contains("could not be saved")),
+        "{:?}",
+        status.degraded
+    );
+}
+
 /// Two calls refused with the same expired token (sync and the admit lane share the client)
 /// cost one refresh, not two: the second finds the token the first got.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -44,7 +44,7 @@ pub use uplink::UplinkConfig;
 use crate::snapshot::Shift;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/doorflow-agent/config.toml";
 
@@ -107,11 +107,17 @@ pub struct Problem {
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        Config::parse(&text, &path.display().to_string())
+        Config::parse(&Config::read_text(path)?, &path.display().to_string())
+    }
+
+    /// A config file's text: a regular file of at most 1 MiB, UTF-8.
+    pub fn read_text(path: &Path) -> Result<String, ConfigError> {
+        crate::small_file::read_text(path, crate::small_file::CONFIG_LIMIT).map_err(|reason| {
+            ConfigError::Read {
+                path: path.display().to_string(),
+                reason,
+            }
+        })
     }
 
     /// Parses and validates config text; `origin` names the source in messages.
@@ -145,6 +151,7 @@ impl Config {
             report(key, message);
         }
         self.validate_shifts(&mut report);
+        self.validate_distinct_paths(&mut report);
         match serde_json::to_value(self) {
             Ok(value) => strings::validate(&value, &mut report),
             Err(error) => report(String::new(), format!("cannot be checked: {error}")),
@@ -163,6 +170,82 @@ impl Config {
             }
             if let Err((time_index, field, message)) = shift.to_shift() {
                 report(format!("shifts[{index}].times[{time_index}].{field}"), message);
+            }
+        }
+    }
+
+    /// Every file path the config names, with its key and its role. One path in two roles (the
+    /// admin socket on the mock socket, a socket on the refresh token) is a typo that would
+    /// make the agent refuse to start or overwrite a file; one role shared by several doors (an
+    /// RS-485 bus's port, a key file) is how a bus is wired.
+    fn validate_distinct_paths(&self, report: &mut impl FnMut(String, String)) {
+        let mut named: Vec<(String, &'static str, PathBuf)> = vec![
+            (
+                "store.path".into(),
+                "the store directory",
+                self.store.path.clone(),
+            ),
+            (
+                "admin.socket".into(),
+                "the admin socket",
+                self.admin.socket.clone(),
+            ),
+        ];
+        if self.gpio.backend == GpioBackend::Mock {
+            named.push((
+                "gpio.mock_socket".into(),
+                "the mock GPIO socket",
+                self.gpio.mock_socket.clone(),
+            ));
+        }
+        let auth = &self.api.auth;
+        for (key, source) in [
+            ("api.auth.api_key", &auth.api_key),
+            ("api.auth.client_secret", &auth.client_secret),
+            ("uplink.events_token", &self.uplink.events_token),
+        ] {
+            if let Some(SecretSource::File(path)) = source {
+                named.push((key.into(), "a secret file", path.clone()));
+            }
+        }
+        if let Some(path) = &auth.refresh_token_file {
+            named.push((
+                "api.auth.refresh_token_file".into(),
+                "the refresh token",
+                path.clone(),
+            ));
+        }
+        if let Some(path) = &self.metrics.textfile {
+            named.push(("metrics.textfile".into(), "the metrics file", path.clone()));
+        }
+        for (index, door) in self.doors.iter().enumerate() {
+            if let ReaderConfig::Osdp(reader) = &door.reader {
+                named.push((
+                    format!("doors[{index}].reader.port"),
+                    "an OSDP port",
+                    reader.port.clone(),
+                ));
+                if let Some(SecretSource::File(path)) = &reader.key_file {
+                    named.push((
+                        format!("doors[{index}].reader.key_file"),
+                        "an OSDP key file",
+                        path.clone(),
+                    ));
+                }
+            }
+        }
+        for (at, (key, role, path)) in named.iter().enumerate() {
+            let clash = named[..at]
+                .iter()
+                .find(|(_, other_role, other)| other == path && other_role != role);
+            if let Some((other_key, other_role, _)) = clash {
+                report(
+                    key.clone(),
+                    format!(
+                        "`{}` is also `{other_key}` ({other_role}); each role needs a path of its own",
+                        path.display()
+                    ),
+                );
             }
         }
     }

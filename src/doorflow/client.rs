@@ -47,6 +47,10 @@ struct OAuth {
     client_id: String,
     client_secret: Secret,
     refresh_token_file: PathBuf,
+    /// A rotated refresh token that could not be written to `refresh_token_file` (a read-only
+    /// file or directory): DoorFlow has already retired the one in the file, so this one is
+    /// used for the next refresh instead, or the agent would lock itself out at once.
+    unsaved: Mutex<Option<Secret>>,
 }
 
 struct AccessToken {
@@ -63,12 +67,19 @@ struct AccessToken {
 #[derive(Debug, Default)]
 pub struct AuthHealth {
     refused: Mutex<Option<String>>,
+    unsaved: Mutex<Option<String>>,
 }
 
 impl AuthHealth {
     /// Why DoorFlow refused the credentials, while it does.
     pub fn refused(&self) -> Option<String> {
         lock(&self.refused).clone()
+    }
+
+    /// Why the current refresh token lives only in memory (it could not be saved), while it
+    /// does: a restart would lose access to DoorFlow.
+    pub fn refresh_token_unsaved(&self) -> Option<String> {
+        lock(&self.unsaved).clone()
     }
 
     fn set(&self, refused: Option<String>) {
@@ -129,6 +140,7 @@ impl Client {
                         .ok_or_else(|| ClientSetupError::Http("client_secret missing".into()))?,
                 )?,
                 refresh_token_file: config.auth.refresh_token_file.clone().unwrap_or_default(),
+                unsaved: Mutex::new(None),
             }),
         };
         Client::build(config, &config.base_url, auth, budget)
@@ -243,18 +255,25 @@ impl Client {
     }
 
     /// `POST /oauth/token` with the refresh token; a rotated refresh token is written (0600,
-    /// atomically) before the new access token is used. On failure the old tokens stay.
+    /// atomically) before the new access token is used. A failed call keeps the old tokens; a
+    /// rotated token that cannot be written is kept in memory and used for the next refresh
+    /// (`AuthHealth::refresh_token_unsaved` says so).
     async fn refresh(&self, oauth: &OAuth, operation: Operation) -> Result<AccessToken, ApiError> {
         let OAuth {
             client_id,
             client_secret,
             refresh_token_file,
+            unsaved: _,
         } = oauth;
-        let refresh_token = secrets::read_file(refresh_token_file).map_err(|e| ApiError::Transport {
-            operation,
-            kind: TransportKind::Other,
-            detail: e.to_string(),
-        })?;
+        let unsaved = lock(&oauth.unsaved).clone();
+        let refresh_token = match unsaved {
+            Some(token) => token,
+            None => secrets::read_file(refresh_token_file).map_err(|e| ApiError::Transport {
+                operation,
+                kind: TransportKind::Other,
+                detail: e.to_string(),
+            })?,
+        };
         self.pace().await;
         let form = [
             ("grant_type", "refresh_token"),
@@ -274,14 +293,27 @@ impl Client {
             .as_deref()
             .filter(|r| *r != refresh_token.expose())
         {
-            secrets::write_atomic(refresh_token_file, &Secret::new(rotated)).map_err(|e| {
-                ApiError::Transport {
-                    operation: Operation::RefreshToken,
-                    kind: TransportKind::Other,
-                    detail: format!("rotated refresh token could not be saved, keeping the old one: {e}"),
+            let rotated = Secret::new(rotated);
+            match secrets::write_atomic(refresh_token_file, &rotated) {
+                Ok(()) => {
+                    tracing::info!("DoorFlow rotated the refresh token; saved");
+                    *lock(&oauth.unsaved) = None;
+                    *lock(&self.auth_health.unsaved) = None;
                 }
-            })?;
-            tracing::info!("DoorFlow rotated the refresh token; saved");
+                Err(error) => {
+                    // DoorFlow has retired the old token: keep the new one in memory so this
+                    // run keeps its access, and say loudly that a restart would lose it.
+                    let why = format!(
+                        "DoorFlow rotated the refresh token but it could not be saved ({error}); \
+                         it is kept in memory, so a restart would lose access to DoorFlow: make \
+                         {} writable by the agent (its directory too)",
+                        refresh_token_file.display()
+                    );
+                    tracing::error!("{why}");
+                    *lock(&oauth.unsaved) = Some(rotated);
+                    *lock(&self.auth_health.unsaved) = Some(why);
+                }
+            }
         }
         let lifetime = Duration::from_secs(token.expires_in.unwrap_or(3600));
         let serial = 1 + self

@@ -383,7 +383,7 @@ pub const LIMITS: Limits = Limits {
 
 /// Binds the control socket (mode 0660), replacing a stale file.
 pub async fn bind_control_socket(path: &Path) -> Result<LineServer, BindError> {
-    LineServer::bind("mock GPIO control socket", path, LIMITS).await
+    LineServer::bind("mock GPIO control socket (`gpio.mock_socket`)", path, LIMITS).await
 }
 
 /// One of a door's simulated output lines: writes set it and are published to watchers.

@@ -43,6 +43,17 @@ impl SmallFs {
         })
     }
 
+    /// Remounts it read-only (what `ProtectSystem=strict` makes of a path the unit does not
+    /// list as writable): writes fail with EROFS, even for root.
+    pub fn remount_read_only(&self) {
+        let status = Command::new("mount")
+            .args(["-o", "remount,ro"])
+            .arg(&self.path)
+            .status()
+            .expect("mount runs");
+        assert!(status.success(), "remount {} read-only", self.path.display());
+    }
+
     /// Bytes still free for an unprivileged writer.
     pub fn available(&self) -> u64 {
         let path = std::ffi::CString::new(self.path.as_os_str().as_encoded_bytes()).unwrap();
