@@ -431,8 +431,15 @@ pub async fn serve(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Res
         }
         tasks.wait().await;
     }
-    agent.store.flush()?;
-    tracing::info!("store flushed; stopped");
+    // Nothing is lost when the last checkpoint fails (a full disk): queue commits are already
+    // durable, and the snapshot's write-ahead log is replayed when the store next opens.
+    match agent.store.flush() {
+        Ok(()) => tracing::info!("store flushed; stopped"),
+        Err(error) => tracing::warn!(
+            %error,
+            "stopped; the snapshot's write-ahead log could not be copied back ({error}) and is replayed at the next start"
+        ),
+    }
     Ok(())
 }
 

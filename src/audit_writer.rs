@@ -68,25 +68,38 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 /// Runs until every sender is gone, then returns after writing what is left. `queued` is
 /// bumped after each group so the uplink can start sending at once.
 ///
-/// A group the store refuses is kept and written again until it succeeds: the events are not
-/// recorded until then, so they must not be dropped. Once `stopping` is cancelled, a group that
+/// Every event is journaled the moment it arrives, before it is written: the journal is the
+/// record of a door that opened while the store refuses writes. A group the store refuses is
+/// kept and written again until it succeeds, and events arriving meanwhile are journaled at
+/// once and wait in memory behind it (a disk-full spell must not hold their journal lines back
+/// too, or a crash during it would leave no record at all). Once `stopping` is cancelled, what
 /// still cannot be written is given up (it is in the journal) so the agent can stop.
 pub async fn run_writer(
     store: Arc<Store>,
     uplink: UplinkConfig,
-    mut events: mpsc::UnboundedReceiver<AuditEvent>,
+    events: mpsc::UnboundedReceiver<AuditEvent>,
     queued: Arc<watch::Sender<u64>>,
     feed: broadcast::Sender<AuditEvent>,
     stopping: CancellationToken,
 ) {
     let capacity = Capacity::from_config(&uplink);
-    let mut group = Vec::new();
-    while events.recv_many(&mut group, MAX_GROUP).await > 0 {
-        for event in &group {
-            event.log();
-        }
-        let pending = PendingGroup::new(std::mem::take(&mut group), &uplink, Timestamp::now());
-        let Some(written) = write_until_durable(&store, &uplink, capacity, pending, &stopping).await else {
+    let mut inbox = Inbox {
+        events,
+        waiting: Vec::new(),
+        closed: false,
+    };
+    while inbox.next_group().await {
+        let group = inbox.take_group();
+        let pending = PendingGroup::new(group, &uplink, Timestamp::now());
+        let Some(written) = write_until_durable(&store, &uplink, capacity, pending, &stopping, &mut inbox).await
+        else {
+            if stopping.is_cancelled() && !inbox.waiting.is_empty() {
+                tracing::error!(
+                    events = inbox.waiting.len(),
+                    "stopping with audit events the store refused; they are in the journal only"
+                );
+                inbox.waiting.clear();
+            }
             continue;
         };
         queued.send_modify(|n| *n = n.wrapping_add(1));
@@ -94,21 +107,73 @@ pub async fn run_writer(
             // Nobody listening is fine.
             let _ = feed.send(event);
         }
-        if events.is_empty() {
+        if inbox.waiting.is_empty() && inbox.events.is_empty() {
             let store = Arc::clone(&store);
             let _ = tokio::task::spawn_blocking(move || store.checkpoint_when_idle()).await;
         }
     }
 }
 
-/// Writes `pending`, retrying with backoff while the store refuses. `None` when it was given
-/// up at shutdown.
+/// The door tasks' events as the writer receives them: journaled on arrival, then waiting in
+/// memory until a commit takes them.
+struct Inbox {
+    events: mpsc::UnboundedReceiver<AuditEvent>,
+    /// Journaled, not yet written (in arrival order).
+    waiting: Vec<AuditEvent>,
+    /// Every sender is gone.
+    closed: bool,
+}
+
+impl Inbox {
+    /// Waits until there is something to write; `false` when every sender is gone and nothing
+    /// is left.
+    async fn next_group(&mut self) -> bool {
+        if self.waiting.is_empty() && !self.closed {
+            self.receive().await;
+        }
+        !self.waiting.is_empty()
+    }
+
+    /// Receives what has arrived (waiting for at least one event) and journals it.
+    async fn receive(&mut self) {
+        let mut arrived = Vec::new();
+        if self.events.recv_many(&mut arrived, MAX_GROUP).await == 0 {
+            self.closed = true;
+            return;
+        }
+        for event in &arrived {
+            event.log();
+        }
+        self.waiting.append(&mut arrived);
+    }
+
+    /// The next group to commit: at most `MAX_GROUP` of the waiting events, oldest first.
+    fn take_group(&mut self) -> Vec<AuditEvent> {
+        let rest = self.waiting.split_off(self.waiting.len().min(MAX_GROUP));
+        std::mem::replace(&mut self.waiting, rest)
+    }
+
+    /// Journals (and keeps) what arrives until `deadline`.
+    async fn receive_until(&mut self, deadline: tokio::time::Instant) {
+        while !self.closed {
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => return,
+                () = self.receive() => {}
+            }
+        }
+        tokio::time::sleep_until(deadline).await;
+    }
+}
+
+/// Writes `pending`, retrying with backoff while the store refuses; what arrives meanwhile is
+/// journaled and kept in `inbox`. `None` when it was given up at shutdown.
 async fn write_until_durable(
     store: &Arc<Store>,
     uplink: &UplinkConfig,
     capacity: Capacity,
     mut pending: PendingGroup,
     stopping: &CancellationToken,
+    inbox: &mut Inbox,
 ) -> Option<PendingGroup> {
     let mut delay = RETRY_FIRST;
     let mut failures = 0u32;
@@ -148,7 +213,7 @@ async fn write_until_durable(
         if failures == 1 || failures % 20 == 0 {
             tracing::error!(events = pending.events.len(), failures, %error, "could not make audit events durable; keeping them in memory and retrying");
         }
-        tokio::time::sleep(delay).await;
+        inbox.receive_until(tokio::time::Instant::now() + delay).await;
         delay = (delay * 2).min(RETRY_MAX);
     }
 }

@@ -8,6 +8,7 @@ use doorflow_agent::testing::events::front_door_swipe;
 use doorflow_agent::testing::eventually;
 use doorflow_agent::testing::harness::{Harness, Options};
 use doorflow_agent::testing::mock_control::control;
+use doorflow_agent::testing::process::AgentProcess;
 use doorflow_agent::testing::store_fs::SmallFs;
 use serde_json::json;
 use std::time::Duration;
@@ -154,4 +155,47 @@ async fn a_full_disk_heals_without_a_restart_and_loses_nothing() {
         .expect("a sync stores its snapshot again");
     assert!(h.agent.snapshot.current().synced_at() > synced_at);
     assert_eq!(h.agent.status().store.state, "ok");
+}
+
+/// The journal is the record of a door that opened while the store refuses writes. Every
+/// swipe of a disk-full spell is journaled when it happens, not when the disk has room again:
+/// with the first refused group being retried, later swipes waited unjournaled in the writer's
+/// channel, and a SIGKILL then left no record of doors that had opened. The real binary, its
+/// store on a full tmpfs, stopped while the disk is still full.
+#[test]
+fn every_swipe_of_a_disk_full_spell_is_journaled_at_once() {
+    let Some(fs) = SmallFs::mount(16, "every_swipe_of_a_disk_full_spell_is_journaled_at_once") else {
+        return;
+    };
+    let (_runtime, sim) = doorflow_agent::testing::harness::simulator_on_own_runtime(Default::default());
+    let dir = fs.path.join("state");
+    std::fs::create_dir(&dir).unwrap();
+    let mut config = doorflow_agent::testing::config::demo_config(&dir, sim.base_url());
+    doorflow_agent::testing::config::without_osdp_doors(&mut config);
+    let mut agent = AgentProcess::start_config(env!("CARGO_BIN_EXE_doorflow-agent"), &config, &dir);
+    agent.wait_for_log(&["sync complete"], 1);
+    let filler = fs.fill();
+    let card = |n: u64| json!({"op": "card", "door": "front", "format": "h10301", "facility": 1, "number": n});
+    for number in [17, 18, 19] {
+        agent.control(card(number));
+        // Apart, so each is a group of its own: the first one refused and retried.
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    agent.wait_for_log(&["could not make audit events durable"], 1);
+    for person in ["(person 17)", "(person 18)", "(person 19)"] {
+        agent.wait_for_log(&["front: granted card ****", person], 1);
+    }
+    assert!(
+        agent.log_lines_with(&["audit events are durable again"]).is_empty(),
+        "the disk was still full when the journal had them (what a SIGKILL now would leave)"
+    );
+    // A stop with the disk still full is a clean stop: queue commits are durable and the
+    // snapshot's write-ahead log is replayed at the next start.
+    let stopped = agent.stop();
+    assert!(stopped.success(), "{stopped:?}; log:\n{}", agent.log());
+    assert!(
+        !agent.log_lines_with(&["stopping with audit events the store refused"]).is_empty(),
+        "what could not be written is named at the stop"
+    );
+    drop(filler);
 }

@@ -48,9 +48,16 @@ struct OAuth {
     client_secret: Secret,
     refresh_token_file: PathBuf,
     /// A rotated refresh token that could not be written to `refresh_token_file` (a read-only
-    /// file or directory): DoorFlow has already retired the one in the file, so this one is
-    /// used for the next refresh instead, or the agent would lock itself out at once.
-    unsaved: Mutex<Option<Secret>>,
+    /// file or directory), with what the file held then: DoorFlow has retired the file's token,
+    /// so the rotated one is used for the next refresh instead, or the agent would lock itself
+    /// out at once, until someone puts another token in the file.
+    unsaved: Mutex<Option<UnsavedToken>>,
+}
+
+struct UnsavedToken {
+    /// The file's token when the rotated one could not replace it.
+    in_file: Secret,
+    rotated: Secret,
 }
 
 struct AccessToken {
@@ -265,14 +272,28 @@ impl Client {
             refresh_token_file,
             unsaved: _,
         } = oauth;
-        let unsaved = lock(&oauth.unsaved).clone();
-        let refresh_token = match unsaved {
-            Some(token) => token,
-            None => secrets::read_file(refresh_token_file).map_err(|e| ApiError::Transport {
-                operation,
-                kind: TransportKind::Other,
-                detail: e.to_string(),
-            })?,
+        let in_file = secrets::read_file(refresh_token_file);
+        let refresh_token = {
+            let mut unsaved = lock(&oauth.unsaved);
+            match (&in_file, unsaved.as_ref()) {
+                // The file still holds the retired token (or cannot be read): the rotated one.
+                (Ok(file), Some(kept)) if *file == kept.in_file => kept.rotated.clone(),
+                (Err(_), Some(kept)) => kept.rotated.clone(),
+                // A token put in the file since (the operator's fix) wins.
+                (Ok(file), _) => {
+                    if unsaved.take().is_some() {
+                        *lock(&self.auth_health.unsaved) = None;
+                    }
+                    file.clone()
+                }
+                (Err(error), None) => {
+                    return Err(ApiError::Transport {
+                        operation,
+                        kind: TransportKind::Other,
+                        detail: error.to_string(),
+                    })
+                }
+            }
         };
         self.pace().await;
         let form = [
@@ -310,7 +331,10 @@ impl Client {
                         refresh_token_file.display()
                     );
                     tracing::error!("{why}");
-                    *lock(&oauth.unsaved) = Some(rotated);
+                    *lock(&oauth.unsaved) = Some(UnsavedToken {
+                        in_file: in_file.unwrap_or_else(|_| refresh_token.clone()),
+                        rotated,
+                    });
                     *lock(&self.auth_health.unsaved) = Some(why);
                 }
             }
