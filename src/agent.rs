@@ -534,7 +534,8 @@ fn doorflow_client(agent: &Arc<Agent>) -> Option<Arc<Client>> {
         Ok(client) => Some(Arc::new(
             client
                 .with_clock(Arc::clone(&agent.clock))
-                .with_auth_health(Arc::clone(&agent.doorflow_auth)),
+                .with_auth_health(Arc::clone(&agent.doorflow_auth))
+                .with_online(Arc::clone(&agent.online)),
         )),
         Err(error) => {
             let keys = [

@@ -91,7 +91,8 @@ pub async fn run_writer(
     while inbox.next_group().await {
         let group = inbox.take_group();
         let pending = PendingGroup::new(group, &uplink, Timestamp::now());
-        let Some(written) = write_until_durable(&store, &uplink, capacity, pending, &stopping, &mut inbox).await
+        let Some(written) =
+            write_until_durable(&store, &uplink, capacity, pending, &stopping, &mut inbox).await
         else {
             if stopping.is_cancelled() && !inbox.waiting.is_empty() {
                 tracing::error!(

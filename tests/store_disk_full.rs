@@ -175,7 +175,8 @@ fn every_swipe_of_a_disk_full_spell_is_journaled_at_once() {
     let mut agent = AgentProcess::start_config(env!("CARGO_BIN_EXE_doorflow-agent"), &config, &dir);
     agent.wait_for_log(&["sync complete"], 1);
     let filler = fs.fill();
-    let card = |n: u64| json!({"op": "card", "door": "front", "format": "h10301", "facility": 1, "number": n});
+    let card =
+        |n: u64| json!({"op": "card", "door": "front", "format": "h10301", "facility": 1, "number": n});
     for number in [17, 18, 19] {
         agent.control(card(number));
         // Apart, so each is a group of its own: the first one refused and retried.
@@ -186,7 +187,9 @@ fn every_swipe_of_a_disk_full_spell_is_journaled_at_once() {
         agent.wait_for_log(&["front: granted card ****", person], 1);
     }
     assert!(
-        agent.log_lines_with(&["audit events are durable again"]).is_empty(),
+        agent
+            .log_lines_with(&["audit events are durable again"])
+            .is_empty(),
         "the disk was still full when the journal had them (what a SIGKILL now would leave)"
     );
     // A stop with the disk still full is a clean stop: queue commits are durable and the
@@ -194,7 +197,9 @@ fn every_swipe_of_a_disk_full_spell_is_journaled_at_once() {
     let stopped = agent.stop();
     assert!(stopped.success(), "{stopped:?}; log:\n{}", agent.log());
     assert!(
-        !agent.log_lines_with(&["stopping with audit events the store refused"]).is_empty(),
+        !agent
+            .log_lines_with(&["stopping with audit events the store refused"])
+            .is_empty(),
         "what could not be written is named at the stop"
     );
     drop(filler);

@@ -62,9 +62,11 @@ fn board(sim: Simulator, oauth: bool, per_minute: u32) -> Setup {
         config.api.requests_per_minute.get() as u32
     )));
     let agent = Agent::start(config.clone()).unwrap();
+    // Wired as the agent wires its own client.
     let client = Client::new(&config.api, budget)
         .unwrap()
-        .with_clock(Arc::clone(&agent.clock));
+        .with_clock(Arc::clone(&agent.clock))
+        .with_online(Arc::clone(&agent.online));
     let mut target = agent.sync_target(Default::default());
     // A failed page is asked again after 50–100 ms, not the configured second.
     target.retry_base = jiff::SignedDuration::from_millis(100);
@@ -705,12 +707,15 @@ async fn status_shows_the_sync_in_progress() {
     let sync = tokio::spawn(async move { sync_once(&s2.target, &s2.client).await.map(|_| ()) });
     let mut seen = None;
     for _ in 0..400 {
-        if let Some(progress) = agent
-            .status()
+        let status = agent.status();
+        if let Some(progress) = status
             .sync
             .progress
             .filter(|p| p.list == "people" && p.total.is_some())
         {
+            // DoorFlow has answered pages already: online, not only once the sync has ended
+            // (a first sync of 100,000 people said offline for 11 minutes).
+            assert!(status.online, "offline while the sync is answered: {progress:?}");
             seen = Some(progress);
             break;
         }

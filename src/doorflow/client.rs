@@ -107,6 +107,9 @@ pub struct Client {
     /// Access tokens issued to this client so far.
     tokens_issued: std::sync::atomic::AtomicU64,
     auth_health: Arc<AuthHealth>,
+    /// Set when DoorFlow answers a call with a success (`status.online`), whichever caller
+    /// made it: a long first sync is online from its first page, not from its end.
+    answered: Option<Arc<std::sync::atomic::AtomicBool>>,
     budget: Arc<Mutex<RateBudget>>,
     /// Fed with DoorFlow's `Date` headers (not the event sink's).
     clock: Arc<TimeKeeper>,
@@ -198,6 +201,7 @@ impl Client {
             token: tokio::sync::Mutex::new(None),
             tokens_issued: Default::default(),
             auth_health: Arc::default(),
+            answered: None,
             budget,
             clock: Arc::default(),
         })
@@ -212,6 +216,12 @@ impl Client {
     /// Reports refused credentials to `health` (the agent's, shown by `status`).
     pub fn with_auth_health(mut self, health: Arc<AuthHealth>) -> Client {
         self.auth_health = health;
+        self
+    }
+
+    /// Sets `online` whenever DoorFlow answers a call with a success (the agent's flag).
+    pub fn with_online(mut self, online: Arc<std::sync::atomic::AtomicBool>) -> Client {
+        self.answered = Some(online);
         self
     }
 
@@ -363,6 +373,9 @@ impl Client {
         lock(&self.budget).observe(&info);
         let status = response.status().as_u16();
         if (200..300).contains(&status) {
+            if let Some(online) = &self.answered {
+                online.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
             return Ok(response);
         }
         if response.status().is_redirection() {
