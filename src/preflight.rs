@@ -48,6 +48,7 @@ pub fn check(config: &Config) -> Vec<Finding> {
     findings.extend(chip_findings);
     findings.extend(metrics_directory(config));
     findings.extend(socket_paths(config));
+    findings.extend(doors_nobody_opens(config));
     findings.extend(refresh_token_writable(config));
     findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
     findings
@@ -190,6 +191,26 @@ fn trust_store(config: &Config) -> Option<Finding> {
             }
         ),
     })
+}
+
+/// A door with no `channel_id`, `allowed_roles` or `allowed_groups` denies every credential
+/// (only REX opens it): allowed, as a door may be meant to be opened only from inside, but
+/// worth a warning since it is more often a forgotten key.
+fn doors_nobody_opens(config: &Config) -> Vec<Finding> {
+    config
+        .doors
+        .iter()
+        .enumerate()
+        .filter(|(_, door)| door.channel_id.is_none() && door.allowed_roles.is_empty() && door.allowed_groups.is_empty())
+        .map(|(index, door)| Finding {
+            severity: Severity::Warning,
+            key: format!("doors[{index}].name"),
+            message: format!(
+                "door `{}` has no channel_id, allowed_roles or allowed_groups: every card and PIN is denied there (only REX opens it)",
+                door.name
+            ),
+        })
+        .collect()
 }
 
 /// A socket path the agent binds must be free or hold a stale socket: `run` replaces nothing

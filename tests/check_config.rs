@@ -162,6 +162,22 @@ const CASES: &[Case] = &[
         env: &[],
     },
     Case {
+        name: "a door nobody can open with a credential: a warning",
+        setup: |_, config| {
+            let door = &mut config.doors[0];
+            door.channel_id = None;
+            door.admit_via_api = false;
+            door.allowed_roles.clear();
+            door.allowed_groups.clear();
+        },
+        exit: 0,
+        key: "doors[0].name",
+        line_with: None,
+        says: &["warning", "every card and PIN is denied there"],
+        run_refuses: false,
+        env: &[],
+    },
+    Case {
         name: "API key path is a FIFO (reading it would wait for a writer)",
         setup: |dir, config| {
             let path = dir.join("key-fifo");

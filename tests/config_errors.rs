@@ -410,3 +410,53 @@ fn reader_feedback_lines_are_gpio_lines_like_any_other() {
         Some((5, true))
     );
 }
+
+/// Door names start log lines and label metrics: a control character would forge a line, and
+/// names that differ only in case or padding, or run to a page, are two doors no one can tell
+/// apart. Each kind refused, naming the key.
+#[test]
+fn door_names_that_forge_or_blur_log_lines_are_refused() {
+    let cases: [(&str, &[&str]); 4] = [
+        (
+            "name = \"front\\nfake: granted\"",
+            &["doors[0].name", "control character U+000A"],
+        ),
+        (
+            "name = \"front \"",
+            &["doors[0].name", "spaces at its start or end"],
+        ),
+        // Reported on the later door.
+        (
+            "name = \"Server-Room\"",
+            &["doors[1].name", "already used by doors[0]", "without case"],
+        ),
+        (
+            "name = \"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"",
+            &["doors[0].name", "65 characters long; at most 64"],
+        ),
+    ];
+    for (to, needles) in cases {
+        assert_mentions(&error_after("name = \"front\"", to), needles);
+    }
+}
+
+#[test]
+fn a_key_of_the_other_auth_method_is_refused() {
+    let message = error_after(
+        "method = \"api_key\"",
+        "method = \"api_key\"\nclient_id = \"agent\"",
+    );
+    assert_mentions(
+        &message,
+        &["api.auth.client_id", "not used with method = \"api_key\""],
+    );
+}
+
+#[test]
+fn a_retry_base_above_the_cap_is_refused() {
+    let message = error_after("[uplink]", "[uplink]\nretry_base_ms = 60000\nretry_cap_s = 1");
+    assert_mentions(
+        &message,
+        &["uplink.retry_base_ms", "more than uplink.retry_cap_s"],
+    );
+}

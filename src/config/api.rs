@@ -89,6 +89,26 @@ impl AuthConfig {
                 }
             }
         }
+        // A key of the other method is a half-finished switch: say so rather than ignore it.
+        let (method, of_the_other_method) = match self.method {
+            AuthMethod::ApiKey => (
+                "api_key",
+                vec![
+                    ("client_id", self.client_id.is_some()),
+                    ("client_secret", self.client_secret.is_some()),
+                    ("refresh_token_file", self.refresh_token_file.is_some()),
+                ],
+            ),
+            AuthMethod::Oauth => ("oauth", vec![("api_key", self.api_key.is_some())]),
+        };
+        for (key, set) in of_the_other_method {
+            if set {
+                report(
+                    format!("api.auth.{key}"),
+                    format!("is not used with method = \"{method}\"; remove it (or change `method`)"),
+                );
+            }
+        }
     }
 }
 

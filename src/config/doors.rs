@@ -266,18 +266,22 @@ impl Config {
         if self.doors.is_empty() {
             report("doors".into(), "at least one [[doors]] entry is required".into());
         }
-        let mut names: HashMap<&str, usize> = HashMap::new();
+        // Compared without case: `front` and `Front` are one door to a person reading the log.
+        let mut names: HashMap<String, usize> = HashMap::new();
         let mut channels: HashMap<u64, usize> = HashMap::new();
         // (chip, offset) → the key that claimed it, to name both ends of a clash.
         let mut lines: HashMap<(String, u32), String> = HashMap::new();
         for (index, door) in self.doors.iter().enumerate() {
             let at = |field: &str| format!("doors[{index}].{field}");
-            if door.name.trim().is_empty() {
-                report(at("name"), "must not be empty".into());
-            } else if let Some(first) = names.insert(&door.name, index) {
+            if let Some(problem) = door_name_problem(&door.name) {
+                report(at("name"), problem);
+            } else if let Some(first) = names.insert(door.name.to_lowercase(), index) {
                 report(
                     at("name"),
-                    format!("`{}` is already used by doors[{first}]", door.name),
+                    format!(
+                        "`{}` is already used by doors[{first}] (names are compared without case)",
+                        door.name
+                    ),
                 );
             }
             if let Some(channel) = door.channel_id {
@@ -350,4 +354,27 @@ impl Config {
             }
         }
     }
+}
+
+/// Longest door name, in characters.
+const DOOR_NAME_MAX: usize = 64;
+
+/// Why `name` cannot name a door. A door's name starts its log lines and labels its metrics
+/// and events: a control character (a newline) would forge a line of its own, and padding or a
+/// page-long name would make two doors hard to tell apart.
+fn door_name_problem(name: &str) -> Option<String> {
+    if name.trim().is_empty() {
+        return Some("must not be empty".into());
+    }
+    if let Some(c) = name.chars().find(|c| c.is_control()) {
+        return Some(format!(
+            "contains the control character U+{:04X}; a door name appears in log lines and metrics labels",
+            c as u32
+        ));
+    }
+    if name.trim() != name {
+        return Some(format!("`{name}` has spaces at its start or end"));
+    }
+    let length = name.chars().count();
+    (length > DOOR_NAME_MAX).then(|| format!("is {length} characters long; at most {DOOR_NAME_MAX}"))
 }

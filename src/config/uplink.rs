@@ -50,6 +50,15 @@ impl UplinkConfig {
     }
 
     pub(super) fn validate(&self, report: &mut impl FnMut(String, String)) {
+        if self.retry_base_ms.get() > self.retry_cap_s.get() * 1000 {
+            report(
+                "uplink.retry_base_ms".into(),
+                format!(
+                    "{} ms is more than uplink.retry_cap_s ({} s): every retry would wait the cap",
+                    self.retry_base_ms, self.retry_cap_s
+                ),
+            );
+        }
         if let Some(admits) = self.queue_max_admits {
             if admits.get() >= self.queue_max_records.get() {
                 report(
