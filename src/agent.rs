@@ -38,7 +38,8 @@ const STOP_DEADLINE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error(transparent)]
+    /// Named with its key: the path is the config's `store.path`.
+    #[error("{0} (`store.path`)")]
     Store(#[from] StoreError),
     /// The admin or mock GPIO control socket.
     #[error(transparent)]

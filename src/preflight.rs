@@ -48,6 +48,7 @@ pub fn check(config: &Config) -> Vec<Finding> {
     findings.extend(chip_findings);
     findings.extend(metrics_directory(config));
     findings.extend(socket_paths(config));
+    findings.extend(writable_places(config));
     findings.extend(doors_nobody_opens(config));
     findings.extend(refresh_token_writable(config));
     findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
@@ -213,6 +214,46 @@ fn doors_nobody_opens(config: &Config) -> Vec<Finding> {
         .collect()
 }
 
+/// Where the agent creates files (the store directory, the admin socket's directory) must be a
+/// directory it can write, or be creatable in one: `run` fails to start otherwise.
+fn writable_places(config: &Config) -> Vec<Finding> {
+    let mut places = vec![("store.path", config.store.path.clone())];
+    if let Some(dir) = config.admin.socket.parent() {
+        places.push(("admin.socket", dir.to_path_buf()));
+    }
+    places
+        .into_iter()
+        .filter_map(|(key, dir)| {
+            directory_problem(&dir).map(|message| Finding {
+                severity: Severity::Error,
+                key: key.into(),
+                message,
+            })
+        })
+        .collect()
+}
+
+/// Why `dir` cannot be used (or created) as a writable directory: the nearest part of it that
+/// exists must be a directory this process may write.
+fn directory_problem(dir: &Path) -> Option<String> {
+    let existing = dir.ancestors().find(|p| std::fs::symlink_metadata(p).is_ok())?;
+    let meta = std::fs::metadata(existing).ok()?;
+    if !meta.is_dir() {
+        return Some(format!(
+            "{} is {}, not a directory",
+            existing.display(),
+            crate::small_file::describe(&meta.file_type())
+        ));
+    }
+    let path = std::ffi::CString::new(existing.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: access reads a NUL-terminated path and has no other preconditions.
+    if unsafe { libc::access(path.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+        let error = std::io::Error::last_os_error();
+        return Some(format!("{} cannot be written ({error})", existing.display()));
+    }
+    None
+}
+
 /// A socket path the agent binds must be free or hold a stale socket: `run` replaces nothing
 /// else (a typo naming the queue database must not delete it), so it refuses to start.
 fn socket_paths(config: &Config) -> Vec<Finding> {
@@ -250,18 +291,14 @@ fn refresh_token_writable(config: &Config) -> Option<Finding> {
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
-    // SAFETY: access reads a NUL-terminated path and has no other preconditions.
-    let writable = unsafe { libc::access(path.as_ptr(), libc::W_OK) } == 0;
-    (!writable).then(|| Finding {
+    let problem = directory_problem(dir)?;
+    Some(Finding {
         severity: Severity::Error,
         key: "api.auth.refresh_token_file".into(),
         message: format!(
-            "its directory {} is not writable ({}); DoorFlow rotates the refresh token and the \
+            "its directory is not writable: {problem}; DoorFlow rotates the refresh token and the \
              agent must save the new one there, or a restart loses access (keep it in the state \
-             directory)",
-            dir.display(),
-            std::io::Error::last_os_error()
+             directory)"
         ),
     })
 }

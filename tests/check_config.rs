@@ -178,6 +178,16 @@ const CASES: &[Case] = &[
         env: &[],
     },
     Case {
+        name: "store path below a regular file",
+        setup: |dir, config| config.store.path = dir.join("api_key").join("db"),
+        exit: 2,
+        key: "store.path",
+        line_with: None,
+        says: &["api_key is a regular file, not a directory"],
+        run_refuses: true,
+        env: &[],
+    },
+    Case {
         name: "API key path is a FIFO (reading it would wait for a writer)",
         setup: |dir, config| {
             let path = dir.join("key-fifo");
@@ -458,7 +468,7 @@ fn a_refresh_token_where_it_cannot_be_rewritten_is_refused() {
     for needle in [
         format!("line {line}:"),
         "`api.auth.refresh_token_file`".into(),
-        "is not writable".into(),
+        "its directory is not writable".into(),
         "Read-only file system".into(),
     ] {
         assert!(stderr.contains(&needle), "no `{needle}` in: {stderr}");
