@@ -178,11 +178,20 @@ fn main() -> ExitCode {
 
 /// `check-config`: the file's own rules, then what it points at (`preflight`).
 fn check_config(path: &Path) -> ExitCode {
-    let config = match Config::load(path) {
-        Ok(config) => config,
+    let text = match Config::read_text(path) {
+        Ok(text) => text,
         Err(error) => return config_failure(&error),
     };
-    let text = Config::read_text(path).unwrap_or_default();
+    let config = match Config::parse_all(&text, &path.display().to_string()) {
+        Ok(config) => config,
+        Err(errors) => {
+            // Every problem at once, so a file is fixed in one round.
+            for error in &errors {
+                eprintln!("error: {error}");
+            }
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let mut failed = false;
     for finding in preflight::check(&config) {
         let line = line_of_key(&text, &finding.key);

@@ -460,3 +460,49 @@ fn a_retry_base_above_the_cap_is_refused() {
         &["uplink.retry_base_ms", "more than uplink.retry_cap_s"],
     );
 }
+
+/// `check-config` lists every problem the rules that span keys find, so a file is fixed in one
+/// round (it stopped at the first).
+#[test]
+fn check_config_names_every_problem_at_once() {
+    let text = DEMO
+        .replacen("name = \"front\"", "name = \"front \"", 1)
+        .replacen("[uplink]", "[uplink]\nretry_base_ms = 60000\nretry_cap_s = 1", 1)
+        .replacen("name = \"server-room\"", "name = \"Lobby\"", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = agent()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for key in ["`doors[0].name`", "`uplink.retry_base_ms`", "`doors[2].name`"] {
+        assert!(stderr.contains(key), "{key} missing from: {stderr}");
+    }
+    assert_eq!(
+        stderr.lines().filter(|l| l.starts_with("error: ")).count(),
+        3,
+        "{stderr}"
+    );
+}
+
+/// A facility code that is not one (negative, too large, a bare number) is named in the message
+/// instead of "did not match any variant of untagged enum".
+#[test]
+fn facility_codes_that_are_not_codes_are_named() {
+    for (to, says) in [
+        ("facility_codes = [-1]", "facility code -1 is out of range"),
+        (
+            "facility_codes = [1, 4294967296]",
+            "facility code 4294967296 is out of range",
+        ),
+        ("facility_codes = 7", "write a list of facility codes: [7]"),
+    ] {
+        let message = error_after("facility_codes = [1]", to);
+        assert_mentions(&message, &["doors[0].facility_codes", says]);
+        assert!(!message.contains("untagged"), "{message}");
+    }
+}

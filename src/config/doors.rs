@@ -83,8 +83,11 @@ pub enum FacilityCodes {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(untagged)]
 enum FacilityCodesToml {
-    List(Vec<u32>),
+    /// Wider than a code, so a negative or huge one is named in the message rather than
+    /// failing every variant ("did not match any variant of untagged enum").
+    List(Vec<i64>),
     Word(String),
+    One(i64),
 }
 
 impl TryFrom<FacilityCodesToml> for FacilityCodes {
@@ -92,7 +95,15 @@ impl TryFrom<FacilityCodesToml> for FacilityCodes {
     fn try_from(value: FacilityCodesToml) -> Result<Self, Self::Error> {
         match value {
             FacilityCodesToml::Word(word) if word == "any" => Ok(FacilityCodes::Any),
-            FacilityCodesToml::List(codes) if !codes.is_empty() => Ok(FacilityCodes::Only(codes)),
+            FacilityCodesToml::List(codes) if !codes.is_empty() => codes
+                .into_iter()
+                .map(|code| {
+                    u32::try_from(code)
+                        .map_err(|_| format!("facility code {code} is out of range (0 to {})", u32::MAX))
+                })
+                .collect::<Result<Vec<u32>, String>>()
+                .map(FacilityCodes::Only),
+            FacilityCodesToml::One(code) => Err(format!("write a list of facility codes: [{code}], or \"any\"")),
             FacilityCodesToml::List(_) => Err(
                 "an empty list would deny every card: list this site's facility codes, e.g. [1], or write \"any\""
                     .into(),
@@ -108,7 +119,7 @@ impl From<FacilityCodes> for FacilityCodesToml {
     fn from(value: FacilityCodes) -> Self {
         match value {
             FacilityCodes::Any => FacilityCodesToml::Word("any".into()),
-            FacilityCodes::Only(codes) => FacilityCodesToml::List(codes),
+            FacilityCodes::Only(codes) => FacilityCodesToml::List(codes.into_iter().map(i64::from).collect()),
         }
     }
 }

@@ -120,18 +120,30 @@ impl Config {
         })
     }
 
-    /// Parses and validates config text; `origin` names the source in messages.
+    /// Parses and validates config text; `origin` names the source in messages. The first
+    /// problem is the error.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let config = source::parse_toml(text, origin)?;
-        if let Some(problem) = config.validate().into_iter().next() {
-            return Err(ConfigError::Invalid {
+        Config::parse_all(text, origin).map_err(|mut errors| errors.swap_remove(0))
+    }
+
+    /// `parse`, with every problem the rules that span keys find (`check-config` lists them
+    /// all). A file that does not parse or fit the schema stops at its first error, as the
+    /// TOML reader does. Never an empty list.
+    pub fn parse_all(text: &str, origin: &str) -> Result<Config, Vec<ConfigError>> {
+        let config = source::parse_toml(text, origin).map_err(|error| vec![error])?;
+        let problems = config.validate();
+        if problems.is_empty() {
+            return Ok(config);
+        }
+        Err(problems
+            .into_iter()
+            .map(|problem| ConfigError::Invalid {
                 path: origin.to_string(),
                 line: line_of_key(text, &problem.key),
                 key: problem.key,
                 message: problem.message,
-            });
-        }
-        Ok(config)
+            })
+            .collect())
     }
 
     /// Every rule that spans keys (single values were checked while parsing), first one first.
