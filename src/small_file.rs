@@ -63,10 +63,9 @@ pub fn describe(kind: &std::fs::FileType) -> &'static str {
 /// `read`, as UTF-8 text.
 pub fn read_text(path: &Path, limit: u64) -> Result<String, String> {
     String::from_utf8(read(path, limit)?).map_err(|e| {
-        format!(
-            "is not UTF-8 text (byte {} is not valid UTF-8)",
-            e.utf8_error().valid_up_to()
-        )
+        let at = e.utf8_error().valid_up_to();
+        let line = 1 + e.as_bytes()[..at].iter().filter(|b| **b == b'\n').count();
+        format!("is not UTF-8 text: line {line}, byte {at} (save it as UTF-8)")
     })
 }
 

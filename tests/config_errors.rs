@@ -506,3 +506,22 @@ fn facility_codes_that_are_not_codes_are_named() {
         assert!(!message.contains("untagged"), "{message}");
     }
 }
+
+/// A value of the wrong kind is told what the key takes, in the field's words.
+#[test]
+fn a_wrong_kind_of_number_says_what_the_key_takes() {
+    let message = error_after("unlock_s = 3", "unlock_s = \"3\"");
+    assert_mentions(
+        &message,
+        &[
+            "unlock_s",
+            "a number of seconds from 0.1 to 300",
+            "without quotes",
+        ],
+    );
+    let message = error_after("interval_s = 10", "interval_s = 99999999999999999999");
+    assert_mentions(&message, &["sync.interval_s", "out of range (10 to 86400)"]);
+    assert!(!message.contains("i128"), "{message}");
+    let message = error_after("interval_s = 10", "interval_s = -5");
+    assert_mentions(&message, &["sync.interval_s", "-5 is out of range (10 to 86400)"]);
+}

@@ -7,8 +7,7 @@ use std::fmt;
 use std::time::Duration;
 
 /// A whole number in `MIN..=MAX`, `DEFAULT` when the key is absent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "u64")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct Ranged<const MIN: u64, const MAX: u64, const DEFAULT: u64>(u64);
 
 impl<const MIN: u64, const MAX: u64, const DEFAULT: u64> Ranged<MIN, MAX, DEFAULT> {
@@ -59,8 +58,7 @@ impl<const MIN: u64, const MAX: u64, const DEFAULT: u64> fmt::Display for Ranged
 
 /// A duration written in seconds, fractions allowed (`unlock_s = 0.5`), in
 /// `MIN_MS..=MAX_MS` milliseconds, `DEFAULT_MS` when the key is absent.
-#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize, Deserialize)]
-#[serde(try_from = "f64")]
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize)]
 pub struct Seconds<const MIN_MS: u64, const MAX_MS: u64, const DEFAULT_MS: u64>(f64);
 
 impl<const MIN_MS: u64, const MAX_MS: u64, const DEFAULT_MS: u64> Seconds<MIN_MS, MAX_MS, DEFAULT_MS> {
@@ -110,6 +108,68 @@ impl<const MIN_MS: u64, const MAX_MS: u64, const DEFAULT_MS: u64> fmt::Display
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
+    }
+}
+
+/// Reads a `Ranged`: the message for a value of another kind says what the key takes ("a whole
+/// number from 10 to 86400"), and a negative or huge number is out of range like any other,
+/// rather than "invalid type: integer as i128, expected u64".
+impl<'de, const MIN: u64, const MAX: u64, const DEFAULT: u64> Deserialize<'de> for Ranged<MIN, MAX, DEFAULT> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Whole<const MIN: u64, const MAX: u64>;
+        impl<const MIN: u64, const MAX: u64> serde::de::Visitor<'_> for Whole<MIN, MAX> {
+            type Value = u64;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "a whole number from {MIN} to {MAX}")
+            }
+            fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<u64, E> {
+                Ok(value)
+            }
+            fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<u64, E> {
+                u64::try_from(value)
+                    .map_err(|_| E::custom(format!("{value} is out of range ({MIN} to {MAX})")))
+            }
+            fn visit_i128<E: serde::de::Error>(self, value: i128) -> Result<u64, E> {
+                u64::try_from(value)
+                    .map_err(|_| E::custom(format!("{value} is out of range ({MIN} to {MAX})")))
+            }
+            fn visit_u128<E: serde::de::Error>(self, value: u128) -> Result<u64, E> {
+                u64::try_from(value)
+                    .map_err(|_| E::custom(format!("{value} is out of range ({MIN} to {MAX})")))
+            }
+        }
+        let value = deserializer.deserialize_u64(Whole::<MIN, MAX>)?;
+        Ranged::try_from(value).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Reads a `Seconds` from an integer or a float; anything else is told what the key takes.
+impl<'de, const MIN_MS: u64, const MAX_MS: u64, const DEFAULT_MS: u64> Deserialize<'de>
+    for Seconds<MIN_MS, MAX_MS, DEFAULT_MS>
+{
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Number<const MIN_MS: u64, const MAX_MS: u64>;
+        impl<const MIN_MS: u64, const MAX_MS: u64> serde::de::Visitor<'_> for Number<MIN_MS, MAX_MS> {
+            type Value = f64;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let (min, max) = (MIN_MS as f64 / 1000.0, MAX_MS as f64 / 1000.0);
+                write!(
+                    f,
+                    "a number of seconds from {min} to {max} (e.g. 3 or 0.5, without quotes)"
+                )
+            }
+            fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<f64, E> {
+                Ok(value)
+            }
+            fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<f64, E> {
+                Ok(value as f64)
+            }
+            fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<f64, E> {
+                Ok(value as f64)
+            }
+        }
+        let seconds = deserializer.deserialize_f64(Number::<MIN_MS, MAX_MS>)?;
+        Seconds::try_from(seconds).map_err(serde::de::Error::custom)
     }
 }
 
