@@ -91,6 +91,7 @@ fn run_serves_status_and_stops_cleanly_on_sigterm() {
     assert_eq!(mode, 0o660, "admin socket must not be world-accessible");
 
     let live = status_json(&config);
+    assert_in_the_contract(&live);
     assert_eq!(live["agent_running"], true);
     assert_eq!(live["online"], false);
     assert_eq!(live["snapshot"]["people"], 25);
@@ -148,6 +149,7 @@ fn run_serves_status_and_stops_cleanly_on_sigterm() {
     );
 
     let stopped = status_json(&config);
+    assert_in_the_contract(&stopped);
     assert_eq!(stopped["agent_running"], false);
     assert_eq!(stopped["snapshot"]["people"], 25);
     assert_eq!(stopped["doors"][0]["relay"], "unknown");
@@ -632,4 +634,99 @@ fn the_demo_refuses_a_config_it_would_ignore() {
     assert!(stdout.is_empty(), "the demo did not start: {stdout}");
     let (_, help, _) = cli(&config, &["demo", "--help"]);
     assert!(help.contains("--config is refused"), "{help}");
+}
+
+/// The README's status contract table: each field path (`doors[].reader.type`; a `.name` after
+/// a comma replaces the last part of the path before it) and the text of its row.
+fn status_contract() -> Vec<(String, String)> {
+    let readme = include_str!("../README.md");
+    let start = readme
+        .find("### The `status` contract")
+        .expect("the contract section");
+    let table = &readme[start..];
+    let table = &table[..table.find("For example").expect("the example after the table")];
+    let mut fields = Vec::new();
+    for row in table.lines().filter(|l| l.starts_with("| `")) {
+        let first = row.split(" | ").next().unwrap();
+        let mut last = String::new();
+        for name in first.split('`').skip(1).step_by(2) {
+            let path = match name.strip_prefix('.') {
+                Some(part) => match last.rsplit_once('.') {
+                    Some((parent, _)) => format!("{parent}.{part}"),
+                    None => part.to_string(),
+                },
+                None => name.to_string(),
+            };
+            fields.push((path.clone(), row.to_string()));
+            last = path;
+        }
+    }
+    fields
+}
+
+/// Every field path of a JSON value (`doors[].reader.type`), with its value.
+fn field_paths<'a>(prefix: &str, value: &'a Value, out: &mut Vec<(String, &'a Value)>) {
+    match value {
+        Value::Object(map) => {
+            for (key, child) in map {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                out.push((path.clone(), child));
+                field_paths(&path, child, out);
+            }
+        }
+        Value::Array(items) if items.iter().any(Value::is_object) => {
+            for item in items {
+                field_paths(&format!("{prefix}[]"), item, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Every field of a real `status --json` is in the README's contract table, and the values of
+/// its enumerations (relay, contact, uplink, reader state) are among those the table lists.
+fn assert_in_the_contract(report: &Value) {
+    let contract = status_contract();
+    // Objects whose fields the table describes in words, in the object's own row.
+    let described_inline = ["queue.last_drop.", "queue.last_loss."];
+    let mut fields = Vec::new();
+    field_paths("", report, &mut fields);
+    for (path, value) in fields {
+        if described_inline.iter().any(|p| path.starts_with(p)) {
+            continue;
+        }
+        // A group (`clock`, `doors`) is in the table through its fields.
+        let group = [format!("{path}."), format!("{path}[].")];
+        let in_group = |field: &str| group.iter().any(|g| field.starts_with(g.as_str()));
+        let Some(row) = contract
+            .iter()
+            .find(|(field, _)| *field == path)
+            .map(|(_, row)| row)
+        else {
+            let listed =
+                (value.is_object() || value.is_array()) && contract.iter().any(|(field, _)| in_group(field));
+            assert!(listed, "`{path}` is not in the README's status contract table");
+            continue;
+        };
+        let enumerated = [
+            "doors[].relay",
+            "doors[].contact",
+            "doors[].mode",
+            "doors[].reader.type",
+            "doors[].reader.state",
+            "queue.uplink",
+            "store.state",
+            "doorflow_auth.state",
+        ];
+        if let (true, Some(text)) = (enumerated.contains(&path.as_str()), value.as_str()) {
+            assert!(
+                row.contains(&format!("`{text}`")),
+                "`{path}` is `{text}`, which its row does not list: {row}"
+            );
+        }
+    }
 }
