@@ -1,5 +1,5 @@
-//! The local admin socket: how `status` and `queue` talk to a running agent, since sled lets
-//! only one process open the store.
+//! The local admin socket: how `status` and `queue` talk to a running agent, since one process
+//! at a time has the store (the `lock` file's flock, see `store::layout`).
 //!
 //! Protocol: JSON lines. One request object per line (`{"op":"status"}`), one reply per line
 //! with `"ok": true|false`. The socket is mode 0660 (owner and group), never world-writable.

@@ -134,9 +134,9 @@ pub struct StoreHealth {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SnapshotSource {
-    /// sled's current snapshot.
+    /// The snapshot database's (`snapshot.sqlite`) current snapshot.
     Cache,
-    /// `snapshot.last-good`, because sled's was missing, older or unusable.
+    /// `snapshot.last-good`, because the database's was missing, older or unusable.
     LastGood,
     /// Nothing usable: every card is denied until a sync.
     None,
