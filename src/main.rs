@@ -119,7 +119,6 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(error) => error.exit(),
     };
-    let config_given = matches.value_source("config") == Some(clap::parser::ValueSource::CommandLine);
     match cli.command {
         Command::CheckConfig { unit_condition } => {
             if unit_condition {
@@ -184,7 +183,7 @@ fn main() -> ExitCode {
         }
         #[cfg(feature = "demo")]
         Command::Demo => {
-            if config_given {
+            if matches.value_source("config") == Some(clap::parser::ValueSource::CommandLine) {
                 return failure_with(
                     EXIT_CONFIG,
                     "demo runs on its own built-in configuration (config/demo.toml) and takes no \
