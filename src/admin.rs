@@ -1,5 +1,5 @@
-//! The local admin socket: how `status` and `queue` talk to a running agent, since sled lets
-//! only one process open the store.
+//! The local admin socket: how `status` and `queue` talk to a running agent, since one process
+//! at a time has the store (the `lock` file's flock, see `store::layout`).
 //!
 //! Protocol: JSON lines. One request object per line (`{"op":"status"}`), one reply per line
 //! with `"ok": true|false`. The socket is mode 0660 (owner and group), never world-writable.
@@ -48,16 +48,26 @@ pub enum Request {
 pub fn queue_reply(store: &crate::store::Store, request: &Request) -> Result<Value, String> {
     let reply = match request {
         Request::Status | Request::Metrics | Request::WatchEvents => return Err("not a queue request".into()),
+        // `total` is how many there are in all, so a reader of a `limit`ed list can say how
+        // many it did not show.
         Request::QueueList { limit } => {
             let entries = store.outbox_list(*limit).map_err(|e| chain(&e))?;
-            json!({"ok": true, "queued": entries.into_iter().map(|e| json!({"key": e.key, "call": e.value})).collect::<Vec<_>>()})
+            let total = store.outbox_stats().map_err(|e| chain(&e))?.pending;
+            json!({"ok": true, "total": total, "queued": entries.into_iter().map(|e| json!({"key": e.key, "call": e.value})).collect::<Vec<_>>()})
         }
         Request::QueueDead { limit } => {
             let entries = store.dead_list(*limit).map_err(|e| chain(&e))?;
-            json!({"ok": true, "dead": entries.into_iter().map(|e| json!({"key": e.key, "letter": e.value})).collect::<Vec<_>>()})
+            let total = store.outbox_stats().map_err(|e| chain(&e))?.dead;
+            json!({"ok": true, "total": total, "dead": entries.into_iter().map(|e| json!({"key": e.key, "letter": e.value})).collect::<Vec<_>>()})
         }
         Request::RetryDead { id } => {
             let requeued = store.dead_retry(id.as_deref()).map_err(|e| chain(&e))?;
+            // Asked for one letter that is not there: the caller's command did nothing.
+            if let (Some(id), 0) = (id, requeued) {
+                return Err(format!(
+                    "no dead letter has the id or key `{id}` (`queue dead` lists them)"
+                ));
+            }
             json!({"ok": true, "requeued": requeued})
         }
         Request::PurgeDead => {

@@ -91,10 +91,22 @@ impl Agent {
     /// that cannot be used falls back to the last good copy, or to an empty snapshot (every card
     /// denied until the next sync), which is the fail-secure choice.
     pub fn start(config: Config) -> Result<Arc<Agent>, AgentError> {
+        Agent::start_unless(config, &AtomicBool::new(false))
+    }
+
+    /// [`Agent::start`], giving up with `StoreError::Interrupted` if `stop` is set while it
+    /// waits for a store another process has.
+    pub fn start_unless(config: Config, stop: &AtomicBool) -> Result<Arc<Agent>, AgentError> {
+        let other_agent = || other_agent_on(&config.admin.socket);
+        let wait = crate::store::LockWait {
+            limit: STORE_WAIT,
+            stop,
+            other_agent: &other_agent,
+        };
         let (store, starting) = Store::open_for_agent::<SnapshotBuilder>(
             &config.store.path,
             config.store.cache_capacity_bytes(),
-            STORE_WAIT,
+            &wait,
         )?;
         if starting.source == SnapshotSource::LastGood {
             // The cursor belongs to the snapshot that was lost: the next sync is a full one.
@@ -290,10 +302,47 @@ impl admin::RunningAgent for Agent {
     }
 }
 
+/// Whether another agent answers on `socket` (it then has the store this config names): a
+/// description of it for the start-up's error, or `None`.
+fn other_agent_on(socket: &std::path::Path) -> Option<String> {
+    admin::call(socket, &admin::Request::Status)
+        .ok()
+        .map(|_| format!("it answers on the admin socket {}", socket.display()))
+}
+
 /// Runs the agent until `shutdown` resolves: door tasks, audit writer, admin socket. On the way
-/// out every door is left in its fail state and the store is flushed.
+/// out every door is left in its fail state and the store is flushed. A `shutdown` while the
+/// start-up still waits for the store (another process has it) ends the wait and returns `Ok`.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
-    serve(Agent::start(config)?, shutdown).await
+    let mut shutdown = std::pin::pin!(shutdown);
+    let stop = Arc::new(AtomicBool::new(false));
+    // On a blocking thread: the wait for the store must not keep this task from seeing a signal.
+    let mut starting = tokio::task::spawn_blocking({
+        let stop = Arc::clone(&stop);
+        move || Agent::start_unless(config, &stop)
+    });
+    let started = tokio::select! {
+        started = &mut starting => started,
+        () = &mut shutdown => {
+            stop.store(true, Ordering::Relaxed);
+            match starting.await {
+                Ok(Err(AgentError::Store(StoreError::Interrupted { path }))) => {
+                    tracing::info!(path = %path.display(), "stopped before start-up: the store was never opened");
+                    return Ok(());
+                }
+                // The store came free just then: start and stop as for any other signal.
+                started => return serve(started_agent(started)?, std::future::ready(())).await,
+            }
+        }
+    };
+    serve(started_agent(started)?, shutdown).await
+}
+
+/// The agent the start-up task returned, or why there is none.
+fn started_agent(
+    joined: Result<Result<Arc<Agent>, AgentError>, tokio::task::JoinError>,
+) -> Result<Arc<Agent>, AgentError> {
+    joined.map_err(|e| AgentError::Io(std::io::Error::other(format!("start-up task: {e}"))))?
 }
 
 /// Runs an already started agent (the demo keeps a handle to watch it) until `shutdown`

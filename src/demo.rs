@@ -3,6 +3,7 @@
 
 use crate::agent::{self, Agent};
 use crate::audit::AuditEvent;
+use crate::cli_output::{write_stdout, OutputError};
 use crate::config::{Config, ReaderConfig};
 use crate::hw::mock::OutputChange;
 use crate::osdp::emulator::{EmulatedReader, Seen};
@@ -11,8 +12,9 @@ use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
 const DEMO_DIR: &str = "/tmp/doorflow-agent-demo";
@@ -21,19 +23,42 @@ const DEMO_DIR: &str = "/tmp/doorflow-agent-demo";
 #[derive(Clone)]
 pub struct Timeline {
     start: Instant,
+    /// Cancelled when stdout fails (its reader went away): the demo then stops and cleans up.
+    gone: CancellationToken,
+    /// Why stdout failed, for the exit once the demo has cleaned up.
+    failure: Arc<Mutex<Option<OutputError>>>,
 }
 
 impl Timeline {
     pub fn new() -> Timeline {
         Timeline {
             start: Instant::now(),
+            gone: CancellationToken::new(),
+            failure: Arc::default(),
         }
     }
 
+    /// Prints one line; after stdout failed, nothing.
     pub fn say(&self, subject: &str, message: impl AsRef<str>) {
+        if self.gone.is_cancelled() {
+            return;
+        }
         let elapsed = self.start.elapsed().as_secs_f64();
-        println!("{elapsed:7.2}s  {subject:<12} {}", message.as_ref());
-        let _ = std::io::stdout().flush();
+        let line = format_args!("{elapsed:7.2}s  {subject:<12} {}\n", message.as_ref());
+        if let Err(error) = write_stdout(line) {
+            crate::mutex::lock(&self.failure).get_or_insert(error);
+            self.gone.cancel();
+        }
+    }
+
+    /// Resolves once stdout has failed.
+    async fn output_gone(&self) {
+        self.gone.cancelled().await
+    }
+
+    /// Why stdout failed, if it did.
+    fn output_failure(&self) -> Option<OutputError> {
+        crate::mutex::lock(&self.failure).take()
     }
 }
 
@@ -92,17 +117,32 @@ fn describe(event: &AuditEvent) -> String {
     )
 }
 
-/// Runs the demo; returns a process exit code.
+/// How long an interrupted demo waits for its tasks before its state is removed.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+
+/// Runs the demo in a fresh private directory (a random name under `$TMPDIR`, mode 0700,
+/// created new: never one that already exists), removed at the end, on SIGINT/SIGTERM and when
+/// stdout's reader goes away. Ends the process by SIGPIPE in that last case, as other tools do.
 pub fn run() -> Result<(), String> {
-    let dir = std::env::temp_dir().join(format!("doorflow-agent-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let result = run_in(&dir);
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix("doorflow-agent-demo-")
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir()
+        .map_err(|e| format!("cannot create the demo's state directory: {e}"))?;
+    let timeline = Timeline::new();
+    let result = run_in(dir.path(), &timeline);
+    let path = dir.path().display().to_string();
+    let removed = dir
+        .close()
+        .map_err(|e| format!("the demo's state {path} could not be removed: {e}"));
+    if let Some(error) = timeline.output_failure() {
+        crate::cli_output::exit_on(error);
+    }
+    result.and(removed)
 }
 
-fn run_in(dir: &Path) -> Result<(), String> {
-    let timeline = Timeline::new();
+fn run_in(dir: &Path, timeline: &Timeline) -> Result<(), String> {
     let config = demo_config(dir);
     timeline.say(
         "demo",
@@ -115,7 +155,21 @@ fn run_in(dir: &Path) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    runtime.block_on(scenario(config, timeline))
+    let result = runtime.block_on(async {
+        let signal = crate::shutdown::on_signal();
+        tokio::select! {
+            result = scenario(config, timeline.clone()) => result,
+            () = signal => Err(format!(
+                "demo stopped by a signal before its end; its state {} is removed",
+                dir.display()
+            )),
+            // The exit status says why (see `run`).
+            () = timeline.output_gone() => Ok(()),
+        }
+    });
+    // An interrupted scenario leaves the agent's tasks running: end them before the state goes.
+    runtime.shutdown_timeout(STOP_WAIT);
+    result
 }
 
 async fn scenario(config: Config, timeline: Timeline) -> Result<(), String> {

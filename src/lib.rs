@@ -5,6 +5,7 @@ pub mod admin;
 pub mod agent;
 pub mod audit;
 pub mod audit_writer;
+pub mod cli_output;
 pub mod clock;
 pub mod config;
 pub mod credential;

@@ -1,12 +1,12 @@
 //! Command-line entry point: `doorflow-agent run | check-config | status | queue | demo`.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use doorflow_agent::config::{
     line_of_key, template_placeholders, Config, ConfigError, DEFAULT_CONFIG_PATH, PLACEHOLDER,
 };
 use doorflow_agent::error_chain::chain;
 use doorflow_agent::preflight::{self, Severity};
-use doorflow_agent::{admin, agent, metrics, queue_table, status, store, telemetry};
+use doorflow_agent::{admin, agent, metrics, out, outln, queue_table, status, store, telemetry};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -57,6 +57,10 @@ enum Command {
     #[cfg(feature = "demo")]
     /// Play the built-in demonstration: the agent with mock GPIO doors, a scripted scenario and
     /// a readable timeline. No network, hardware or account needed.
+    ///
+    /// It runs on its own built-in configuration (config/demo.toml) with its state in a fresh
+    /// private directory under $TMPDIR, removed at the end, on Ctrl-C or SIGTERM. --config is
+    /// refused (DOORFLOW_AGENT_CONFIG is ignored).
     Demo,
     /// Inspect and manage the outbox of queued admit and event calls.
     Queue {
@@ -68,8 +72,11 @@ enum Command {
 #[derive(Subcommand)]
 enum QueueAction {
     /// List queued calls, oldest first: a table, or JSON lines with --json.
+    ///
+    /// How many were shown, of how many are queued, goes to stderr.
     List {
-        #[arg(long, default_value_t = 100)]
+        /// Show at most this many (the oldest).
+        #[arg(long, value_name = "N", default_value_t = 100)]
         limit: usize,
         /// One JSON object per line (`{"key", "call"}`) instead of a table.
         #[arg(long)]
@@ -77,18 +84,28 @@ enum QueueAction {
     },
     /// List dead letters (calls DoorFlow refused, or admits that expired), oldest first: a
     /// table, or JSON lines with --json.
+    ///
+    /// How many were shown, of how many there are, goes to stderr.
     Dead {
-        #[arg(long, default_value_t = 100)]
+        /// Show at most this many (the oldest).
+        #[arg(long, value_name = "N", default_value_t = 100)]
         limit: usize,
         /// One JSON object per line (`{"key", "letter"}`) instead of a table.
         #[arg(long)]
         json: bool,
     },
-    /// Put dead letters back on the queue: one by id (or key), or all with --all.
+    /// Put dead letters back on the queue: one by ID, or every one with --all.
+    ///
+    /// Requeued calls get a fresh attempt count. An ID that is not a dead letter is an error
+    /// (exit 1); --all with none to retry is not.
+    #[command(
+        override_usage = "doorflow-agent queue retry-dead <ID>\n       doorflow-agent queue retry-dead --all"
+    )]
     RetryDead {
-        /// The call id (as in `queue dead`) or its key.
-        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        /// The dead letter to requeue: its ID or KEY column in `queue dead`.
+        #[arg(value_name = "ID", required_unless_present = "all", conflicts_with = "all")]
         id: Option<String>,
+        /// Requeue every dead letter instead of one (none is not an error).
         #[arg(long)]
         all: bool,
     },
@@ -97,7 +114,11 @@ enum QueueAction {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
     match cli.command {
         Command::CheckConfig { unit_condition } => {
             if unit_condition {
@@ -142,7 +163,7 @@ fn main() -> ExitCode {
             if prometheus {
                 return match gather_metrics(&config) {
                     Ok(text) => {
-                        print!("{text}");
+                        out!("{text}");
                         ExitCode::SUCCESS
                     }
                     Err(message) => failure(&message),
@@ -151,9 +172,9 @@ fn main() -> ExitCode {
             match gather_status(&config) {
                 Ok(report) => {
                     if json {
-                        println!("{}", serde_json::to_string(&report).unwrap_or_default());
+                        outln!("{}", serde_json::to_string(&report).unwrap_or_default());
                     } else {
-                        print!("{}", status::render(&report));
+                        out!("{}", status::render(&report));
                     }
                     ExitCode::SUCCESS
                 }
@@ -162,6 +183,14 @@ fn main() -> ExitCode {
         }
         #[cfg(feature = "demo")]
         Command::Demo => {
+            if matches.value_source("config") == Some(clap::parser::ValueSource::CommandLine) {
+                return failure_with(
+                    EXIT_CONFIG,
+                    "demo runs on its own built-in configuration (config/demo.toml) and takes no \
+                     --config; to run the agent on a configuration of your own: `doorflow-agent \
+                     run --config FILE`",
+                );
+            }
             // The emulated OSDP reader's own LibOSDP log (target libosdp::pd) is not the agent's.
             telemetry::init_with_default("error,libosdp::pd=off");
             match doorflow_agent::demo::run() {
@@ -212,8 +241,8 @@ fn check_config(path: &Path) -> ExitCode {
     if failed {
         return ExitCode::from(EXIT_CONFIG);
     }
-    println!("{}: ok", path.display());
-    println!("{}", config.summary());
+    outln!("{}: ok", path.display());
+    outln!("{}", config.summary());
     ExitCode::SUCCESS
 }
 
@@ -321,28 +350,31 @@ fn queue_command(config: &Config, action: QueueAction) -> ExitCode {
         let Some(items) = reply[list].as_array() else {
             continue;
         };
+        // How many there are in all (a `--limit` shows fewer).
+        let total = reply["total"].as_u64().unwrap_or(items.len() as u64);
         if json {
             for item in items {
-                println!("{item}");
+                outln!("{item}");
             }
         } else {
-            match render_queue(list, items) {
-                Ok(table) => print!("{table}"),
+            match render_queue(list, items, total) {
+                Ok(table) => out!("{table}"),
                 Err(message) => return failure(&message),
             }
         }
-        eprintln!("{} {list}", items.len());
+        eprintln!("{}", queue_table::count_line(items.len(), total, list));
     }
     for count in ["requeued", "purged"] {
         if let Some(n) = reply[count].as_u64() {
-            println!("{n} {count}");
+            outln!("{n} {count}");
         }
     }
     ExitCode::SUCCESS
 }
 
-/// The table for a `queued` or `dead` list of `{"key", "call"|"letter"}` items.
-fn render_queue(list: &str, items: &[serde_json::Value]) -> Result<String, String> {
+/// The table for a `queued` or `dead` list of `{"key", "call"|"letter"}` items, `total` of them
+/// in all.
+fn render_queue(list: &str, items: &[serde_json::Value], total: u64) -> Result<String, String> {
     fn entries<T: serde::de::DeserializeOwned>(
         items: &[serde_json::Value],
         field: &str,
@@ -358,8 +390,12 @@ fn render_queue(list: &str, items: &[serde_json::Value]) -> Result<String, Strin
             .collect()
     }
     Ok(match list {
-        "dead" => queue_table::dead_letters(&entries(items, "letter")?),
-        _ => queue_table::queued_calls(&entries(items, "call")?, &doorflow_agent::clock::Now::read_raw()),
+        "dead" => queue_table::dead_letters(&entries(items, "letter")?, total),
+        _ => queue_table::queued_calls(
+            &entries(items, "call")?,
+            total,
+            &doorflow_agent::clock::Now::read_raw(),
+        ),
     })
 }
 
@@ -369,6 +405,10 @@ fn config_failure(error: &ConfigError) -> ExitCode {
 }
 
 fn failure(message: &str) -> ExitCode {
+    failure_with(1, message)
+}
+
+fn failure_with(code: u8, message: &str) -> ExitCode {
     eprintln!("error: {message}");
-    ExitCode::FAILURE
+    ExitCode::from(code)
 }

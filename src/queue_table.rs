@@ -59,9 +59,22 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     out
 }
 
-/// `queue dead`: one row per dead letter, oldest first.
-pub fn dead_letters(letters: &[(u64, DeadLetter)]) -> String {
-    if letters.is_empty() {
+/// The line under a `queue list` or `queue dead` (on stderr): how many there are, and how many
+/// were shown when a `--limit` left some out. `what` is the list's noun (`queued`, `dead`).
+pub fn count_line(shown: usize, total: u64, what: &str) -> String {
+    // A running agent may deliver calls between the list and the count.
+    let total = total.max(shown as u64);
+    if (shown as u64) < total {
+        format!("showing {shown} of {total} {what}")
+    } else {
+        format!("{total} {what}")
+    }
+}
+
+/// `queue dead`: one row per dead letter, oldest first, of `total` in all ("no dead letters"
+/// only when there are none; a header alone when `--limit 0` showed none of them).
+pub fn dead_letters(letters: &[(u64, DeadLetter)], total: u64) -> String {
+    if letters.is_empty() && total == 0 {
         return "no dead letters\n".into();
     }
     let rows = letters
@@ -88,10 +101,11 @@ pub fn dead_letters(letters: &[(u64, DeadLetter)]) -> String {
     )
 }
 
-/// `queue list`: one row per queued call, oldest first; ages on the boot clock where the call
-/// has a boot stamp (as `status` counts them).
-pub fn queued_calls(calls: &[(u64, QueuedCall)], now: &Now) -> String {
-    if calls.is_empty() {
+/// `queue list`: one row per queued call, oldest first, of `total` in all ("nothing queued" only
+/// when nothing is); ages on the boot clock where the call has a boot stamp (as `status` counts
+/// them).
+pub fn queued_calls(calls: &[(u64, QueuedCall)], total: u64, now: &Now) -> String {
+    if calls.is_empty() && total == 0 {
         return "nothing queued\n".into();
     }
     let rows = calls
@@ -130,15 +144,12 @@ mod tests {
 
     fn queued(call: Call) -> QueuedCall {
         QueuedCall {
-            id: "6f1c2a4e-0000-4000-8000-000000000001".into(),
-            call,
-            created_at: Timestamp::from_second(1_700_000_000).unwrap(),
-            created_boot: None,
             attempts: 1,
-            next_attempt_at: None,
-            next_attempt_boot: None,
-            last_error: None,
-            hold: None,
+            ..QueuedCall::untried(
+                "6f1c2a4e-0000-4000-8000-000000000001",
+                call,
+                Timestamp::from_second(1_700_000_000).unwrap(),
+            )
         }
     }
 
@@ -154,7 +165,7 @@ mod tests {
             detail: format!("missing scope {}", "x".repeat(200)),
             dead_at: Timestamp::from_second(1_700_000_060).unwrap(),
         };
-        let text = dead_letters(&[(7, letter)]);
+        let text = dead_letters(&[(7, letter)], 1);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2);
         assert!(
@@ -169,7 +180,7 @@ mod tests {
         );
         assert!(lines[1].contains("admit person 17 on channel 1340"));
         assert!(lines[1].ends_with('…'), "long details are cut: {}", lines[1]);
-        assert_eq!(dead_letters(&[]), "no dead letters\n");
+        assert_eq!(dead_letters(&[], 0), "no dead letters\n");
     }
 
     #[test]
@@ -182,9 +193,34 @@ mod tests {
         // No boot stamp on the call: its age comes from the wall clock.
         let mut now = Now::read_raw();
         now.wall = Timestamp::from_second(1_700_000_300).unwrap();
-        let text = queued_calls(&[(3, call)], &now);
+        let text = queued_calls(&[(3, call)], 1, &now);
         assert!(text.contains("5 min ago"), "{text}");
         assert!(text.contains("now"), "{text}");
         assert!(text.contains("HTTP 503 service unavailable"), "{text}");
+    }
+
+    #[test]
+    fn an_empty_list_says_so_only_when_nothing_is_there() {
+        let now = Now::read_raw();
+        assert_eq!(queued_calls(&[], 0, &now), "nothing queued\n");
+        assert_eq!(dead_letters(&[], 0), "no dead letters\n");
+        // `--limit 0` with 30 queued: the header, no claim that the queue is empty.
+        let header = queued_calls(&[], 30, &now);
+        assert!(
+            header.starts_with("KEY  LANE") && header.lines().count() == 1,
+            "{header}"
+        );
+        assert!(dead_letters(&[], 2).starts_with("KEY  LANE"));
+    }
+
+    #[test]
+    fn the_count_line_says_how_many_were_shown_of_how_many() {
+        assert_eq!(count_line(0, 0, "queued"), "0 queued");
+        assert_eq!(count_line(30, 30, "queued"), "30 queued");
+        assert_eq!(count_line(1, 30, "queued"), "showing 1 of 30 queued");
+        assert_eq!(count_line(0, 30, "queued"), "showing 0 of 30 queued");
+        assert_eq!(count_line(2, 5, "dead"), "showing 2 of 5 dead");
+        // Delivered between the list and the count: never "3 of 2".
+        assert_eq!(count_line(3, 2, "queued"), "3 queued");
     }
 }

@@ -40,6 +40,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use snapshots::SnapshotDb;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -54,6 +55,15 @@ const FAILED_OPENS_BEFORE_QUEUE_ASIDE: u32 = 3;
 pub enum StoreError {
     #[error("store {path} is in use by another process (is the agent running? use its admin socket)")]
     Locked { path: PathBuf },
+    /// Another agent has the store: waiting for it is pointless.
+    #[error("store {path} is in use by another agent ({holder}); stop that one first, or give this one its own `store.path`")]
+    HeldByAgent { path: PathBuf, holder: String },
+    /// Still held when the start-up's wait ran out.
+    #[error("store {path} is still in use by another process after {waited_s} s (not an agent answering on this config's admin socket; a `status` or `queue` command holds it for well under a second, so perhaps an agent configured with another `admin.socket`)")]
+    LockWaitExpired { path: PathBuf, waited_s: u64 },
+    /// The start-up was told to stop (SIGTERM) while it waited for the store.
+    #[error("stopped while waiting for store {path}, which another process has")]
+    Interrupted { path: PathBuf },
     #[error("credential cache of an earlier version {path}: {source}")]
     Engine {
         path: PathBuf,
@@ -124,9 +134,9 @@ pub struct StoreHealth {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SnapshotSource {
-    /// sled's current snapshot.
+    /// The snapshot database's (`snapshot.sqlite`) current snapshot.
     Cache,
-    /// `snapshot.last-good`, because sled's was missing, older or unusable.
+    /// `snapshot.last-good`, because the database's was missing, older or unusable.
     LastGood,
     /// Nothing usable: every card is denied until a sync.
     None,
@@ -179,13 +189,13 @@ impl Store {
         Store::open_locked(layout, lock, cache_capacity_bytes, 0)
     }
 
-    /// Opens the store as the agent does: waits up to `wait` for a process that has it briefly
-    /// (a `status` or `queue` command reading a stopped agent's store), moves aside what
-    /// cannot be opened, and loads the best snapshot there is into a fresh `S`.
+    /// Opens the store as the agent does: waits as `wait` says for a process that has it
+    /// briefly (a `status` or `queue` command reading a stopped agent's store), moves aside
+    /// what cannot be opened, and loads the best snapshot there is into a fresh `S`.
     pub fn open_for_agent<S: SnapshotSink + Default>(
         path: &Path,
         cache_capacity_bytes: u64,
-        wait: Duration,
+        wait: &LockWait<'_>,
     ) -> Result<(Store, StartingSnapshot<S>), StoreError> {
         let layout = Layout::new(path);
         layout.create()?;
@@ -614,21 +624,60 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Takes the store lock, waiting up to `wait` for a process that holds it briefly.
-fn lock_waiting(layout: &Layout, wait: Duration) -> Result<OwnerLock, StoreError> {
+/// How an agent's start-up waits for a store another process has.
+pub struct LockWait<'a> {
+    /// The longest wait for a holder that is not known to be an agent (a CLI command has the
+    /// store for well under a second).
+    pub limit: Duration,
+    /// Set when the start-up should give up (SIGTERM, SIGINT): the open then fails at once with
+    /// `StoreError::Interrupted`. Checked every 20 ms.
+    pub stop: &'a AtomicBool,
+    /// Names the holder when it is known to be another agent (the caller asks the admin
+    /// socket): the open then fails at once with `StoreError::HeldByAgent`. Asked when the lock
+    /// is first found taken and about once a second after.
+    pub other_agent: &'a dyn Fn() -> Option<String>,
+}
+
+/// Takes the store lock for an agent, waiting as `wait` says for a process that holds it
+/// briefly.
+fn lock_waiting(layout: &Layout, wait: &LockWait<'_>) -> Result<OwnerLock, StoreError> {
+    const POLL: Duration = Duration::from_millis(20);
+    const ASK_HOLDER_EVERY: u32 = 50;
+    let path = || layout.root().to_path_buf();
     let start = Instant::now();
     let mut told = false;
+    let mut poll = 0u32;
     loop {
         match layout.try_lock() {
-            Err(StoreError::Locked { .. }) if start.elapsed() < wait => {
-                if !told && start.elapsed() > Duration::from_millis(500) {
-                    tracing::warn!(path = %layout.root().display(), "another process has the store (a `status` or `queue` command?); waiting for it");
-                    told = true;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            Err(StoreError::Locked { .. }) => {}
             other => return other,
         }
+        if wait.stop.load(Ordering::Relaxed) {
+            return Err(StoreError::Interrupted { path: path() });
+        }
+        if poll % ASK_HOLDER_EVERY == 0 {
+            if let Some(holder) = (wait.other_agent)() {
+                return Err(StoreError::HeldByAgent { path: path(), holder });
+            }
+        }
+        if start.elapsed() >= wait.limit {
+            return Err(StoreError::LockWaitExpired {
+                path: path(),
+                waited_s: wait.limit.as_secs(),
+            });
+        }
+        if !told && start.elapsed() > Duration::from_millis(500) {
+            tracing::warn!(
+                path = %layout.root().display(),
+                "another process has the store and no agent answers on the admin socket: a \
+                 `status` or `queue` command has it briefly, or an agent configured with another \
+                 admin.socket does; waiting up to {} s for it",
+                wait.limit.as_secs()
+            );
+            told = true;
+        }
+        std::thread::sleep(POLL);
+        poll = poll.wrapping_add(1);
     }
 }
 
@@ -652,6 +701,74 @@ fn move_aside(layout: &Layout, part: &Path, why: &str, report: &mut OpenReport) 
 mod tests {
     use super::*;
     use jiff::Timestamp;
+
+    /// The error of `lock_waiting` on a store whose lock the test holds meanwhile.
+    fn wait_for_held(
+        limit: Duration,
+        stop: &AtomicBool,
+        other_agent: &dyn Fn() -> Option<String>,
+    ) -> StoreError {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        let _held = layout.try_lock().unwrap();
+        let wait = LockWait {
+            limit,
+            stop,
+            other_agent,
+        };
+        lock_waiting(&layout, &wait).map(|_| ()).unwrap_err()
+    }
+
+    #[test]
+    fn a_stop_request_ends_the_wait_for_the_store() {
+        let stop = AtomicBool::new(true);
+        let error = wait_for_held(Duration::from_secs(3600), &stop, &|| None);
+        assert!(matches!(error, StoreError::Interrupted { .. }), "{error}");
+    }
+
+    #[test]
+    fn another_agent_holding_the_store_is_named_and_not_waited_for() {
+        let stop = AtomicBool::new(false);
+        let error = wait_for_held(Duration::from_secs(3600), &stop, &|| {
+            Some("it answers on the admin socket /run/x.sock".into())
+        });
+        assert!(matches!(error, StoreError::HeldByAgent { .. }), "{error}");
+        let text = error.to_string();
+        assert!(
+            text.contains("another agent") && text.contains("/run/x.sock"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_holder_is_waited_for_up_to_the_limit() {
+        let stop = AtomicBool::new(false);
+        let error = wait_for_held(Duration::ZERO, &stop, &|| None);
+        assert!(matches!(error, StoreError::LockWaitExpired { .. }), "{error}");
+        assert!(
+            error.to_string().contains("`status` or `queue` command"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_lock_let_go_of_while_waiting_is_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        let held = layout.try_lock().unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            drop(held);
+        });
+        let stop = AtomicBool::new(false);
+        let wait = LockWait {
+            limit: Duration::from_secs(3600),
+            stop: &stop,
+            other_agent: &|| None,
+        };
+        lock_waiting(&layout, &wait).expect("taken once the holder let go");
+        release.join().unwrap();
+    }
 
     fn parts(people: u64) -> SnapshotParts {
         SnapshotParts {

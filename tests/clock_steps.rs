@@ -199,6 +199,26 @@ fn steps_during_sync_and_drain(step: SignedDuration) {
         assert!(opened, "{step:?}: card {number} did not open the door");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Until the sync under way at the step ends: it expects to end seconds from now on
+    // DoorFlow's clock (the real one here), not a step away (its rate is measured on the
+    // monotonic clock). Before that was so, +2 days showed `done about` 2.5 days out.
+    let mut estimates = 0;
+    let sync_ended = wait_until(SETTLE, || {
+        let status = agent.status();
+        let progress = &status["sync"]["progress"];
+        if let Some(finish) = progress["expected_finish"].as_str() {
+            let finish: Timestamp = finish.parse().unwrap();
+            let ahead = finish.duration_since(Timestamp::now()).as_secs();
+            assert!(
+                (-60..600).contains(&ahead),
+                "{step:?}: the sync expects to end {ahead} s from now: {progress}"
+            );
+            estimates += 1;
+        }
+        progress.is_null()
+    });
+    assert!(sync_ended, "{step:?}: the sync never ended\n{}", agent.log());
+    eprintln!("{step:?}: {estimates} estimates of the sync's end checked after the step");
     let queued = agent.status();
     if let Some(age) = queued["queue"]["oldest_age_s"].as_u64() {
         assert!(age < 120, "{step:?}: the oldest call shows an age of {age} s");

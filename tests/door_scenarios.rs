@@ -598,6 +598,11 @@ fn the_demo_runs_its_scenario() {
             "`{needle}` missing from the demo output:\n{stdout}"
         );
     }
+    let state = stdout
+        .lines()
+        .find_map(|line| line.split_once("state in ").map(|(_, dir)| dir.trim()))
+        .expect("the demo names its state directory");
+    assert!(!std::path::Path::new(state).exists(), "{state} left behind");
 }
 
 /// A relay that only records what it was told.

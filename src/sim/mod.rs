@@ -192,7 +192,7 @@ impl Simulator {
         })
     }
 
-    /// Runs until Ctrl-C/SIGTERM for manual testing (`doorflow-agent simulate`), with the
+    /// Runs until Ctrl-C/SIGTERM for manual testing (the `doorflow-sim` binary), with the
     /// `lockdowns` channels in lockdown from the start (scripts that test a lockdown).
     pub async fn run_standalone(
         config: SimConfig,
@@ -203,32 +203,31 @@ impl Simulator {
         let sink_token = config.sink_token.is_some();
         let sim = Simulator::start(config).await?;
         let base = sim.base_url();
-        println!("DoorFlow simulator on {base}");
-        println!("  API key (HTTP Basic user, password X): {api_key}");
-        println!("  OAuth refresh token: {}", sim.refresh_token());
-        println!(
-            "  event sink: {}/events ({})",
-            base,
+        let mut banner = format!(
+            "DoorFlow simulator on {base}\n  API key (HTTP Basic user, password X): {api_key}\n  \
+             OAuth refresh token: {}\n  event sink: {base}/events ({})\n  received admits and \
+             events: {base}/_sim/received\n",
+            sim.refresh_token(),
             if sink_token {
                 "bearer token required"
             } else {
                 "no auth"
             }
         );
-        println!("  received admits and events: {base}/_sim/received");
         for &channel_id in lockdowns {
             sim.set_lockdown(channel_id, true);
-            println!("  channel {channel_id} in lockdown (cards and exit buttons)");
+            banner += &format!("  channel {channel_id} in lockdown (cards and exit buttons)\n");
         }
         if let Some(chaos) = &chaos {
-            println!(
-                "  chaos: {:.0} % of requests fail (seed {}, slow answers after {} s)",
+            banner += &format!(
+                "  chaos: {:.0} % of requests fail (seed {}, slow answers after {} s)\n",
                 chaos.failure_rate * 100.0,
                 chaos.seed,
                 chaos.slow.as_secs()
             );
         }
-        println!("  try: curl -u {api_key}:X '{base}/api/3/people?per_page=2'");
+        banner += &format!("  try: curl -u {api_key}:X '{base}/api/3/people?per_page=2'\n");
+        crate::out!("{banner}");
         sim.set_chaos(chaos);
         crate::shutdown::on_signal().await;
         Ok(())

@@ -1,6 +1,6 @@
-//! `snapshot.last-good`: a copy of the last snapshot that was saved, outside sled, written
-//! atomically (temporary file, fdatasync, rename, directory fsync). When sled's copy cannot be
-//! opened or has lost its last snapshot, the doors decide from this one instead of denying
+//! `snapshot.last-good`: a copy of the last snapshot that was saved, outside the snapshot
+//! database, written atomically (temporary file, fdatasync, rename, directory fsync). When the
+//! database's copy cannot be opened or has lost its last snapshot, the doors decide from this one instead of denying
 //! everyone until a sync.
 //!
 //! Text, one JSON value per line, in the store's on-disk format (`format::*V1`):

@@ -102,8 +102,9 @@ impl Layout {
         self.move_legacy_sled_files().map_err(io)
     }
 
-    /// After the engines opened: sled creates its files with the process umask's mode (the
-    /// 0700 directory already keeps them private); this makes them 0600 as well.
+    /// After the engines opened: SQLite (and sled, importing an earlier version's store) creates
+    /// its files with the process umask's mode (the 0700 directory already keeps them private);
+    /// this makes them 0600 as well.
     pub fn tighten_new_files(&self) {
         if let Err(error) = tighten(&self.root) {
             tracing::warn!(%error, path = %self.root.display(), "cannot tighten store file permissions");

@@ -134,6 +134,24 @@ pub struct QueuedCall {
     pub hold: Option<Hold>,
 }
 
+impl QueuedCall {
+    /// A call never tried yet, created at `created_at` (wall clock) with no boot stamp: its age
+    /// then comes from the wall clock, as for records written before boot stamps existed.
+    pub fn untried(id: impl Into<String>, call: Call, created_at: Timestamp) -> QueuedCall {
+        QueuedCall {
+            id: id.into(),
+            call,
+            created_at,
+            created_boot: None,
+            attempts: 0,
+            next_attempt_at: None,
+            next_attempt_boot: None,
+            last_error: None,
+            hold: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetter {
     pub queued: QueuedCall,
@@ -1152,9 +1170,9 @@ mod tests {
     };
 
     fn event(n: u64) -> QueuedCall {
-        QueuedCall {
-            id: format!("ev-{n}"),
-            call: Call::Event {
+        QueuedCall::untried(
+            format!("ev-{n}"),
+            Call::Event {
                 event: AuditEvent {
                     id: n + 1,
                     event_code: 10,
@@ -1169,14 +1187,8 @@ mod tests {
                     updated_at: None,
                 },
             },
-            created_at: Timestamp::from_second(1_800_000_000).unwrap(),
-            created_boot: None,
-            attempts: 0,
-            next_attempt_at: None,
-            next_attempt_boot: None,
-            last_error: None,
-            hold: None,
-        }
+            Timestamp::from_second(1_800_000_000).unwrap(),
+        )
     }
 
     fn admit(n: u64) -> QueuedCall {

@@ -23,6 +23,8 @@ use reqwest::Method;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+// tokio's, so a test on the paused clock measures the rate the way the sync waits.
+use tokio::time::Instant;
 
 /// Failures in a row after which a page, and so the sync, is given up (the previous snapshot
 /// stays; the next sync starts again).
@@ -33,7 +35,7 @@ const BATCH: usize = 1000;
 /// size limit is this many times `api.max_bytes_per_item`.
 const UNCOUNTED_ITEMS: u64 = 500_000;
 /// Journal lines about a running sync, at most this often.
-const LOG_EVERY: SignedDuration = SignedDuration::from_secs(30);
+const LOG_EVERY: Duration = Duration::from_secs(30);
 /// A whole list in one answer may take longer than a page.
 const WHOLE_LIST_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -197,17 +199,38 @@ pub struct Puller<'a> {
     pub target: &'a SyncTarget,
     pub client: &'a Client,
     pub staged: &'a Staged,
-    /// When the journal last said how far the sync had got.
-    pub logged: Timestamp,
+    /// When the sync started, on the monotonic clock (its rate so far is measured from here).
+    pub started: Instant,
+    /// When the journal last said how far the sync had got (monotonic).
+    pub logged: Instant,
 }
 
 impl Puller<'_> {
+    /// Starts a pull for `target` now.
+    pub fn new<'a>(target: &'a SyncTarget, client: &'a Client, staged: &'a Staged) -> Puller<'a> {
+        let now = Instant::now();
+        Puller {
+            target,
+            client,
+            staged,
+            started: now,
+            logged: now,
+        }
+    }
+
+    /// DoorFlow's time now (the trusted wall time until DoorFlow has answered in this boot):
+    /// the clock of the sync's `started_at`, so its progress times compare with each other.
+    fn doorflow_now(&self) -> Timestamp {
+        self.target.clock.doorflow_time(&self.target.clock.now())
+    }
+
     /// Updates the sync's progress (shown by `status`) under its lock.
     pub fn progress(&self, update: impl FnOnce(&mut SyncProgress)) {
+        let now = self.doorflow_now();
         let mut status = lock(&self.target.status);
         if let Some(progress) = status.progress.as_mut() {
             update(progress);
-            progress.estimate(Timestamp::now(), self.target.requests_per_minute);
+            progress.estimate(now, self.started.elapsed(), self.target.requests_per_minute);
         }
     }
 
@@ -382,7 +405,7 @@ impl Puller<'_> {
             at.saturating_duration_since(std::time::Instant::now())
         });
         let wait = backoff.max(server);
-        let until = Timestamp::now() + wait;
+        let until = self.doorflow_now() + wait;
         tracing::info!(
             list = spec.kind.as_str(),
             attempt = failures + 1,
@@ -405,11 +428,10 @@ impl Puller<'_> {
 
     /// Logs how far the sync has got, at most every `LOG_EVERY` (or now when `force`).
     pub fn log_progress(&mut self, force: bool) {
-        let now = Timestamp::now();
-        if !force && now.duration_since(self.logged) < LOG_EVERY {
+        if !force && self.logged.elapsed() < LOG_EVERY {
             return;
         }
-        self.logged = now;
+        self.logged = Instant::now();
         let progress = lock(&self.target.status).progress.clone();
         if let Some(progress) = progress {
             tracing::info!(

@@ -263,12 +263,7 @@ pub async fn sync_once(target: &SyncTarget, client: &Client) -> Result<SyncOutco
             return result;
         }
     };
-    let mut puller = Puller {
-        target,
-        client,
-        staged: &staged,
-        logged: Timestamp::now(),
-    };
+    let mut puller = Puller::new(target, client, &staged);
     // Stopping ends a sync between requests, never inside a store write (those run on
     // blocking threads, which finish what they started).
     let pulled = target

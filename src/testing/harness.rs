@@ -163,7 +163,7 @@ impl Harness {
     }
 
     /// Stops the agent (the SIGTERM path) and starts a new one on the same store and config.
-    /// sled allows one open handle per store, so the old agent must be gone first.
+    /// One agent at a time has the store (its lock), so the old agent must be gone first.
     pub async fn restart(mut self) -> Harness {
         self.shutdown().await;
         let Harness {

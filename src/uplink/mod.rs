@@ -234,7 +234,7 @@ impl LaneDrain {
         });
     }
 
-    /// Runs a store operation off the async workers (sled flushes block).
+    /// Runs a store operation off the async workers (a queue commit waits for its fsync).
     async fn blocking<T: Send + 'static>(
         &self,
         op: impl FnOnce(&Store, Lane) -> Result<T, StoreError> + Send + 'static,

@@ -21,7 +21,7 @@ now_ms() { awk '{ printf "%d\n", $1 * 1000 }' /proc/uptime; }
 # agent has none). Person n has card value n; every fifth person also the
 # PIN 500000+n; every 50th is disabled; all are in group 100. The rate limit is raised so a
 # first sync takes a fraction of a second instead of 120/min pacing.
-start_simulator() { # PORT [simulate options...]
+start_simulator() { # PORT [doorflow-sim options...]
     local port=$1
     shift
     "$SIMULATOR" --port "$port" --people 200 --limit 100000 "$@" >"/tmp/sim-$port.log" 2>&1 &
