@@ -121,7 +121,7 @@ fn describe(event: &AuditEvent) -> String {
 const STOP_WAIT: Duration = Duration::from_secs(5);
 
 /// Runs the demo in a fresh private directory (a random name under `$TMPDIR`, mode 0700,
-/// created new: never one that already exists), removed at the end, on SIGINT/SIGTERM and when
+/// created new: never one that already exists), removed at the end, on SIGINT/SIGTERM/SIGHUP and when
 /// stdout's reader goes away. Ends the process by SIGPIPE in that last case, as other tools do.
 pub fn run() -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;

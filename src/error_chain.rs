@@ -10,13 +10,14 @@ use std::error::Error;
 use std::fmt;
 
 /// `error`'s message followed by each source's, joined with `": "`. A source whose text the line
-/// already ends with is skipped (wrappers such as `#[error("{0}")]` repeat their source).
+/// already holds is skipped (wrappers such as `#[error("{0}")]` or `#[error("{0} (key)")]`
+/// repeat their source).
 pub fn chain(error: &(dyn Error + 'static)) -> String {
     let mut line = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
         let text = cause.to_string();
-        if !text.is_empty() && !line.ends_with(&text) {
+        if !text.is_empty() && !line.contains(&text) {
             line.push_str(": ");
             line.push_str(&text);
         }
@@ -63,11 +64,20 @@ mod tests {
         assert_eq!(Chain(&error).to_string(), chain(&error));
     }
 
+    #[derive(Debug, thiserror::Error)]
+    #[error("{0} (`store.path`)")]
+    struct Keyed(#[source] Root);
+
     #[test]
     fn a_wrapper_that_repeats_its_source_is_not_doubled() {
         assert_eq!(
             chain(&Repeats(Root)),
             "no CA certificates were loaded from the system"
+        );
+        // Also when the wrapper adds words after it (a key: "X (`store.path`): X" before).
+        assert_eq!(
+            chain(&Keyed(Root)),
+            "no CA certificates were loaded from the system (`store.path`)"
         );
     }
 

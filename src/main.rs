@@ -59,7 +59,7 @@ enum Command {
     /// a readable timeline. No network, hardware or account needed.
     ///
     /// It runs on its own built-in configuration (config/demo.toml) with its state in a fresh
-    /// private directory under $TMPDIR, removed at the end, on Ctrl-C or SIGTERM. --config is
+    /// private directory under $TMPDIR, removed at the end, on Ctrl-C, SIGTERM or SIGHUP. --config is
     /// refused (DOORFLOW_AGENT_CONFIG is ignored).
     Demo,
     /// Inspect and manage the outbox of queued admit and event calls.

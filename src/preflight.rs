@@ -51,6 +51,7 @@ pub fn check(config: &Config) -> Vec<Finding> {
     findings.extend(writable_places(config));
     findings.extend(doors_nobody_opens(config));
     findings.extend(refresh_token_writable(config));
+    findings.extend(outside_the_units_writable_paths(config));
     findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
     findings
 }
@@ -301,6 +302,45 @@ fn refresh_token_writable(config: &Config) -> Option<Finding> {
              directory)"
         ),
     })
+}
+
+/// The packaged unit's unit file, and the only places it may write (`ProtectSystem=strict`:
+/// `StateDirectory=` and `RuntimeDirectory=`; a drop-in may add `ReadWritePaths=`).
+const PACKAGED_UNIT: &str = "/usr/lib/systemd/system/doorflow-agent.service";
+const UNIT_WRITABLE: [&str; 2] = ["/var/lib/doorflow-agent", "/run/doorflow-agent"];
+
+/// Where the package is installed, `check-config` (often run as root, who may write anywhere)
+/// says which paths the service would find read-only: the store, and the refresh token it
+/// rewrites at every rotation.
+fn outside_the_units_writable_paths(config: &Config) -> Vec<Finding> {
+    if !Path::new(PACKAGED_UNIT).exists() {
+        return Vec::new();
+    }
+    let mut places = vec![("store.path", config.store.path.as_path())];
+    if config.api.auth.method == AuthMethod::Oauth {
+        places.extend(
+            config
+                .api
+                .auth
+                .refresh_token_file
+                .as_deref()
+                .map(|file| ("api.auth.refresh_token_file", file)),
+        );
+    }
+    places
+        .into_iter()
+        .filter(|(_, path)| !UNIT_WRITABLE.iter().any(|dir| path.starts_with(dir)))
+        .map(|(key, path)| Finding {
+            severity: Severity::Warning,
+            key: key.into(),
+            message: format!(
+                "{} is outside what the packaged unit may write ({}; ProtectSystem=strict makes the \
+                 rest read-only): move it there, or add a ReadWritePaths= drop-in",
+                path.display(),
+                UNIT_WRITABLE.join(", ")
+            ),
+        })
+        .collect()
 }
 
 /// The metrics file's directory must exist for the agent to write there (it does not create

@@ -188,6 +188,29 @@ const CASES: &[Case] = &[
         env: &[],
     },
     Case {
+        name: "metrics file reached through a symlinked directory onto the API key",
+        setup: |dir, config| {
+            std::os::unix::fs::symlink(dir, dir.join("via-link")).unwrap();
+            config.metrics.textfile = Some(dir.join("via-link").join("api_key"));
+        },
+        exit: 2,
+        key: "metrics.textfile",
+        line_with: None,
+        says: &["is also `api.auth.api_key`"],
+        run_refuses: true,
+        env: &[],
+    },
+    Case {
+        name: "admin socket inside the store directory",
+        setup: |dir, config| config.admin.socket = dir.join("db").join("..").join("db").join("admin.sock"),
+        exit: 2,
+        key: "admin.socket",
+        line_with: None,
+        says: &["is inside the store directory `store.path`"],
+        run_refuses: true,
+        env: &[],
+    },
+    Case {
         name: "API key path is a FIFO (reading it would wait for a writer)",
         setup: |dir, config| {
             let path = dir.join("key-fifo");

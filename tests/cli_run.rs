@@ -591,8 +591,8 @@ fn leftovers(tmp: &Path) -> Vec<PathBuf> {
 }
 
 #[test]
-fn the_demo_state_is_private_and_removed_on_sigterm_and_sigint() {
-    for signal in ["-TERM", "-INT"] {
+fn the_demo_state_is_private_and_removed_on_sigterm_sigint_and_sighup() {
+    for signal in ["-TERM", "-INT", "-HUP"] {
         let tmp = tempfile::tempdir().unwrap();
         let (mut demo, lines, state) = demo_until_ready(tmp.path());
         let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;

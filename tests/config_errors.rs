@@ -525,3 +525,36 @@ fn a_wrong_kind_of_number_says_what_the_key_takes() {
     let message = error_after("interval_s = 10", "interval_s = -5");
     assert_mentions(&message, &["sync.interval_s", "-5 is out of range (10 to 86400)"]);
 }
+
+/// What serde calls Rust types is said in the file's words: no `i128`, `u32` or untagged enums.
+#[test]
+fn messages_use_the_files_words_not_rust_types() {
+    for (from, to, says) in [
+        (
+            "facility_codes = [1]",
+            "facility_codes = [99999999999999999999]",
+            "expected a smaller number",
+        ),
+        (
+            "facility_codes = [1]",
+            "facility_codes = [\"1\"]",
+            "expected a list of facility codes such as [1]",
+        ),
+        (
+            "channel_id = 1340",
+            "channel_id = 99999999999999999999",
+            "expected a whole number of 0 or more",
+        ),
+        (
+            "channel_id = 1340",
+            "channel_id = -2",
+            "expected a whole number of 0 or more",
+        ),
+    ] {
+        let message = error_after(from, to);
+        assert_mentions(&message, &[says]);
+        for rust in ["i128", "u64", "u32", "untagged"] {
+            assert!(!message.contains(rust), "`{rust}` in: {message}");
+        }
+    }
+}

@@ -246,6 +246,26 @@ impl Config {
                 }
             }
         }
+        // Compared as the file system resolves them (`./`, `..`, symlinked directories), not
+        // as spelled: a metrics file reached through a symlink onto the API key replaced it.
+        let named: Vec<(String, &'static str, PathBuf)> = named
+            .into_iter()
+            .map(|(key, role, path)| (key, role, resolved(&path)))
+            .collect();
+        let store = &named[0].2;
+        for (key, _, path) in &named[1..] {
+            // The store owns its directory: a socket there collided with `snapshot.last-good`.
+            if path.starts_with(store) {
+                report(
+                    key.clone(),
+                    format!(
+                        "`{}` is inside the store directory `store.path` ({}), whose files the store owns; put it elsewhere",
+                        path.display(),
+                        store.display()
+                    ),
+                );
+            }
+        }
         for (at, (key, role, path)) in named.iter().enumerate() {
             let clash = named[..at]
                 .iter()
@@ -305,4 +325,28 @@ impl Config {
             ),
         )
     }
+}
+
+/// `path` as the file system resolves it: its longest existing ancestor canonicalised
+/// (symlinks, `.` and `..` followed), the rest appended with `.` and `..` folded in.
+fn resolved(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let existing = path
+        .ancestors()
+        .find_map(|a| a.canonicalize().ok().map(|c| (a, c)));
+    let (base, rest) = match existing {
+        Some((ancestor, canonical)) => (canonical, path.strip_prefix(ancestor).unwrap_or(Path::new(""))),
+        None => (PathBuf::new(), path),
+    };
+    let mut out = base;
+    for part in rest.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
 }

@@ -26,8 +26,27 @@ fn parse_error(origin: &str, text: &str, error: &toml::de::Error, key: Option<St
         .unwrap_or_default();
     ConfigError::Parse {
         path: origin.to_string(),
-        message: format!("{location}{key}{}", error.message().trim()),
+        message: format!("{location}{key}{}", in_the_files_words(error.message().trim())),
     }
+}
+
+/// serde's words for Rust types, said as a config file's reader knows them: "integer `-2`,
+/// expected u32" is "expected a whole number of 0 or more", a number too large for any field
+/// is no longer "as i128", and an untagged enum's "did not match any variant" says what the
+/// key takes (the only untagged enum is `facility_codes`).
+fn in_the_files_words(message: &str) -> String {
+    message
+        .replace(" as i128", "")
+        .replace(" as u128", "")
+        .replace("expected u64", "expected a whole number of 0 or more")
+        .replace("expected u32", "expected a whole number from 0 to 4294967295")
+        .replace("expected u16", "expected a whole number from 0 to 65535")
+        .replace("expected u8", "expected a whole number from 0 to 255")
+        .replace("expected any value", "expected a smaller number")
+        .replace(
+            "data did not match any variant of untagged enum FacilityCodesToml",
+            "expected a list of facility codes such as [1] (whole numbers, without quotes), or \"any\"",
+        )
 }
 
 /// The line on which a dotted key such as `doors[1].reader.d1` is written, found through the
