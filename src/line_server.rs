@@ -696,11 +696,7 @@ mod tests {
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&file, &link).unwrap();
         let fifo = dir.path().join("fifo");
-        assert!(std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success());
+        crate::small_file::make_fifo(&fifo);
         for (path, kind) in [
             (&file, "a regular file"),
             (&directory, "a directory"),

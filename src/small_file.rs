@@ -69,6 +69,16 @@ pub fn read_text(path: &Path, limit: u64) -> Result<String, String> {
     })
 }
 
+/// Makes a FIFO at `path` (for tests of paths that are not regular files).
+#[cfg(test)]
+pub(crate) fn make_fifo(path: &Path) {
+    let status = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("mkfifo runs");
+    assert!(status.success(), "mkfifo {}", path.display());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,11 +99,7 @@ mod tests {
     fn what_is_not_a_regular_file_is_refused_without_blocking() {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("fifo");
-        assert!(std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success());
+        make_fifo(&fifo);
         assert_eq!(read(&fifo, 10).unwrap_err(), "is a FIFO, not a regular file");
         assert_eq!(
             read(Path::new("/dev/zero"), 10).unwrap_err(),

@@ -469,16 +469,9 @@ fn check_config_names_every_problem_at_once() {
         .replacen("name = \"front\"", "name = \"front \"", 1)
         .replacen("[uplink]", "[uplink]\nretry_base_ms = 60000\nretry_cap_s = 1", 1)
         .replacen("name = \"server-room\"", "name = \"Lobby\"", 1);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("config.toml");
-    std::fs::write(&path, text).unwrap();
-    let out = agent()
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let (code, stderr) =
+        doorflow_agent::testing::config::check_config_text(env!("CARGO_BIN_EXE_doorflow-agent"), &text);
+    assert_eq!(code, Some(2), "{stderr}");
     for key in ["`doors[0].name`", "`uplink.retry_base_ms`", "`doors[2].name`"] {
         assert!(stderr.contains(key), "{key} missing from: {stderr}");
     }

@@ -401,15 +401,8 @@ fn facility_codes_are_checked_by_the_parser_and_check_config() {
     assert!(Config::parse(&text, "demo.toml").is_ok());
 
     // The binary: check-config refuses a config without the list, naming the key.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("config.toml");
-    std::fs::write(&path, demo_with_facility_codes("")).unwrap();
-    let out = doorflow_agent::testing::agent_command(BINARY)
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let (code, stderr) =
+        doorflow_agent::testing::config::check_config_text(BINARY, &demo_with_facility_codes(""));
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("doors[0].facility_codes"), "{stderr}");
 }

@@ -101,6 +101,23 @@ pub fn write_config(config: &Config, dir: &Path) -> PathBuf {
     path
 }
 
+/// Runs `binary check-config` on config `text` (written to a temporary file) and returns its
+/// exit code and stderr.
+pub fn check_config_text(binary: &str, text: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, text).expect("write the config file");
+    let out = super::agent_command(binary)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .expect("check-config runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A door's Wiegand reader, to change field by field (panics for another reader type).
 pub fn wiegand_reader(door: &mut DoorConfig) -> &mut WiegandReaderConfig {
     match &mut door.reader {
