@@ -91,12 +91,12 @@ impl Agent {
     /// that cannot be used falls back to the last good copy, or to an empty snapshot (every card
     /// denied until the next sync), which is the fail-secure choice.
     pub fn start(config: Config) -> Result<Arc<Agent>, AgentError> {
-        Agent::start_unless(config, &AtomicBool::new(false))
+        Agent::start_unless(config, &CancellationToken::new())
     }
 
-    /// [`Agent::start`], giving up with `StoreError::Interrupted` if `stop` is set while it
-    /// waits for a store another process has.
-    pub fn start_unless(config: Config, stop: &AtomicBool) -> Result<Arc<Agent>, AgentError> {
+    /// [`Agent::start`], giving up with `StoreError::Interrupted` if `stop` is cancelled while
+    /// it waits for a store another process has.
+    pub fn start_unless(config: Config, stop: &CancellationToken) -> Result<Arc<Agent>, AgentError> {
         let other_agent = || other_agent_on(&config.admin.socket);
         let wait = crate::store::LockWait {
             limit: STORE_WAIT,
@@ -315,16 +315,16 @@ fn other_agent_on(socket: &std::path::Path) -> Option<String> {
 /// start-up still waits for the store (another process has it) ends the wait and returns `Ok`.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
     let mut shutdown = std::pin::pin!(shutdown);
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = CancellationToken::new();
     // On a blocking thread: the wait for the store must not keep this task from seeing a signal.
     let mut starting = tokio::task::spawn_blocking({
-        let stop = Arc::clone(&stop);
+        let stop = stop.clone();
         move || Agent::start_unless(config, &stop)
     });
     let started = tokio::select! {
         started = &mut starting => started,
         () = &mut shutdown => {
-            stop.store(true, Ordering::Relaxed);
+            stop.cancel();
             match starting.await {
                 Ok(Err(AgentError::Store(StoreError::Interrupted { path }))) => {
                     tracing::info!(path = %path.display(), "stopped before start-up: the store was never opened");

@@ -115,6 +115,20 @@ pub struct LineServer {
     limits: Limits,
 }
 
+/// Why a socket may not be bound at `path`: something other than a socket is there. Only a
+/// socket is ever replaced; a path that names anything else (a typo pointing at the queue
+/// database or the refresh token) is left alone and the start refused. `check-config` asks the
+/// same before `run` does.
+pub fn not_a_socket(path: &Path) -> Option<String> {
+    let kind = std::fs::symlink_metadata(path).ok()?.file_type();
+    (!kind.is_socket()).then(|| {
+        format!(
+            "{} is there, not a socket; it is left alone (does the config name the wrong path?)",
+            crate::small_file::describe(&kind)
+        )
+    })
+}
+
 /// Binds a Unix socket that is never reachable with a wider mode than 0660: bound under a
 /// temporary name beside `path`, given its mode, then renamed into place (a rename is atomic,
 /// so `path` never shows the umask's mode). Where the temporary name would not fit in
@@ -159,15 +173,10 @@ impl LineServer {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| fail(format!("cannot create its directory: {e}")))?;
         }
-        if let Ok(existing) = std::fs::symlink_metadata(path) {
-            // Only a socket is ever replaced: a path that names anything else (a typo pointing
-            // at the queue database or the refresh token) is left alone and the start refused.
-            if !existing.file_type().is_socket() {
-                return Err(fail(format!(
-                    "{} is there, not a socket; it is left alone (does the config name the wrong path?)",
-                    crate::small_file::describe(&existing.file_type())
-                )));
-            }
+        if let Some(problem) = not_a_socket(path) {
+            return Err(fail(problem));
+        }
+        if std::fs::symlink_metadata(path).is_ok() {
             if UnixStream::connect(path).await.is_ok() {
                 return Err(fail("another process is already answering on it".into()));
             }

@@ -265,15 +265,10 @@ fn socket_paths(config: &Config) -> Vec<Finding> {
     sockets
         .into_iter()
         .filter_map(|(key, path)| {
-            let kind = std::fs::symlink_metadata(path).ok()?.file_type();
-            (!kind.is_socket()).then(|| Finding {
+            crate::line_server::not_a_socket(path).map(|problem| Finding {
                 severity: Severity::Error,
                 key: key.into(),
-                message: format!(
-                    "{} is {}, not a socket; `run` will not replace it (does the config name the wrong path?)",
-                    path.display(),
-                    crate::small_file::describe(&kind)
-                ),
+                message: format!("{}: {problem}", path.display()),
             })
         })
         .collect()

@@ -40,7 +40,6 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use snapshots::SnapshotDb;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -629,9 +628,9 @@ pub struct LockWait<'a> {
     /// The longest wait for a holder that is not known to be an agent (a CLI command has the
     /// store for well under a second).
     pub limit: Duration,
-    /// Set when the start-up should give up (SIGTERM, SIGINT): the open then fails at once with
-    /// `StoreError::Interrupted`. Checked every 20 ms.
-    pub stop: &'a AtomicBool,
+    /// Cancelled when the start-up should give up (SIGTERM, SIGINT): the open then fails at
+    /// once with `StoreError::Interrupted`. Checked every 20 ms.
+    pub stop: &'a tokio_util::sync::CancellationToken,
     /// Names the holder when it is known to be another agent (the caller asks the admin
     /// socket): the open then fails at once with `StoreError::HeldByAgent`. Asked when the lock
     /// is first found taken and about once a second after.
@@ -652,7 +651,7 @@ fn lock_waiting(layout: &Layout, wait: &LockWait<'_>) -> Result<OwnerLock, Store
             Err(StoreError::Locked { .. }) => {}
             other => return other,
         }
-        if wait.stop.load(Ordering::Relaxed) {
+        if wait.stop.is_cancelled() {
             return Err(StoreError::Interrupted { path: path() });
         }
         if poll % ASK_HOLDER_EVERY == 0 {
@@ -705,7 +704,7 @@ mod tests {
     /// The error of `lock_waiting` on a store whose lock the test holds meanwhile.
     fn wait_for_held(
         limit: Duration,
-        stop: &AtomicBool,
+        stop: &tokio_util::sync::CancellationToken,
         other_agent: &dyn Fn() -> Option<String>,
     ) -> StoreError {
         let dir = tempfile::tempdir().unwrap();
@@ -721,14 +720,15 @@ mod tests {
 
     #[test]
     fn a_stop_request_ends_the_wait_for_the_store() {
-        let stop = AtomicBool::new(true);
+        let stop = tokio_util::sync::CancellationToken::new();
+        stop.cancel();
         let error = wait_for_held(Duration::from_secs(3600), &stop, &|| None);
         assert!(matches!(error, StoreError::Interrupted { .. }), "{error}");
     }
 
     #[test]
     fn another_agent_holding_the_store_is_named_and_not_waited_for() {
-        let stop = AtomicBool::new(false);
+        let stop = tokio_util::sync::CancellationToken::new();
         let error = wait_for_held(Duration::from_secs(3600), &stop, &|| {
             Some("it answers on the admin socket /run/x.sock".into())
         });
@@ -742,7 +742,7 @@ mod tests {
 
     #[test]
     fn an_unknown_holder_is_waited_for_up_to_the_limit() {
-        let stop = AtomicBool::new(false);
+        let stop = tokio_util::sync::CancellationToken::new();
         let error = wait_for_held(Duration::ZERO, &stop, &|| None);
         assert!(matches!(error, StoreError::LockWaitExpired { .. }), "{error}");
         assert!(
@@ -760,7 +760,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(100));
             drop(held);
         });
-        let stop = AtomicBool::new(false);
+        let stop = tokio_util::sync::CancellationToken::new();
         let wait = LockWait {
             limit: Duration::from_secs(3600),
             stop: &stop,

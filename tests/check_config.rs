@@ -147,7 +147,7 @@ const CASES: &[Case] = &[
         exit: 2,
         key: "admin.socket",
         line_with: Some("queue-typo.sqlite"),
-        says: &["is a regular file, not a socket"],
+        says: &["a regular file is there, not a socket"],
         run_refuses: true,
         env: &[],
     },
